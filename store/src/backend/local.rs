@@ -1,0 +1,221 @@
+//! The local directory backend.
+//!
+//! ```text
+//! REPO/config
+//! REPO/packs/<2 hex>/<64 hex>
+//! REPO/snapshots/<64 hex>
+//! REPO/tmp/            files being written (name.pid.n.tmp); renamed into place when durable
+//! REPO/index/          the SQLite index (not managed by the backend)
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{is_id_name, Backend, FileKind};
+use crate::error::{Error, IoContext, Result};
+
+/// Open pack handles kept for ranged reads (restore reads many small ranges of few packs).
+const HANDLE_CACHE: usize = 64;
+
+/// Files in a local directory.
+pub struct LocalBackend {
+    root: PathBuf,
+    handles: Mutex<HashMap<PathBuf, Arc<File>>>,
+    counter: AtomicU64,
+}
+
+impl LocalBackend {
+    /// A backend over `root` (which must exist; `create_layout` makes the folders).
+    #[must_use]
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            handles: Mutex::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Creates the folders of a new repository (private to the owner).
+    pub fn create_layout(&self) -> Result<()> {
+        for sub in ["packs", "snapshots", "tmp", "index"] {
+            let dir = self.root.join(sub);
+            fs::create_dir_all(&dir).at(&dir)?;
+            set_private_dir(&dir)?;
+        }
+        sync_dir(&self.root)
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        match kind {
+            FileKind::Config => self.root.join("config"),
+            FileKind::Pack => self
+                .root
+                .join("packs")
+                .join(name.get(..2).unwrap_or("xx"))
+                .join(name),
+            FileKind::Snapshot => self.root.join("snapshots").join(name),
+        }
+    }
+
+    fn handle(&self, path: &Path) -> Result<Arc<File>> {
+        let mut cache = self
+            .handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = cache.get(path) {
+            return Ok(Arc::clone(f));
+        }
+        let file = Arc::new(File::open(path).at(path)?);
+        if cache.len() >= HANDLE_CACHE {
+            cache.clear();
+        }
+        cache.insert(path.to_path_buf(), Arc::clone(&file));
+        Ok(file)
+    }
+}
+
+fn set_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at(dir)
+}
+
+/// fsyncs a directory so that renames and creations in it survive power loss.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(kind, name);
+        if kind != FileKind::Config && dest.exists() {
+            return Ok(()); // content-addressed: same name, same bytes
+        }
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        if !parent.exists() {
+            fs::create_dir_all(&parent).at(&parent)?;
+            set_private_dir(&parent)?;
+            sync_dir(parent.parent().unwrap_or(&self.root))?;
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp_dir = self.root.join("tmp");
+        let tmp = tmp_dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .at(&tmp)?;
+            f.write_all(data).at(&tmp)?;
+            f.sync_all().at(&tmp)?;
+            drop(f);
+            fs::rename(&tmp, &dest).at(&dest)?;
+            sync_dir(&parent)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(kind, name);
+        fs::read(&path).at(&path)
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(kind, name);
+        let file = self.handle(&path)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                Error::corrupt(
+                    format!("{}", path.display()),
+                    format!("shorter than {} bytes", offset + len as u64),
+                )
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+        let path = self.path(kind, name);
+        Ok(fs::metadata(&path).at(&path)?.len())
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut scan = |dir: &Path| -> Result<()> {
+            let rd = match fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(dir, e)),
+            };
+            for entry in rd {
+                let entry = entry.at(dir)?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if is_id_name(name) {
+                    if let Ok(meta) = entry.metadata() {
+                        if meta.is_file() {
+                            out.push((name.to_owned(), meta.len()));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        match kind {
+            FileKind::Config => {}
+            FileKind::Snapshot => scan(&self.root.join("snapshots"))?,
+            FileKind::Pack => {
+                let packs = self.root.join("packs");
+                let shards = match fs::read_dir(&packs) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(Error::io(&packs, e)),
+                };
+                for shard in shards {
+                    let shard = shard.at(&packs)?;
+                    if shard.file_type().is_ok_and(|t| t.is_dir()) {
+                        scan(&shard.path())?;
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        let path = self.path(kind, name);
+        self.handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&path);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+        let dir = self.root.join("tmp");
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for entry in rd.flatten() {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((entry.file_name().to_string_lossy().into_owned(), size));
+            }
+        }
+        Ok(out)
+    }
+}

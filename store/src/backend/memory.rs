@@ -1,0 +1,77 @@
+//! An in-memory backend for tests. `put` is atomic: a file exists whole or not at all.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{is_id_name, Backend, FileKind};
+use crate::error::{Error, Result};
+
+/// Files in a map.
+#[derive(Default)]
+pub struct MemoryBackend {
+    files: Mutex<BTreeMap<(u8, String), Vec<u8>>>,
+}
+
+fn key(kind: FileKind, name: &str) -> (u8, String) {
+    let k = match kind {
+        FileKind::Config => 0,
+        FileKind::Pack => 1,
+        FileKind::Snapshot => 2,
+    };
+    (k, name.to_owned())
+}
+
+fn missing(name: &str) -> Error {
+    Error::io(name, std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
+impl MemoryBackend {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(u8, String), Vec<u8>>) -> T) -> T {
+        f(&mut self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.with(|m| m.insert(key(kind, name), data.to_vec()));
+        Ok(())
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.with(|m| m.get(&key(kind, name)).cloned())
+            .ok_or_else(|| missing(name))
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.with(|m| {
+            let data = m.get(&key(kind, name)).ok_or_else(|| missing(name))?;
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            data.get(start..start.saturating_add(len))
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::corrupt(name, "short file"))
+        })
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+        self.with(|m| m.get(&key(kind, name)).map(|d| d.len() as u64))
+            .ok_or_else(|| missing(name))
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let k = key(kind, "").0;
+        Ok(self.with(|m| {
+            m.iter()
+                .filter(|((kk, name), _)| *kk == k && is_id_name(name))
+                .map(|((_, name), d)| (name.clone(), d.len() as u64))
+                .collect()
+        }))
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.with(|m| m.remove(&key(kind, name)));
+        Ok(())
+    }
+}

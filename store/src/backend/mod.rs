@@ -1,0 +1,55 @@
+//! Where repository files live. The engine sees only this trait; the local directory is the
+//! default, the in-memory one serves tests, and an object store can be added behind it.
+//!
+//! Contract: `put` returns only once the file is durable under its final name (written, synced,
+//! renamed, directory synced); a reader never sees a partial file under a final name. Names are
+//! content hashes, so `put` of an existing name is a no-op, never an overwrite.
+
+mod local;
+mod memory;
+
+pub use local::LocalBackend;
+pub use memory::MemoryBackend;
+
+use crate::error::Result;
+
+/// The kinds of file a repository holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// The repository config (one file, named `config`).
+    Config,
+    /// Pack files, named by their hex ID.
+    Pack,
+    /// Snapshot records, named by their hex ID.
+    Snapshot,
+}
+
+/// Storage for repository files.
+pub trait Backend: Send + Sync {
+    /// Stores `data` durably under `name` (see the module contract).
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// Reads a whole file.
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    /// Reads `len` bytes at `offset`; a short file is an error.
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// The size of a file.
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
+    /// Names and sizes of the files of a kind; names that are not 64 hex digits are skipped.
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// Removes a file; removing a missing file is not an error.
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Leftover temporary files of interrupted writes (name, size), for scrub and gc.
+    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// True when `name` is a 64-digit lower-case hex ID, the only names packs and snapshots have.
+/// Anything else in those folders is ignored, so a hostile file name cannot become a path.
+#[must_use]
+pub fn is_id_name(name: &str) -> bool {
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

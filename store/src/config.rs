@@ -1,0 +1,94 @@
+//! The repository config: fixed at `init`, read at every open.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"CAIRNCFG";
+/// Newest config format this build reads and the one it writes.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Content-defined chunking parameters (FastCDC 2020, normalisation level 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// No chunk is shorter, except the last of a file.
+    pub min_size: u32,
+    /// The size the cut-point masks aim at.
+    pub avg_size: u32,
+    /// No chunk is longer.
+    pub max_size: u32,
+}
+
+impl Default for ChunkerParams {
+    /// 2 KiB / 8 KiB / 64 KiB, chosen by measurement (docs/FORMAT.md, "Chunk size"): a database
+    /// dump with 0.1% of its rows changed then stores a few percent again, not most of it, while the
+    /// per-chunk cost (index row, pack entry) stays small beside the hashing and compression.
+    fn default() -> Self {
+        Self {
+            min_size: 2 * 1024,
+            avg_size: 8 * 1024,
+            max_size: 64 * 1024,
+        }
+    }
+}
+
+impl ChunkerParams {
+    /// Rejects parameters FastCDC cannot work with (it asserts on them).
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.min_size >= 64
+            && self.min_size <= 1 << 20
+            && self.avg_size >= 256
+            && self.avg_size <= 4 << 20
+            && self.max_size >= 1024
+            && self.max_size <= 16 << 20
+            && self.min_size < self.avg_size
+            && self.avg_size < self.max_size;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "unusable chunker parameters {self:?}"
+            )))
+        }
+    }
+}
+
+/// What `config` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Random identity of this repository, hex.
+    pub repo_id: String,
+    /// When `init` ran, Unix seconds.
+    pub created: i64,
+    /// The chunker's parameters; changing them would break deduplication, so they are fixed.
+    pub chunker: ChunkerParams,
+    /// zstd level used for new blobs (any level reads back).
+    pub compression_level: i32,
+    /// Target size of a data pack, in bytes.
+    pub pack_size: u32,
+}
+
+impl RepoConfig {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        codec::frame(MAGIC, CONFIG_VERSION, &codec::encode(self))
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        let (_, body) = codec::unframe("repository config", bytes, MAGIC, CONFIG_VERSION)?;
+        let config: Self = codec::decode("repository config", body)?;
+        config
+            .chunker
+            .validate()
+            .map_err(|e| Error::corrupt("repository config", e.to_string()))?;
+        if !(1..=1 << 30).contains(&config.pack_size)
+            || !(-7..=22).contains(&config.compression_level)
+        {
+            return Err(Error::corrupt(
+                "repository config",
+                "pack size or compression level out of range",
+            ));
+        }
+        Ok(config)
+    }
+}

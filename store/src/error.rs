@@ -1,0 +1,128 @@
+//! Typed errors of the store. Corrupt bytes on disk are always an error, never a panic; each
+//! variant carries the path or ID an operator needs to act on it.
+
+use std::path::PathBuf;
+
+/// Result alias for the store.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the repository does not have the shape its format requires.
+    #[error("{what} is corrupt: {detail}")]
+    Corrupt {
+        /// What was being read (a pack, a tree, the config, ...).
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A file was written by a newer (or unknown) format version.
+    #[error(
+        "{what} has format version {found}; this cairn reads versions up to {supported} \
+         (upgrade cairn to read it)"
+    )]
+    UnsupportedVersion {
+        /// What was being read.
+        what: String,
+        /// The version found in the file.
+        found: u32,
+        /// The newest version this build understands.
+        supported: u32,
+    },
+    /// Bytes read back do not hash to the ID they are stored under.
+    #[error("{what} {id} fails its hash check (stored data is damaged)")]
+    HashMismatch {
+        /// The kind of object.
+        what: &'static str,
+        /// Its ID in hex.
+        id: String,
+    },
+    /// An object the repository should hold is not there.
+    #[error("{what} {id} is missing from the repository")]
+    Missing {
+        /// The kind of object.
+        what: &'static str,
+        /// Its ID in hex.
+        id: String,
+    },
+    /// `init` was pointed at something that is not an empty directory.
+    #[error("{0} is not empty and is not a cairn repository; refusing to initialise it")]
+    NotEmpty(PathBuf),
+    /// `open` was pointed at a directory that holds no repository.
+    #[error("{0} is not a cairn repository (no config file); run `cairn init` first")]
+    NotARepository(PathBuf),
+    /// A string is not a valid hexadecimal ID.
+    #[error("{0:?} is not a valid ID")]
+    BadId(String),
+    /// A snapshot reference matched nothing.
+    #[error("no snapshot matches {0:?}")]
+    NoSuchSnapshot(String),
+    /// A snapshot prefix matched several snapshots.
+    #[error("{prefix:?} is ambiguous: it matches {count} snapshots; give more characters")]
+    AmbiguousSnapshot {
+        /// The prefix given.
+        prefix: String,
+        /// How many snapshots it matched.
+        count: usize,
+    },
+    /// An argument from the caller is unusable.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The SQLite index reported an error.
+    #[error("index {path}: {source}")]
+    Index {
+        /// The index database.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// True for errors that mean stored data is damaged or missing (exit code 4 territory),
+    /// as opposed to errors of the environment or of the caller.
+    #[must_use]
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::Corrupt { .. } | Self::HashMismatch { .. } | Self::Missing { .. }
+        )
+    }
+}
+
+/// Adds a path to a bare `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

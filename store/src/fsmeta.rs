@@ -1,0 +1,183 @@
+//! Reading and applying file metadata: owners (numeric and names), modes, times, extended
+//! attributes, device nodes. The only module that knows about the platform's metadata calls.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
+
+use crate::error::{Error, Result};
+use crate::tree::{Entry, EntryKind, Timestamp};
+
+/// Caches uid → user name and gid → group name lookups for one run.
+#[derive(Default)]
+pub(crate) struct Names {
+    users: Mutex<HashMap<u32, Option<String>>>,
+    groups: Mutex<HashMap<u32, Option<String>>>,
+}
+
+impl Names {
+    pub(crate) fn user(&self, uid: u32) -> Option<String> {
+        let mut m = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(uid)
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+            })
+            .clone()
+    }
+
+    pub(crate) fn group(&self, gid: u32) -> Option<String> {
+        let mut m = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(gid)
+            .or_insert_with(|| {
+                uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned())
+            })
+            .clone()
+    }
+}
+
+pub(crate) fn timestamp(sec: i64, nsec: i64) -> Timestamp {
+    Timestamp {
+        sec,
+        nsec: u32::try_from(nsec.clamp(0, 999_999_999)).unwrap_or(0),
+    }
+}
+
+/// The entry kind of an lstat result; `None` for sockets (not restorable, skipped as tar does).
+pub(crate) fn kind_of(meta: &Metadata) -> Option<EntryKind> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() {
+        Some(EntryKind::File)
+    } else if t.is_dir() {
+        Some(EntryKind::Dir)
+    } else if t.is_symlink() {
+        Some(EntryKind::Symlink)
+    } else if t.is_fifo() {
+        Some(EntryKind::Fifo)
+    } else if t.is_char_device() {
+        Some(EntryKind::CharDevice)
+    } else if t.is_block_device() {
+        Some(EntryKind::BlockDevice)
+    } else {
+        None
+    }
+}
+
+/// Fills an entry's metadata from an lstat result and the path's extended attributes.
+pub(crate) fn fill(entry: &mut Entry, meta: &Metadata, path: &Path, names: &Names) {
+    entry.mode = meta.mode() & 0o7777;
+    entry.uid = meta.uid();
+    entry.gid = meta.gid();
+    entry.user = names.user(entry.uid);
+    entry.group = names.group(entry.gid);
+    entry.mtime = timestamp(meta.mtime(), meta.mtime_nsec());
+    entry.ctime = timestamp(meta.ctime(), meta.ctime_nsec());
+    entry.inode = meta.ino();
+    entry.nlink = meta.nlink();
+    entry.dev = if entry.nlink > 1 && entry.kind == EntryKind::File {
+        meta.dev()
+    } else {
+        0
+    };
+    entry.size = if entry.kind == EntryKind::File {
+        meta.len()
+    } else {
+        0
+    };
+    entry.rdev = if matches!(entry.kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+        meta.rdev()
+    } else {
+        0
+    };
+    entry.xattrs = read_xattrs(path);
+}
+
+/// Extended attributes of a path (not following a final symlink), sorted by name. A filesystem
+/// without them, or one attribute that vanished meanwhile, yields what could be read.
+pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok().flatten()?;
+            Some((name.as_encoded_bytes().to_vec(), value))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn rustix_err(path: &Path, e: rustix::io::Errno) -> Error {
+    Error::io(path, std::io::Error::from(e))
+}
+
+fn timestamps(t: Timestamp) -> Timestamps {
+    let ts = Timespec {
+        tv_sec: t.sec,
+        tv_nsec: i64::from(t.nsec),
+    };
+    Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+/// Sets the modification (and access) time of a path without following a final symlink.
+pub(crate) fn set_times(path: &Path, t: Timestamp) -> Result<()> {
+    rustix::fs::utimensat(CWD, path, &timestamps(t), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| rustix_err(path, e))
+}
+
+/// Sets the times of an open file.
+pub(crate) fn set_file_times(file: &File, path: &Path, t: Timestamp) -> Result<()> {
+    rustix::fs::futimens(file, &timestamps(t)).map_err(|e| rustix_err(path, e))
+}
+
+/// Sets extended attributes on a path (not following a final symlink).
+pub(crate) fn set_xattrs(path: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    for (name, value) in xattrs {
+        xattr::set(path, std::ffi::OsStr::from_bytes(name), value)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Creates a FIFO or device node.
+pub(crate) fn make_node(path: &Path, entry: &Entry) -> Result<()> {
+    let ft = match entry.kind {
+        EntryKind::Fifo => FileType::Fifo,
+        EntryKind::CharDevice => FileType::CharacterDevice,
+        EntryKind::BlockDevice => FileType::BlockDevice,
+        _ => return Err(Error::InvalidInput("not a special file".into())),
+    };
+    rustix::fs::mknodat(
+        CWD,
+        path,
+        ft,
+        Mode::from_bits_truncate(entry.mode & 0o777),
+        entry.rdev,
+    )
+    .map_err(|e| rustix_err(path, e))
+}
+
+/// Owner and group of a path, not following a final symlink.
+pub(crate) fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| Error::io(path, e))
+}
+
+/// True when this process may set owners and make device nodes.
+pub(crate) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -1,0 +1,225 @@
+//! The SQLite index: where every blob lives, which packs exist, which snapshots exist.
+//!
+//! It is a cache: packs (trailers) and snapshot records are self-describing, so `rebuild` can
+//! make it again from them. rusqlite is used nowhere else in the crate.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId, SnapshotId};
+use crate::pack::{BlobKind, Compression, PackEntry};
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Its entry in that pack.
+    pub entry: PackEntry,
+}
+
+/// A snapshot row: its ID and record bytes.
+pub struct SnapshotRow {
+    /// The snapshot's ID.
+    pub id: SnapshotId,
+    /// The framed record, as stored in `snapshots/<id>`.
+    pub record: Vec<u8>,
+}
+
+/// The index database, shared by the threads of one process through a small connection pool.
+pub struct Index {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let index = Self {
+            path: path.to_path_buf(),
+            pool: Mutex::new(Vec::new()),
+        };
+        let conn = index.connect()?;
+        schema::migrate(&conn).map_err(|e| index.err(e))?;
+        index
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+        Ok(index)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> Error {
+        schema::classify(&self.path, source)
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(|e| self.err(e))?;
+        // WAL: readers never block the writer. synchronous=FULL: a committed row survives power
+        // loss, so a snapshot record never outlives the index rows of the chunks it names.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| self.err(e))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.err(e))?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let result = f(&mut conn).map_err(|e| self.err(e));
+        self.pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+        result
+    }
+
+    /// Records a durable pack and all its blobs in one transaction.
+    pub fn add_pack(&self, id: PackId, size: u64, entries: &[PackEntry], now: i64) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let kind = entries.first().map_or(0, |e| e.kind.code());
+            tx.execute(
+                "INSERT OR IGNORE INTO packs(id, kind, size, blobs, added_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id.as_bytes(), kind, size as i64, entries.len() as i64, now],
+            )?;
+            let pid: i64 = tx.query_row("SELECT pid FROM packs WHERE id = ?1", [id.as_bytes()], |r| r.get(0))?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO blobs(id, kind, pid, offset, stored_len, raw_len, compression) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for e in entries {
+                    st.execute(params![
+                        e.id.as_bytes(),
+                        e.kind.code(),
+                        pid,
+                        e.offset as i64,
+                        i64::from(e.stored_len),
+                        i64::from(e.raw_len),
+                        e.compression.code()
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// True when the blob is indexed.
+    pub fn has_blob(&self, id: BlobId) -> Result<bool> {
+        self.with(|c| {
+            c.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?
+                .query_row([id.as_bytes()], |_| Ok(()))
+                .optional()
+        })
+        .map(|o| o.is_some())
+    }
+
+    /// Where a blob is stored, if it is indexed.
+    pub fn locate(&self, id: BlobId) -> Result<Option<BlobLocation>> {
+        let row = self.with(|c| {
+            c.prepare_cached(
+                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len, b.compression \
+                 FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1",
+            )?
+            .query_row([id.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()
+        })?;
+        let Some((pack, kind, offset, stored_len, raw_len, compression)) = row else {
+            return Ok(None);
+        };
+        let bad = || {
+            Error::corrupt(
+                format!("index {}", self.path.display()),
+                format!("row of blob {id} is invalid"),
+            )
+        };
+        Ok(Some(BlobLocation {
+            pack: PackId::from_slice(&pack).ok_or_else(bad)?,
+            entry: PackEntry {
+                kind: BlobKind::from_code(kind).ok_or_else(bad)?,
+                id,
+                offset: u64::try_from(offset).map_err(|_| bad())?,
+                stored_len: u32::try_from(stored_len).map_err(|_| bad())?,
+                raw_len: u32::try_from(raw_len).map_err(|_| bad())?,
+                compression: Compression::from_code(compression).ok_or_else(bad)?,
+            },
+        }))
+    }
+
+    /// Records a committed snapshot.
+    pub fn add_snapshot(
+        &self,
+        id: SnapshotId,
+        time_ns: i64,
+        host: &str,
+        label: Option<&str>,
+        record: &[u8],
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO snapshots(id, time_ns, host, label, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id.as_bytes(), time_ns, host, label, record],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
+        let rows = self.with(|c| {
+            let mut st =
+                c.prepare_cached("SELECT id, record FROM snapshots ORDER BY time_ns, id")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|(id, record)| {
+                let id = SnapshotId::from_slice(&id).ok_or_else(|| {
+                    Error::corrupt(format!("index {}", self.path.display()), "bad snapshot id")
+                })?;
+                Ok(SnapshotRow { id, record })
+            })
+            .collect()
+    }
+
+    /// IDs of the snapshots in the index (to reconcile with the snapshot files).
+    pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self.snapshots()?.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Removes every row (before a rebuild).
+    pub fn clear(&self) -> Result<()> {
+        self.with(|c| {
+            c.execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM snapshots;")
+        })
+    }
+}

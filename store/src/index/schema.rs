@@ -1,0 +1,83 @@
+//! The index schema and its migrations. `PRAGMA user_version` carries the schema version.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::error::Error;
+
+/// The schema version this build creates and reads.
+pub const INDEX_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS packs(
+    pid         INTEGER PRIMARY KEY,
+    id          BLOB NOT NULL UNIQUE,
+    kind        INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    blobs       INTEGER NOT NULL,
+    added_at    INTEGER NOT NULL,
+    verified_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS blobs(
+    id          BLOB PRIMARY KEY,
+    kind        INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    offset      INTEGER NOT NULL,
+    stored_len  INTEGER NOT NULL,
+    raw_len     INTEGER NOT NULL,
+    compression INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid);
+CREATE TABLE IF NOT EXISTS snapshots(
+    id      BLOB PRIMARY KEY,
+    time_ns INTEGER NOT NULL,
+    host    TEXT NOT NULL,
+    label   TEXT,
+    record  BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots(time_ns);
+";
+
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > INDEX_VERSION {
+        // Reported as UnsupportedVersion by `classify` through this sentinel.
+        return Err(rusqlite::Error::IntegralValueOutOfRange(
+            usize::MAX,
+            version,
+        ));
+    }
+    if version < INDEX_VERSION {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {INDEX_VERSION}; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
+/// Maps SQLite errors to the store's: a newer schema and a damaged file get their own variants.
+pub(super) fn classify(path: &Path, source: rusqlite::Error) -> Error {
+    match source {
+        rusqlite::Error::IntegralValueOutOfRange(usize::MAX, found) => Error::UnsupportedVersion {
+            what: format!("index {}", path.display()),
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+            supported: INDEX_VERSION as u32,
+        },
+        rusqlite::Error::SqliteFailure(ref e, _)
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            Error::corrupt(
+                format!("index {}", path.display()),
+                format!("{source}; run `cairn repair index` to rebuild it from the packs"),
+            )
+        }
+        other => Error::Index {
+            path: path.to_path_buf(),
+            source: other,
+        },
+    }
+}

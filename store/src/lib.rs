@@ -1,0 +1,73 @@
+//! cairn's engine: a content-addressed, deduplicating snapshot store.
+//!
+//! A [`Repo`] holds snapshots of directory trees. Files are cut into content-defined chunks
+//! (FastCDC), each named by its BLAKE3 ([`ChunkId`]), compressed with zstd and packed into pack
+//! files; directories become tree objects ([`TreeId`]) naming their entries' chunks and
+//! subtrees, so unchanged subtrees are shared between snapshots. A snapshot is a root tree plus
+//! a small record ([`SnapshotRecord`]), written only after everything it names is durable. A
+//! SQLite index maps every blob to its pack; it is a cache, rebuildable from the packs and
+//! records ([`Repo::rebuild_index`]).
+//!
+//! ```
+//! use cairn_store::{NoProgress, Repo, InitOptions, RestoreOptions, SnapshotOptions};
+//! # fn main() -> Result<(), cairn_store::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let src = dir.path().join("src");
+//! std::fs::create_dir_all(src.join("conf")).unwrap();
+//! std::fs::write(src.join("conf/app.toml"), b"port = 8080\n").unwrap();
+//!
+//! let repo = Repo::init(&dir.path().join("repo"), &InitOptions::default())?;
+//! let report = repo.snapshot(&SnapshotOptions::new(vec![src.clone()]), &NoProgress)?;
+//! assert_eq!(report.totals.files, 1);
+//!
+//! let snap = repo.resolve("latest")?;
+//! let mut opts = RestoreOptions::default();
+//! opts.target = dir.path().join("out");
+//! repo.restore(&snap, &opts, &NoProgress)?;
+//! let restored = opts.target.join(src.strip_prefix("/").unwrap()).join("conf/app.toml");
+//! assert_eq!(std::fs::read(restored).unwrap(), b"port = 8080\n");
+//! # Ok(()) }
+//! ```
+//!
+//! Data flows one way: snapshot/restore → index and packs → [`Backend`]. The library never
+//! prints; long operations report through [`Progress`].
+
+mod backend;
+mod chunker;
+mod codec;
+mod config;
+mod error;
+mod fsmeta;
+mod id;
+mod index;
+mod pack;
+mod progress;
+mod record;
+mod repo;
+mod restore;
+mod snapshot;
+mod tree;
+
+pub use backend::{Backend, FileKind, LocalBackend, MemoryBackend};
+pub use chunker::{boundaries, Chunker};
+pub use config::{ChunkerParams, RepoConfig};
+pub use error::{Error, Result};
+pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
+pub use pack::{check_pack, open_blob, seal, BlobKind, PackEntry, PackWriter};
+pub use progress::{NoProgress, Progress, Unit};
+pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
+pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
+pub use restore::{hash_file, Overwrite, RestoreOptions, RestoreReport};
+pub use snapshot::{read_exclude_file, SnapshotOptions, SnapshotReport, Warning};
+pub use tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
+
+/// Decoders of on-disk bytes, exposed for the fuzz targets.
+pub mod decode {
+    pub use crate::config::RepoConfig;
+    pub use crate::pack::{check_pack, parse_footer, parse_trailer};
+
+    /// Decodes a repository config file.
+    pub fn config(bytes: &[u8]) -> crate::Result<RepoConfig> {
+        RepoConfig::decode(bytes)
+    }
+}

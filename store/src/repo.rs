@@ -1,0 +1,339 @@
+//! The repository handle: one `Repo` per open repository, shared by all operations.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::backend::{Backend, FileKind, LocalBackend};
+use crate::config::{ChunkerParams, RepoConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::id::{BlobId, SnapshotId, TreeId};
+use crate::index::Index;
+use crate::pack::{self, FOOTER_LEN};
+use crate::record::SnapshotRecord;
+use crate::tree::Tree;
+
+/// How `Repo::init` sets up a repository.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct InitOptions {
+    /// Chunker parameters (fixed for the life of the repository).
+    pub chunker: ChunkerParams,
+    /// zstd level for new data.
+    pub compression_level: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            chunker: ChunkerParams::default(),
+            compression_level: 3,
+            pack_size: 16 << 20,
+        }
+    }
+}
+
+/// How `Repo::open` opens a repository.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct OpenOptions {}
+
+/// A snapshot: its ID and record.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The ID.
+    pub id: SnapshotId,
+    /// The record.
+    pub record: SnapshotRecord,
+}
+
+/// What `rebuild_index` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RebuildReport {
+    /// Packs indexed.
+    pub packs: u64,
+    /// Blobs indexed.
+    pub blobs: u64,
+    /// Snapshots indexed.
+    pub snapshots: u64,
+    /// Packs or records that could not be read, with the reason; their content is not indexed.
+    pub damaged: Vec<String>,
+}
+
+/// An open repository.
+pub struct Repo {
+    root: PathBuf,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) index: Index,
+    pub(crate) config: RepoConfig,
+}
+
+fn index_path(root: &Path) -> PathBuf {
+    root.join("index").join("index.sqlite")
+}
+
+pub(crate) fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+impl Repo {
+    /// Creates a repository in `path`, which must not exist or be an empty directory.
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<Self> {
+        opts.chunker.validate()?;
+        if path.join("config").exists() {
+            return Err(Error::InvalidInput(format!(
+                "{} is already a cairn repository",
+                path.display()
+            )));
+        }
+        if path.exists() {
+            let mut rd = fs::read_dir(path).at(path)?;
+            if rd.next().is_some() {
+                return Err(Error::NotEmpty(path.to_path_buf()));
+            }
+        } else {
+            fs::create_dir_all(path).at(path)?;
+        }
+        let local = LocalBackend::new(path);
+        local.create_layout()?;
+        let config = RepoConfig {
+            repo_id: hex::encode(
+                &blake3::hash(
+                    format!("{:?}{}", jiff::Timestamp::now(), std::process::id()).as_bytes(),
+                )
+                .as_bytes()[..16],
+            ),
+            created: now_secs(),
+            chunker: opts.chunker,
+            compression_level: opts.compression_level,
+            pack_size: opts.pack_size,
+        };
+        let index = Index::open(&index_path(path))?;
+        // The config is written last: a directory without it is not (yet) a repository.
+        local.put(FileKind::Config, "config", &config.encode())?;
+        Ok(Self {
+            root: path.to_path_buf(),
+            backend: Arc::new(local),
+            index,
+            config,
+        })
+    }
+
+    /// Opens the repository in `path`.
+    pub fn open(path: &Path, _opts: &OpenOptions) -> Result<Self> {
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
+        Self::open_with(path, backend)
+    }
+
+    /// Opens a repository stored in `backend`, with its index under `root`/index.
+    pub fn open_with(root: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+        let bytes = match backend.get(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotARepository(root.to_path_buf()))
+            }
+            Err(e) => return Err(e),
+        };
+        let config = RepoConfig::decode(&bytes)?;
+        let dir = root.join("index");
+        fs::create_dir_all(&dir).at(&dir)?;
+        let index = Index::open(&index_path(root))?;
+        let repo = Self {
+            root: root.to_path_buf(),
+            backend,
+            index,
+            config,
+        };
+        repo.reconcile_snapshots()?;
+        Ok(repo)
+    }
+
+    /// The repository's folder.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The config fixed at `init`.
+    #[must_use]
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Adds to the index any snapshot record that is durable but not indexed (a run killed
+    /// between writing its record and indexing it). Cheap: one directory listing.
+    fn reconcile_snapshots(&self) -> Result<()> {
+        let known: std::collections::HashSet<SnapshotId> =
+            self.index.snapshot_ids()?.into_iter().collect();
+        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+            let Ok(id) = name.parse::<SnapshotId>() else {
+                continue;
+            };
+            if !known.contains(&id) {
+                if let Ok(bytes) = self.backend.get(FileKind::Snapshot, &name) {
+                    if let Ok(rec) = SnapshotRecord::open(id, &bytes) {
+                        self.index.add_snapshot(
+                            id,
+                            rec.time_ns,
+                            &rec.host,
+                            rec.label.as_deref(),
+                            &bytes,
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.index
+            .snapshots()?
+            .into_iter()
+            .map(|row| {
+                Ok(Snapshot {
+                    record: SnapshotRecord::open(row.id, &row.record)?,
+                    id: row.id,
+                })
+            })
+            .collect()
+    }
+
+    /// Finds a snapshot by full ID, unique ID prefix, `latest`, or label (the newest with it).
+    pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
+        let all = self.snapshots()?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .next_back()
+                .ok_or_else(|| Error::NoSuchSnapshot(spec.to_owned()));
+        }
+        if let Some(s) = all
+            .iter()
+            .rev()
+            .find(|s| s.record.label.as_deref() == Some(spec))
+        {
+            return Ok(s.clone());
+        }
+        let lower = spec.to_ascii_lowercase();
+        if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::NoSuchSnapshot(spec.to_owned()));
+        }
+        let mut matches: Vec<Snapshot> = all
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(&lower))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::NoSuchSnapshot(spec.to_owned())),
+            1 => Ok(matches.remove(0)),
+            count => Err(Error::AmbiguousSnapshot {
+                prefix: spec.to_owned(),
+                count,
+            }),
+        }
+    }
+
+    /// The newest snapshot taken at or before `time_ns` (point-in-time restore).
+    pub fn resolve_at(&self, time_ns: i64) -> Result<Snapshot> {
+        self.snapshots()?
+            .into_iter()
+            .filter(|s| s.record.time_ns <= time_ns)
+            .next_back()
+            .ok_or_else(|| {
+                Error::NoSuchSnapshot(format!(
+                    "at or before {}",
+                    jiff::Timestamp::from_nanosecond(i128::from(time_ns))
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                ))
+            })
+    }
+
+    /// Reads a blob back, checking it against its ID.
+    pub(crate) fn read_blob(&self, id: BlobId, what: &'static str) -> Result<Vec<u8>> {
+        let loc = self.index.locate(id)?.ok_or_else(|| Error::Missing {
+            what,
+            id: id.to_hex(),
+        })?;
+        let stored = self.backend.get_range(
+            FileKind::Pack,
+            &loc.pack.to_hex(),
+            loc.entry.offset,
+            loc.entry.stored_len as usize,
+        )?;
+        pack::open_blob(&loc.entry, &stored)
+    }
+
+    /// Loads and decodes a tree.
+    pub fn load_tree(&self, id: TreeId) -> Result<Tree> {
+        let bytes = self.read_blob(id.into(), "tree")?;
+        Tree::decode(id, &bytes)
+    }
+
+    /// Rebuilds the index from the packs' trailers and the snapshot records alone.
+    pub fn rebuild_index(&self) -> Result<RebuildReport> {
+        let mut report = RebuildReport::default();
+        self.index.clear()?;
+        let now = now_secs();
+        for (name, size) in self.backend.list(FileKind::Pack)? {
+            let entries = (|| {
+                let tail = self.backend.get_range(
+                    FileKind::Pack,
+                    &name,
+                    size.saturating_sub(FOOTER_LEN as u64),
+                    FOOTER_LEN.min(size as usize),
+                )?;
+                let footer = pack::parse_footer(&name, &tail, size)?;
+                let trailer = self.backend.get_range(
+                    FileKind::Pack,
+                    &name,
+                    footer.trailer_offset,
+                    footer.trailer_len as usize,
+                )?;
+                pack::parse_trailer(&name, &footer, &trailer)
+            })();
+            match entries {
+                Ok(entries) => {
+                    let Ok(id) = name.parse() else { continue };
+                    self.index.add_pack(id, size, &entries, now)?;
+                    report.packs += 1;
+                    report.blobs += entries.len() as u64;
+                }
+                Err(e) => report.damaged.push(format!("pack {name}: {e}")),
+            }
+        }
+        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+            let Ok(id) = name.parse::<SnapshotId>() else {
+                continue;
+            };
+            match self
+                .backend
+                .get(FileKind::Snapshot, &name)
+                .and_then(|b| Ok((SnapshotRecord::open(id, &b)?, b)))
+            {
+                Ok((rec, bytes)) => {
+                    self.index.add_snapshot(
+                        id,
+                        rec.time_ns,
+                        &rec.host,
+                        rec.label.as_deref(),
+                        &bytes,
+                    )?;
+                    report.snapshots += 1;
+                }
+                Err(e) => report.damaged.push(format!("snapshot {name}: {e}")),
+            }
+        }
+        Ok(report)
+    }
+
+    /// True when a blob of this kind is indexed.
+    pub(crate) fn has_blob(&self, id: BlobId) -> Result<bool> {
+        self.index.has_blob(id)
+    }
+}
