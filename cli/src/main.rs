@@ -1,1 +1,64 @@
-fn main() {}
+//! The `cairn` command-line tool. Parses arguments, draws progress, prints; all the work is
+//! done by `cairn_store`.
+//!
+//! Exit codes: 0 success; 1 error (nothing or not everything was done); 2 usage error;
+//! 3 snapshot completed but some files could not be read; 4 damaged or missing data found.
+
+mod args;
+mod commands;
+mod output;
+mod progress;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Documented exit codes.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The command could not run (or could not finish).
+    pub const ERROR: u8 = 1;
+    /// The snapshot completed, but some files could not be read.
+    pub const WARNINGS: u8 = 3;
+    /// Damaged or missing data was found.
+    pub const DAMAGE: u8 = 4;
+}
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let code = run(&cli);
+    if std::env::var_os("CAIRN_IO_STATS").is_some() {
+        // The kernel's count of bytes this process read: lets tests prove, independently of
+        // cairn's own counters, that a no-change snapshot reads no file contents.
+        if let Ok(io) = std::fs::read_to_string("/proc/self/io") {
+            eprint!("{io}");
+        }
+    }
+    code
+}
+
+fn run(cli: &args::Cli) -> ExitCode {
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(std::io::stderr(), "cairn: error: {err:#}");
+            let damage = err.chain().any(|c| {
+                c.downcast_ref::<cairn_store::Error>()
+                    .is_some_and(cairn_store::Error::is_damage)
+            });
+            ExitCode::from(if damage { exit::DAMAGE } else { exit::ERROR })
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

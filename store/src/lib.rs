@@ -64,7 +64,7 @@ pub use tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
 /// Decoders of on-disk bytes, exposed for the fuzz targets.
 pub mod decode {
     pub use crate::config::RepoConfig;
-    pub use crate::pack::{check_pack, parse_footer, parse_trailer};
+    pub use crate::pack::{check_pack, parse_footer, parse_trailer, Footer, FOOTER_LEN};
 
     /// Decodes a repository config file.
     pub fn config(bytes: &[u8]) -> crate::Result<RepoConfig> {

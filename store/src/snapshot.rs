@@ -650,6 +650,9 @@ impl Run<'_> {
                     break; // the file shrank; the stat check after reading reports it
                 }
             }
+            // A trailing hole (or bytes lost to shrinking) restores as zeros up to `size`: the
+            // hash covers exactly what a restore produces.
+            hash_zeros(&mut hasher, size.saturating_sub(pos));
             Ok::<_, ReadError>(())
         })();
         self.give_chunker(chunker);

@@ -1,1 +1,11 @@
+//! End-to-end tests of the `cairn` binary on generated trees. One test binary, modules sharing
+//! `util` (ripgrep's layout).
 
+mod util;
+
+mod crash;
+mod errors;
+mod incremental;
+mod property;
+mod restore_options;
+mod roundtrip;

@@ -1,0 +1,157 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// cairn: deduplicated snapshots of service trees, restored by ID, scrubbed for rot.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Repository path [default: $CAIRN_REPO, else the user's data directory, e.g.
+    /// ~/.local/share/cairn/repo]
+    #[arg(long, global = true, env = "CAIRN_REPO", value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (each warning, each file restored)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository
+    Init(InitArgs),
+    /// Take a snapshot of one or more paths
+    Snapshot(SnapshotArgs),
+    /// List snapshots
+    List(ListArgs),
+    /// Restore a snapshot (or chosen paths of it)
+    Restore(RestoreArgs),
+}
+
+/// `cairn init`
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// zstd compression level for new data (1-19)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression: i32,
+}
+
+/// Snapshot kinds on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// Trust the newest snapshot of the same host and paths (unchanged files are not read)
+    Incremental,
+    /// Trust the newest full snapshot of the same host and paths
+    Differential,
+    /// Read every byte again
+    Full,
+}
+
+/// `cairn snapshot`
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Files or directories to snapshot
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Which earlier snapshot to trust for change detection
+    #[arg(long, value_enum, default_value_t = Kind::Incremental)]
+    pub kind: Kind,
+    /// A label to restore by (e.g. before-upgrade)
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// A tag (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Leave out what matches GLOB: a pattern without '/' matches names anywhere, one with '/'
+    /// matches absolute paths (repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from FILE, one per line ('#' starts a comment)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Do not descend into other filesystems below the given paths
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Read and hash everything, store nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Record this host name instead of the machine's
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+}
+
+/// `cairn list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only snapshots with this tag (repeatable: any of them)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only snapshots of this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Only snapshots that include this source path
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Only the newest N snapshots
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+}
+
+/// Overwrite policies on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OverwriteArg {
+    /// Leave existing files alone
+    Never,
+    /// Replace existing files whose content differs
+    IfChanged,
+    /// Replace every existing file
+    Always,
+}
+
+/// `cairn restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot ID, unique ID prefix, `latest`, or label
+    #[arg(
+        value_name = "SNAPSHOT",
+        required_unless_present = "at",
+        conflicts_with = "at"
+    )]
+    pub snapshot: Option<String>,
+    /// Restore the newest snapshot taken at or before TIME (RFC 3339, or YYYY-MM-DD[THH:MM[:SS]]
+    /// in local time)
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Directory to recreate the source paths under; `/` restores in place
+    #[arg(long, short, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Restore only this path of the snapshot (absolute, as snapshotted; repeatable)
+    #[arg(long = "include", short = 'i', value_name = "PATH")]
+    pub includes: Vec<PathBuf>,
+    /// Leave out what matches GLOB (repeatable)
+    #[arg(long = "exclude", short = 'e', value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Re-read every written file and check it against its stored BLAKE3
+    #[arg(long)]
+    pub verify: bool,
+    /// Report what would be written, write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// What to do with existing files
+    #[arg(long, value_enum, default_value_t = OverwriteArg::IfChanged)]
+    pub overwrite: OverwriteArg,
+    /// Do not snapshot the existing files before overwriting them
+    #[arg(long)]
+    pub no_safety_snapshot: bool,
+}

@@ -1,0 +1,41 @@
+//! `cairn init`
+
+use anyhow::{Context, Result};
+use cairn_store::{InitOptions, Repo};
+use serde::Serialize;
+
+use crate::args::{Cli, InitArgs};
+use crate::exit;
+use crate::output;
+
+#[derive(Serialize)]
+struct Initialised {
+    repository: String,
+    repo_id: String,
+    chunker: cairn_store::ChunkerParams,
+    compression_level: i32,
+}
+
+pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
+    let (path, _) = super::repo_path(cli)?;
+    let mut opts = InitOptions::default();
+    opts.compression_level = args.compression;
+    let repo = Repo::init(&path, &opts)
+        .with_context(|| format!("cannot create repository {}", path.display()))?;
+    let report = Initialised {
+        repository: path.display().to_string(),
+        repo_id: repo.config().repo_id.clone(),
+        chunker: repo.config().chunker,
+        compression_level: repo.config().compression_level,
+    };
+    if cli.json {
+        output::json(&report)?;
+    } else if !cli.quiet {
+        println!(
+            "created cairn repository {} at {}",
+            &report.repo_id[..8],
+            report.repository
+        );
+    }
+    Ok(exit::OK)
+}

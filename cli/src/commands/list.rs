@@ -1,0 +1,111 @@
+//! `cairn list`
+
+use std::os::unix::ffi::OsStrExt;
+
+use anyhow::Result;
+use cairn_store::Snapshot;
+use serde::Serialize;
+
+use crate::args::{Cli, ListArgs};
+use crate::exit;
+use crate::output::{self, local_time, size};
+
+/// One snapshot as `list --json` prints it.
+#[derive(Serialize)]
+struct Listed<'a> {
+    id: String,
+    short_id: String,
+    time: String,
+    time_ns: i64,
+    kind: &'static str,
+    label: Option<&'a str>,
+    tags: &'a [String],
+    host: &'a str,
+    user: &'a str,
+    paths: Vec<String>,
+    parent: Option<String>,
+    #[serde(flatten)]
+    totals: &'a cairn_store::SnapshotTotals,
+    warnings: u64,
+    duration_ms: u64,
+    cairn_version: &'a str,
+}
+
+fn listed(s: &Snapshot) -> Listed<'_> {
+    let r = &s.record;
+    Listed {
+        id: s.id.to_hex(),
+        short_id: s.id.short(8),
+        time: jiff::Timestamp::from_nanosecond(i128::from(r.time_ns))
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        time_ns: r.time_ns,
+        kind: r.kind.as_str(),
+        label: r.label.as_deref(),
+        tags: &r.tags,
+        host: &r.host,
+        user: &r.user,
+        paths: r.paths_lossy(),
+        parent: r.parent.map(|p| p.to_hex()),
+        totals: &r.totals,
+        warnings: r.warnings,
+        duration_ms: r.duration_ms,
+        cairn_version: &r.cairn_version,
+    }
+}
+
+pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let want_path = match &args.path {
+        Some(p) => Some(std::path::absolute(p)?.as_os_str().as_bytes().to_vec()),
+        None => None,
+    };
+    let mut snaps: Vec<Snapshot> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| args.tags.is_empty() || s.record.tags.iter().any(|t| args.tags.contains(t)))
+        .filter(|s| args.host.as_ref().is_none_or(|h| &s.record.host == h))
+        .filter(|s| {
+            want_path
+                .as_ref()
+                .is_none_or(|p| s.record.paths.contains(p))
+        })
+        .collect();
+    if let Some(n) = args.latest {
+        let skip = snaps.len().saturating_sub(n);
+        snaps.drain(..skip);
+    }
+    if cli.json {
+        output::json(&snaps.iter().map(listed).collect::<Vec<_>>())?;
+        return Ok(exit::OK);
+    }
+    if cli.quiet {
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            let r = &s.record;
+            vec![
+                s.id.short(8),
+                local_time(r.time_ns),
+                r.kind.as_str().to_owned(),
+                r.label.clone().unwrap_or_default(),
+                r.tags.join(","),
+                r.host.clone(),
+                size(r.totals.bytes_total),
+                size(r.totals.data_stored),
+                r.totals.files.to_string(),
+                r.paths_lossy().join(" "),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS",
+        ],
+        &rows,
+    )?;
+    println!("{} snapshots", snaps.len());
+    Ok(exit::OK)
+}

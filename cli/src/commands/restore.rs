@@ -1,0 +1,106 @@
+//! `cairn restore`
+
+use anyhow::{bail, Context, Result};
+use cairn_store::{Overwrite, RestoreOptions, RestoreReport};
+
+use crate::args::{Cli, OverwriteArg, RestoreArgs};
+use crate::exit;
+use crate::output::{self, size};
+use crate::progress::Bar;
+
+/// Parses `--at`: RFC 3339 (with offset), or a civil date/time in the local time zone.
+pub fn parse_time(text: &str) -> Result<i64> {
+    // Beyond year 2262 nanoseconds leave i64: saturate, every snapshot is before that.
+    let ns = |t: jiff::Timestamp| -> Result<i64> {
+        Ok(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX))
+    };
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return ns(t);
+    }
+    let tz = jiff::tz::TimeZone::system();
+    let normal = text.replacen(' ', "T", 1);
+    if let Ok(dt) = normal.parse::<jiff::civil::DateTime>() {
+        return ns(dt.to_zoned(tz)?.timestamp());
+    }
+    if let Ok(d) = normal.parse::<jiff::civil::Date>() {
+        return ns(d.to_zoned(tz)?.timestamp());
+    }
+    bail!("cannot read {text:?} as a time: use RFC 3339 (2026-11-20T14:00:00Z) or YYYY-MM-DD[THH:MM[:SS]] in local time")
+}
+
+pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let snapshot = match (&args.snapshot, &args.at) {
+        (_, Some(at)) => repo.resolve_at(parse_time(at)?)?,
+        (Some(spec), None) => repo.resolve(spec)?,
+        (None, None) => bail!("name a snapshot or give --at TIME"),
+    };
+    let mut opts = RestoreOptions::default();
+    opts.target.clone_from(&args.target);
+    opts.includes.clone_from(&args.includes);
+    opts.excludes.clone_from(&args.excludes);
+    opts.verify = args.verify;
+    opts.dry_run = args.dry_run;
+    opts.overwrite = match args.overwrite {
+        OverwriteArg::Never => Overwrite::Never,
+        OverwriteArg::IfChanged => Overwrite::IfChanged,
+        OverwriteArg::Always => Overwrite::Always,
+    };
+    opts.safety_snapshot = !args.no_safety_snapshot;
+    let bar = Bar::new(!cli.quiet && !cli.json);
+    let report = repo.restore(&snapshot, &opts, &bar).with_context(|| {
+        format!(
+            "restore of {} into {} failed",
+            snapshot.id.short(8),
+            args.target.display()
+        )
+    })?;
+    if cli.json {
+        output::json(&report)?;
+    } else if !cli.quiet {
+        print_summary(&report);
+    }
+    super::print_warnings(cli, "warning", &report.warnings);
+    super::print_warnings(cli, "damaged", &report.damaged);
+    if report.has_damage() {
+        if !cli.quiet {
+            eprintln!(
+                "cairn: {} files could not be restored: stored data is damaged (run `cairn scrub`)",
+                report.damaged.len()
+            );
+        }
+        return Ok(exit::DAMAGE);
+    }
+    Ok(exit::OK)
+}
+
+fn print_summary(r: &RestoreReport) {
+    if let Some(id) = &r.safety_snapshot {
+        println!(
+            "safety snapshot {} taken of the files about to be overwritten",
+            &id[..8]
+        );
+    }
+    let verb = if r.dry_run {
+        "would restore"
+    } else {
+        "restored"
+    };
+    println!("{verb} snapshot {} into {}", &r.snapshot[..8], r.target);
+    println!(
+        "  files:   {} written, {} left as they were, {} hard links",
+        r.files_written, r.files_skipped, r.hardlinks
+    );
+    println!(
+        "  others:  {} directories, {} symlinks, {} special",
+        r.dirs, r.symlinks, r.specials
+    );
+    println!("  written: {}", size(r.bytes_written));
+    if r.files_verified > 0 {
+        println!(
+            "  verified: {} files match their stored BLAKE3",
+            r.files_verified
+        );
+    }
+    println!("  took:    {:.2} s", r.duration_secs);
+}

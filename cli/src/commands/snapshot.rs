@@ -1,0 +1,99 @@
+//! `cairn snapshot`
+
+use anyhow::{Context, Result};
+use cairn_store::{
+    read_exclude_file, InitOptions, OpenOptions, Repo, SnapshotKind, SnapshotOptions,
+    SnapshotReport,
+};
+
+use crate::args::{Cli, Kind, SnapshotArgs};
+use crate::exit;
+use crate::output::{self, size};
+use crate::progress::Bar;
+
+pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
+    let (path, is_default) = super::repo_path(cli)?;
+    let repo = if is_default && !path.join("config").exists() {
+        let repo = Repo::init(&path, &InitOptions::default())
+            .with_context(|| format!("cannot create the default repository {}", path.display()))?;
+        if !cli.quiet {
+            eprintln!("cairn: created the default repository at {} (use --repo or CAIRN_REPO for another)", path.display());
+        }
+        repo
+    } else {
+        Repo::open(&path, &OpenOptions::default())
+            .with_context(|| format!("cannot open repository {}", path.display()))?
+    };
+    let mut opts = SnapshotOptions::new(args.paths.clone());
+    opts.kind = match args.kind {
+        Kind::Incremental => SnapshotKind::Incremental,
+        Kind::Differential => SnapshotKind::Differential,
+        Kind::Full => SnapshotKind::Full,
+    };
+    opts.label.clone_from(&args.label);
+    opts.tags.clone_from(&args.tags);
+    opts.excludes.clone_from(&args.excludes);
+    for f in &args.exclude_file {
+        opts.excludes.extend(
+            read_exclude_file(f)
+                .with_context(|| format!("cannot read exclude file {}", f.display()))?,
+        );
+    }
+    opts.one_file_system = args.one_file_system;
+    opts.dry_run = args.dry_run;
+    opts.host.clone_from(&args.host);
+    let bar = Bar::new(!cli.quiet && !cli.json);
+    let report = repo
+        .snapshot(&opts, &bar)
+        .context("snapshot failed; no snapshot was recorded")?;
+    if cli.json {
+        output::json(&report)?;
+    } else if !cli.quiet {
+        print_summary(&report);
+    }
+    super::print_warnings(cli, "warning", &report.warnings);
+    Ok(if report.warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::WARNINGS
+    })
+}
+
+fn print_summary(r: &SnapshotReport) {
+    let t = &r.totals;
+    match &r.id {
+        Some(id) => println!("snapshot {} saved ({})", &id[..8], r.kind.as_str()),
+        None => println!("dry run: nothing stored ({})", r.kind.as_str()),
+    }
+    if let Some(p) = &r.parent {
+        println!("  parent:  {}", &p[..8]);
+    }
+    println!(
+        "  files:   {} new, {} changed, {} unchanged ({} in all)",
+        t.files_new, t.files_changed, t.files_unchanged, t.files
+    );
+    println!(
+        "  others:  {} directories, {} symlinks, {} special",
+        t.dirs, t.symlinks, t.specials
+    );
+    println!(
+        "  read:    {} of {}",
+        size(t.bytes_read),
+        size(t.bytes_total)
+    );
+    println!(
+        "  added:   {} of new data, {} stored after dedup and compression",
+        size(t.data_added),
+        size(t.data_stored)
+    );
+    println!("  took:    {:.2} s", r.duration_secs);
+    if !r.warnings.is_empty() {
+        println!(
+            "  warnings: {} (files left out or stored as read; see below)",
+            r.warnings.len()
+        );
+    }
+    if let Some(id) = &r.id {
+        println!("  id:      {id}");
+    }
+}

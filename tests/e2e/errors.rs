@@ -1,0 +1,113 @@
+//! Bad input gets a clear error and loses nothing.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::args;
+use crate::util::*;
+
+fn stderr_of(out: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory_and_an_existing_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("precious"), b"x").unwrap();
+    let out = cairn(dir.path()).arg("init").assert().code(1);
+    assert!(stderr_of(&out).contains("not empty"), "{}", stderr_of(&out));
+    assert_eq!(fs::read(dir.path().join("precious")).unwrap(), b"x");
+    let (_d, repo) = new_repo();
+    let out = cairn(&repo).arg("init").assert().code(1);
+    assert!(stderr_of(&out).contains("already a cairn repository"));
+}
+
+#[test]
+fn a_directory_that_is_not_a_repository_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cairn(dir.path()).arg("list").assert().code(1);
+    assert!(
+        stderr_of(&out).contains("is not a cairn repository"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_missing_source_path_fails_and_records_nothing() {
+    let (dir, repo) = new_repo();
+    let out = cairn(&repo)
+        .args(args!["snapshot", dir.path().join("nope")])
+        .assert()
+        .code(1);
+    assert!(
+        stderr_of(&out).contains("nope"),
+        "the error names the path: {}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        cairn_json(&repo, args!["list"], 0)
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn a_newer_format_is_refused_clearly() {
+    let (_dir, repo) = new_repo();
+    let config = repo.join("config");
+    let mut bytes = fs::read(&config).unwrap();
+    bytes[8] = 9; // version field (u32 LE after the 8-byte magic)
+    fs::write(&config, bytes).unwrap();
+    let out = cairn(&repo).arg("list").assert().code(1);
+    assert!(
+        stderr_of(&out).contains("format version 9"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn an_unreadable_file_is_a_warning_with_exit_code_3_and_the_snapshot_completes() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("ok.txt"), b"fine\n").unwrap();
+    fs::write(src.join("locked.txt"), b"secret\n").unwrap();
+    fs::set_permissions(src.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = if is_root() {
+        // Root reads everything: run cairn as nobody, owning the repository and the tree.
+        for e in walkdir::WalkDir::new(dir.path()) {
+            std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
+        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(assert_cmd::cargo::cargo_bin("cairn"));
+        c
+    } else {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("cairn"))
+    };
+    let out = cmd
+        .env("CAIRN_REPO", &repo)
+        .env("HOME", dir.path())
+        .args(args!["--json", "snapshot", &src])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = r["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{r}");
+    assert!(warnings[0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("locked.txt"));
+    assert_eq!(r["files"], 1);
+    assert!(r["id"].is_string(), "the snapshot completed");
+}
