@@ -131,6 +131,8 @@ struct Job<'a> {
     repo: &'a Repo,
     opts: &'a RestoreOptions,
     includes: Vec<PathBuf>,
+    /// The snapshot's source paths.
+    sources: Vec<PathBuf>,
     excludes: Excludes,
     progress: &'a dyn Progress,
     root_user: bool,
@@ -173,6 +175,13 @@ fn wanted(includes: &[PathBuf], path: &Path) -> Option<bool> {
 }
 
 impl Job<'_> {
+    /// True for a directory strictly above the snapshot's source paths.
+    fn above_sources(&self, snap_path: &Path) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s != snap_path && s.starts_with(snap_path))
+    }
+
     fn dest_of(&self, snap_path: &Path) -> PathBuf {
         let rel = snap_path.strip_prefix("/").unwrap_or(snap_path);
         self.opts.target.join(rel)
@@ -225,6 +234,7 @@ impl Job<'_> {
         let dest = self.dest_of(snap_path);
         match e.kind {
             EntryKind::Dir => {
+                let created = !self.opts.dry_run && fs::symlink_metadata(&dest).is_err();
                 if !self.opts.dry_run && !self.ensure_dir(&dest)? {
                     return Ok(());
                 }
@@ -232,7 +242,11 @@ impl Job<'_> {
                 if let Some(sub) = e.subtree {
                     self.restore_tree(sub, snap_path)?;
                 }
-                if all || !self.includes.is_empty() {
+                // A directory only on the way to what is restored (above the source paths, or
+                // above an include) keeps its own metadata unless this restore created it:
+                // restoring /etc/nginx in place must not reset /etc.
+                let on_the_way = !all || self.above_sources(snap_path);
+                if !on_the_way || created {
                     self.dirs
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -590,6 +604,12 @@ impl Repo {
             opts,
             excludes: Excludes::new(&opts.excludes, None)?,
             includes,
+            sources: snapshot
+                .record
+                .paths
+                .iter()
+                .map(|p| PathBuf::from(OsStr::from_bytes(p)))
+                .collect(),
             progress,
             root_user: fsmeta::is_root(),
             counts: Counts::default(),

@@ -176,8 +176,18 @@ fn overwrite_policies_and_the_safety_snapshot_when_restoring_in_place() {
     assert_eq!(fs::read(src.join("conf/b.conf")).unwrap(), b"good b\n");
     fs::remove_file(src.join("conf/b.conf")).unwrap();
 
+    // The directory above the source changes mode after the snapshot: an in-place restore of
+    // the source must leave it alone (restoring /etc/nginx must not reset /etc).
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o751)).unwrap();
+
     // if-changed (default) in place: a safety snapshot first, then the good content.
     let r = cairn_json(&repo, args!["restore", "good", "--target", "/"], 0);
+    assert_eq!(
+        fs::metadata(dir.path()).unwrap().permissions().mode() & 0o7777,
+        0o751,
+        "parent of the source untouched"
+    );
     let safety = r["safety_snapshot"]
         .as_str()
         .expect("safety snapshot id")
