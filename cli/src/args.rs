@@ -45,6 +45,10 @@ pub struct InitArgs {
     /// zstd compression level for new data (1-19)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression: i32,
+    /// Average chunk size in bytes, a power of two from 1 KiB to 4 MiB (minimum is a quarter of
+    /// it, maximum eight times it); fixed for the life of the repository
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    pub chunk_size: u32,
 }
 
 /// Snapshot kinds on the command line.

@@ -20,6 +20,17 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
     let (path, _) = super::repo_path(cli)?;
     let mut opts = InitOptions::default();
     opts.compression_level = args.compression;
+    if !args.chunk_size.is_power_of_two() || !(1024..=4 << 20).contains(&args.chunk_size) {
+        anyhow::bail!(
+            "--chunk-size must be a power of two from 1024 to 4194304, not {}",
+            args.chunk_size
+        );
+    }
+    opts.chunker = cairn_store::ChunkerParams {
+        min_size: args.chunk_size / 4,
+        avg_size: args.chunk_size,
+        max_size: args.chunk_size * 8,
+    };
     let repo = Repo::init(&path, &opts)
         .with_context(|| format!("cannot create repository {}", path.display()))?;
     let report = Initialised {
