@@ -13,7 +13,7 @@ use crate::id::{BlobId, SnapshotId, TreeId};
 use crate::index::Index;
 use crate::pack::{self, FOOTER_LEN};
 use crate::record::SnapshotRecord;
-use crate::tree::Tree;
+use crate::tree::{Entry, Tree};
 
 /// How `Repo::init` sets up a repository.
 #[derive(Clone, Debug)]
@@ -273,6 +273,34 @@ impl Repo {
     pub fn load_tree(&self, id: TreeId) -> Result<Tree> {
         let bytes = self.read_blob(id.into(), "tree")?;
         Tree::decode(id, &bytes)
+    }
+
+    /// The entry at an absolute `path` in the tree rooted at `root` (the root itself has no
+    /// entry: `None` for `/`).
+    pub fn find_entry(&self, root: TreeId, path: &Path) -> Result<Option<Entry>> {
+        let mut tree = self.load_tree(root)?;
+        let mut names = path.components().filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.as_encoded_bytes().to_vec()),
+            _ => None,
+        });
+        let Some(mut name) = names.next() else {
+            return Ok(None);
+        };
+        loop {
+            let Some(entry) = tree.get(&name).cloned() else {
+                return Ok(None);
+            };
+            match names.next() {
+                None => return Ok(Some(entry)),
+                Some(next) => {
+                    let Some(sub) = entry.subtree else {
+                        return Ok(None);
+                    };
+                    tree = self.load_tree(sub)?;
+                    name = next;
+                }
+            }
+        }
     }
 
     /// Rebuilds the index from the packs' trailers and the snapshot records alone.

@@ -49,9 +49,13 @@ fn no_change_snapshot_reads_no_file_contents() {
         assert_eq!(r["bytes_read"], 0, "{kind}: {r}");
         assert_eq!(r["files_unchanged"], r["files"], "{kind}: {r}");
         assert_eq!(r["files_changed"], 0);
-        assert_eq!(
-            r["blobs_new"], 0,
-            "{kind}: no chunk and no tree is written again: {r}"
+        // No chunk and no tree of the source is written again. Only the directories above
+        // it (/tmp, shared with other tests) may have changed metadata: one small tree each.
+        let ancestors = src.components().count() as u64 - 1;
+        assert!(r["blobs_new"].as_u64().unwrap() <= ancestors, "{kind}: {r}");
+        assert!(
+            r["data_added"].as_u64().unwrap() < 1024 * ancestors,
+            "{kind}: {r}"
         );
         // The process read the index and some trees, far less than one file's worth.
         assert!(
@@ -63,7 +67,11 @@ fn no_change_snapshot_reads_no_file_contents() {
     let (r, rchar) = snapshot_counting_reads(&repo, "full", &src);
     assert_eq!(r["files_unchanged"], 0);
     assert!(rchar > 48 << 20);
-    assert_eq!(r["data_added"], 0, "{r}");
+    let ancestors = src.components().count() as u64 - 1;
+    assert!(
+        r["data_added"].as_u64().unwrap() < 1024 * ancestors,
+        "nothing of the source stored again: {r}"
+    );
 }
 
 #[test]
