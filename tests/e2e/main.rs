@@ -9,3 +9,4 @@ mod incremental;
 mod property;
 mod restore_options;
 mod roundtrip;
+mod snapshot_options;
