@@ -38,31 +38,25 @@ impl Rng {
 }
 
 fn arg(args: &[String], flag: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// A vocabulary of identifiers, so that text compresses like source code does (~3-4x).
 fn vocabulary(rng: &mut Rng) -> Vec<String> {
     let syllables = [
-        "dev", "net", "buf", "init", "irq", "lock", "page", "map", "skb", "ops", "ctx", "reg",
-        "dma", "fs", "io", "tx", "rx", "hw",
+        "dev", "net", "buf", "init", "irq", "lock", "page", "map", "skb", "ops", "ctx", "reg", "dma", "fs", "io", "tx",
+        "rx", "hw",
     ];
     let mut words: Vec<String> = [
-        "if", "return", "struct", "static", "int", "void", "unsigned", "const", "for", "while",
-        "{", "}", "(", ")", ";", "=", "->", "&&", "0", "NULL",
+        "if", "return", "struct", "static", "int", "void", "unsigned", "const", "for", "while", "{", "}", "(", ")",
+        ";", "=", "->", "&&", "0", "NULL",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
     for _ in 0..600 {
         let n = 1 + rng.below(3);
-        let w: Vec<&str> = (0..n)
-            .map(|_| syllables[rng.below(syllables.len() as u64) as usize])
-            .collect();
+        let w: Vec<&str> = (0..n).map(|_| syllables[rng.below(syllables.len() as u64) as usize]).collect();
         words.push(w.join("_"));
     }
     words
@@ -97,15 +91,8 @@ fn tree(dir: &Path, files: u64, bytes: u64, seed: u64) -> std::io::Result<()> {
     let mut dirs: Vec<PathBuf> = vec![dir.to_path_buf()];
     for _ in 1..ndirs {
         let parent = dirs[rng.below(dirs.len() as u64) as usize].clone();
-        let depth = parent
-            .strip_prefix(dir)
-            .map(|p| p.components().count())
-            .unwrap_or(0);
-        let parent = if depth >= 7 {
-            dir.to_path_buf()
-        } else {
-            parent
-        };
+        let depth = parent.strip_prefix(dir).map(|p| p.components().count()).unwrap_or(0);
+        let parent = if depth >= 7 { dir.to_path_buf() } else { parent };
         let name = &vocab[20 + rng.below((vocab.len() - 20) as u64) as usize];
         let p = parent.join(format!("{name}{}", rng.below(100)));
         dirs.push(p);
@@ -113,13 +100,7 @@ fn tree(dir: &Path, files: u64, bytes: u64, seed: u64) -> std::io::Result<()> {
     // Sizes: log-normal around a few KiB (median ~4 KiB), scaled to the byte budget; 1 in 500
     // files is several MiB (firmware, generated tables).
     let mut sizes: Vec<f64> = (0..files)
-        .map(|_| {
-            if rng.below(500) == 0 {
-                2.0e6 + rng.unit() * 6.0e6
-            } else {
-                (8.3 + 1.2 * rng.normal()).exp()
-            }
-        })
+        .map(|_| if rng.below(500) == 0 { 2.0e6 + rng.unit() * 6.0e6 } else { (8.3 + 1.2 * rng.normal()).exp() })
         .collect();
     let sum: f64 = sizes.iter().sum();
     let scale = bytes as f64 / sum;
@@ -130,10 +111,7 @@ fn tree(dir: &Path, files: u64, bytes: u64, seed: u64) -> std::io::Result<()> {
         let d = &dirs[rng.below(dirs.len() as u64) as usize];
         fs::create_dir_all(d)?;
         let ext = ["c", "h", "S", "txt", "rst", "dts"][rng.below(6) as usize];
-        fs::write(
-            d.join(format!("f{i}.{ext}")),
-            text(&mut rng, &vocab, *size as usize),
-        )?;
+        fs::write(d.join(format!("f{i}.{ext}")), text(&mut rng, &vocab, *size as usize))?;
     }
     Ok(())
 }
@@ -187,9 +165,8 @@ const TABLES: [&str; 3] = ["orders", "customers", "events"];
 
 fn row(rng: &mut Rng, vocab: &[String], id: u64, version: u64) -> String {
     let hash = format!("{:016x}{:016x}", rng.next(), rng.next());
-    let words: Vec<&str> = (0..(3 + rng.below(8)))
-        .map(|_| vocab[rng.below(vocab.len() as u64) as usize].as_str())
-        .collect();
+    let words: Vec<&str> =
+        (0..(3 + rng.below(8))).map(|_| vocab[rng.below(vocab.len() as u64) as usize].as_str()).collect();
     let ts = 1_700_000_000 + id * 7 + version * 3600;
     format!("{id}\t{hash}\t{}\t{ts}\t{version}\n", words.join(" "))
 }
@@ -201,10 +178,7 @@ fn dump(file: &Path, bytes: u64, seed: u64) -> std::io::Result<()> {
     let mut out = BufWriter::new(fs::File::create(file)?);
     let per_table = bytes / TABLES.len() as u64;
     for t in TABLES {
-        writeln!(
-            out,
-            "COPY public.{t} (id, hash, body, ts, version) FROM stdin;"
-        )?;
+        writeln!(out, "COPY public.{t} (id, hash, body, ts, version) FROM stdin;")?;
         let mut written = 0u64;
         let mut id = 1;
         while written < per_table {
@@ -252,11 +226,7 @@ fn dump2(file: &Path, next: &Path, seed: u64) -> std::io::Result<()> {
             continue;
         }
         if in_table {
-            let id: u64 = line
-                .split('\t')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let id: u64 = line.split('\t').next().and_then(|v| v.parse().ok()).unwrap_or(0);
             max_id = max_id.max(id);
             let dice = rng.below(10_000);
             if dice < 10 {
@@ -280,16 +250,11 @@ fn main() {
     let usage = "usage: gen-corpus tree DIR [--files N] [--bytes B] [--seed S] | hourly DIR [--seed S] | dump FILE [--bytes B] [--seed S] | dump2 FILE NEXT [--seed S]";
     let seed = arg(&args, "--seed", 42);
     let result = match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some("tree"), Some(dir)) => tree(
-            Path::new(dir),
-            arg(&args, "--files", 40_000),
-            arg(&args, "--bytes", 1 << 30),
-            seed,
-        ),
-        (Some("hourly"), Some(dir)) => hourly(Path::new(dir), seed),
-        (Some("dump"), Some(file)) => {
-            dump(Path::new(file), arg(&args, "--bytes", 600_000_000), seed)
+        (Some("tree"), Some(dir)) => {
+            tree(Path::new(dir), arg(&args, "--files", 40_000), arg(&args, "--bytes", 1 << 30), seed)
         }
+        (Some("hourly"), Some(dir)) => hourly(Path::new(dir), seed),
+        (Some("dump"), Some(file)) => dump(Path::new(file), arg(&args, "--bytes", 600_000_000), seed),
         (Some("dump2"), Some(file)) => match args.get(3) {
             Some(next) => dump2(Path::new(file), Path::new(next), seed),
             None => {

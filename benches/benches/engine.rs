@@ -21,17 +21,7 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn text(len: usize) -> Vec<u8> {
-    let words = [
-        "INSERT",
-        "INTO",
-        "orders",
-        "VALUES",
-        "(42,",
-        "'2026-11-20",
-        "12:00:00',",
-        "'abc'",
-        ");\n",
-    ];
+    let words = ["INSERT", "INTO", "orders", "VALUES", "(42,", "'2026-11-20", "12:00:00',", "'abc'", ");\n"];
     let mut out = Vec::with_capacity(len + 16);
     let mut i = 0usize;
     while out.len() < len {
@@ -72,11 +62,7 @@ fn hashing(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(buf.len() as u64));
     g.bench_function("blake3_16MiB", |b| b.iter(|| black_box(blake3::hash(&buf))));
     g.bench_function("blake3_per_8KiB_chunk", |b| {
-        b.iter(|| {
-            buf.chunks(8192)
-                .map(|c| blake3::hash(c).as_bytes()[0])
-                .fold(0u8, |a, x| a ^ x)
-        })
+        b.iter(|| buf.chunks(8192).map(|c| blake3::hash(c).as_bytes()[0]).fold(0u8, |a, x| a ^ x))
     });
     g.finish();
 }
@@ -87,11 +73,7 @@ fn compression(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(buf.len() as u64));
         g.bench_function(format!("zstd3_8KiB_chunks_{name}"), |b| {
             let mut z = zstd::bulk::Compressor::new(3).unwrap();
-            b.iter(|| {
-                buf.chunks(8192)
-                    .map(|c| z.compress(c).unwrap().len())
-                    .sum::<usize>()
-            });
+            b.iter(|| buf.chunks(8192).map(|c| z.compress(c).unwrap().len()).sum::<usize>());
         });
     }
     g.finish();
@@ -101,11 +83,7 @@ fn make_tree(root: &Path, files: usize) {
     for i in 0..files {
         let dir = root.join(format!("d{}", i % 50));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join(format!("f{i}")),
-            data(2000 + (i * 37) % 9000, i as u64),
-        )
-        .unwrap();
+        std::fs::write(dir.join(format!("f{i}")), data(2000 + (i * 37) % 9000, i as u64)).unwrap();
     }
 }
 
@@ -119,13 +97,7 @@ fn snapshots(c: &mut Criterion) {
             || tempfile::tempdir().unwrap(),
             |dir| {
                 let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
-                black_box(
-                    repo.snapshot(
-                        &SnapshotOptions::new(vec![src.path().to_path_buf()]),
-                        &NoProgress,
-                    )
-                    .unwrap(),
-                );
+                black_box(repo.snapshot(&SnapshotOptions::new(vec![src.path().to_path_buf()]), &NoProgress).unwrap());
             },
             BatchSize::PerIteration,
         );
@@ -134,9 +106,7 @@ fn snapshots(c: &mut Criterion) {
     let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
     let opts = SnapshotOptions::new(vec![src.path().to_path_buf()]);
     repo.snapshot(&opts, &NoProgress).unwrap();
-    g.bench_function("no_change", |b| {
-        b.iter(|| black_box(repo.snapshot(&opts, &NoProgress).unwrap()))
-    });
+    g.bench_function("no_change", |b| b.iter(|| black_box(repo.snapshot(&opts, &NoProgress).unwrap())));
     g.finish();
 }
 

@@ -127,11 +127,7 @@ pub enum OverwriteArg {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Snapshot ID, unique ID prefix, `latest`, or label
-    #[arg(
-        value_name = "SNAPSHOT",
-        required_unless_present = "at",
-        conflicts_with = "at"
-    )]
+    #[arg(value_name = "SNAPSHOT", required_unless_present = "at", conflicts_with = "at")]
     pub snapshot: Option<String>,
     /// Restore the newest snapshot taken at or before TIME (RFC 3339, or YYYY-MM-DD[THH:MM[:SS]]
     /// in local time)

@@ -47,18 +47,13 @@ fn run(cli: &args::Cli) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let _ = writeln!(std::io::stderr(), "cairn: error: {err:#}");
-            let damage = err.chain().any(|c| {
-                c.downcast_ref::<cairn_store::Error>()
-                    .is_some_and(cairn_store::Error::is_damage)
-            });
+            let damage =
+                err.chain().any(|c| c.downcast_ref::<cairn_store::Error>().is_some_and(cairn_store::Error::is_damage));
             ExitCode::from(if damage { exit::DAMAGE } else { exit::ERROR })
         }
     }
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }

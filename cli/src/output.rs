@@ -32,11 +32,7 @@ pub fn size(bytes: u64) -> String {
 /// A Unix-nanosecond time in the local time zone, to the second.
 pub fn local_time(time_ns: i64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(time_ns))
-        .map(|t| {
-            t.to_zoned(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|_| "?".into())
 }
 

@@ -16,19 +16,11 @@ pub struct Bar {
 impl Bar {
     /// A bar that draws only when `wanted` and stderr is a terminal.
     pub fn new(wanted: bool) -> Self {
-        Self {
-            enabled: wanted && std::io::stderr().is_terminal(),
-            bar: Mutex::new(None),
-        }
+        Self { enabled: wanted && std::io::stderr().is_terminal(), bar: Mutex::new(None) }
     }
 
     fn with(&self, f: impl FnOnce(&ProgressBar)) {
-        if let Some(b) = self
-            .bar
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
+        if let Some(b) = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             f(b);
         }
     }
@@ -44,12 +36,8 @@ impl Progress for Bar {
             None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
         };
         let template = match (unit, len.is_some()) {
-            (Unit::Bytes, true) => {
-                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}"
-            }
-            (Unit::Bytes, false) => {
-                "{prefix} {spinner} {bytes} read, {bytes_per_sec} {elapsed} {wide_msg}"
-            }
+            (Unit::Bytes, true) => "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}",
+            (Unit::Bytes, false) => "{prefix} {spinner} {bytes} read, {bytes_per_sec} {elapsed} {wide_msg}",
             (Unit::Items, true) => "{prefix} [{bar:30}] {pos}/{len} ETA {eta} {wide_msg}",
             (Unit::Items, false) => "{prefix} {spinner} {pos} {elapsed} {wide_msg}",
         };
@@ -58,10 +46,7 @@ impl Progress for Bar {
         }
         bar.set_prefix(phase.to_owned());
         bar.enable_steady_tick(Duration::from_millis(200));
-        *self
-            .bar
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bar);
+        *self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bar);
     }
 
     fn inc(&self, n: u64) {
@@ -73,12 +58,7 @@ impl Progress for Bar {
     }
 
     fn finish(&self) {
-        if let Some(b) = self
-            .bar
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
+        if let Some(b) = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             b.finish_and_clear();
         }
     }

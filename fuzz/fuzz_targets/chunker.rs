@@ -2,11 +2,7 @@
 //! the read sizes.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let params = cairn_store::ChunkerParams {
-        min_size: 64,
-        avg_size: 256,
-        max_size: 1024,
-    };
+    let params = cairn_store::ChunkerParams { min_size: 64, avg_size: 256, max_size: 1024 };
     let expected = cairn_store::boundaries(params, data);
     let mut chunker = cairn_store::Chunker::new(params, 0);
     let mut ends = Vec::new();

@@ -22,10 +22,7 @@ impl Chunker {
     #[must_use]
     pub fn new(params: ChunkerParams, buf_size: usize) -> Self {
         let size = buf_size.max(2 * params.max_size as usize);
-        Self {
-            params,
-            buf: vec![0; size],
-        }
+        Self { params, buf: vec![0; size] }
     }
 
     /// Reads `reader` to its end (or to `limit` bytes). After each buffer fill, `sink` gets the
@@ -45,8 +42,7 @@ impl Chunker {
         loop {
             // Fill the buffer as far as it goes (short reads are normal for pipes and NFS).
             while !eof && filled < self.buf.len() {
-                let want = (self.buf.len() - filled)
-                    .min(usize::try_from(limit - total).unwrap_or(usize::MAX));
+                let want = (self.buf.len() - filled).min(usize::try_from(limit - total).unwrap_or(usize::MAX));
                 if want == 0 {
                     eof = true;
                     break;
@@ -61,12 +57,8 @@ impl Chunker {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let cdc = FastCDC::new(
-                &self.buf[..filled],
-                self.params.min_size,
-                self.params.avg_size,
-                self.params.max_size,
-            );
+            let cdc =
+                FastCDC::new(&self.buf[..filled], self.params.min_size, self.params.avg_size, self.params.max_size);
             let mut start = 0usize;
             cuts.clear();
             while start < filled {
@@ -117,12 +109,7 @@ mod tests {
         }
     }
 
-    fn stream_boundaries(
-        params: ChunkerParams,
-        data: &[u8],
-        buf: usize,
-        step: usize,
-    ) -> Vec<usize> {
+    fn stream_boundaries(params: ChunkerParams, data: &[u8], buf: usize, step: usize) -> Vec<usize> {
         let mut chunker = Chunker::new(params, buf);
         let mut ends = Vec::new();
         let mut pos = 0;
@@ -185,9 +172,7 @@ mod tests {
         let avg = data.len() / ends.len();
         assert!((3000..8192).contains(&avg), "average chunk {avg}");
         let mut chunker = Chunker::new(params, 0);
-        let read = chunker
-            .run::<_, io::Error>(&mut &data[..], 100_000, |_, _| Ok(()))
-            .unwrap();
+        let read = chunker.run::<_, io::Error>(&mut &data[..], 100_000, |_, _| Ok(())).unwrap();
         assert_eq!(read, 100_000);
     }
 }

@@ -24,10 +24,7 @@ type Config = bincode::config::Configuration<
 >;
 
 fn config() -> Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<DECODE_LIMIT>()
+    bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<DECODE_LIMIT>()
 }
 
 /// Encodes a value with cairn's bincode configuration.
@@ -42,10 +39,7 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| Error::corrupt(what, format!("undecodable: {e}")))?;
     if used != bytes.len() {
-        return Err(Error::corrupt(
-            what,
-            format!("{} trailing bytes", bytes.len() - used),
-        ));
+        return Err(Error::corrupt(what, format!("{} trailing bytes", bytes.len() - used)));
     }
     Ok(value)
 }
@@ -59,12 +53,7 @@ pub fn header(magic: &[u8; MAGIC_LEN], version: u32) -> [u8; HEADER_LEN] {
 }
 
 /// Checks `MAGIC ‖ version` at the start of `bytes`; returns the version found.
-pub fn check_header(
-    what: &str,
-    bytes: &[u8],
-    magic: &[u8; MAGIC_LEN],
-    supported: u32,
-) -> Result<u32> {
+pub fn check_header(what: &str, bytes: &[u8], magic: &[u8; MAGIC_LEN], supported: u32) -> Result<u32> {
     if bytes.len() < HEADER_LEN {
         return Err(Error::corrupt(what, "shorter than its header"));
     }
@@ -73,11 +62,7 @@ pub fn check_header(
     }
     let version = read_u32(&bytes[MAGIC_LEN..HEADER_LEN]);
     if version == 0 || version > supported {
-        return Err(Error::UnsupportedVersion {
-            what: what.to_owned(),
-            found: version,
-            supported,
-        });
+        return Err(Error::UnsupportedVersion { what: what.to_owned(), found: version, supported });
     }
     Ok(version)
 }
@@ -100,12 +85,7 @@ pub fn frame(magic: &[u8; MAGIC_LEN], version: u32, body: &[u8]) -> Vec<u8> {
 }
 
 /// Checks a framed file and returns `(version, body)`.
-pub fn unframe<'a>(
-    what: &str,
-    bytes: &'a [u8],
-    magic: &[u8; MAGIC_LEN],
-    supported: u32,
-) -> Result<(u32, &'a [u8])> {
+pub fn unframe<'a>(what: &str, bytes: &'a [u8], magic: &[u8; MAGIC_LEN], supported: u32) -> Result<(u32, &'a [u8])> {
     let version = check_header(what, bytes, magic, supported)?;
     if bytes.len() < HEADER_LEN + 32 {
         return Err(Error::corrupt(what, "truncated"));

@@ -26,11 +26,7 @@ impl Default for ChunkerParams {
     /// 74%, 1 MiB: all of it), while the per-chunk cost (index row, pack entry) stays small
     /// beside hashing and compression.
     fn default() -> Self {
-        Self {
-            min_size: 1024,
-            avg_size: 4 * 1024,
-            max_size: 32 * 1024,
-        }
+        Self { min_size: 1024, avg_size: 4 * 1024, max_size: 32 * 1024 }
     }
 }
 
@@ -48,9 +44,7 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(Error::InvalidInput(format!(
-                "unusable chunker parameters {self:?}"
-            )))
+            Err(Error::InvalidInput(format!("unusable chunker parameters {self:?}")))
         }
     }
 }
@@ -78,17 +72,9 @@ impl RepoConfig {
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
         let (_, body) = codec::unframe("repository config", bytes, MAGIC, CONFIG_VERSION)?;
         let config: Self = codec::decode("repository config", body)?;
-        config
-            .chunker
-            .validate()
-            .map_err(|e| Error::corrupt("repository config", e.to_string()))?;
-        if !(1..=1 << 30).contains(&config.pack_size)
-            || !(-7..=22).contains(&config.compression_level)
-        {
-            return Err(Error::corrupt(
-                "repository config",
-                "pack size or compression level out of range",
-            ));
+        config.chunker.validate().map_err(|e| Error::corrupt("repository config", e.to_string()))?;
+        if !(1..=1 << 30).contains(&config.pack_size) || !(-7..=22).contains(&config.compression_level) {
+            return Err(Error::corrupt("repository config", "pack size or compression level out of range"));
         }
         Ok(config)
     }

@@ -92,27 +92,18 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 
     pub(crate) fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::Corrupt {
-            what: what.into(),
-            detail: detail.into(),
-        }
+        Self::Corrupt { what: what.into(), detail: detail.into() }
     }
 
     /// True for errors that mean stored data is damaged or missing (exit code 4 territory),
     /// as opposed to errors of the environment or of the caller.
     #[must_use]
     pub fn is_damage(&self) -> bool {
-        matches!(
-            self,
-            Self::Corrupt { .. } | Self::HashMismatch { .. } | Self::Missing { .. }
-        )
+        matches!(self, Self::Corrupt { .. } | Self::HashMismatch { .. } | Self::Missing { .. })
     }
 }
 

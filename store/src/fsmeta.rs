@@ -21,35 +21,22 @@ pub(crate) struct Names {
 
 impl Names {
     pub(crate) fn user(&self, uid: u32) -> Option<String> {
-        let mut m = self
-            .users
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         m.entry(uid)
-            .or_insert_with(|| {
-                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
-            })
+            .or_insert_with(|| uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned()))
             .clone()
     }
 
     pub(crate) fn group(&self, gid: u32) -> Option<String> {
-        let mut m = self
-            .groups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         m.entry(gid)
-            .or_insert_with(|| {
-                uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned())
-            })
+            .or_insert_with(|| uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned()))
             .clone()
     }
 }
 
 pub(crate) fn timestamp(sec: i64, nsec: i64) -> Timestamp {
-    Timestamp {
-        sec,
-        nsec: u32::try_from(nsec.clamp(0, 999_999_999)).unwrap_or(0),
-    }
+    Timestamp { sec, nsec: u32::try_from(nsec.clamp(0, 999_999_999)).unwrap_or(0) }
 }
 
 /// The entry kind of an lstat result; `None` for sockets (not restorable, skipped as tar does).
@@ -84,21 +71,9 @@ pub(crate) fn fill(entry: &mut Entry, meta: &Metadata, path: &Path, names: &Name
     entry.ctime = timestamp(meta.ctime(), meta.ctime_nsec());
     entry.inode = meta.ino();
     entry.nlink = meta.nlink();
-    entry.dev = if entry.nlink > 1 && entry.kind == EntryKind::File {
-        meta.dev()
-    } else {
-        0
-    };
-    entry.size = if entry.kind == EntryKind::File {
-        meta.len()
-    } else {
-        0
-    };
-    entry.rdev = if matches!(entry.kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
-        meta.rdev()
-    } else {
-        0
-    };
+    entry.dev = if entry.nlink > 1 && entry.kind == EntryKind::File { meta.dev() } else { 0 };
+    entry.size = if entry.kind == EntryKind::File { meta.len() } else { 0 };
+    entry.rdev = if matches!(entry.kind, EntryKind::CharDevice | EntryKind::BlockDevice) { meta.rdev() } else { 0 };
     entry.xattrs = read_xattrs(path);
 }
 
@@ -123,20 +98,13 @@ fn rustix_err(path: &Path, e: rustix::io::Errno) -> Error {
 }
 
 fn timestamps(t: Timestamp) -> Timestamps {
-    let ts = Timespec {
-        tv_sec: t.sec,
-        tv_nsec: i64::from(t.nsec),
-    };
-    Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    }
+    let ts = Timespec { tv_sec: t.sec, tv_nsec: i64::from(t.nsec) };
+    Timestamps { last_access: ts, last_modification: ts }
 }
 
 /// Sets the modification (and access) time of a path without following a final symlink.
 pub(crate) fn set_times(path: &Path, t: Timestamp) -> Result<()> {
-    rustix::fs::utimensat(CWD, path, &timestamps(t), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| rustix_err(path, e))
+    rustix::fs::utimensat(CWD, path, &timestamps(t), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| rustix_err(path, e))
 }
 
 /// Sets the times of an open file.
@@ -148,8 +116,7 @@ pub(crate) fn set_file_times(file: &File, path: &Path, t: Timestamp) -> Result<(
 pub(crate) fn set_xattrs(path: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     for (name, value) in xattrs {
-        xattr::set(path, std::ffi::OsStr::from_bytes(name), value)
-            .map_err(|e| Error::io(path, e))?;
+        xattr::set(path, std::ffi::OsStr::from_bytes(name), value).map_err(|e| Error::io(path, e))?;
     }
     Ok(())
 }
@@ -162,14 +129,8 @@ pub(crate) fn make_node(path: &Path, entry: &Entry) -> Result<()> {
         EntryKind::BlockDevice => FileType::BlockDevice,
         _ => return Err(Error::InvalidInput("not a special file".into())),
     };
-    rustix::fs::mknodat(
-        CWD,
-        path,
-        ft,
-        Mode::from_bits_truncate(entry.mode & 0o777),
-        entry.rdev,
-    )
-    .map_err(|e| rustix_err(path, e))
+    rustix::fs::mknodat(CWD, path, ft, Mode::from_bits_truncate(entry.mode & 0o777), entry.rdev)
+        .map_err(|e| rustix_err(path, e))
 }
 
 /// Owner and group of a path, not following a final symlink.

@@ -53,7 +53,7 @@ pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use error::{Error, Result};
 pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
-pub use pack::{check_pack, open_blob, seal, BlobKind, PackEntry, PackWriter};
+pub use pack::{check_pack, open_blob, seal_frame, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, Unit};
 pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};

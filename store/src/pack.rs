@@ -1,11 +1,16 @@
-//! Pack files: many compressed blobs in one file, described by a trailer.
+//! Pack files: compressed frames of blobs, described by a trailer.
 //!
 //! ```text
 //! "CAIRNPAK" ‖ version u32 LE            header, 12 bytes
-//! blob 0 ‖ blob 1 ‖ ...                  stored bytes (zstd frame or raw), back to back
-//! trailer                                bincode(PackTrailer)
+//! frame 0 ‖ frame 1 ‖ ...                stored bytes (zstd frame or raw), back to back
+//! trailer                                bincode(PackTrailer): one entry per blob
 //! trailer_len u32 LE ‖ BLAKE3(trailer) ‖ "CAIRNEND"   footer, 44 bytes
 //! ```
+//! A frame holds one blob, or several consecutive new chunks of one file (up to
+//! `FRAME_TARGET` bytes of plaintext) compressed together: zstd needs more context than one
+//! 4 KiB chunk to compress well (measured in docs/FORMAT.md), while deduplication stays per
+//! chunk. Each blob keeps its own ID; its entry says which frame holds it and where inside.
+//!
 //! The pack's ID (and file name) is the BLAKE3 of the whole file, so a scrub can check a pack
 //! without the index, and `repair index` can rebuild the index from trailers alone, reading 44
 //! bytes plus the trailer of each pack.
@@ -24,8 +29,10 @@ const END_MAGIC: &[u8; 8] = b"CAIRNEND";
 pub const PACK_VERSION: u32 = 1;
 /// Length of the footer.
 pub const FOOTER_LEN: usize = 4 + 32 + 8;
-/// The largest blob (decompressed) we accept from disk: far above any chunk or tree we write.
-pub const MAX_BLOB: u32 = 256 << 20;
+/// The largest frame (decompressed) we accept from disk: far above anything we write.
+pub const MAX_FRAME: u32 = 256 << 20;
+/// Consecutive new chunks of a file are compressed together up to this much plaintext.
+pub const FRAME_TARGET: usize = 64 * 1024;
 
 /// What a blob is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -55,7 +62,7 @@ impl BlobKind {
     }
 }
 
-/// How a blob's bytes are stored.
+/// How a frame's bytes are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Compression {
@@ -88,15 +95,19 @@ impl Compression {
 pub struct PackEntry {
     /// Chunk or tree.
     pub kind: BlobKind,
-    /// BLAKE3 of the plaintext.
+    /// BLAKE3 of the blob's plaintext.
     pub id: BlobId,
-    /// Byte offset of the stored bytes from the start of the pack.
+    /// Byte offset of the frame holding the blob, from the start of the pack.
     pub offset: u64,
-    /// Length of the stored bytes.
+    /// Length of the frame's stored bytes.
     pub stored_len: u32,
-    /// Length of the plaintext.
+    /// Length of the frame's plaintext.
+    pub frame_len: u32,
+    /// Where the blob starts in the frame's plaintext.
+    pub frame_offset: u32,
+    /// Length of the blob's plaintext.
     pub raw_len: u32,
-    /// How the stored bytes are encoded.
+    /// How the frame's stored bytes are encoded.
     pub compression: Compression,
 }
 
@@ -111,14 +122,25 @@ struct PackTrailerRef<'a> {
     entries: &'a [PackEntry],
 }
 
-/// A compressed blob ready to be put in a pack.
-#[derive(Debug)]
-pub struct SealedBlob {
+/// A blob inside a sealed frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
     /// Chunk or tree.
     pub kind: BlobKind,
-    /// BLAKE3 of the plaintext.
+    /// BLAKE3 of its plaintext.
     pub id: BlobId,
-    /// Length of the plaintext.
+    /// Where it starts in the frame's plaintext.
+    pub offset: u32,
+    /// Its length.
+    pub len: u32,
+}
+
+/// One or more blobs compressed together, ready to be put in a pack.
+#[derive(Debug)]
+pub struct SealedFrame {
+    /// The blobs it holds, in order.
+    pub members: Vec<Member>,
+    /// Length of the plaintext (all members).
     pub raw_len: u32,
     /// Encoding of `data`.
     pub compression: Compression,
@@ -131,44 +153,41 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Compresses a blob with a per-thread reused zstd context; keeps it raw when zstd does not help.
-pub fn seal(kind: BlobKind, id: BlobId, raw: &[u8], level: i32) -> SealedBlob {
-    let raw_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Compresses blobs together into one frame with a per-thread reused zstd context; keeps the
+/// frame raw when zstd does not make it smaller.
+pub fn seal_frame(blobs: &[(BlobKind, BlobId, &[u8])], level: i32) -> SealedFrame {
+    let mut raw = Vec::with_capacity(blobs.iter().map(|b| b.2.len()).sum());
+    let mut members = Vec::with_capacity(blobs.len());
+    for &(kind, id, data) in blobs {
+        members.push(Member { kind, id, offset: len32(raw.len()), len: len32(data.len()) });
+        raw.extend_from_slice(data);
+    }
+    let raw_len = len32(raw.len());
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
         }
-        slot.as_mut().and_then(|(_, c)| c.compress(raw).ok())
+        slot.as_mut().and_then(|(_, c)| c.compress(&raw).ok())
     });
     match compressed {
-        Some(data) if data.len() < raw.len() => SealedBlob {
-            kind,
-            id,
-            raw_len,
-            compression: Compression::Zstd,
-            data,
-        },
-        _ => SealedBlob {
-            kind,
-            id,
-            raw_len,
-            compression: Compression::None,
-            data: raw.to_vec(),
-        },
+        Some(data) if data.len() < raw.len() => SealedFrame { members, raw_len, compression: Compression::Zstd, data },
+        _ => SealedFrame { members, raw_len, compression: Compression::None, data: raw },
     }
 }
 
-/// Decodes a blob's stored bytes and checks them against its ID. Any damage is an error.
-pub fn open_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+/// Decodes a frame's stored bytes (as described by the entry of any blob in it).
+pub fn open_frame(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    let damaged = |why: String| Error::HashMismatch { what: "blob", id: format!("{} ({why})", entry.id) };
     if stored.len() != entry.stored_len as usize {
-        return Err(Error::corrupt(format!("blob {}", entry.id), "short read"));
+        return Err(damaged("short read of its frame".into()));
     }
-    if entry.raw_len > MAX_BLOB {
-        return Err(Error::corrupt(
-            format!("blob {}", entry.id),
-            "implausible length",
-        ));
+    if entry.frame_len > MAX_FRAME {
+        return Err(damaged("implausible frame length".into()));
     }
     let raw = match entry.compression {
         Compression::None => stored.to_vec(),
@@ -178,23 +197,32 @@ pub fn open_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
                 if slot.is_none() {
                     *slot = zstd::bulk::Decompressor::new().ok();
                 }
-                let d = slot
-                    .as_mut()
-                    .ok_or_else(|| std::io::Error::other("no zstd context"))?;
-                d.decompress(stored, entry.raw_len as usize)
+                let d = slot.as_mut().ok_or_else(|| std::io::Error::other("no zstd context"))?;
+                d.decompress(stored, entry.frame_len as usize)
             })
-            .map_err(|e| Error::HashMismatch {
-                what: "blob",
-                id: format!("{} (undecompressable: {e})", entry.id),
-            })?,
+            .map_err(|e| damaged(format!("frame does not decompress: {e}")))?,
     };
-    if raw.len() != entry.raw_len as usize || BlobId::of(&raw) != entry.id {
-        return Err(Error::HashMismatch {
-            what: "blob",
-            id: entry.id.to_hex(),
-        });
+    if raw.len() != entry.frame_len as usize {
+        return Err(damaged("frame has the wrong length".into()));
     }
     Ok(raw)
+}
+
+/// Takes a blob out of its decoded frame and checks it against its ID.
+pub fn blob_from_frame(entry: &PackEntry, frame: &[u8]) -> Result<Vec<u8>> {
+    let start = entry.frame_offset as usize;
+    let blob = frame
+        .get(start..start.saturating_add(entry.raw_len as usize))
+        .ok_or_else(|| Error::HashMismatch { what: "blob", id: format!("{} (outside its frame)", entry.id) })?;
+    if BlobId::of(blob) != entry.id {
+        return Err(Error::HashMismatch { what: "blob", id: entry.id.to_hex() });
+    }
+    Ok(blob.to_vec())
+}
+
+/// Decodes a blob from its frame's stored bytes and checks it. Any damage is an error.
+pub fn open_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    blob_from_frame(entry, &open_frame(entry, stored)?)
 }
 
 /// Builds one pack in memory.
@@ -213,23 +241,26 @@ impl PackWriter {
     /// An empty pack.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            buf: codec::header(MAGIC, PACK_VERSION).to_vec(),
-            entries: Vec::new(),
-        }
+        Self { buf: codec::header(MAGIC, PACK_VERSION).to_vec(), entries: Vec::new() }
     }
 
-    /// Appends a blob.
-    pub fn add(&mut self, blob: &SealedBlob) {
-        self.entries.push(PackEntry {
-            kind: blob.kind,
-            id: blob.id,
-            offset: self.buf.len() as u64,
-            stored_len: u32::try_from(blob.data.len()).unwrap_or(u32::MAX),
-            raw_len: blob.raw_len,
-            compression: blob.compression,
-        });
-        self.buf.extend_from_slice(&blob.data);
+    /// Appends a frame.
+    pub fn add(&mut self, frame: &SealedFrame) {
+        let offset = self.buf.len() as u64;
+        let stored_len = len32(frame.data.len());
+        for m in &frame.members {
+            self.entries.push(PackEntry {
+                kind: m.kind,
+                id: m.id,
+                offset,
+                stored_len,
+                frame_len: frame.raw_len,
+                frame_offset: m.offset,
+                raw_len: m.len,
+                compression: frame.compression,
+            });
+        }
+        self.buf.extend_from_slice(&frame.data);
     }
 
     /// Bytes so far.
@@ -250,11 +281,7 @@ impl PackWriter {
         let mut buf = std::mem::replace(&mut self.buf, codec::header(MAGIC, PACK_VERSION).to_vec());
         let trailer = codec::encode(&PackTrailerRef { entries: &entries });
         buf.extend_from_slice(&trailer);
-        buf.extend_from_slice(
-            &u32::try_from(trailer.len())
-                .unwrap_or(u32::MAX)
-                .to_le_bytes(),
-        );
+        buf.extend_from_slice(&len32(trailer.len()).to_le_bytes());
         buf.extend_from_slice(blake3::hash(&trailer).as_bytes());
         buf.extend_from_slice(END_MAGIC);
         (PackId::of(&buf), buf, entries)
@@ -284,39 +311,32 @@ pub fn parse_footer(name: &str, footer: &[u8], pack_size: u64) -> Result<Footer>
     let mut checksum = [0u8; 32];
     checksum.copy_from_slice(&footer[4..36]);
     let body_end = pack_size - FOOTER_LEN as u64;
-    let Some(trailer_offset) = body_end
-        .checked_sub(u64::from(trailer_len))
-        .filter(|o| *o >= HEADER_LEN as u64)
-    else {
+    let Some(trailer_offset) = body_end.checked_sub(u64::from(trailer_len)).filter(|o| *o >= HEADER_LEN as u64) else {
         return Err(Error::corrupt(what, "trailer length out of range"));
     };
-    Ok(Footer {
-        trailer_offset,
-        trailer_len,
-        checksum,
-    })
+    Ok(Footer { trailer_offset, trailer_len, checksum })
 }
 
-/// Checks and decodes a trailer; every entry must lie inside the blob area, in order.
+/// Checks and decodes a trailer. Frames must be back to back in file order, inside the frame
+/// area; blobs of one frame share its offset and lie inside its plaintext.
 pub fn parse_trailer(name: &str, footer: &Footer, trailer: &[u8]) -> Result<Vec<PackEntry>> {
     let what = format!("pack {name}");
     if blake3::hash(trailer).as_bytes() != &footer.checksum {
         return Err(Error::corrupt(what, "trailer checksum mismatch"));
     }
     let PackTrailer { entries } = codec::decode(&what, trailer)?;
-    let mut pos = HEADER_LEN as u64;
+    let mut frame: Option<(u64, u32, u32)> = None; // offset, stored_len, frame_len
+    let mut next_free = HEADER_LEN as u64;
     for e in &entries {
+        let same_frame = frame == Some((e.offset, e.stored_len, e.frame_len));
         let end = e.offset.checked_add(u64::from(e.stored_len));
-        if e.offset < pos
-            || end.is_none_or(|end| end > footer.trailer_offset)
-            || e.raw_len > MAX_BLOB
-        {
-            return Err(Error::corrupt(
-                what,
-                format!("entry {} out of bounds", e.id),
-            ));
+        let placed = same_frame || e.offset >= next_free;
+        let inside = u64::from(e.frame_offset) + u64::from(e.raw_len) <= u64::from(e.frame_len);
+        if !placed || !inside || end.is_none_or(|end| end > footer.trailer_offset) || e.frame_len > MAX_FRAME {
+            return Err(Error::corrupt(what, format!("entry {} out of bounds", e.id)));
         }
-        pos = e.offset + u64::from(e.stored_len);
+        frame = Some((e.offset, e.stored_len, e.frame_len));
+        next_free = e.offset + u64::from(e.stored_len);
     }
     Ok(entries)
 }
@@ -325,22 +345,13 @@ pub fn parse_trailer(name: &str, footer: &Footer, trailer: &[u8]) -> Result<Vec<
 pub fn check_pack(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     codec::check_header(&format!("pack {name}"), bytes, MAGIC, PACK_VERSION)?;
     if PackId::of(bytes).to_hex() != name {
-        return Err(Error::corrupt(
-            format!("pack {name}"),
-            "content does not hash to its name",
-        ));
+        return Err(Error::corrupt(format!("pack {name}"), "content does not hash to its name"));
     }
     let size = bytes.len() as u64;
-    let footer = parse_footer(
-        name,
-        bytes
-            .get(bytes.len().saturating_sub(FOOTER_LEN)..)
-            .unwrap_or(&[]),
-        size,
-    )?;
+    let footer = parse_footer(name, bytes.get(bytes.len().saturating_sub(FOOTER_LEN)..).unwrap_or(&[]), size)?;
     let start = usize::try_from(footer.trailer_offset).unwrap_or(usize::MAX);
     let trailer = bytes
-        .get(start..start + footer.trailer_len as usize)
+        .get(start..start.saturating_add(footer.trailer_len as usize))
         .ok_or_else(|| Error::corrupt(name, "trailer out of range"))?;
     parse_trailer(name, &footer, trailer)
 }
@@ -354,27 +365,33 @@ mod tests {
         let mut w = PackWriter::new();
         let a = b"hello hello hello hello hello hello".repeat(10);
         let b = b"x".to_vec();
-        w.add(&seal(BlobKind::Chunk, BlobId::of(&a), &a, 3));
-        w.add(&seal(BlobKind::Tree, BlobId::of(&b), &b, 3));
+        let c = b"another chunk of the same file".repeat(5);
+        w.add(&seal_frame(&[(BlobKind::Chunk, BlobId::of(&a), &a), (BlobKind::Chunk, BlobId::of(&c), &c)], 3));
+        w.add(&seal_frame(&[(BlobKind::Tree, BlobId::of(&b), &b)], 3));
         let (id, bytes, entries) = w.finish();
         assert!(w.is_empty());
         let parsed = check_pack(&id.to_hex(), &bytes).unwrap();
         assert_eq!(parsed, entries);
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].offset, parsed[1].offset, "a and c share a frame");
         assert_eq!(parsed[0].compression, Compression::Zstd);
-        assert_eq!(parsed[1].compression, Compression::None);
-        for (e, want) in parsed.iter().zip([&a, &b]) {
-            let stored = &bytes[e.offset as usize..e.offset as usize + e.stored_len as usize];
-            assert_eq!(&open_blob(e, stored).unwrap(), want);
+        assert_eq!(parsed[2].compression, Compression::None);
+        let stored_of = |e: &PackEntry| &bytes[e.offset as usize..e.offset as usize + e.stored_len as usize];
+        for (e, want) in parsed.iter().zip([&a, &c, &b]) {
+            assert_eq!(&open_blob(e, stored_of(e)).unwrap(), want);
         }
-        // Any flipped byte is caught: in a blob by its hash, anywhere by the pack hash.
+        // Any flipped byte is caught: in a frame by the blob hash, anywhere by the pack hash.
         let e = parsed[0];
-        let mut damaged =
-            bytes[e.offset as usize..e.offset as usize + e.stored_len as usize].to_vec();
+        let mut damaged = stored_of(&e).to_vec();
         damaged[5] ^= 0x40;
         assert!(open_blob(&e, &damaged).is_err());
         let mut bad = bytes.clone();
         bad[20] ^= 1;
         assert!(check_pack(&id.to_hex(), &bad).is_err());
         assert!(check_pack(&id.to_hex(), &bytes[..bytes.len() - 3]).is_err());
+        // An entry pointing outside its frame is an error, not a panic.
+        let mut outside = parsed[0];
+        outside.frame_offset = outside.frame_len;
+        assert!(open_blob(&outside, stored_of(&e)).is_err());
     }
 }

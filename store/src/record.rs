@@ -109,10 +109,7 @@ impl SnapshotRecord {
     /// Decodes a record file and checks it against its ID.
     pub fn open(id: SnapshotId, bytes: &[u8]) -> Result<Self> {
         if SnapshotId::of(bytes) != id {
-            return Err(Error::HashMismatch {
-                what: "snapshot record",
-                id: id.to_hex(),
-            });
+            return Err(Error::HashMismatch { what: "snapshot record", id: id.to_hex() });
         }
         let what = format!("snapshot {id}");
         let (_, body) = codec::unframe(&what, bytes, MAGIC, RECORD_VERSION)?;
@@ -122,9 +119,6 @@ impl SnapshotRecord {
     /// Source paths as text (lossy), for display.
     #[must_use]
     pub fn paths_lossy(&self) -> Vec<String> {
-        self.paths
-            .iter()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect()
+        self.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect()
     }
 }

@@ -1,7 +1,9 @@
 //! The repository handle: one `Repo` per open repository, shared by all operations.
 
+use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -9,7 +11,7 @@ use serde::Serialize;
 use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::config::{ChunkerParams, RepoConfig};
 use crate::error::{Error, IoContext, Result};
-use crate::id::{BlobId, SnapshotId, TreeId};
+use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::Index;
 use crate::pack::{self, FOOTER_LEN};
 use crate::record::SnapshotRecord;
@@ -29,11 +31,7 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        Self {
-            chunker: ChunkerParams::default(),
-            compression_level: 3,
-            pack_size: 16 << 20,
-        }
+        Self { chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 << 20 }
     }
 }
 
@@ -76,6 +74,11 @@ fn index_path(root: &Path) -> PathBuf {
     root.join("index").join("index.sqlite")
 }
 
+thread_local! {
+    /// The frame this thread decoded last: (pack, frame offset) and its plaintext.
+    static LAST_FRAME: RefCell<Option<((PackId, u64), Rc<Vec<u8>>)>> = const { RefCell::new(None) };
+}
+
 pub(crate) fn now_secs() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -85,10 +88,7 @@ impl Repo {
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Self> {
         opts.chunker.validate()?;
         if path.join("config").exists() {
-            return Err(Error::InvalidInput(format!(
-                "{} is already a cairn repository",
-                path.display()
-            )));
+            return Err(Error::InvalidInput(format!("{} is already a cairn repository", path.display())));
         }
         if path.exists() {
             let mut rd = fs::read_dir(path).at(path)?;
@@ -102,10 +102,8 @@ impl Repo {
         local.create_layout()?;
         let config = RepoConfig {
             repo_id: hex::encode(
-                &blake3::hash(
-                    format!("{:?}{}", jiff::Timestamp::now(), std::process::id()).as_bytes(),
-                )
-                .as_bytes()[..16],
+                &blake3::hash(format!("{:?}{}", jiff::Timestamp::now(), std::process::id()).as_bytes()).as_bytes()
+                    [..16],
             ),
             created: now_secs(),
             chunker: opts.chunker,
@@ -115,12 +113,7 @@ impl Repo {
         let index = Index::open(&index_path(path))?;
         // The config is written last: a directory without it is not (yet) a repository.
         local.put(FileKind::Config, "config", &config.encode())?;
-        Ok(Self {
-            root: path.to_path_buf(),
-            backend: Arc::new(local),
-            index,
-            config,
-        })
+        Ok(Self { root: path.to_path_buf(), backend: Arc::new(local), index, config })
     }
 
     /// Opens the repository in `path`.
@@ -142,12 +135,7 @@ impl Repo {
         let dir = root.join("index");
         fs::create_dir_all(&dir).at(&dir)?;
         let index = Index::open(&index_path(root))?;
-        let repo = Self {
-            root: root.to_path_buf(),
-            backend,
-            index,
-            config,
-        };
+        let repo = Self { root: root.to_path_buf(), backend, index, config };
         repo.reconcile_snapshots()?;
         Ok(repo)
     }
@@ -167,8 +155,7 @@ impl Repo {
     /// Adds to the index any snapshot record that is durable but not indexed (a run killed
     /// between writing its record and indexing it). Cheap: one directory listing.
     fn reconcile_snapshots(&self) -> Result<()> {
-        let known: std::collections::HashSet<SnapshotId> =
-            self.index.snapshot_ids()?.into_iter().collect();
+        let known: std::collections::HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
             let Ok(id) = name.parse::<SnapshotId>() else {
                 continue;
@@ -176,13 +163,7 @@ impl Repo {
             if !known.contains(&id) {
                 if let Ok(bytes) = self.backend.get(FileKind::Snapshot, &name) {
                     if let Ok(rec) = SnapshotRecord::open(id, &bytes) {
-                        self.index.add_snapshot(
-                            id,
-                            rec.time_ns,
-                            &rec.host,
-                            rec.label.as_deref(),
-                            &bytes,
-                        )?;
+                        self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
                     }
                 }
             }
@@ -195,12 +176,7 @@ impl Repo {
         self.index
             .snapshots()?
             .into_iter()
-            .map(|row| {
-                Ok(Snapshot {
-                    record: SnapshotRecord::open(row.id, &row.record)?,
-                    id: row.id,
-                })
-            })
+            .map(|row| Ok(Snapshot { record: SnapshotRecord::open(row.id, &row.record)?, id: row.id }))
             .collect()
     }
 
@@ -208,65 +184,54 @@ impl Repo {
     pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
         let all = self.snapshots()?;
         if spec == "latest" {
-            return all
-                .into_iter()
-                .next_back()
-                .ok_or_else(|| Error::NoSuchSnapshot(spec.to_owned()));
+            return all.into_iter().next_back().ok_or_else(|| Error::NoSuchSnapshot(spec.to_owned()));
         }
-        if let Some(s) = all
-            .iter()
-            .rev()
-            .find(|s| s.record.label.as_deref() == Some(spec))
-        {
+        if let Some(s) = all.iter().rev().find(|s| s.record.label.as_deref() == Some(spec)) {
             return Ok(s.clone());
         }
         let lower = spec.to_ascii_lowercase();
         if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::NoSuchSnapshot(spec.to_owned()));
         }
-        let mut matches: Vec<Snapshot> = all
-            .into_iter()
-            .filter(|s| s.id.to_hex().starts_with(&lower))
-            .collect();
+        let mut matches: Vec<Snapshot> = all.into_iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect();
         match matches.len() {
             0 => Err(Error::NoSuchSnapshot(spec.to_owned())),
             1 => Ok(matches.remove(0)),
-            count => Err(Error::AmbiguousSnapshot {
-                prefix: spec.to_owned(),
-                count,
-            }),
+            count => Err(Error::AmbiguousSnapshot { prefix: spec.to_owned(), count }),
         }
     }
 
     /// The newest snapshot taken at or before `time_ns` (point-in-time restore).
     pub fn resolve_at(&self, time_ns: i64) -> Result<Snapshot> {
-        self.snapshots()?
-            .into_iter()
-            .filter(|s| s.record.time_ns <= time_ns)
-            .next_back()
-            .ok_or_else(|| {
-                Error::NoSuchSnapshot(format!(
-                    "at or before {}",
-                    jiff::Timestamp::from_nanosecond(i128::from(time_ns))
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
-                ))
-            })
+        self.snapshots()?.into_iter().filter(|s| s.record.time_ns <= time_ns).next_back().ok_or_else(|| {
+            Error::NoSuchSnapshot(format!(
+                "at or before {}",
+                jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
+            ))
+        })
     }
 
-    /// Reads a blob back, checking it against its ID.
+    /// Reads a blob back, checking it against its ID. The last frame each thread decoded is
+    /// kept, so the consecutive chunks of a file that share a frame decompress it once.
     pub(crate) fn read_blob(&self, id: BlobId, what: &'static str) -> Result<Vec<u8>> {
-        let loc = self.index.locate(id)?.ok_or_else(|| Error::Missing {
-            what,
-            id: id.to_hex(),
-        })?;
-        let stored = self.backend.get_range(
-            FileKind::Pack,
-            &loc.pack.to_hex(),
-            loc.entry.offset,
-            loc.entry.stored_len as usize,
-        )?;
-        pack::open_blob(&loc.entry, &stored)
+        let loc = self.index.locate(id)?.ok_or_else(|| Error::Missing { what, id: id.to_hex() })?;
+        let key = (loc.pack, loc.entry.offset);
+        let cached = LAST_FRAME.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, f)| Rc::clone(f)));
+        let frame = match cached {
+            Some(f) => f,
+            None => {
+                let stored = self.backend.get_range(
+                    FileKind::Pack,
+                    &loc.pack.to_hex(),
+                    loc.entry.offset,
+                    loc.entry.stored_len as usize,
+                )?;
+                let f = Rc::new(pack::open_frame(&loc.entry, &stored)?);
+                LAST_FRAME.with(|c| *c.borrow_mut() = Some((key, Rc::clone(&f))));
+                f
+            }
+        };
+        pack::blob_from_frame(&loc.entry, &frame)
     }
 
     /// Loads and decodes a tree.
@@ -339,19 +304,9 @@ impl Repo {
             let Ok(id) = name.parse::<SnapshotId>() else {
                 continue;
             };
-            match self
-                .backend
-                .get(FileKind::Snapshot, &name)
-                .and_then(|b| Ok((SnapshotRecord::open(id, &b)?, b)))
-            {
+            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(id, &b)?, b))) {
                 Ok((rec, bytes)) => {
-                    self.index.add_snapshot(
-                        id,
-                        rec.time_ns,
-                        &rec.host,
-                        rec.label.as_deref(),
-                        &bytes,
-                    )?;
+                    self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
                     report.snapshots += 1;
                 }
                 Err(e) => report.damaged.push(format!("snapshot {name}: {e}")),

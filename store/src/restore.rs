@@ -151,10 +151,7 @@ struct Job<'a> {
 fn push(list: &Mutex<Vec<Warning>>, path: &Path, message: impl Into<String>) {
     list.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(Warning {
-            path: path.to_string_lossy().into_owned(),
-            message: message.into(),
-        });
+        .push(Warning { path: path.to_string_lossy().into_owned(), message: message.into() });
 }
 
 /// How an include path relates to an entry path.
@@ -177,9 +174,7 @@ fn wanted(includes: &[PathBuf], path: &Path) -> Option<bool> {
 impl Job<'_> {
     /// True for a directory strictly above the snapshot's source paths.
     fn above_sources(&self, snap_path: &Path) -> bool {
-        self.sources
-            .iter()
-            .any(|s| s != snap_path && s.starts_with(snap_path))
+        self.sources.iter().any(|s| s != snap_path && s.starts_with(snap_path))
     }
 
     fn dest_of(&self, snap_path: &Path) -> PathBuf {
@@ -192,11 +187,7 @@ impl Job<'_> {
         let tree = match self.repo.load_tree(tree_id) {
             Ok(t) => t,
             Err(e) if e.is_damage() => {
-                push(
-                    &self.damaged,
-                    snap_path,
-                    format!("directory contents lost: {e}"),
-                );
+                push(&self.damaged, snap_path, format!("directory contents lost: {e}"));
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -206,14 +197,7 @@ impl Job<'_> {
         for e in &tree.entries {
             let path = snap_path.join(OsStr::from_bytes(&e.name));
             if !e.has_safe_name() || prev == Some(e.name.as_slice()) {
-                push(
-                    &self.warnings,
-                    &path,
-                    format!(
-                        "unsafe or duplicate entry name {:?} skipped",
-                        e.name_lossy()
-                    ),
-                );
+                push(&self.warnings, &path, format!("unsafe or duplicate entry name {:?} skipped", e.name_lossy()));
                 continue;
             }
             prev = Some(e.name.as_slice());
@@ -225,9 +209,7 @@ impl Job<'_> {
             }
             entries.push((e, path, all));
         }
-        entries
-            .into_par_iter()
-            .try_for_each(|(e, path, all)| self.restore_entry(e, &path, all))
+        entries.into_par_iter().try_for_each(|(e, path, all)| self.restore_entry(e, &path, all))
     }
 
     fn restore_entry(&self, e: &Entry, snap_path: &Path, all: bool) -> Result<()> {
@@ -247,10 +229,7 @@ impl Job<'_> {
                 // restoring /etc/nginx in place must not reset /etc.
                 let on_the_way = !all || self.above_sources(snap_path);
                 if !on_the_way || created {
-                    self.dirs
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((dest, e.clone()));
+                    self.dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((dest, e.clone()));
                 }
                 Ok(())
             }
@@ -267,11 +246,7 @@ impl Job<'_> {
             }
             EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
                 if e.kind != EntryKind::Fifo && !self.root_user {
-                    push(
-                        &self.warnings,
-                        &dest,
-                        "device node not restored (needs root)",
-                    );
+                    push(&self.warnings, &dest, "device node not restored (needs root)");
                     return Ok(());
                 }
                 bump(&self.counts.specials, 1);
@@ -291,11 +266,7 @@ impl Job<'_> {
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => Ok(true),
             Ok(_) if self.opts.overwrite == Overwrite::Never => {
-                push(
-                    &self.warnings,
-                    dest,
-                    "exists and is not a directory; skipped (--overwrite never)",
-                );
+                push(&self.warnings, dest, "exists and is not a directory; skipped (--overwrite never)");
                 Ok(false)
             }
             Ok(_) => {
@@ -323,11 +294,7 @@ impl Job<'_> {
                 Ok(false)
             }
             Ok(m) if m.is_dir() => {
-                push(
-                    &self.warnings,
-                    dest,
-                    "a directory is in the way; not replaced",
-                );
+                push(&self.warnings, dest, "a directory is in the way; not replaced");
                 Ok(false)
             }
             Ok(_) => {
@@ -339,10 +306,7 @@ impl Job<'_> {
 
     fn restore_file(&self, e: &Entry, dest: &Path) -> Result<()> {
         if e.nlink > 1 && e.dev != 0 {
-            let mut links = self
-                .links
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if links.contains_key(&(e.dev, e.inode)) {
                 drop(links);
                 self.deferred
@@ -355,11 +319,7 @@ impl Job<'_> {
         }
         if let Ok(existing) = fs::symlink_metadata(dest) {
             if existing.is_dir() {
-                push(
-                    &self.warnings,
-                    dest,
-                    "a directory is in the way; file not restored",
-                );
+                push(&self.warnings, dest, "a directory is in the way; file not restored");
                 return Ok(());
             }
             let skip = match self.opts.overwrite {
@@ -403,11 +363,7 @@ impl Job<'_> {
         if self.opts.verify {
             match hash_file(dest) {
                 Ok(h) if Some(h) == e.file_hash => bump(&self.counts.files_verified, 1),
-                Ok(_) => push(
-                    &self.damaged,
-                    dest,
-                    "verification failed: content differs from the stored BLAKE3",
-                ),
+                Ok(_) => push(&self.damaged, dest, "verification failed: content differs from the stored BLAKE3"),
                 Err(err) => push(&self.damaged, dest, format!("verification failed: {err}")),
             }
         }
@@ -416,24 +372,12 @@ impl Job<'_> {
 
     /// Writes a file's content into a new temporary file; holes stay holes.
     fn write_content(&self, e: &Entry, tmp: &Path) -> Result<File> {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(tmp)
-            .at(tmp)?;
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).at(tmp)?;
         file.set_len(e.size).at(tmp)?;
         let write = |c: &crate::tree::ChunkRef| -> Result<()> {
             let data = self.repo.read_blob(BlobId::from(c.id), "chunk")?;
-            if data.len() != c.len as usize
-                || c.offset
-                    .checked_add(u64::from(c.len))
-                    .is_none_or(|end| end > e.size)
-            {
-                return Err(Error::corrupt(
-                    format!("chunk {}", c.id),
-                    "does not fit the file it belongs to",
-                ));
+            if data.len() != c.len as usize || c.offset.checked_add(u64::from(c.len)).is_none_or(|end| end > e.size) {
+                return Err(Error::corrupt(format!("chunk {}", c.id), "does not fit the file it belongs to"));
             }
             file.write_all_at(&data, c.offset).at(tmp)?;
             bump(&self.counts.bytes_written, data.len() as u64);
@@ -454,9 +398,7 @@ impl Job<'_> {
             if let Err(err) = fsmeta::set_owner(path, e.uid, e.gid) {
                 push(&self.warnings, path, format!("cannot set owner: {err}"));
             }
-        } else if e.uid != rustix::process::geteuid().as_raw()
-            || e.gid != rustix::process::getegid().as_raw()
-        {
+        } else if e.uid != rustix::process::geteuid().as_raw() || e.gid != rustix::process::getegid().as_raw() {
             bump(&self.counts.owner_failures, 1);
         }
         if e.kind != EntryKind::Symlink {
@@ -467,11 +409,7 @@ impl Job<'_> {
         }
         if !e.xattrs.is_empty() {
             if let Err(err) = fsmeta::set_xattrs(path, &e.xattrs) {
-                push(
-                    &self.warnings,
-                    path,
-                    format!("cannot set extended attributes: {err}"),
-                );
+                push(&self.warnings, path, format!("cannot set extended attributes: {err}"));
             }
         }
         let times = match file {
@@ -485,17 +423,8 @@ impl Job<'_> {
 
     /// Links the remaining members of hard-link groups, then applies directory metadata.
     fn finish(&self) -> Result<()> {
-        let deferred = std::mem::take(
-            &mut *self
-                .deferred
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let links = self
-            .links
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let deferred = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         for (dest, e) in deferred {
             let Some(first) = links.get(&(e.dev, e.inode)) else {
                 continue;
@@ -523,12 +452,7 @@ impl Job<'_> {
         if self.opts.dry_run {
             return Ok(());
         }
-        let mut dirs = std::mem::take(
-            &mut *self
-                .dirs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let mut dirs = std::mem::take(&mut *self.dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         for (path, e) in &dirs {
             self.apply_meta(path, e, None);
@@ -582,11 +506,8 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let started = Instant::now();
-        let includes: Vec<PathBuf> = opts
-            .includes
-            .iter()
-            .map(|p| Path::new("/").join(p.strip_prefix("/").unwrap_or(p)))
-            .collect();
+        let includes: Vec<PathBuf> =
+            opts.includes.iter().map(|p| Path::new("/").join(p.strip_prefix("/").unwrap_or(p))).collect();
         if !opts.dry_run {
             fs::create_dir_all(&opts.target).at(&opts.target)?;
         }
@@ -604,12 +525,7 @@ impl Repo {
             opts,
             excludes: Excludes::new(&opts.excludes, None)?,
             includes,
-            sources: snapshot
-                .record
-                .paths
-                .iter()
-                .map(|p| PathBuf::from(OsStr::from_bytes(p)))
-                .collect(),
+            sources: snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect(),
             progress,
             root_user: fsmeta::is_root(),
             counts: Counts::default(),
@@ -620,10 +536,7 @@ impl Repo {
             deferred: Mutex::new(Vec::new()),
             tmp_counter: AtomicU64::new(0),
         };
-        let total = job
-            .includes
-            .is_empty()
-            .then_some(snapshot.record.totals.bytes_total);
+        let total = job.includes.is_empty().then_some(snapshot.record.totals.bytes_total);
         progress.start("restore", total, Unit::Bytes);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads)
@@ -634,17 +547,11 @@ impl Repo {
         progress.finish();
         let c = &job.counts;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut warnings = job
-            .warnings
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut warnings = job.warnings.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         if g(&c.owner_failures) > 0 {
             warnings.push(Warning {
                 path: report.target.clone(),
-                message: format!(
-                    "{} entries keep this user as owner: setting owners needs root",
-                    g(&c.owner_failures)
-                ),
+                message: format!("{} entries keep this user as owner: setting owners needs root", g(&c.owner_failures)),
             });
         }
         report.files_written = g(&c.files_written);
@@ -655,10 +562,7 @@ impl Repo {
         report.hardlinks = g(&c.hardlinks);
         report.bytes_written = g(&c.bytes_written);
         report.files_verified = g(&c.files_verified);
-        report.damaged = job
-            .damaged
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.damaged = job.damaged.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         report.warnings = warnings;
         report.duration_secs = started.elapsed().as_secs_f64();
         Ok(report)
@@ -673,12 +577,7 @@ impl Repo {
         includes: &[PathBuf],
     ) -> Result<Option<String>> {
         let roots: Vec<PathBuf> = if includes.is_empty() {
-            snapshot
-                .record
-                .paths
-                .iter()
-                .map(|p| PathBuf::from(OsStr::from_bytes(p)))
-                .collect()
+            snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect()
         } else {
             includes.to_vec()
         };

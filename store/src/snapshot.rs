@@ -28,7 +28,7 @@ use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::{self, Names};
 use crate::id::{BlobId, ChunkId, FileHash, SnapshotId, TreeId};
-use crate::pack::{self, BlobKind, PackWriter, SealedBlob};
+use crate::pack::{self, BlobKind, PackWriter, SealedFrame, FRAME_TARGET};
 use crate::progress::{Progress, Unit};
 use crate::record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
 use crate::repo::{now_secs, Repo, Snapshot};
@@ -69,10 +69,7 @@ impl SnapshotOptions {
     /// Options for a snapshot of `paths` with everything else at its default.
     #[must_use]
     pub fn new(paths: Vec<PathBuf>) -> Self {
-        Self {
-            paths,
-            ..Self::default()
-        }
+        Self { paths, ..Self::default() }
     }
 }
 
@@ -222,23 +219,16 @@ impl Excludes {
         let mut paths = GlobSetBuilder::new();
         for p in patterns {
             let trimmed = p.trim_end_matches('/');
-            let glob = Glob::new(trimmed)
-                .map_err(|e| Error::InvalidInput(format!("bad exclude pattern {p:?}: {e}")))?;
+            let glob =
+                Glob::new(trimmed).map_err(|e| Error::InvalidInput(format!("bad exclude pattern {p:?}: {e}")))?;
             if trimmed.contains('/') {
                 paths.add(glob);
             } else {
                 names.add(glob);
             }
         }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| Error::InvalidInput(format!("bad exclude pattern: {e}")))
-        };
-        Ok(Self {
-            names: build(names)?,
-            paths: build(paths)?,
-            repo_root,
-        })
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::InvalidInput(format!("bad exclude pattern: {e}")));
+        Ok(Self { names: build(names)?, paths: build(paths)?, repo_root })
     }
 
     pub(crate) fn excluded(&self, path: &Path, name: &[u8]) -> bool {
@@ -253,12 +243,7 @@ impl Excludes {
 /// Reads an exclude file: one pattern a line, `#` comments and blank lines ignored.
 pub fn read_exclude_file(path: &Path) -> Result<Vec<String>> {
     let text = fs::read_to_string(path).at(path)?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect())
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
 }
 
 /// The run's state shared by the worker threads.
@@ -273,7 +258,7 @@ struct Run<'a> {
     warnings: Mutex<Vec<Warning>>,
     /// Blobs sent to the writer but not yet indexed (cleared as packs are indexed).
     pending: Mutex<HashSet<BlobId>>,
-    sender: Option<SyncSender<SealedBlob>>,
+    sender: Option<SyncSender<SealedFrame>>,
     chunkers: Mutex<Vec<Chunker>>,
     /// Hard-linked files already read in this run: (dev, inode) → content and hash.
     links: Mutex<HashMap<(u64, u64), (Vec<ChunkRef>, Option<FileHash>, Timestamp2)>>,
@@ -284,58 +269,75 @@ type Timestamp2 = (crate::tree::Timestamp, crate::tree::Timestamp);
 
 impl Run<'_> {
     fn warn(&self, path: &Path, message: impl Into<String>) {
-        let w = Warning {
-            path: path.to_string_lossy().into_owned(),
-            message: message.into(),
-        };
+        let w = Warning { path: path.to_string_lossy().into_owned(), message: message.into() };
         log::warn!("{}: {}", w.path, w.message);
-        self.warnings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(w);
+        self.warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(w);
     }
 
     /// Registers a blob as needed by this run; true when it must be stored (neither indexed nor
     /// already on its way to the writer).
     fn claim(&self, id: BlobId) -> Result<bool> {
-        if self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&id)
-        {
+        if self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id) {
             return Ok(false);
         }
         if self.repo.has_blob(id)? {
             return Ok(false);
         }
-        Ok(self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id))
+        Ok(self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id))
     }
 
-    /// Stores a blob unless the repository has it.
-    fn store(&self, kind: BlobKind, id: BlobId, raw: &[u8]) -> Result<()> {
-        if !self.claim(id)? {
-            return Ok(());
-        }
-        let sealed = pack::seal(kind, id, raw, self.repo.config.compression_level);
-        Counters::add(&self.counters.blobs_new, 1);
-        Counters::add(&self.counters.data_added, raw.len() as u64);
-        Counters::add(&self.counters.data_stored, sealed.data.len() as u64);
+    /// Hands a sealed frame to the pack writer (or, on a dry run, only counts it).
+    fn send(&self, frame: SealedFrame) -> Result<()> {
+        Counters::add(&self.counters.blobs_new, frame.members.len() as u64);
+        Counters::add(&self.counters.data_added, u64::from(frame.raw_len));
+        Counters::add(&self.counters.data_stored, frame.data.len() as u64);
         match &self.sender {
-            Some(tx) => tx
-                .send(sealed)
-                .map_err(|_| Error::InvalidInput("the pack writer stopped".into())),
-            None => Ok(()), // dry run
+            Some(tx) => tx.send(frame).map_err(|_| Error::InvalidInput("the pack writer stopped".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores the new chunks among one buffer's chunks: consecutive new chunks are compressed
+    /// together in frames of up to `FRAME_TARGET` bytes, frames in parallel.
+    fn store_chunks(&self, buf: &[u8], cuts: &[(usize, usize)], ids: &[ChunkId]) -> Result<()> {
+        let fresh: Vec<bool> = if ids.len() > 4 {
+            ids.par_iter().map(|id| self.claim((*id).into())).collect::<Result<_>>()?
+        } else {
+            ids.iter().map(|id| self.claim((*id).into())).collect::<Result<_>>()?
+        };
+        let mut frames: Vec<Vec<usize>> = Vec::new();
+        let mut current: Vec<usize> = Vec::new();
+        let mut current_len = 0;
+        for (i, _) in fresh.iter().enumerate().filter(|(_, f)| **f) {
+            let len = cuts[i].1 - cuts[i].0;
+            if !current.is_empty() && current_len + len > FRAME_TARGET {
+                frames.push(std::mem::take(&mut current));
+                current_len = 0;
+            }
+            current.push(i);
+            current_len += len;
+        }
+        if !current.is_empty() {
+            frames.push(current);
+        }
+        let level = self.repo.config.compression_level;
+        let seal = |members: &Vec<usize>| {
+            let blobs: Vec<(BlobKind, BlobId, &[u8])> =
+                members.iter().map(|&i| (BlobKind::Chunk, BlobId::from(ids[i]), &buf[cuts[i].0..cuts[i].1])).collect();
+            self.send(pack::seal_frame(&blobs, level))
+        };
+        if frames.len() > 1 {
+            frames.par_iter().try_for_each(seal)
+        } else {
+            frames.iter().try_for_each(seal)
         }
     }
 
     fn store_tree(&self, tree: Tree) -> Result<TreeId> {
         let (id, bytes) = tree.seal();
-        self.store(BlobKind::Tree, id.into(), &bytes)?;
+        if self.claim(id.into())? {
+            self.send(pack::seal_frame(&[(BlobKind::Tree, id.into(), &bytes)], self.repo.config.compression_level))?;
+        }
         Ok(id)
     }
 
@@ -348,10 +350,7 @@ impl Run<'_> {
     }
 
     fn give_chunker(&self, c: Chunker) {
-        self.chunkers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(c);
+        self.chunkers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(c);
     }
 
     /// The tree of the virtual directories above the source paths.
@@ -372,10 +371,7 @@ impl Run<'_> {
                     Node::Inner(grand) => {
                         let mut entry = Entry::new(name.clone(), EntryKind::Dir);
                         if !meta.is_dir() {
-                            return Err(Error::InvalidInput(format!(
-                                "{} is not a directory",
-                                child_path.display()
-                            )));
+                            return Err(Error::InvalidInput(format!("{} is not a directory", child_path.display())));
                         }
                         fsmeta::fill(&mut entry, &meta, &child_path, &self.names);
                         let sub = self.parent_subtree(parent_entry);
@@ -385,9 +381,7 @@ impl Run<'_> {
                 }
             })
             .collect::<Result<_>>()?;
-        self.store_tree(Tree {
-            entries: entries.into_iter().flatten().collect(),
-        })
+        self.store_tree(Tree { entries: entries.into_iter().flatten().collect() })
     }
 
     fn parent_subtree(&self, parent_entry: Option<&Entry>) -> Option<Tree> {
@@ -431,9 +425,7 @@ impl Run<'_> {
                 self.entry(&child, name, &meta, parent.and_then(|t| t.get(name)), dev)
             })
             .collect::<Result<_>>()?;
-        self.store_tree(Tree {
-            entries: entries.into_iter().flatten().collect(),
-        })
+        self.store_tree(Tree { entries: entries.into_iter().flatten().collect() })
     }
 
     /// The entry for one path (recursing into directories).
@@ -488,10 +480,8 @@ impl Run<'_> {
     /// reading it. False when the file could not be read (a warning was recorded).
     fn file_content(&self, path: &Path, entry: &mut Entry, parent: Option<&Entry>) -> Result<bool> {
         if let Some(p) = parent.filter(|p| p.kind == EntryKind::File) {
-            let same = p.size == entry.size
-                && p.mtime == entry.mtime
-                && p.ctime == entry.ctime
-                && p.inode == entry.inode;
+            let same =
+                p.size == entry.size && p.mtime == entry.mtime && p.ctime == entry.ctime && p.inode == entry.inode;
             if same && !self.full && self.all_present(&p.content)? {
                 entry.content.clone_from(&p.content);
                 entry.file_hash = p.file_hash;
@@ -504,10 +494,7 @@ impl Run<'_> {
         }
         let key = (entry.dev, entry.inode);
         if entry.nlink > 1 {
-            let links = self
-                .links
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some((content, hash, times)) = links.get(&key) {
                 if *times == (entry.mtime, entry.ctime) {
                     entry.content.clone_from(content);
@@ -528,14 +515,7 @@ impl Run<'_> {
             self.links
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(
-                    key,
-                    (
-                        entry.content.clone(),
-                        entry.file_hash,
-                        (entry.mtime, entry.ctime),
-                    ),
-                );
+                .insert(key, (entry.content.clone(), entry.file_hash, (entry.mtime, entry.ctime)));
         }
         Ok(true)
     }
@@ -546,11 +526,7 @@ impl Run<'_> {
         for c in content {
             let id = BlobId::from(c.id);
             if !self.repo.has_blob(id)?
-                && !self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .contains(&id)
+                && !self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id)
             {
                 return Ok(false);
             }
@@ -562,22 +538,15 @@ impl Run<'_> {
     /// always come from the same bytes, so what is stored matches its hash even then.
     fn read_file(&self, path: &Path, entry: &mut Entry) -> Result<(), ReadError> {
         for attempt in 0..2 {
-            let file =
-                open_source(path).map_err(|e| ReadError::Warn(format!("cannot open: {e}")))?;
-            let before = file
-                .metadata()
-                .map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
+            let file = open_source(path).map_err(|e| ReadError::Warn(format!("cannot open: {e}")))?;
+            let before = file.metadata().map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
             if !before.is_file() || before.ino() != entry.inode {
-                return Err(ReadError::Warn(
-                    "replaced by another file while being read; not stored".into(),
-                ));
+                return Err(ReadError::Warn("replaced by another file while being read; not stored".into()));
             }
             // Metadata is taken from the open file, so that it describes the bytes we read.
             fsmeta::fill(entry, &before, path, &self.names);
             let (content, hash) = self.chunk_file(&file, &before)?;
-            let after = file
-                .metadata()
-                .map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
+            let after = file.metadata().map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
             let now = fs::symlink_metadata(path).ok();
             let stable = after.len() == before.len()
                 && after.mtime() == before.mtime()
@@ -598,17 +567,10 @@ impl Run<'_> {
     }
 
     /// Chunks, hashes and stores an open file; sparse files by their data segments only.
-    fn chunk_file(
-        &self,
-        file: &File,
-        meta: &Metadata,
-    ) -> Result<(Vec<ChunkRef>, FileHash), ReadError> {
+    fn chunk_file(&self, file: &File, meta: &Metadata) -> Result<(Vec<ChunkRef>, FileHash), ReadError> {
         let size = meta.len();
-        let segments = if meta.blocks().saturating_mul(512) < size {
-            data_segments(file, size)
-        } else {
-            vec![(0, size)]
-        };
+        let segments =
+            if meta.blocks().saturating_mul(512) < size { data_segments(file, size) } else { vec![(0, size)] };
         let mut chunker = self.take_chunker();
         let mut hasher = blake3::Hasher::new();
         let mut content = Vec::new();
@@ -617,27 +579,18 @@ impl Run<'_> {
         let result = (|| {
             for (start, end) in segments {
                 hash_zeros(&mut hasher, start - pos);
-                reader
-                    .seek(SeekFrom::Start(start))
-                    .map_err(|e| ReadError::Warn(format!("cannot seek: {e}")))?;
+                reader.seek(SeekFrom::Start(start)).map_err(|e| ReadError::Warn(format!("cannot seek: {e}")))?;
                 let mut offset = start;
                 let read = chunker.run::<_, ReadError>(&mut reader, end - start, |buf, cuts| {
                     hasher.update(&buf[cuts[0].0..cuts[cuts.len() - 1].1]);
                     let ids: Vec<ChunkId> = if cuts.len() > 4 {
-                        cuts.par_iter()
-                            .map(|&(s, e)| self.store_chunk(&buf[s..e]))
-                            .collect::<Result<_>>()?
+                        cuts.par_iter().map(|&(s, e)| ChunkId::of(&buf[s..e])).collect()
                     } else {
-                        cuts.iter()
-                            .map(|&(s, e)| self.store_chunk(&buf[s..e]))
-                            .collect::<Result<_>>()?
+                        cuts.iter().map(|&(s, e)| ChunkId::of(&buf[s..e])).collect()
                     };
+                    self.store_chunks(buf, cuts, &ids)?;
                     for (id, &(s, e)) in ids.into_iter().zip(cuts) {
-                        content.push(ChunkRef {
-                            id,
-                            offset,
-                            len: (e - s) as u32,
-                        });
+                        content.push(ChunkRef { id, offset, len: (e - s) as u32 });
                         offset += (e - s) as u64;
                     }
                     let n = (cuts[cuts.len() - 1].1 - cuts[0].0) as u64;
@@ -658,12 +611,6 @@ impl Run<'_> {
         self.give_chunker(chunker);
         result?;
         Ok((content, FileHash::from_hash(hasher.finalize())))
-    }
-
-    fn store_chunk(&self, data: &[u8]) -> Result<ChunkId> {
-        let id = ChunkId::of(data);
-        self.store(BlobKind::Chunk, id.into(), data)?;
-        Ok(id)
     }
 }
 
@@ -700,16 +647,9 @@ fn hash_zeros(hasher: &mut blake3::Hasher, mut n: u64) {
 fn open_source(path: &Path) -> io::Result<File> {
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
     let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
-    match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow | noatime)
-        .open(path)
-    {
+    match fs::OpenOptions::new().read(true).custom_flags(nofollow | noatime).open(path) {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
-            fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nofollow)
-                .open(path)
+            fs::OpenOptions::new().read(true).custom_flags(nofollow).open(path)
         }
         other => other,
     }
@@ -740,7 +680,7 @@ fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
 
 /// The writer thread: fills packs, makes each durable, indexes it, then forgets its blobs from
 /// the pending set (after the index commit, so a blob is always either pending or indexed).
-fn writer(repo: &Repo, rx: Receiver<SealedBlob>, pending: &Mutex<HashSet<BlobId>>) -> Result<()> {
+fn writer(repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId>>) -> Result<()> {
     let mut data = PackWriter::new();
     let mut trees = PackWriter::new();
     let target = repo.config.pack_size as usize;
@@ -750,23 +690,17 @@ fn writer(repo: &Repo, rx: Receiver<SealedBlob>, pending: &Mutex<HashSet<BlobId>
         }
         let (id, bytes, entries) = w.finish();
         repo.backend.put(FileKind::Pack, &id.to_hex(), &bytes)?;
-        repo.index
-            .add_pack(id, bytes.len() as u64, &entries, now_secs())?;
-        let mut p = pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        repo.index.add_pack(id, bytes.len() as u64, &entries, now_secs())?;
+        let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in &entries {
             p.remove(&e.id);
         }
         Ok(())
     };
-    for blob in rx {
-        let w = if blob.kind == BlobKind::Tree {
-            &mut trees
-        } else {
-            &mut data
-        };
-        w.add(&blob);
+    for frame in rx {
+        let is_tree = frame.members.first().is_some_and(|m| m.kind == BlobKind::Tree);
+        let w = if is_tree { &mut trees } else { &mut data };
+        w.add(&frame);
         if w.len() >= target {
             flush(w)?;
         }
@@ -776,10 +710,7 @@ fn writer(repo: &Repo, rx: Receiver<SealedBlob>, pending: &Mutex<HashSet<BlobId>
 }
 
 fn host_name() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 fn user_name() -> String {
@@ -791,12 +722,7 @@ fn user_name() -> String {
 
 impl Repo {
     /// The snapshot change detection trusts for a new snapshot of `paths` on `host`.
-    pub fn parent_for(
-        &self,
-        host: &str,
-        paths: &[Vec<u8>],
-        kind: SnapshotKind,
-    ) -> Result<Option<Snapshot>> {
+    pub fn parent_for(&self, host: &str, paths: &[Vec<u8>], kind: SnapshotKind) -> Result<Option<Snapshot>> {
         if kind == SnapshotKind::Full {
             return Ok(None);
         }
@@ -808,35 +734,22 @@ impl Repo {
     }
 
     /// Takes a snapshot.
-    pub fn snapshot(
-        &self,
-        opts: &SnapshotOptions,
-        progress: &dyn Progress,
-    ) -> Result<SnapshotReport> {
+    pub fn snapshot(&self, opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
         let started = Instant::now();
         let time = jiff::Timestamp::now();
         if opts.paths.is_empty() {
             return Err(Error::InvalidInput("no paths to snapshot".into()));
         }
-        let mut paths = opts
-            .paths
-            .iter()
-            .map(|p| normalise(p))
-            .collect::<Result<Vec<_>>>()?;
+        let mut paths = opts.paths.iter().map(|p| normalise(p)).collect::<Result<Vec<_>>>()?;
         paths.sort();
         paths.dedup();
         for p in &paths {
             fs::symlink_metadata(p).at(p)?; // a missing source is an error, not a warning
         }
-        let raw_paths: Vec<Vec<u8>> = paths
-            .iter()
-            .map(|p| p.as_os_str().as_bytes().to_vec())
-            .collect();
+        let raw_paths: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
         let host = opts.host.clone().unwrap_or_else(host_name);
         let parent = self.parent_for(&host, &raw_paths, opts.kind)?;
-        let parent_root = parent
-            .as_ref()
-            .and_then(|p| self.load_tree(p.record.root).ok());
+        let parent_root = parent.as_ref().and_then(|p| self.load_tree(p.record.root).ok());
         let repo_root = fs::canonicalize(self.root()).ok();
         let mut run = Run {
             repo: self,
@@ -867,18 +780,13 @@ impl Repo {
                 let handle = s.spawn(move || writer(self, rx, pending));
                 let walked = pool.install(|| walk_root(&run, &paths, parent_root.as_ref()));
                 run.sender = None; // closes the channel: the writer flushes and ends
-                let written = handle
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::InvalidInput("pack writer panicked".into())));
+                let written = handle.join().unwrap_or_else(|_| Err(Error::InvalidInput("pack writer panicked".into())));
                 // A write error is the cause of a walk error ("writer stopped"): report it first.
                 written.and(walked)
             })?
         };
         progress.finish();
-        let warnings = run
-            .warnings
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let warnings = run.warnings.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         let record = SnapshotRecord {
             time_ns: i64::try_from(time.as_nanosecond()).unwrap_or(i64::MAX),
             host,
@@ -895,11 +803,7 @@ impl Repo {
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             cairn_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let id = if opts.dry_run {
-            None
-        } else {
-            Some(self.commit(&record)?)
-        };
+        let id = if opts.dry_run { None } else { Some(self.commit(&record)?) };
         Ok(SnapshotReport {
             id: id.map(|i| i.to_hex()),
             parent: parent.map(|p| p.id.to_hex()),
@@ -920,13 +824,7 @@ impl Repo {
     fn commit(&self, record: &SnapshotRecord) -> Result<SnapshotId> {
         let (id, bytes) = record.seal();
         self.backend.put(FileKind::Snapshot, &id.to_hex(), &bytes)?;
-        self.index.add_snapshot(
-            id,
-            record.time_ns,
-            &record.host,
-            record.label.as_deref(),
-            &bytes,
-        )?;
+        self.index.add_snapshot(id, record.time_ns, &record.host, record.label.as_deref(), &bytes)?;
         Ok(id)
     }
 }
@@ -947,40 +845,25 @@ mod tests {
 
     #[test]
     fn normalise_is_lexical() {
-        assert_eq!(
-            normalise(Path::new("/a/./b/../c")).unwrap(),
-            PathBuf::from("/a/c")
-        );
+        assert_eq!(normalise(Path::new("/a/./b/../c")).unwrap(), PathBuf::from("/a/c"));
         assert_eq!(normalise(Path::new("/..")).unwrap(), PathBuf::from("/"));
     }
 
     #[test]
     fn nested_sources_collapse_into_the_outer_one() {
-        let Node::Inner(top) = build_nodes(&[
-            PathBuf::from("/a/b"),
-            PathBuf::from("/a/b/c"),
-            PathBuf::from("/d"),
-        ]) else {
+        let Node::Inner(top) = build_nodes(&[PathBuf::from("/a/b"), PathBuf::from("/a/b/c"), PathBuf::from("/d")])
+        else {
             panic!("root should be inner")
         };
         assert!(matches!(top.get(&b"d"[..]), Some(Node::Source)));
-        let Some(Node::Inner(a)) = top.get(&b"a"[..]) else {
-            panic!("a should be inner")
-        };
+        let Some(Node::Inner(a)) = top.get(&b"a"[..]) else { panic!("a should be inner") };
         assert!(matches!(a.get(&b"b"[..]), Some(Node::Source)));
-        assert!(matches!(
-            build_nodes(&[PathBuf::from("/"), PathBuf::from("/x")]),
-            Node::Source
-        ));
+        assert!(matches!(build_nodes(&[PathBuf::from("/"), PathBuf::from("/x")]), Node::Source));
     }
 
     #[test]
     fn excludes_match_names_and_paths() {
-        let ex = Excludes::new(
-            &["*.log".into(), "/srv/cache/".into()],
-            Some(PathBuf::from("/repo")),
-        )
-        .unwrap();
+        let ex = Excludes::new(&["*.log".into(), "/srv/cache/".into()], Some(PathBuf::from("/repo"))).unwrap();
         assert!(ex.excluded(Path::new("/var/app.log"), b"app.log"));
         assert!(ex.excluded(Path::new("/srv/cache"), b"cache"));
         assert!(ex.excluded(Path::new("/repo"), b"repo"));

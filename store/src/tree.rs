@@ -161,11 +161,9 @@ impl Tree {
         let what = format!("tree {id}");
         match bytes.first() {
             None => Err(Error::corrupt(what, "empty")),
-            Some(&v) if v == 0 || v > TREE_VERSION => Err(Error::UnsupportedVersion {
-                what,
-                found: u32::from(v),
-                supported: u32::from(TREE_VERSION),
-            }),
+            Some(&v) if v == 0 || v > TREE_VERSION => {
+                Err(Error::UnsupportedVersion { what, found: u32::from(v), supported: u32::from(TREE_VERSION) })
+            }
             Some(_) => codec::decode(&what, &bytes[1..]),
         }
     }
@@ -173,10 +171,7 @@ impl Tree {
     /// The entry with this name (entries are sorted).
     #[must_use]
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|i| &self.entries[i])
     }
 }
 
@@ -189,34 +184,22 @@ mod tests {
         let mut a = Entry::new(b"b".to_vec(), EntryKind::File);
         a.size = 3;
         let b = Entry::new(b"a".to_vec(), EntryKind::Dir);
-        let (id1, bytes) = Tree {
-            entries: vec![a.clone(), b.clone()],
-        }
-        .seal();
-        let (id2, _) = Tree {
-            entries: vec![b, a],
-        }
-        .seal();
+        let (id1, bytes) = Tree { entries: vec![a.clone(), b.clone()] }.seal();
+        let (id2, _) = Tree { entries: vec![b, a] }.seal();
         assert_eq!(id1, id2);
         let tree = Tree::decode(id1, &bytes).unwrap();
         assert_eq!(tree.get(b"b").unwrap().size, 3);
         assert!(tree.get(b"c").is_none());
         let mut newer = bytes.clone();
         newer[0] = 9;
-        assert!(matches!(
-            Tree::decode(id1, &newer),
-            Err(Error::UnsupportedVersion { .. })
-        ));
+        assert!(matches!(Tree::decode(id1, &newer), Err(Error::UnsupportedVersion { .. })));
         assert!(Tree::decode(id1, &bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
     fn hostile_names_are_flagged() {
         for bad in [&b""[..], b".", b"..", b"a/b", b"/etc", b"x\0"] {
-            assert!(
-                !Entry::new(bad.to_vec(), EntryKind::File).has_safe_name(),
-                "{bad:?}"
-            );
+            assert!(!Entry::new(bad.to_vec(), EntryKind::File).has_safe_name(), "{bad:?}");
         }
         assert!(Entry::new(b"..hidden".to_vec(), EntryKind::File).has_safe_name());
     }

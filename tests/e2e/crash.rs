@@ -65,21 +65,12 @@ fn sigkill_during_snapshot_loses_nothing_committed_and_the_rerun_reuses_durable_
 
         // After every kill the repository opens, lists, and restores the committed snapshot.
         let list = cairn_json(&repo, args!["list"], 0);
-        let ids: Vec<&str> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap())
-            .collect();
+        let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
         assert_eq!(ids[0], first_id);
         if kills % 3 == 1 {
             let target = dir.path().join(format!("after-kill-{delay_ms}"));
             cairn_json(&repo, args!["restore", &first_id, "--target", &target], 0);
-            assert_same(
-                &want,
-                &describe(&restored(&target, &src)),
-                "first snapshot after a kill",
-            );
+            assert_same(&want, &describe(&restored(&target, &src)), "first snapshot after a kill");
             std::fs::remove_dir_all(&target).unwrap();
         }
         if completed > 0 {
@@ -89,35 +80,18 @@ fn sigkill_during_snapshot_loses_nothing_committed_and_the_rerun_reuses_durable_
     assert!(kills >= 3, "only {kills} runs were killed mid-way");
     // The run after the kills (the one that completed in the loop, or the next one) stores
     // again only what the killed runs had not made durable.
-    let durable_from_killed_runs = if completed > 0 {
-        durable_before_completion
-    } else {
-        pack_count(&repo) - packs_before
-    };
-    assert!(
-        durable_from_killed_runs > 0,
-        "no killed run got as far as one durable pack"
-    );
+    let durable_from_killed_runs =
+        if completed > 0 { durable_before_completion } else { pack_count(&repo) - packs_before };
+    assert!(durable_from_killed_runs > 0, "no killed run got as far as one durable pack");
     let done = match completed_report {
         Some(r) => r,
         None => cairn_json(&repo, args!["snapshot", &src], 0),
     };
     let added = done["data_added"].as_u64().unwrap();
-    assert!(
-        added < new_bytes,
-        "rerun stored {added} bytes although killed runs left {durable_from_killed_runs} packs"
-    );
+    assert!(added < new_bytes, "rerun stored {added} bytes although killed runs left {durable_from_killed_runs} packs");
     eprintln!("crash test: {kills} kills, {completed} completed, {durable_from_killed_runs} packs kept, rerun added {added} of {new_bytes} bytes");
     let with_bulk = describe(&src);
     let target = dir.path().join("final");
-    cairn_json(
-        &repo,
-        args!["restore", "latest", "--target", &target, "--verify"],
-        0,
-    );
-    assert_same(
-        &with_bulk,
-        &describe(&restored(&target, &src)),
-        "snapshot after the kills",
-    );
+    cairn_json(&repo, args!["restore", "latest", "--target", &target, "--verify"], 0);
+    assert_same(&with_bulk, &describe(&restored(&target, &src)), "snapshot after the kills");
 }

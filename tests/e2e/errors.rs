@@ -26,32 +26,15 @@ fn init_refuses_a_non_empty_directory_and_an_existing_repository() {
 fn a_directory_that_is_not_a_repository_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let out = cairn(dir.path()).arg("list").assert().code(1);
-    assert!(
-        stderr_of(&out).contains("is not a cairn repository"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert!(stderr_of(&out).contains("is not a cairn repository"), "{}", stderr_of(&out));
 }
 
 #[test]
 fn a_missing_source_path_fails_and_records_nothing() {
     let (dir, repo) = new_repo();
-    let out = cairn(&repo)
-        .args(args!["snapshot", dir.path().join("nope")])
-        .assert()
-        .code(1);
-    assert!(
-        stderr_of(&out).contains("nope"),
-        "the error names the path: {}",
-        stderr_of(&out)
-    );
-    assert_eq!(
-        cairn_json(&repo, args!["list"], 0)
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    let out = cairn(&repo).args(args!["snapshot", dir.path().join("nope")]).assert().code(1);
+    assert!(stderr_of(&out).contains("nope"), "the error names the path: {}", stderr_of(&out));
+    assert_eq!(cairn_json(&repo, args!["list"], 0).as_array().unwrap().len(), 0);
 }
 
 #[test]
@@ -62,11 +45,7 @@ fn a_newer_format_is_refused_clearly() {
     bytes[8] = 9; // version field (u32 LE after the 8-byte magic)
     fs::write(&config, bytes).unwrap();
     let out = cairn(&repo).arg("list").assert().code(1);
-    assert!(
-        stderr_of(&out).contains("format version 9"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert!(stderr_of(&out).contains("format version 9"), "{}", stderr_of(&out));
 }
 
 #[test]
@@ -83,31 +62,18 @@ fn an_unreadable_file_is_a_warning_with_exit_code_3_and_the_snapshot_completes()
             std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
         }
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(assert_cmd::cargo::cargo_bin("cairn"));
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(assert_cmd::cargo::cargo_bin("cairn"));
         c
     } else {
         std::process::Command::new(assert_cmd::cargo::cargo_bin("cairn"))
     };
-    let out = cmd
-        .env("CAIRN_REPO", &repo)
-        .env("HOME", dir.path())
-        .args(args!["--json", "snapshot", &src])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        cmd.env("CAIRN_REPO", &repo).env("HOME", dir.path()).args(args!["--json", "snapshot", &src]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let warnings = r["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "{r}");
-    assert!(warnings[0]["path"]
-        .as_str()
-        .unwrap()
-        .ends_with("locked.txt"));
+    assert!(warnings[0]["path"].as_str().unwrap().ends_with("locked.txt"));
     assert_eq!(r["files"], 1);
     assert!(r["id"].is_string(), "the snapshot completed");
 }

@@ -13,11 +13,7 @@ fn snapshot_counting_reads(repo: &Path, kind: &str, src: &Path) -> (serde_json::
         .args(args!["--json", "snapshot", "--kind", kind, src])
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let rchar = stderr
         .lines()
@@ -39,10 +35,7 @@ fn no_change_snapshot_reads_no_file_contents() {
     }
     let (first, first_read) = snapshot_counting_reads(&repo, "full", &src);
     let total = first["bytes_total"].as_u64().unwrap();
-    assert!(
-        first_read > 48 << 20,
-        "a full snapshot reads the files ({first_read})"
-    );
+    assert!(first_read > 48 << 20, "a full snapshot reads the files ({first_read})");
 
     for kind in ["incremental", "differential"] {
         let (r, rchar) = snapshot_counting_reads(&repo, kind, &src);
@@ -53,25 +46,16 @@ fn no_change_snapshot_reads_no_file_contents() {
         // it (/tmp, shared with other tests) may have changed metadata: one small tree each.
         let ancestors = src.components().count() as u64 - 1;
         assert!(r["blobs_new"].as_u64().unwrap() <= ancestors, "{kind}: {r}");
-        assert!(
-            r["data_added"].as_u64().unwrap() < 1024 * ancestors,
-            "{kind}: {r}"
-        );
+        assert!(r["data_added"].as_u64().unwrap() < 1024 * ancestors, "{kind}: {r}");
         // The process read the index and some trees, far less than one file's worth.
-        assert!(
-            rchar < (4 << 20),
-            "{kind}: process read {rchar} bytes of a {total}-byte tree"
-        );
+        assert!(rchar < (4 << 20), "{kind}: process read {rchar} bytes of a {total}-byte tree");
     }
     // Full means full: everything is read again, nothing is stored again.
     let (r, rchar) = snapshot_counting_reads(&repo, "full", &src);
     assert_eq!(r["files_unchanged"], 0);
     assert!(rchar > 48 << 20);
     let ancestors = src.components().count() as u64 - 1;
-    assert!(
-        r["data_added"].as_u64().unwrap() < 1024 * ancestors,
-        "nothing of the source stored again: {r}"
-    );
+    assert!(r["data_added"].as_u64().unwrap() < 1024 * ancestors, "nothing of the source stored again: {r}");
 }
 
 #[test]
@@ -93,9 +77,5 @@ fn a_touched_file_is_read_again_and_an_edit_stores_only_its_chunks() {
     assert_eq!(r["files_changed"], 1);
     assert_eq!(r["bytes_read"].as_u64().unwrap(), dump.len() as u64);
     let added = r["data_added"].as_u64().unwrap();
-    assert!(
-        added < (dump.len() as u64) / 20,
-        "a 0.1% edit added {added} bytes of a {}-byte file",
-        dump.len()
-    );
+    assert!(added < (dump.len() as u64) / 20, "a 0.1% edit added {added} bytes of a {}-byte file", dump.len());
 }

@@ -12,18 +12,7 @@ fn snapshots_are_found_by_id_prefix_label_latest_and_time() {
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("v"), b"1").unwrap();
-    let a = cairn_json(
-        &repo,
-        args![
-            "snapshot",
-            &src,
-            "--label",
-            "before-upgrade",
-            "--tag",
-            "hourly"
-        ],
-        0,
-    );
+    let a = cairn_json(&repo, args!["snapshot", &src, "--label", "before-upgrade", "--tag", "hourly"], 0);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let between = jiff::Timestamp::now().to_string();
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -48,36 +37,10 @@ fn snapshots_are_found_by_id_prefix_label_latest_and_time() {
     assert_eq!(restore_v(args!["--at", &between]), b"1");
     assert_eq!(restore_v(args!["--at", "2999-01-01"]), b"2");
     // Nothing at or before 1999; an unknown label; a bad time.
-    cairn(&repo)
-        .args(args![
-            "restore",
-            "--at",
-            "1999-01-01T00:00",
-            "--target",
-            dir.path().join("x")
-        ])
-        .assert()
-        .code(1);
-    let out = cairn(&repo)
-        .args(args![
-            "restore",
-            "no-such-label",
-            "--target",
-            dir.path().join("x")
-        ])
-        .assert()
-        .code(1);
+    cairn(&repo).args(args!["restore", "--at", "1999-01-01T00:00", "--target", dir.path().join("x")]).assert().code(1);
+    let out = cairn(&repo).args(args!["restore", "no-such-label", "--target", dir.path().join("x")]).assert().code(1);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("no snapshot matches"));
-    cairn(&repo)
-        .args(args![
-            "restore",
-            "--at",
-            "yesterday-ish",
-            "--target",
-            dir.path().join("x")
-        ])
-        .assert()
-        .code(1);
+    cairn(&repo).args(args!["restore", "--at", "yesterday-ish", "--target", dir.path().join("x")]).assert().code(1);
     // `list` filters.
     let hourly = cairn_json(&repo, args!["list", "--tag", "hourly"], 0);
     assert_eq!(hourly.as_array().unwrap().len(), 1);
@@ -85,12 +48,7 @@ fn snapshots_are_found_by_id_prefix_label_latest_and_time() {
     assert_eq!(latest[0]["id"], b["id"]);
     let text = cairn(&repo).arg("list").assert().success();
     let text = String::from_utf8_lossy(&text.get_output().stdout).into_owned();
-    assert!(
-        text.contains(&a_id[..8])
-            && text.contains("before-upgrade")
-            && text.contains("2 snapshots"),
-        "{text}"
-    );
+    assert!(text.contains(&a_id[..8]) && text.contains("before-upgrade") && text.contains("2 snapshots"), "{text}");
 }
 
 #[test]
@@ -101,46 +59,22 @@ fn include_exclude_and_dry_run() {
     cairn_json(&repo, args!["snapshot", &src], 0);
     let target = dir.path().join("part");
     let inc = src.join("dir1");
-    cairn_json(
-        &repo,
-        args![
-            "restore",
-            "latest",
-            "--target",
-            &target,
-            "--include",
-            &inc,
-            "--exclude",
-            "file1*.dat"
-        ],
-        0,
-    );
+    cairn_json(&repo, args!["restore", "latest", "--target", &target, "--include", &inc, "--exclude", "file1*.dat"], 0);
     // Links to files outside the included subtree cannot be kept by a partial restore.
     let unlink = |mut d: std::collections::BTreeMap<Vec<u8>, Desc>| {
         d.values_mut().for_each(|v| v.link_group = None);
         d
     };
     let got = describe(&restored(&target, &src));
-    assert!(
-        got.keys().all(|k| k.is_empty() || k.starts_with(b"dir1")),
-        "only dir1 restored"
-    );
+    assert!(got.keys().all(|k| k.is_empty() || k.starts_with(b"dir1")), "only dir1 restored");
     assert!(got.contains_key(&b"dir1/file2.dat"[..]));
     assert!(!got.contains_key(&b"dir1/file1.dat"[..]), "excluded");
     let mut want = unlink(describe(&inc));
     want.retain(|k, _| !k.starts_with(b"file1"));
-    assert_same(
-        &want,
-        &unlink(describe(&restored(&target, &inc))),
-        "included subtree",
-    );
+    assert_same(&want, &unlink(describe(&restored(&target, &inc))), "included subtree");
 
     let dry = dir.path().join("dry");
-    let r = cairn_json(
-        &repo,
-        args!["restore", "latest", "--target", &dry, "--dry-run"],
-        0,
-    );
+    let r = cairn_json(&repo, args!["restore", "latest", "--target", &dry, "--dry-run"], 0);
     assert!(r["files_written"].as_u64().unwrap() > 40);
     assert!(!dry.exists(), "a dry run writes nothing");
 }
@@ -162,16 +96,8 @@ fn overwrite_policies_and_the_safety_snapshot_when_restoring_in_place() {
     let broken = describe(&src);
 
     // never: existing files stay; the missing one comes back.
-    let r = cairn_json(
-        &repo,
-        args!["restore", "good", "--target", "/", "--overwrite", "never"],
-        0,
-    );
-    assert_eq!(
-        r["safety_snapshot"],
-        serde_json::Value::Null,
-        "nothing is overwritten, nothing to save"
-    );
+    let r = cairn_json(&repo, args!["restore", "good", "--target", "/", "--overwrite", "never"], 0);
+    assert_eq!(r["safety_snapshot"], serde_json::Value::Null, "nothing is overwritten, nothing to save");
     assert_eq!(fs::read(src.join("conf/a.conf")).unwrap(), b"broken\n");
     assert_eq!(fs::read(src.join("conf/b.conf")).unwrap(), b"good b\n");
     fs::remove_file(src.join("conf/b.conf")).unwrap();
@@ -188,17 +114,11 @@ fn overwrite_policies_and_the_safety_snapshot_when_restoring_in_place() {
         0o751,
         "parent of the source untouched"
     );
-    let safety = r["safety_snapshot"]
-        .as_str()
-        .expect("safety snapshot id")
-        .to_owned();
+    let safety = r["safety_snapshot"].as_str().expect("safety snapshot id").to_owned();
     assert_eq!(r["files_written"], 2, "{r}");
     assert_eq!(r["files_skipped"], 0);
     let mut now = describe(&src);
-    assert!(
-        now.remove(&b"conf/extra.conf"[..]).is_some(),
-        "restore does not delete files it does not know"
-    );
+    assert!(now.remove(&b"conf/extra.conf"[..]).is_some(), "restore does not delete files it does not know");
     let mut want = good.clone();
     // The directories' mtimes follow the snapshot; extra.conf is still there.
     want.retain(|k, _| !k.is_empty() && k.as_slice() != b"conf");
@@ -217,25 +137,13 @@ fn overwrite_policies_and_the_safety_snapshot_when_restoring_in_place() {
     assert_same(&broken_files, &saved, "safety snapshot");
 
     // A second in-place restore finds nothing changed: nothing written.
-    let r = cairn_json(
-        &repo,
-        args!["restore", "good", "--target", "/", "--no-safety-snapshot"],
-        0,
-    );
+    let r = cairn_json(&repo, args!["restore", "good", "--target", "/", "--no-safety-snapshot"], 0);
     assert_eq!(r["files_written"], 0, "{r}");
     assert_eq!(r["files_skipped"], 2);
     // always rewrites.
     let r = cairn_json(
         &repo,
-        args![
-            "restore",
-            "good",
-            "--target",
-            "/",
-            "--overwrite",
-            "always",
-            "--no-safety-snapshot"
-        ],
+        args!["restore", "good", "--target", "/", "--overwrite", "always", "--no-safety-snapshot"],
         0,
     );
     assert_eq!(r["files_written"], 2);

@@ -10,10 +10,7 @@ fn every_kind_round_trips_byte_for_byte_and_metadata_for_metadata() {
     generate(&src, 7, 1);
     let mut expected = Vec::new();
     let mut ids: Vec<String> = Vec::new();
-    for (round, kind) in ["full", "incremental", "differential", "full", "incremental"]
-        .iter()
-        .enumerate()
-    {
+    for (round, kind) in ["full", "incremental", "differential", "full", "incremental"].iter().enumerate() {
         if round > 0 {
             mutate(&src, round as u64);
         }
@@ -23,16 +20,10 @@ fn every_kind_round_trips_byte_for_byte_and_metadata_for_metadata() {
         let parent = r["parent"].as_str().map(str::to_owned);
         match (round, *kind) {
             (0, _) | (_, "full") => assert_eq!(parent, None, "a full snapshot trusts nothing"),
-            (_, "differential") => assert_eq!(
-                parent.as_deref(),
-                Some(ids[0].as_str()),
-                "differential trusts the newest full"
-            ),
-            _ => assert_eq!(
-                parent.as_deref(),
-                Some(ids[round - 1].as_str()),
-                "incremental trusts the newest"
-            ),
+            (_, "differential") => {
+                assert_eq!(parent.as_deref(), Some(ids[0].as_str()), "differential trusts the newest full")
+            }
+            _ => assert_eq!(parent.as_deref(), Some(ids[round - 1].as_str()), "incremental trusts the newest"),
         }
         if *kind == "full" {
             assert_eq!(r["files_unchanged"], 0);
@@ -45,18 +36,10 @@ fn every_kind_round_trips_byte_for_byte_and_metadata_for_metadata() {
     }
     for (i, id) in ids.iter().enumerate() {
         let target = dir.path().join(format!("restore{i}"));
-        let r = cairn_json(
-            &repo,
-            args!["restore", id, "--target", &target, "--verify"],
-            0,
-        );
+        let r = cairn_json(&repo, args!["restore", id, "--target", &target, "--verify"], 0);
         assert!(r["damaged"].as_array().unwrap().is_empty());
         assert!(r["files_verified"].as_u64().unwrap() > 40);
-        assert_same(
-            &expected[i],
-            &describe(&restored(&target, &src)),
-            &format!("snapshot {i}"),
-        );
+        assert_same(&expected[i], &describe(&restored(&target, &src)), &format!("snapshot {i}"));
     }
 }
 

@@ -19,41 +19,15 @@ fn excludes_from_flags_and_files_leave_out_names_and_paths() {
     fs::write(src.join("cache/deep/blob"), b"x").unwrap();
     fs::write(src.join("debug.log"), b"x").unwrap();
     let list = dir.path().join("excludes");
-    fs::write(
-        &list,
-        format!("# comment\n\n{}\n*.log\n", src.join("cache").display()),
-    )
-    .unwrap();
-    let r = cairn_json(
-        &repo,
-        args![
-            "snapshot",
-            &src,
-            "--exclude",
-            "*.tmp",
-            "--exclude-file",
-            &list
-        ],
-        0,
-    );
+    fs::write(&list, format!("# comment\n\n{}\n*.log\n", src.join("cache").display())).unwrap();
+    let r = cairn_json(&repo, args!["snapshot", &src, "--exclude", "*.tmp", "--exclude-file", &list], 0);
     assert_eq!(r["files"], 1, "{r}");
     let target = dir.path().join("out");
     cairn_json(&repo, args!["restore", "latest", "--target", &target], 0);
     let got = describe(&restored(&target, &src));
-    let names: Vec<String> = got
-        .keys()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect();
+    let names: Vec<String> = got.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
     assert_eq!(names, ["", "conf", "conf/app.conf"]);
-    cairn(&repo)
-        .args(args![
-            "snapshot",
-            &src,
-            "--exclude-file",
-            dir.path().join("missing")
-        ])
-        .assert()
-        .code(1);
+    cairn(&repo).args(args!["snapshot", &src, "--exclude-file", dir.path().join("missing")]).assert().code(1);
 }
 
 #[test]
@@ -73,18 +47,9 @@ fn a_dry_run_stores_nothing_but_reports_what_it_would() {
     assert!(r["id"].is_null());
     assert!(r["data_added"].as_u64().unwrap() > 1_000_000, "{r}");
     assert_eq!(packs(), 0);
-    assert_eq!(
-        cairn_json(&repo, args!["list"], 0)
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    assert_eq!(cairn_json(&repo, args!["list"], 0).as_array().unwrap().len(), 0);
     let real = cairn_json(&repo, args!["snapshot", &src], 0);
-    assert_eq!(
-        real["data_added"], r["data_added"],
-        "the dry run predicted what was stored"
-    );
+    assert_eq!(real["data_added"], r["data_added"], "the dry run predicted what was stored");
 }
 
 #[test]
@@ -118,16 +83,7 @@ fn one_file_system_keeps_the_mount_point_but_not_what_is_mounted() {
     let staying = cairn_json(&repo, args!["snapshot", &src, "--one-file-system"], 0);
     assert_eq!(staying["files"], 1);
     let target = dir.path().join("out");
-    cairn_json(
-        &repo,
-        args![
-            "restore",
-            staying["id"].as_str().unwrap(),
-            "--target",
-            &target
-        ],
-        0,
-    );
+    cairn_json(&repo, args!["restore", staying["id"].as_str().unwrap(), "--target", &target], 0);
     let root = restored(&target, &src);
     assert!(root.join("mnt").is_dir(), "the mount point itself is kept");
     assert!(!root.join("mnt/elsewhere.txt").exists());
@@ -142,24 +98,14 @@ fn the_default_repository_is_created_on_first_snapshot_with_a_notice() {
     fs::write(src.join("a"), b"1").unwrap();
     let run = || {
         let mut c = assert_cmd::Command::cargo_bin("cairn").unwrap();
-        c.env_remove("CAIRN_REPO")
-            .env_remove("XDG_DATA_HOME")
-            .env("HOME", home.path());
+        c.env_remove("CAIRN_REPO").env_remove("XDG_DATA_HOME").env("HOME", home.path());
         c
     };
     let out = run().args(args!["snapshot", &src]).assert().success();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     let repo = home.path().join(".local/share/cairn/repo");
-    assert!(
-        stderr.contains("created the default repository")
-            && stderr.contains(repo.to_str().unwrap()),
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.lines().filter(|l| l.contains("created")).count(),
-        1,
-        "one line: {stderr}"
-    );
+    assert!(stderr.contains("created the default repository") && stderr.contains(repo.to_str().unwrap()), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains("created")).count(), 1, "one line: {stderr}");
     assert!(repo.join("config").exists());
     // The second run uses it silently.
     let out = run().args(args!["snapshot", &src]).assert().success();
@@ -190,41 +136,21 @@ fn a_file_that_keeps_changing_while_read_is_reported_and_stored_consistently() {
             }
         })
     };
-    let out = cairn(&repo)
-        .args(args!["--json", "snapshot", &src])
-        .output()
-        .unwrap();
+    let out = cairn(&repo).args(args!["--json", "snapshot", &src]).output().unwrap();
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let w = &r["warnings"][0];
     assert!(
         w["path"].as_str().unwrap().ends_with("busy.log")
-            && w["message"]
-                .as_str()
-                .unwrap()
-                .contains("changed while being read"),
+            && w["message"].as_str().unwrap().contains("changed while being read"),
         "{r}"
     );
     // What was stored matches its stored hash: a verified restore proves it.
     let target = dir.path().join("out");
-    let restored_report = cairn_json(
-        &repo,
-        args!["restore", "latest", "--target", &target, "--verify"],
-        0,
-    );
+    let restored_report = cairn_json(&repo, args!["restore", "latest", "--target", &target, "--verify"], 0);
     assert_eq!(restored_report["files_verified"], 2);
-    let len = fs::metadata(restored(&target, &src).join("busy.log"))
-        .unwrap()
-        .len();
-    assert!(
-        len >= 64 << 20,
-        "at least what was there when the read began"
-    );
+    let len = fs::metadata(restored(&target, &src).join("busy.log")).unwrap().len();
+    assert!(len >= 64 << 20, "at least what was there when the read began");
 }

@@ -13,19 +13,13 @@ use assert_cmd::Command;
 /// A `cairn` command aimed at `repo`, with a clean environment for cairn's variables.
 pub fn cairn(repo: &Path) -> Command {
     let mut cmd = Command::cargo_bin("cairn").expect("cairn binary");
-    cmd.env("CAIRN_REPO", repo)
-        .env_remove("CAIRN_IO_STATS")
-        .env("TZ", "UTC");
+    cmd.env("CAIRN_REPO", repo).env_remove("CAIRN_IO_STATS").env("TZ", "UTC");
     cmd
 }
 
 /// Runs cairn with `--json` and parses stdout; asserts the exit code.
 pub fn cairn_json(repo: &Path, args: &[&OsStr], code: i32) -> serde_json::Value {
-    let out = cairn(repo)
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run cairn");
+    let out = cairn(repo).arg("--json").args(args).output().expect("run cairn");
     assert_eq!(
         out.status.code(),
         Some(code),
@@ -33,12 +27,8 @@ pub fn cairn_json(repo: &Path, args: &[&OsStr], code: i32) -> serde_json::Value 
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON from {args:?}: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// `OsStr` arguments from anything path-like.
@@ -124,17 +114,11 @@ pub fn xattrs_supported(dir: &Path) -> bool {
 }
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let ts = rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    };
+    let ts = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec };
     rustix::fs::utimensat(
         rustix::fs::CWD,
         path,
-        &rustix::fs::Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
+        &rustix::fs::Timestamps { last_access: ts, last_modification: ts },
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
     .expect("utimensat");
@@ -156,18 +140,11 @@ pub fn generate(root: &Path, seed: u64, scale: usize) {
                 7 | 8 => rng.below(200 * 1024) as usize,
                 _ => 300 * 1024 + rng.below(1 << 20) as usize,
             };
-            let data = if rng.below(2) == 0 {
-                rng.text(len)
-            } else {
-                rng.bytes(len)
-            };
+            let data = if rng.below(2) == 0 { rng.text(len) } else { rng.bytes(len) };
             let p = dir.join(format!("file{f}.dat"));
             fs::write(&p, data).expect("write");
-            fs::set_permissions(
-                &p,
-                fs::Permissions::from_mode([0o644, 0o600, 0o755, 0o444][rng.below(4) as usize]),
-            )
-            .expect("chmod");
+            fs::set_permissions(&p, fs::Permissions::from_mode([0o644, 0o600, 0o755, 0o444][rng.below(4) as usize]))
+                .expect("chmod");
         }
     }
     // A multi-chunk file with repeated regions (dedup inside a file).
@@ -219,23 +196,13 @@ pub fn generate(root: &Path, seed: u64, scale: usize) {
     // A sparse file: data, a large hole, data, trailing hole.
     let sparse = fs::File::create(root.join("sparse.img")).expect("create sparse");
     use std::os::unix::fs::FileExt;
-    sparse
-        .write_all_at(&rng.bytes(100_000), 0)
-        .expect("write sparse");
-    sparse
-        .write_all_at(&rng.bytes(50_000), 8 << 20)
-        .expect("write sparse");
+    sparse.write_all_at(&rng.bytes(100_000), 0).expect("write sparse");
+    sparse.write_all_at(&rng.bytes(50_000), 8 << 20).expect("write sparse");
     sparse.set_len(16 << 20).expect("extend sparse");
     drop(sparse);
     // FIFO and (as root) device nodes.
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &root.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        0o640.into(),
-        0,
-    )
-    .expect("mkfifo");
+    rustix::fs::mknodat(rustix::fs::CWD, &root.join("fifo"), rustix::fs::FileType::Fifo, 0o640.into(), 0)
+        .expect("mkfifo");
     if is_root() {
         let dev = rustix::fs::makedev(1, 3);
         rustix::fs::mknodat(
@@ -255,16 +222,10 @@ pub fn generate(root: &Path, seed: u64, scale: usize) {
         )
         .expect("mknod");
         // Owners that exist nowhere, and setuid/setgid bits (kept after chown).
-        std::os::unix::fs::lchown(root.join("dir1/file0.dat"), Some(4242), Some(4343))
-            .expect("chown");
+        std::os::unix::fs::lchown(root.join("dir1/file0.dat"), Some(4242), Some(4343)).expect("chown");
         std::os::unix::fs::lchown(root.join("link-rel"), Some(4242), Some(4343)).expect("lchown");
-        fs::set_permissions(
-            root.join("dir2/file1.dat"),
-            fs::Permissions::from_mode(0o4755),
-        )
-        .expect("setuid");
-        fs::set_permissions(root.join("dir3"), fs::Permissions::from_mode(0o2775))
-            .expect("setgid dir");
+        fs::set_permissions(root.join("dir2/file1.dat"), fs::Permissions::from_mode(0o4755)).expect("setuid");
+        fs::set_permissions(root.join("dir3"), fs::Permissions::from_mode(0o2775)).expect("setgid dir");
     }
     if xattrs_supported(root) {
         xattr::set(root.join("dir0/file1.dat"), "user.checksum", b"abc\0def").expect("xattr");
@@ -299,11 +260,7 @@ pub fn mutate(root: &Path, seed: u64) {
     fs::write(root.join(format!("dir0/new-{seed}.log")), rng.text(20_000)).expect("new file");
     let victim = root.join(format!("dir1/file{}.dat", 1 + rng.below(8)));
     fs::remove_file(victim).ok();
-    fs::set_permissions(
-        root.join("dir2/file2.dat"),
-        fs::Permissions::from_mode(0o640),
-    )
-    .ok();
+    fs::set_permissions(root.join("dir2/file2.dat"), fs::Permissions::from_mode(0o640)).ok();
     let from = root.join("dir3/file3.dat");
     if from.exists() {
         fs::rename(from, root.join(format!("dir3/renamed-{seed}.dat"))).expect("rename");
@@ -342,13 +299,7 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
     let mut entries: Vec<(Vec<u8>, PathBuf)> = vec![(Vec::new(), root.to_path_buf())];
     for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let e = e.expect("walk");
-        let rel = e
-            .path()
-            .strip_prefix(root)
-            .expect("under root")
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
+        let rel = e.path().strip_prefix(root).expect("under root").as_os_str().as_bytes().to_vec();
         entries.push((rel, e.path().to_path_buf()));
     }
     for (rel, path) in entries {
@@ -370,22 +321,14 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
         } else {
             's'
         };
-        let link_group = (kind == 'f' && m.nlink() > 1).then(|| {
-            inodes
-                .entry((m.dev(), m.ino()))
-                .or_insert_with(|| rel.clone())
-                .clone()
-        });
+        let link_group = (kind == 'f' && m.nlink() > 1)
+            .then(|| inodes.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone()).clone());
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = if kind == 'l' {
             Vec::new()
         } else {
             xattr::list(&path)
                 .map(|names| {
-                    names
-                        .filter_map(|n| {
-                            Some((n.as_bytes().to_vec(), xattr::get(&path, &n).ok().flatten()?))
-                        })
-                        .collect()
+                    names.filter_map(|n| Some((n.as_bytes().to_vec(), xattr::get(&path, &n).ok().flatten()?))).collect()
                 })
                 .unwrap_or_default()
         };
@@ -400,18 +343,8 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
                 mtime: (m.mtime(), m.mtime_nsec()),
                 size: if kind == 'f' { m.len() } else { 0 },
                 content: (kind == 'f').then(|| blake3::hash(&fs::read(&path).expect("read"))),
-                target: (kind == 'l').then(|| {
-                    fs::read_link(&path)
-                        .expect("readlink")
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec()
-                }),
-                rdev: if kind == 'c' || kind == 'b' {
-                    m.rdev()
-                } else {
-                    0
-                },
+                target: (kind == 'l').then(|| fs::read_link(&path).expect("readlink").as_os_str().as_bytes().to_vec()),
+                rdev: if kind == 'c' || kind == 'b' { m.rdev() } else { 0 },
                 xattrs,
                 link_group,
                 sparse: kind == 'f' && m.len() > 1 << 20 && m.blocks() * 512 < m.len() / 2,
@@ -422,19 +355,14 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
 }
 
 /// Asserts two descriptions are equal, naming the first differences readably.
-pub fn assert_same(
-    expected: &BTreeMap<Vec<u8>, Desc>,
-    actual: &BTreeMap<Vec<u8>, Desc>,
-    what: &str,
-) {
+pub fn assert_same(expected: &BTreeMap<Vec<u8>, Desc>, actual: &BTreeMap<Vec<u8>, Desc>, what: &str) {
     let mut problems = Vec::new();
     for (k, v) in expected {
         match actual.get(k) {
             None => problems.push(format!("missing {:?}", String::from_utf8_lossy(k))),
-            Some(a) if a != v => problems.push(format!(
-                "differs {:?}:\n  want {v:?}\n  got  {a:?}",
-                String::from_utf8_lossy(k)
-            )),
+            Some(a) if a != v => {
+                problems.push(format!("differs {:?}:\n  want {v:?}\n  got  {a:?}", String::from_utf8_lossy(k)))
+            }
             _ => {}
         }
     }
@@ -447,11 +375,6 @@ pub fn assert_same(
         problems.is_empty(),
         "{what}: {} differences:\n{}",
         problems.len(),
-        problems
-            .iter()
-            .take(15)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        problems.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
     );
 }

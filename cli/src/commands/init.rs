@@ -21,18 +21,14 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
     let mut opts = InitOptions::default();
     opts.compression_level = args.compression;
     if !args.chunk_size.is_power_of_two() || !(1024..=4 << 20).contains(&args.chunk_size) {
-        anyhow::bail!(
-            "--chunk-size must be a power of two from 1024 to 4194304, not {}",
-            args.chunk_size
-        );
+        anyhow::bail!("--chunk-size must be a power of two from 1024 to 4194304, not {}", args.chunk_size);
     }
     opts.chunker = cairn_store::ChunkerParams {
         min_size: args.chunk_size / 4,
         avg_size: args.chunk_size,
         max_size: args.chunk_size * 8,
     };
-    let repo = Repo::init(&path, &opts)
-        .with_context(|| format!("cannot create repository {}", path.display()))?;
+    let repo = Repo::init(&path, &opts).with_context(|| format!("cannot create repository {}", path.display()))?;
     let report = Initialised {
         repository: path.display().to_string(),
         repo_id: repo.config().repo_id.clone(),
@@ -42,11 +38,7 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
-        println!(
-            "created cairn repository {} at {}",
-            &report.repo_id[..8],
-            report.repository
-        );
+        println!("created cairn repository {} at {}", &report.repo_id[..8], report.repository);
     }
     Ok(exit::OK)
 }

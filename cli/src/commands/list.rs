@@ -36,9 +36,7 @@ fn listed(s: &Snapshot) -> Listed<'_> {
     Listed {
         id: s.id.to_hex(),
         short_id: s.id.short(8),
-        time: jiff::Timestamp::from_nanosecond(i128::from(r.time_ns))
-            .map(|t| t.to_string())
-            .unwrap_or_default(),
+        time: jiff::Timestamp::from_nanosecond(i128::from(r.time_ns)).map(|t| t.to_string()).unwrap_or_default(),
         time_ns: r.time_ns,
         kind: r.kind.as_str(),
         label: r.label.as_deref(),
@@ -65,11 +63,7 @@ pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
         .into_iter()
         .filter(|s| args.tags.is_empty() || s.record.tags.iter().any(|t| args.tags.contains(t)))
         .filter(|s| args.host.as_ref().is_none_or(|h| &s.record.host == h))
-        .filter(|s| {
-            want_path
-                .as_ref()
-                .is_none_or(|p| s.record.paths.contains(p))
-        })
+        .filter(|s| want_path.as_ref().is_none_or(|p| s.record.paths.contains(p)))
         .collect();
     if let Some(n) = args.latest {
         let skip = snaps.len().saturating_sub(n);
@@ -100,12 +94,7 @@ pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
             ]
         })
         .collect();
-    output::table(
-        &[
-            "ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS",
-        ],
-        &rows,
-    )?;
+    output::table(&["ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS"], &rows)?;
     println!("{} snapshots", snaps.len());
     Ok(exit::OK)
 }

@@ -27,17 +27,15 @@ pub fn repo_path(cli: &Cli) -> Result<(PathBuf, bool)> {
     if let Some(p) = &cli.repo {
         return Ok((p.clone(), false));
     }
-    let base = dirs::data_dir().context(
-        "no --repo given and no data directory known for this user (set $HOME or CAIRN_REPO)",
-    )?;
+    let base = dirs::data_dir()
+        .context("no --repo given and no data directory known for this user (set $HOME or CAIRN_REPO)")?;
     Ok((base.join("cairn").join("repo"), true))
 }
 
 /// Opens the repository named by the global options.
 pub fn open(cli: &Cli) -> Result<Repo> {
     let (path, _) = repo_path(cli)?;
-    Repo::open(&path, &OpenOptions::default())
-        .with_context(|| format!("cannot open repository {}", path.display()))
+    Repo::open(&path, &OpenOptions::default()).with_context(|| format!("cannot open repository {}", path.display()))
 }
 
 /// Prints warnings on stderr (all of them with -v, else the first few and a count).
@@ -45,18 +43,11 @@ pub fn print_warnings(cli: &Cli, label: &str, warnings: &[Warning]) {
     if cli.quiet || warnings.is_empty() {
         return;
     }
-    let shown = if cli.verbose > 0 {
-        warnings.len()
-    } else {
-        warnings.len().min(20)
-    };
+    let shown = if cli.verbose > 0 { warnings.len() } else { warnings.len().min(20) };
     for w in &warnings[..shown] {
         eprintln!("{label}: {}: {}", w.path, w.message);
     }
     if shown < warnings.len() {
-        eprintln!(
-            "{label}: ... and {} more (use -v to see all, or --json)",
-            warnings.len() - shown
-        );
+        eprintln!("{label}: ... and {} more (use -v to see all, or --json)", warnings.len() - shown);
     }
 }

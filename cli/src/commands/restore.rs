@@ -11,9 +11,7 @@ use crate::progress::Bar;
 /// Parses `--at`: RFC 3339 (with offset), or a civil date/time in the local time zone.
 pub fn parse_time(text: &str) -> Result<i64> {
     // Beyond year 2262 nanoseconds leave i64: saturate, every snapshot is before that.
-    let ns = |t: jiff::Timestamp| -> Result<i64> {
-        Ok(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX))
-    };
+    let ns = |t: jiff::Timestamp| -> Result<i64> { Ok(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)) };
     if let Ok(t) = text.parse::<jiff::Timestamp>() {
         return ns(t);
     }
@@ -25,7 +23,9 @@ pub fn parse_time(text: &str) -> Result<i64> {
     if let Ok(d) = normal.parse::<jiff::civil::Date>() {
         return ns(d.to_zoned(tz)?.timestamp());
     }
-    bail!("cannot read {text:?} as a time: use RFC 3339 (2026-11-20T14:00:00Z) or YYYY-MM-DD[THH:MM[:SS]] in local time")
+    bail!(
+        "cannot read {text:?} as a time: use RFC 3339 (2026-11-20T14:00:00Z) or YYYY-MM-DD[THH:MM[:SS]] in local time"
+    )
 }
 
 pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
@@ -48,13 +48,9 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     };
     opts.safety_snapshot = !args.no_safety_snapshot;
     let bar = Bar::new(!cli.quiet && !cli.json);
-    let report = repo.restore(&snapshot, &opts, &bar).with_context(|| {
-        format!(
-            "restore of {} into {} failed",
-            snapshot.id.short(8),
-            args.target.display()
-        )
-    })?;
+    let report = repo
+        .restore(&snapshot, &opts, &bar)
+        .with_context(|| format!("restore of {} into {} failed", snapshot.id.short(8), args.target.display()))?;
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
@@ -76,31 +72,18 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
 
 fn print_summary(r: &RestoreReport) {
     if let Some(id) = &r.safety_snapshot {
-        println!(
-            "safety snapshot {} taken of the files about to be overwritten",
-            &id[..8]
-        );
+        println!("safety snapshot {} taken of the files about to be overwritten", &id[..8]);
     }
-    let verb = if r.dry_run {
-        "would restore"
-    } else {
-        "restored"
-    };
+    let verb = if r.dry_run { "would restore" } else { "restored" };
     println!("{verb} snapshot {} into {}", &r.snapshot[..8], r.target);
     println!(
         "  files:   {} written, {} left as they were, {} hard links",
         r.files_written, r.files_skipped, r.hardlinks
     );
-    println!(
-        "  others:  {} directories, {} symlinks, {} special",
-        r.dirs, r.symlinks, r.specials
-    );
+    println!("  others:  {} directories, {} symlinks, {} special", r.dirs, r.symlinks, r.specials);
     println!("  written: {}", size(r.bytes_written));
     if r.files_verified > 0 {
-        println!(
-            "  verified: {} files match their stored BLAKE3",
-            r.files_verified
-        );
+        println!("  verified: {} files match their stored BLAKE3", r.files_verified);
     }
     println!("  took:    {:.2} s", r.duration_secs);
 }

@@ -1,10 +1,7 @@
 //! `cairn snapshot`
 
 use anyhow::{Context, Result};
-use cairn_store::{
-    read_exclude_file, InitOptions, OpenOptions, Repo, SnapshotKind, SnapshotOptions,
-    SnapshotReport,
-};
+use cairn_store::{read_exclude_file, InitOptions, OpenOptions, Repo, SnapshotKind, SnapshotOptions, SnapshotReport};
 
 use crate::args::{Cli, Kind, SnapshotArgs};
 use crate::exit;
@@ -17,7 +14,10 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
         let repo = Repo::init(&path, &InitOptions::default())
             .with_context(|| format!("cannot create the default repository {}", path.display()))?;
         if !cli.quiet {
-            eprintln!("cairn: created the default repository at {} (use --repo or CAIRN_REPO for another)", path.display());
+            eprintln!(
+                "cairn: created the default repository at {} (use --repo or CAIRN_REPO for another)",
+                path.display()
+            );
         }
         repo
     } else {
@@ -34,29 +34,21 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     opts.tags.clone_from(&args.tags);
     opts.excludes.clone_from(&args.excludes);
     for f in &args.exclude_file {
-        opts.excludes.extend(
-            read_exclude_file(f)
-                .with_context(|| format!("cannot read exclude file {}", f.display()))?,
-        );
+        opts.excludes
+            .extend(read_exclude_file(f).with_context(|| format!("cannot read exclude file {}", f.display()))?);
     }
     opts.one_file_system = args.one_file_system;
     opts.dry_run = args.dry_run;
     opts.host.clone_from(&args.host);
     let bar = Bar::new(!cli.quiet && !cli.json);
-    let report = repo
-        .snapshot(&opts, &bar)
-        .context("snapshot failed; no snapshot was recorded")?;
+    let report = repo.snapshot(&opts, &bar).context("snapshot failed; no snapshot was recorded")?;
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
         print_summary(&report);
     }
     super::print_warnings(cli, "warning", &report.warnings);
-    Ok(if report.warnings.is_empty() {
-        exit::OK
-    } else {
-        exit::WARNINGS
-    })
+    Ok(if report.warnings.is_empty() { exit::OK } else { exit::WARNINGS })
 }
 
 fn print_summary(r: &SnapshotReport) {
@@ -72,15 +64,8 @@ fn print_summary(r: &SnapshotReport) {
         "  files:   {} new, {} changed, {} unchanged ({} in all)",
         t.files_new, t.files_changed, t.files_unchanged, t.files
     );
-    println!(
-        "  others:  {} directories, {} symlinks, {} special",
-        t.dirs, t.symlinks, t.specials
-    );
-    println!(
-        "  read:    {} of {}",
-        size(t.bytes_read),
-        size(t.bytes_total)
-    );
+    println!("  others:  {} directories, {} symlinks, {} special", t.dirs, t.symlinks, t.specials);
+    println!("  read:    {} of {}", size(t.bytes_read), size(t.bytes_total));
     println!(
         "  added:   {} of new data, {} stored after dedup and compression",
         size(t.data_added),
@@ -88,10 +73,7 @@ fn print_summary(r: &SnapshotReport) {
     );
     println!("  took:    {:.2} s", r.duration_secs);
     if !r.warnings.is_empty() {
-        println!(
-            "  warnings: {} (files left out or stored as read; see below)",
-            r.warnings.len()
-        );
+        println!("  warnings: {} (files left out or stored as read; see below)", r.warnings.len());
     }
     if let Some(id) = &r.id {
         println!("  id:      {id}");

@@ -33,11 +33,7 @@ impl LocalBackend {
     /// A backend over `root` (which must exist; `create_layout` makes the folders).
     #[must_use]
     pub fn new(root: &Path) -> Self {
-        Self {
-            root: root.to_path_buf(),
-            handles: Mutex::new(HashMap::new()),
-            counter: AtomicU64::new(0),
-        }
+        Self { root: root.to_path_buf(), handles: Mutex::new(HashMap::new()), counter: AtomicU64::new(0) }
     }
 
     /// Creates the folders of a new repository (private to the owner).
@@ -53,20 +49,13 @@ impl LocalBackend {
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
         match kind {
             FileKind::Config => self.root.join("config"),
-            FileKind::Pack => self
-                .root
-                .join("packs")
-                .join(name.get(..2).unwrap_or("xx"))
-                .join(name),
+            FileKind::Pack => self.root.join("packs").join(name.get(..2).unwrap_or("xx")).join(name),
             FileKind::Snapshot => self.root.join("snapshots").join(name),
         }
     }
 
     fn handle(&self, path: &Path) -> Result<Arc<File>> {
-        let mut cache = self
-            .handles
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = cache.get(path) {
             return Ok(Arc::clone(f));
         }
@@ -105,12 +94,7 @@ impl Backend for LocalBackend {
         let tmp_dir = self.root.join("tmp");
         let tmp = tmp_dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .at(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).at(&tmp)?;
             f.write_all(data).at(&tmp)?;
             f.sync_all().at(&tmp)?;
             drop(f);
@@ -134,10 +118,7 @@ impl Backend for LocalBackend {
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
-                Error::corrupt(
-                    format!("{}", path.display()),
-                    format!("shorter than {} bytes", offset + len as u64),
-                )
+                Error::corrupt(format!("{}", path.display()), format!("shorter than {} bytes", offset + len as u64))
             } else {
                 Error::io(&path, e)
             }
@@ -196,10 +177,7 @@ impl Backend for LocalBackend {
 
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = self.path(kind, name);
-        self.handles
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&path);
+        self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&path);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -27,10 +27,7 @@ fn missing(name: &str) -> Error {
 
 impl MemoryBackend {
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(u8, String), Vec<u8>>) -> T) -> T {
-        f(&mut self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -41,8 +38,7 @@ impl Backend for MemoryBackend {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        self.with(|m| m.get(&key(kind, name)).cloned())
-            .ok_or_else(|| missing(name))
+        self.with(|m| m.get(&key(kind, name)).cloned()).ok_or_else(|| missing(name))
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -56,8 +52,7 @@ impl Backend for MemoryBackend {
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
-        self.with(|m| m.get(&key(kind, name)).map(|d| d.len() as u64))
-            .ok_or_else(|| missing(name))
+        self.with(|m| m.get(&key(kind, name)).map(|d| d.len() as u64)).ok_or_else(|| missing(name))
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {

@@ -48,8 +48,5 @@ pub trait Backend: Send + Sync {
 /// Anything else in those folders is ignored, so a hostile file name cannot become a path.
 #[must_use]
 pub fn is_id_name(name: &str) -> bool {
-    name.len() == 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

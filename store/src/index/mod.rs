@@ -41,17 +41,10 @@ pub struct Index {
 impl Index {
     /// Opens (creating if needed) the index at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let index = Self {
-            path: path.to_path_buf(),
-            pool: Mutex::new(Vec::new()),
-        };
+        let index = Self { path: path.to_path_buf(), pool: Mutex::new(Vec::new()) };
         let conn = index.connect()?;
         schema::migrate(&conn).map_err(|e| index.err(e))?;
-        index
-            .pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(conn);
+        index.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
         Ok(index)
     }
 
@@ -61,33 +54,23 @@ impl Index {
 
     fn connect(&self) -> Result<Connection> {
         let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
-        conn.busy_timeout(Duration::from_secs(60))
-            .map_err(|e| self.err(e))?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(|e| self.err(e))?;
         // WAL: readers never block the writer. synchronous=FULL: a committed row survives power
         // loss, so a snapshot record never outlives the index rows of the chunks it names.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| self.err(e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| self.err(e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| self.err(e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.err(e))?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let pooled = self
-            .pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
+        let pooled = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         let mut conn = match pooled {
             Some(c) => c,
             None => self.connect()?,
         };
         let result = f(&mut conn).map_err(|e| self.err(e));
-        self.pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(conn);
+        self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
         result
     }
 
@@ -103,8 +86,8 @@ impl Index {
             let pid: i64 = tx.query_row("SELECT pid FROM packs WHERE id = ?1", [id.as_bytes()], |r| r.get(0))?;
             {
                 let mut st = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO blobs(id, kind, pid, offset, stored_len, raw_len, compression) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR IGNORE INTO blobs(id, kind, pid, offset, stored_len, frame_len, frame_offset, raw_len, \
+                     compression) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?;
                 for e in entries {
                     st.execute(params![
@@ -113,6 +96,8 @@ impl Index {
                         pid,
                         e.offset as i64,
                         i64::from(e.stored_len),
+                        i64::from(e.frame_len),
+                        i64::from(e.frame_offset),
                         i64::from(e.raw_len),
                         e.compression.code()
                     ])?;
@@ -125,49 +110,43 @@ impl Index {
     /// True when the blob is indexed.
     pub fn has_blob(&self, id: BlobId) -> Result<bool> {
         self.with(|c| {
-            c.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?
-                .query_row([id.as_bytes()], |_| Ok(()))
-                .optional()
+            c.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?.query_row([id.as_bytes()], |_| Ok(())).optional()
         })
         .map(|o| o.is_some())
     }
 
     /// Where a blob is stored, if it is indexed.
     pub fn locate(&self, id: BlobId) -> Result<Option<BlobLocation>> {
-        let row = self.with(|c| {
+        type Row = (Vec<u8>, [i64; 7]);
+        let row: Option<Row> = self.with(|c| {
             c.prepare_cached(
-                "SELECT p.id, b.kind, b.offset, b.stored_len, b.raw_len, b.compression \
+                "SELECT p.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, b.compression \
                  FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1",
             )?
             .query_row([id.as_bytes()], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
+                let mut n = [0i64; 7];
+                for (i, v) in n.iter_mut().enumerate() {
+                    *v = r.get(i + 1)?;
+                }
+                Ok((r.get(0)?, n))
             })
             .optional()
         })?;
-        let Some((pack, kind, offset, stored_len, raw_len, compression)) = row else {
+        let Some((pack, [kind, offset, stored_len, frame_len, frame_offset, raw_len, compression])) = row else {
             return Ok(None);
         };
-        let bad = || {
-            Error::corrupt(
-                format!("index {}", self.path.display()),
-                format!("row of blob {id} is invalid"),
-            )
-        };
+        let bad = || Error::corrupt(format!("index {}", self.path.display()), format!("row of blob {id} is invalid"));
+        let u32_of = |v: i64| u32::try_from(v).map_err(|_| bad());
         Ok(Some(BlobLocation {
             pack: PackId::from_slice(&pack).ok_or_else(bad)?,
             entry: PackEntry {
                 kind: BlobKind::from_code(kind).ok_or_else(bad)?,
                 id,
                 offset: u64::try_from(offset).map_err(|_| bad())?,
-                stored_len: u32::try_from(stored_len).map_err(|_| bad())?,
-                raw_len: u32::try_from(raw_len).map_err(|_| bad())?,
+                stored_len: u32_of(stored_len)?,
+                frame_len: u32_of(frame_len)?,
+                frame_offset: u32_of(frame_offset)?,
+                raw_len: u32_of(raw_len)?,
                 compression: Compression::from_code(compression).ok_or_else(bad)?,
             },
         }))
@@ -194,18 +173,14 @@ impl Index {
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
         let rows = self.with(|c| {
-            let mut st =
-                c.prepare_cached("SELECT id, record FROM snapshots ORDER BY time_ns, id")?;
-            let rows = st.query_map([], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
+            let mut st = c.prepare_cached("SELECT id, record FROM snapshots ORDER BY time_ns, id")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         rows.into_iter()
             .map(|(id, record)| {
-                let id = SnapshotId::from_slice(&id).ok_or_else(|| {
-                    Error::corrupt(format!("index {}", self.path.display()), "bad snapshot id")
-                })?;
+                let id = SnapshotId::from_slice(&id)
+                    .ok_or_else(|| Error::corrupt(format!("index {}", self.path.display()), "bad snapshot id"))?;
                 Ok(SnapshotRow { id, record })
             })
             .collect()
@@ -218,8 +193,6 @@ impl Index {
 
     /// Removes every row (before a rebuild).
     pub fn clear(&self) -> Result<()> {
-        self.with(|c| {
-            c.execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM snapshots;")
-        })
+        self.with(|c| c.execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM snapshots;"))
     }
 }

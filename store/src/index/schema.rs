@@ -25,10 +25,11 @@ CREATE TABLE IF NOT EXISTS blobs(
     pid         INTEGER NOT NULL,
     offset      INTEGER NOT NULL,
     stored_len  INTEGER NOT NULL,
+    frame_len   INTEGER NOT NULL,
+    frame_offset INTEGER NOT NULL,
     raw_len     INTEGER NOT NULL,
     compression INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid);
 CREATE TABLE IF NOT EXISTS snapshots(
     id      BLOB PRIMARY KEY,
     time_ns INTEGER NOT NULL,
@@ -43,15 +44,10 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > INDEX_VERSION {
         // Reported as UnsupportedVersion by `classify` through this sentinel.
-        return Err(rusqlite::Error::IntegralValueOutOfRange(
-            usize::MAX,
-            version,
-        ));
+        return Err(rusqlite::Error::IntegralValueOutOfRange(usize::MAX, version));
     }
     if version < INDEX_VERSION {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {INDEX_VERSION}; COMMIT;"
-        ))?;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {INDEX_VERSION}; COMMIT;"))?;
     }
     Ok(())
 }
@@ -65,19 +61,13 @@ pub(super) fn classify(path: &Path, source: rusqlite::Error) -> Error {
             supported: INDEX_VERSION as u32,
         },
         rusqlite::Error::SqliteFailure(ref e, _)
-            if matches!(
-                e.code,
-                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ) =>
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) =>
         {
             Error::corrupt(
                 format!("index {}", path.display()),
                 format!("{source}; run `cairn repair index` to rebuild it from the packs"),
             )
         }
-        other => Error::Index {
-            path: path.to_path_buf(),
-            source: other,
-        },
+        other => Error::Index { path: path.to_path_buf(), source: other },
     }
 }
