@@ -37,6 +37,36 @@ pub enum Command {
     List(ListArgs),
     /// Restore a snapshot (or chosen paths of it)
     Restore(RestoreArgs),
+    /// Check the repository: structure always, stored data with --read-data
+    Scrub(ScrubArgs),
+    /// Repair the repository
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+/// `cairn scrub`
+#[derive(Debug, Args)]
+pub struct ScrubArgs {
+    /// Also read every stored chunk back and check it against its hash
+    #[arg(long)]
+    pub read_data: bool,
+    /// Stop reading data after this long (e.g. 10m, 1h30m, 2d); packs verified longest ago go
+    /// first, so successive runs cover the whole repository
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub max_duration: Option<std::time::Duration>,
+    /// Stop reading data after this many bytes (e.g. 500M, 2G)
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub max_bytes: Option<u64>,
+    /// Limit the scrub to what this snapshot needs (ID, prefix, `latest` or label; repeatable)
+    #[arg(long = "snapshot", value_name = "ID")]
+    pub snapshots: Vec<String>,
+}
+
+/// `cairn repair ...`
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs and snapshot records (after it was lost or damaged)
+    Index,
 }
 
 /// `cairn init`
@@ -49,6 +79,9 @@ pub struct InitArgs {
     /// it, maximum eight times it); fixed for the life of the repository
     #[arg(long, default_value_t = 4096, value_name = "BYTES")]
     pub chunk_size: u32,
+    /// Target size of a pack file (e.g. 16M); smaller packs suit slow links and tests
+    #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub pack_size: u64,
 }
 
 /// Snapshot kinds on the command line.

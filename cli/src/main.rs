@@ -8,6 +8,7 @@ mod args;
 mod commands;
 mod output;
 mod progress;
+mod units;
 
 use std::io::Write;
 use std::process::ExitCode;

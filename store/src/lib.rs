@@ -43,8 +43,10 @@ mod index;
 mod pack;
 mod progress;
 mod record;
+mod repair;
 mod repo;
 mod restore;
+mod scrub;
 mod snapshot;
 mod tree;
 
@@ -56,8 +58,10 @@ pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
 pub use pack::{check_pack, open_blob, seal_frame, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, Unit};
 pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
+pub use repair::RepairReport;
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
 pub use restore::{hash_file, Overwrite, RestoreOptions, RestoreReport};
+pub use scrub::{Affected, Damage, Leftovers, ScrubOptions, ScrubReport, SnapshotStatus};
 pub use snapshot::{read_exclude_file, SnapshotOptions, SnapshotReport, Warning};
 pub use tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
 

@@ -343,10 +343,17 @@ pub fn parse_trailer(name: &str, footer: &Footer, trailer: &[u8]) -> Result<Vec<
 
 /// Checks a whole pack held in memory: header, name = hash, footer, trailer. Returns its entries.
 pub fn check_pack(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
-    codec::check_header(&format!("pack {name}"), bytes, MAGIC, PACK_VERSION)?;
     if PackId::of(bytes).to_hex() != name {
+        codec::check_header(&format!("pack {name}"), bytes, MAGIC, PACK_VERSION)?;
         return Err(Error::corrupt(format!("pack {name}"), "content does not hash to its name"));
     }
+    check_pack_layout(name, bytes)
+}
+
+/// Parses a pack's header, footer and trailer without checking its hash (a damaged pack's
+/// blobs can still be checked one by one against their own IDs).
+pub fn check_pack_layout(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
+    codec::check_header(&format!("pack {name}"), bytes, MAGIC, PACK_VERSION)?;
     let size = bytes.len() as u64;
     let footer = parse_footer(name, bytes.get(bytes.len().saturating_sub(FOOTER_LEN)..).unwrap_or(&[]), size)?;
     let start = usize::try_from(footer.trailer_offset).unwrap_or(usize::MAX);

@@ -124,6 +124,12 @@ impl Repo {
 
     /// Opens a repository stored in `backend`, with its index under `root`/index.
     pub fn open_with(root: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::open_inner(root, backend, true)
+    }
+
+    /// Opens; with `auto_rebuild`, an index that is missing altogether (deleted) is rebuilt from
+    /// the pack trailers, since the index is only a cache (invariant 3).
+    pub(crate) fn open_inner(root: &Path, backend: Arc<dyn Backend>, auto_rebuild: bool) -> Result<Self> {
         let bytes = match backend.get(FileKind::Config, "config") {
             Ok(b) => b,
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -134,8 +140,14 @@ impl Repo {
         let config = RepoConfig::decode(&bytes)?;
         let dir = root.join("index");
         fs::create_dir_all(&dir).at(&dir)?;
-        let index = Index::open(&index_path(root))?;
+        let path = index_path(root);
+        let existed = path.exists();
+        let index = Index::open(&path)?;
         let repo = Self { root: root.to_path_buf(), backend, index, config };
+        if auto_rebuild && !existed && !repo.backend.list(FileKind::Pack)?.is_empty() {
+            log::warn!("index {} was missing; rebuilding it from the packs", path.display());
+            repo.rebuild_index()?;
+        }
         repo.reconcile_snapshots()?;
         Ok(repo)
     }

@@ -6,6 +6,7 @@ mod util;
 mod crash;
 mod errors;
 mod incremental;
+mod integrity;
 mod property;
 mod restore_options;
 mod roundtrip;

@@ -23,6 +23,10 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
     if !args.chunk_size.is_power_of_two() || !(1024..=4 << 20).contains(&args.chunk_size) {
         anyhow::bail!("--chunk-size must be a power of two from 1024 to 4194304, not {}", args.chunk_size);
     }
+    if !(64 << 10..=1 << 30).contains(&args.pack_size) {
+        anyhow::bail!("--pack-size must be between 64K and 1G");
+    }
+    opts.pack_size = args.pack_size as u32;
     opts.chunker = cairn_store::ChunkerParams {
         min_size: args.chunk_size / 4,
         avg_size: args.chunk_size,

@@ -2,7 +2,9 @@
 
 mod init;
 mod list;
+mod repair;
 mod restore;
+mod scrub;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Snapshot(a) => snapshot::run(cli, a),
         Command::List(a) => list::run(cli, a),
         Command::Restore(a) => restore::run(cli, a),
+        Command::Scrub(a) => scrub::run(cli, a),
+        Command::Repair(crate::args::RepairCommand::Index) => repair::run_index(cli),
     }
 }
 

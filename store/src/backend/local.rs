@@ -185,6 +185,19 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
+        let from = self.path(kind, name);
+        let dir = self.root.join("quarantine");
+        fs::create_dir_all(&dir).at(&dir)?;
+        self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&from);
+        let to = dir.join(name);
+        match fs::rename(&from, &to) {
+            Ok(()) => sync_dir(&dir).and_then(|()| sync_dir(from.parent().unwrap_or(&self.root))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&from, e)),
+        }
+    }
+
     fn temporaries(&self) -> Result<Vec<(String, u64)>> {
         let dir = self.root.join("tmp");
         let mut out = Vec::new();

@@ -65,6 +65,10 @@ impl Backend for MemoryBackend {
         }))
     }
 
+    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.remove(kind, name)
+    }
+
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
         self.with(|m| m.remove(&key(kind, name)));
         Ok(())

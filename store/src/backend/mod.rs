@@ -38,6 +38,8 @@ pub trait Backend: Send + Sync {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
     /// Removes a file; removing a missing file is not an error.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Moves a damaged file out of the way (kept for inspection, never read again).
+    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()>;
     /// Leftover temporary files of interrupted writes (name, size), for scrub and gc.
     fn temporaries(&self) -> Result<Vec<(String, u64)>> {
         Ok(Vec::new())

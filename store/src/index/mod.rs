@@ -24,6 +24,17 @@ pub struct BlobLocation {
     pub entry: PackEntry,
 }
 
+/// A pack row.
+#[derive(Clone, Copy, Debug)]
+pub struct PackRow {
+    /// The pack.
+    pub id: PackId,
+    /// Its size in bytes when indexed.
+    pub size: u64,
+    /// When it was last read back and verified (Unix seconds), if ever.
+    pub verified_at: Option<i64>,
+}
+
 /// A snapshot row: its ID and record bytes.
 pub struct SnapshotRow {
     /// The snapshot's ID.
@@ -189,6 +200,86 @@ impl Index {
     /// IDs of the snapshots in the index (to reconcile with the snapshot files).
     pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
         Ok(self.snapshots()?.into_iter().map(|r| r.id).collect())
+    }
+
+    /// SQLite's own consistency check: an empty list when the database is sound.
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let rows = self.with(|c| {
+            let mut st = c.prepare("PRAGMA integrity_check")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// Every indexed pack.
+    pub fn packs(&self) -> Result<Vec<PackRow>> {
+        let rows = self.with(|c| {
+            let mut st = c.prepare_cached("SELECT id, size, verified_at FROM packs ORDER BY pid")?;
+            let rows =
+                st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|(id, size, verified_at)| {
+                Ok(PackRow {
+                    id: PackId::from_slice(&id).ok_or_else(|| self.bad_row("pack id"))?,
+                    size: u64::try_from(size).map_err(|_| self.bad_row("pack size"))?,
+                    verified_at,
+                })
+            })
+            .collect()
+    }
+
+    fn bad_row(&self, what: &str) -> Error {
+        Error::corrupt(format!("index {}", self.path.display()), format!("invalid {what}"))
+    }
+
+    /// Blobs whose indexed place does not fit inside their pack (the index disagrees with it).
+    pub fn blobs_out_of_bounds(&self) -> Result<Vec<(BlobId, PackId)>> {
+        self.blob_pairs(
+            "SELECT b.id, p.id FROM blobs b JOIN packs p ON p.pid = b.pid \
+             WHERE b.offset < 12 OR b.offset + b.stored_len > p.size - 44 \
+             OR b.frame_offset + b.raw_len > b.frame_len",
+            &[],
+        )
+    }
+
+    /// The blobs indexed in the given packs (a full scan: used only for damaged packs).
+    pub fn blobs_in_packs(&self, packs: &[PackId]) -> Result<Vec<(BlobId, PackId)>> {
+        let mut out = Vec::new();
+        for p in packs {
+            out.extend(self.blob_pairs(
+                "SELECT b.id, p.id FROM blobs b JOIN packs p ON p.pid = b.pid WHERE p.id = ?1",
+                &[p.as_bytes().as_slice()],
+            )?);
+        }
+        Ok(out)
+    }
+
+    fn blob_pairs(&self, sql: &str, args: &[&[u8]]) -> Result<Vec<(BlobId, PackId)>> {
+        let rows = self.with(|c| {
+            let mut st = c.prepare(sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|(b, p)| {
+                Ok((
+                    BlobId::from_slice(&b).ok_or_else(|| self.bad_row("blob id"))?,
+                    PackId::from_slice(&p).ok_or_else(|| self.bad_row("pack id"))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records that a pack was read back and verified at `when` (Unix seconds).
+    pub fn set_verified(&self, pack: PackId, when: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute("UPDATE packs SET verified_at = ?1 WHERE id = ?2", params![when, pack.as_bytes()]).map(|_| ())
+        })
     }
 
     /// Removes every row (before a rebuild).

@@ -1,0 +1,93 @@
+//! `cairn scrub`
+
+use anyhow::Result;
+use cairn_store::{Damage, ScrubOptions, ScrubReport};
+
+use crate::args::{Cli, ScrubArgs};
+use crate::exit;
+use crate::output::{self, size};
+use crate::progress::Bar;
+
+pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let mut opts = ScrubOptions::default();
+    opts.read_data = args.read_data;
+    opts.max_duration = args.max_duration;
+    opts.max_bytes = args.max_bytes;
+    for spec in &args.snapshots {
+        opts.snapshots.push(repo.resolve(spec)?.id);
+    }
+    let bar = Bar::new(!cli.quiet && !cli.json);
+    let report = repo.scrub(&opts, &bar)?;
+    if cli.json {
+        output::json(&report)?;
+    } else if !cli.quiet || !report.clean {
+        print_report(&report);
+    }
+    Ok(if report.clean { exit::OK } else { exit::DAMAGE })
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
+}
+
+fn print_report(r: &ScrubReport) {
+    println!(
+        "checked {} snapshots: {} trees, {} chunk references, {} packs",
+        r.snapshots_checked, r.trees_checked, r.chunks_checked, r.packs_in_scope
+    );
+    if r.read_data {
+        let scope = if r.all_packs_verified_this_run { "all" } else { "the budget's share of" };
+        println!(
+            "read back {} packs ({}) this run, {scope} the packs in scope",
+            r.packs_verified,
+            size(r.bytes_verified)
+        );
+    }
+    match (r.oldest_verification_age_secs, r.packs_never_verified) {
+        (Some(a), _) => println!("coverage: every pack verified; the oldest verification is {} old", age(a)),
+        (None, n) => {
+            println!("coverage: {n} of {} packs never read back (run `cairn scrub --read-data`)", r.packs_in_scope)
+        }
+    }
+    let l = &r.leftovers;
+    if !l.temp_files.is_empty() || !l.unindexed_packs.is_empty() || l.unreferenced_packs > 0 {
+        println!(
+            "leftovers (harmless; gc removes them): {} temporary files, {} unindexed packs, {} packs no snapshot needs",
+            l.temp_files.len(),
+            l.unindexed_packs.len(),
+            l.unreferenced_packs
+        );
+    }
+    let intact = r.snapshots.iter().filter(|s| s.status == "intact").count();
+    println!("intact: {intact} of {} snapshots", r.snapshots.len());
+    if r.clean {
+        println!("no damage found");
+        return;
+    }
+    for s in r.snapshots.iter().filter(|s| s.status != "intact") {
+        println!("DAMAGED snapshot {} ({}): {} paths need damaged data", &s.id[..8], s.time, s.damaged_paths);
+    }
+    for d in &r.damage {
+        print_damage(d);
+    }
+}
+
+/// One damaged object and what needs it.
+pub fn print_damage(d: &Damage) {
+    let what = match (&d.blob, &d.pack) {
+        (Some(b), Some(p)) => format!("blob {} in pack {}", &b[..16], &p[..16]),
+        (Some(b), None) => format!("blob {}", &b[..16]),
+        (None, Some(p)) => format!("pack {}", &p[..16]),
+        (None, None) => String::new(),
+    };
+    println!("  {}: {what}: {}", d.kind, d.detail);
+    for a in &d.affected {
+        println!("    needed by {} {}", &a.snapshot[..8], a.path);
+    }
+}

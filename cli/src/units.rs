@@ -1,0 +1,54 @@
+//! Parsing of durations (`10m`, `1h30m`, `2d`) and sizes (`500M`, `2GiB`).
+
+use std::time::Duration;
+
+/// A duration in jiff's friendly or ISO 8601 format; a day counts as 24 hours.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let span: jiff::Span =
+        text.parse().map_err(|e| format!("cannot read {text:?} as a duration (like 10m, 1h30m, 2d): {e}"))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("cannot use {text:?} as a duration: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{text:?} is negative"))
+}
+
+/// A size: a number with an optional unit. K, M, G, T (and KiB, MiB, ...) are powers of 1024;
+/// KB, MB, GB, TB are powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("cannot read {text:?} as a size (like 500M, 2G)"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    Ok((value * factor) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86400));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("3MB").unwrap(), 3_000_000);
+        assert_eq!(parse_size("42").unwrap(), 42);
+        assert!(parse_size("12 parsecs").is_err());
+    }
+}
