@@ -62,7 +62,7 @@ class Tool:
                 "init": [b, "-q", "init"],
                 "snapshot": [b, "-q", "snapshot", tree],
                 "restore": [b, "-q", "restore", "latest", "--target", target, "--no-safety-snapshot"],
-                "check": None,  # scrub --read-data arrives with the integrity issue
+                "check": [b, "-q", "scrub", "--read-data"],
             }[step]
         if self.name == "restic":
             return {

@@ -12,7 +12,7 @@ use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::config::{ChunkerParams, RepoConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
-use crate::index::Index;
+use crate::index::{BlobLocation, Index};
 use crate::pack::{self, FOOTER_LEN};
 use crate::record::SnapshotRecord;
 use crate::tree::{Entry, Tree};
@@ -227,6 +227,11 @@ impl Repo {
     /// kept, so the consecutive chunks of a file that share a frame decompress it once.
     pub(crate) fn read_blob(&self, id: BlobId, what: &'static str) -> Result<Vec<u8>> {
         let loc = self.index.locate(id)?.ok_or_else(|| Error::Missing { what, id: id.to_hex() })?;
+        self.read_located(&loc)
+    }
+
+    /// Reads a blob whose location was looked up already (in a batch).
+    pub(crate) fn read_located(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
         let key = (loc.pack, loc.entry.offset);
         let cached = LAST_FRAME.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, f)| Rc::clone(f)));
         let frame = match cached {
@@ -325,10 +330,5 @@ impl Repo {
             }
         }
         Ok(report)
-    }
-
-    /// True when a blob of this kind is indexed.
-    pub(crate) fn has_blob(&self, id: BlobId) -> Result<bool> {
-        self.index.has_blob(id)
     }
 }

@@ -374,8 +374,11 @@ impl Job<'_> {
     fn write_content(&self, e: &Entry, tmp: &Path) -> Result<File> {
         let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).at(tmp)?;
         file.set_len(e.size).at(tmp)?;
-        let write = |c: &crate::tree::ChunkRef| -> Result<()> {
-            let data = self.repo.read_blob(BlobId::from(c.id), "chunk")?;
+        let ids: Vec<BlobId> = e.content.iter().map(|c| BlobId::from(c.id)).collect();
+        let locations = self.repo.index.locate_many(&ids)?;
+        let write = |(c, loc): (&crate::tree::ChunkRef, &Option<crate::index::BlobLocation>)| -> Result<()> {
+            let loc = loc.as_ref().ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
+            let data = self.repo.read_located(loc)?;
             if data.len() != c.len as usize || c.offset.checked_add(u64::from(c.len)).is_none_or(|end| end > e.size) {
                 return Err(Error::corrupt(format!("chunk {}", c.id), "does not fit the file it belongs to"));
             }
@@ -385,9 +388,9 @@ impl Job<'_> {
             Ok(())
         };
         if e.content.len() > 8 {
-            e.content.par_iter().try_for_each(write)?;
+            e.content.par_iter().zip(locations.par_iter()).try_for_each(write)?;
         } else {
-            e.content.iter().try_for_each(write)?;
+            e.content.iter().zip(locations.iter()).try_for_each(write)?;
         }
         Ok(file)
     }

@@ -172,25 +172,28 @@ impl Walk<'_> {
             }
             Err(e) => return Err(e),
         };
-        tree.entries.par_iter().try_for_each(|e| -> Result<()> {
-            match e.kind {
-                EntryKind::Dir => e.subtree.map_or(Ok(()), |s| self.tree(s)),
-                EntryKind::File => {
-                    let mut packs = Vec::new();
-                    for c in &e.content {
-                        self.chunks.fetch_add(1, Ordering::Relaxed);
-                        match self.repo.index.locate(c.id.into())? {
-                            Some(loc) => packs.push(loc.pack),
-                            None => self.note(c.id.into(), None, "missing blob", "chunk is not in the index".into()),
-                        }
-                    }
-                    let mut set = self.referenced_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    set.extend(packs);
-                    Ok(())
+        // Every chunk this directory's files name, looked up in one index transaction.
+        let chunks: Vec<BlobId> = tree
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .flat_map(|e| e.content.iter().map(|c| BlobId::from(c.id)))
+            .collect();
+        self.chunks.fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        let mut packs = HashSet::new();
+        for (id, loc) in chunks.iter().zip(self.repo.index.locate_many(&chunks)?) {
+            match loc {
+                Some(loc) => {
+                    packs.insert(loc.pack);
                 }
-                _ => Ok(()),
+                None => self.note(*id, None, "missing blob", "chunk is not in the index".into()),
             }
-        })
+        }
+        self.referenced_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(packs);
+        tree.entries
+            .par_iter()
+            .filter_map(|e| e.subtree.filter(|_| e.kind == EntryKind::Dir))
+            .try_for_each(|s| self.tree(s))
     }
 }
 
@@ -210,9 +213,11 @@ fn verify_pack(repo: &Repo, pack: PackId, bytes: &[u8]) -> std::result::Result<V
     };
     let mut bad = Vec::new();
     let mut frame: Option<(u64, Result<Vec<u8>>)> = None;
-    for e in &entries {
+    let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
+    let locations = repo.index.locate_many(&ids).map_err(|e| e.to_string())?;
+    for (e, loc) in entries.iter().zip(locations) {
         // Only the copy the index points at matters; other copies are unreferenced space.
-        let indexed_here = repo.index.locate(e.id).ok().flatten().is_some_and(|l| l.pack == pack && l.entry == *e);
+        let indexed_here = loc.is_some_and(|l| l.pack == pack && l.entry == *e);
         if !indexed_here {
             continue;
         }

@@ -277,13 +277,23 @@ impl Run<'_> {
     /// Registers a blob as needed by this run; true when it must be stored (neither indexed nor
     /// already on its way to the writer).
     fn claim(&self, id: BlobId) -> Result<bool> {
-        if self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id) {
-            return Ok(false);
-        }
-        if self.repo.has_blob(id)? {
-            return Ok(false);
-        }
-        Ok(self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id))
+        Ok(self.claim_many(&[id])?[0])
+    }
+
+    /// `claim` for many blobs, with one index transaction for those not pending.
+    fn claim_many(&self, ids: &[BlobId]) -> Result<Vec<bool>> {
+        let pending: Vec<bool> = {
+            let p = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            ids.iter().map(|id| p.contains(id)).collect()
+        };
+        let unknown: Vec<BlobId> = ids.iter().zip(&pending).filter(|(_, p)| !**p).map(|(id, _)| *id).collect();
+        let mut indexed = self.repo.index.has_blobs(&unknown)?.into_iter();
+        let mut p = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(ids
+            .iter()
+            .zip(pending)
+            .map(|(id, was_pending)| !was_pending && !indexed.next().unwrap_or(true) && p.insert(*id))
+            .collect())
     }
 
     /// Hands a sealed frame to the pack writer (or, on a dry run, only counts it).
@@ -300,11 +310,8 @@ impl Run<'_> {
     /// Stores the new chunks among one buffer's chunks: consecutive new chunks are compressed
     /// together in frames of up to `FRAME_TARGET` bytes, frames in parallel.
     fn store_chunks(&self, buf: &[u8], cuts: &[(usize, usize)], ids: &[ChunkId]) -> Result<()> {
-        let fresh: Vec<bool> = if ids.len() > 4 {
-            ids.par_iter().map(|id| self.claim((*id).into())).collect::<Result<_>>()?
-        } else {
-            ids.iter().map(|id| self.claim((*id).into())).collect::<Result<_>>()?
-        };
+        let blob_ids: Vec<BlobId> = ids.iter().map(|id| BlobId::from(*id)).collect();
+        let fresh = self.claim_many(&blob_ids)?;
         let mut frames: Vec<Vec<usize>> = Vec::new();
         let mut current: Vec<usize> = Vec::new();
         let mut current_len = 0;
@@ -523,15 +530,10 @@ impl Run<'_> {
     /// True when every chunk is still indexed, so reusing the parent's list keeps the snapshot
     /// complete (a chunk lost to damage and dropped by `repair index` is read and stored again).
     fn all_present(&self, content: &[ChunkRef]) -> Result<bool> {
-        for c in content {
-            let id = BlobId::from(c.id);
-            if !self.repo.has_blob(id)?
-                && !self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id)
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let ids: Vec<BlobId> = content.iter().map(|c| BlobId::from(c.id)).collect();
+        let indexed = self.repo.index.has_blobs(&ids)?;
+        let pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(ids.iter().zip(indexed).all(|(id, known)| known || pending.contains(id)))
     }
 
     /// Reads a file, retrying once when it changes under us. The stored chunks and the file hash

@@ -126,29 +126,65 @@ impl Index {
         .map(|o| o.is_some())
     }
 
+    /// Whether each blob is indexed, in one read transaction (one lock, not one per blob).
+    pub fn has_blobs(&self, ids: &[BlobId]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::with_capacity(ids.len());
+            {
+                let mut st = tx.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+                for id in ids {
+                    out.push(st.query_row([id.as_bytes()], |_| Ok(())).optional()?.is_some());
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     /// Where a blob is stored, if it is indexed.
     pub fn locate(&self, id: BlobId) -> Result<Option<BlobLocation>> {
+        Ok(self.locate_many(&[id])?.pop().flatten())
+    }
+
+    /// Where each blob is stored, in one read transaction.
+    pub fn locate_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>> {
         type Row = (Vec<u8>, [i64; 7]);
-        let row: Option<Row> = self.with(|c| {
-            c.prepare_cached(
-                "SELECT p.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, b.compression \
-                 FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1",
-            )?
-            .query_row([id.as_bytes()], |r| {
-                let mut n = [0i64; 7];
-                for (i, v) in n.iter_mut().enumerate() {
-                    *v = r.get(i + 1)?;
+        let rows: Vec<Option<Row>> = self.with(|c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::with_capacity(ids.len());
+            {
+                let mut st = tx.prepare_cached(
+                    "SELECT p.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, b.compression \
+                     FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1",
+                )?;
+                for id in ids {
+                    out.push(
+                        st.query_row([id.as_bytes()], |r| {
+                            let mut n = [0i64; 7];
+                            for (i, v) in n.iter_mut().enumerate() {
+                                *v = r.get(i + 1)?;
+                            }
+                            Ok((r.get(0)?, n))
+                        })
+                        .optional()?,
+                    );
                 }
-                Ok((r.get(0)?, n))
-            })
-            .optional()
+            }
+            tx.commit()?;
+            Ok(out)
         })?;
-        let Some((pack, [kind, offset, stored_len, frame_len, frame_offset, raw_len, compression])) = row else {
-            return Ok(None);
-        };
+        ids.iter().zip(rows).map(|(id, row)| row.map(|r| self.location(*id, r)).transpose()).collect()
+    }
+
+    fn location(&self, id: BlobId, (pack, n): (Vec<u8>, [i64; 7])) -> Result<BlobLocation> {
+        let [kind, offset, stored_len, frame_len, frame_offset, raw_len, compression] = n;
         let bad = || Error::corrupt(format!("index {}", self.path.display()), format!("row of blob {id} is invalid"));
         let u32_of = |v: i64| u32::try_from(v).map_err(|_| bad());
-        Ok(Some(BlobLocation {
+        Ok(BlobLocation {
             pack: PackId::from_slice(&pack).ok_or_else(bad)?,
             entry: PackEntry {
                 kind: BlobKind::from_code(kind).ok_or_else(bad)?,
@@ -160,7 +196,7 @@ impl Index {
                 raw_len: u32_of(raw_len)?,
                 compression: Compression::from_code(compression).ok_or_else(bad)?,
             },
-        }))
+        })
     }
 
     /// Records a committed snapshot.
