@@ -94,6 +94,11 @@ fn a_clean_repository_scrubs_clean_and_leftovers_are_harmless() {
     assert_eq!(r["all_packs_verified_this_run"], true);
     assert_eq!(r["packs_verified"], r["packs_in_scope"]);
     assert!(r["bytes_verified"].as_u64().unwrap() > 1 << 20);
+    // --snapshot limits the walk and the packs to what that snapshot needs.
+    let one = cairn_json(&f.repo, args!["scrub", "--read-data", "--snapshot", &f.snaps[0][..10]], 0);
+    assert_eq!(one["snapshots_checked"], 1);
+    assert_eq!(one["snapshots"].as_array().unwrap().len(), 1);
+    assert!(one["packs_in_scope"].as_u64().unwrap() < r["packs_in_scope"].as_u64().unwrap(), "{one}");
     let text = cairn(&f.repo).arg("scrub").assert().success();
     assert!(String::from_utf8_lossy(&text.get_output().stdout).contains("no damage found"));
 }
