@@ -37,6 +37,10 @@ pub enum Command {
     List(ListArgs),
     /// Restore a snapshot (or chosen paths of it)
     Restore(RestoreArgs),
+    /// Remove snapshots by ID, or by a keep-policy (space comes back with gc)
+    Forget(ForgetArgs),
+    /// Delete data no snapshot needs any more, repacking partly used packs
+    Gc(GcArgs),
     /// Check the repository: structure always, stored data with --read-data
     Scrub(ScrubArgs),
     /// Repair the repository
@@ -187,4 +191,65 @@ pub struct RestoreArgs {
     /// Do not snapshot the existing files before overwriting them
     #[arg(long)]
     pub no_safety_snapshot: bool,
+}
+
+/// `cairn forget`
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ID, prefix or label); or give a policy instead
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest hours that have snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// ... of each of the N newest days
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// ... of each of the N newest ISO weeks
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// ... of each of the N newest months
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// ... of each of the N newest years
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot no older than DURATION before the newest of its group (e.g. 2d, 36h)
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Let the policy remove labeled snapshots too (they are kept otherwise)
+    #[arg(long)]
+    pub include_labeled: bool,
+    /// Group snapshots by these keys before applying the policy: host, paths, tags
+    #[arg(long, default_value = "host,paths", value_name = "KEYS")]
+    pub group_by: String,
+    /// Apply a policy even if it removes every snapshot of a group
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Show what would be removed; remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run gc afterwards
+    #[arg(long)]
+    pub gc: bool,
+}
+
+/// `cairn gc`
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Show what would be freed; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Repack a pack when more than this percentage of it is unused
+    #[arg(long, default_value_t = 10.0, value_name = "PERCENT")]
+    pub max_unused: f64,
+    /// Wait at most this long for snapshots running since before gc condemned data
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub max_wait: std::time::Duration,
 }

@@ -1,7 +1,7 @@
 //! Pack files: compressed frames of blobs, described by a trailer.
 //!
 //! ```text
-//! "CAIRNPAK" ‖ version u32 LE            header, 12 bytes
+//! "CAIRNPAK" ‖ version u32 LE ‖ nonce     header, 28 bytes
 //! frame 0 ‖ frame 1 ‖ ...                stored bytes (zstd frame or raw), back to back
 //! trailer                                bincode(PackTrailer): one entry per blob
 //! trailer_len u32 LE ‖ BLAKE3(trailer) ‖ "CAIRNEND"   footer, 44 bytes
@@ -19,7 +19,7 @@ use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, HEADER_LEN};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 
@@ -29,6 +29,27 @@ const END_MAGIC: &[u8; 8] = b"CAIRNEND";
 pub const PACK_VERSION: u32 = 1;
 /// Length of the footer.
 pub const FOOTER_LEN: usize = 4 + 32 + 8;
+/// Length of the header: magic, version, and a 16-byte nonce that makes every pack file
+/// unique, so that no writer can ever recreate (by identical content) a pack that gc has
+/// condemned and is about to delete (docs/GC.md).
+pub const PACK_HEADER_LEN: usize = codec::HEADER_LEN + 16;
+/// Encoded length of one trailer entry (for size accounting).
+pub const TRAILER_ENTRY_LEN: u64 = 64;
+
+fn new_header() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut out = codec::header(MAGIC, PACK_VERSION).to_vec();
+    let seed = format!(
+        "{:?} {} {} {:?}",
+        jiff::Timestamp::now(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::thread::current().id()
+    );
+    out.extend_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..16]);
+    out
+}
 /// The largest frame (decompressed) we accept from disk: far above anything we write.
 pub const MAX_FRAME: u32 = 256 << 20;
 /// Consecutive new chunks of a file are compressed together up to this much plaintext.
@@ -241,7 +262,7 @@ impl PackWriter {
     /// An empty pack.
     #[must_use]
     pub fn new() -> Self {
-        Self { buf: codec::header(MAGIC, PACK_VERSION).to_vec(), entries: Vec::new() }
+        Self { buf: new_header(), entries: Vec::new() }
     }
 
     /// Appends a frame.
@@ -278,7 +299,7 @@ impl PackWriter {
     /// Writes trailer and footer; returns the pack's ID, bytes and entries, and resets.
     pub fn finish(&mut self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
         let entries = std::mem::take(&mut self.entries);
-        let mut buf = std::mem::replace(&mut self.buf, codec::header(MAGIC, PACK_VERSION).to_vec());
+        let mut buf = std::mem::replace(&mut self.buf, new_header());
         let trailer = codec::encode(&PackTrailerRef { entries: &entries });
         buf.extend_from_slice(&trailer);
         buf.extend_from_slice(&len32(trailer.len()).to_le_bytes());
@@ -301,7 +322,7 @@ pub struct Footer {
 /// Parses the 44-byte footer of a pack of `pack_size` bytes.
 pub fn parse_footer(name: &str, footer: &[u8], pack_size: u64) -> Result<Footer> {
     let what = format!("pack {name}");
-    if footer.len() != FOOTER_LEN || pack_size < (HEADER_LEN + FOOTER_LEN) as u64 {
+    if footer.len() != FOOTER_LEN || pack_size < (PACK_HEADER_LEN + FOOTER_LEN) as u64 {
         return Err(Error::corrupt(what, "too short to be a pack"));
     }
     if &footer[FOOTER_LEN - 8..] != END_MAGIC {
@@ -311,7 +332,8 @@ pub fn parse_footer(name: &str, footer: &[u8], pack_size: u64) -> Result<Footer>
     let mut checksum = [0u8; 32];
     checksum.copy_from_slice(&footer[4..36]);
     let body_end = pack_size - FOOTER_LEN as u64;
-    let Some(trailer_offset) = body_end.checked_sub(u64::from(trailer_len)).filter(|o| *o >= HEADER_LEN as u64) else {
+    let Some(trailer_offset) = body_end.checked_sub(u64::from(trailer_len)).filter(|o| *o >= PACK_HEADER_LEN as u64)
+    else {
         return Err(Error::corrupt(what, "trailer length out of range"));
     };
     Ok(Footer { trailer_offset, trailer_len, checksum })
@@ -326,7 +348,7 @@ pub fn parse_trailer(name: &str, footer: &Footer, trailer: &[u8]) -> Result<Vec<
     }
     let PackTrailer { entries } = codec::decode(&what, trailer)?;
     let mut frame: Option<(u64, u32, u32)> = None; // offset, stored_len, frame_len
-    let mut next_free = HEADER_LEN as u64;
+    let mut next_free = PACK_HEADER_LEN as u64;
     for e in &entries {
         let same_frame = frame == Some((e.offset, e.stored_len, e.frame_len));
         let end = e.offset.checked_add(u64::from(e.stored_len));

@@ -168,10 +168,10 @@ impl Repo {
     /// between writing its record and indexing it). Cheap: one directory listing.
     fn reconcile_snapshots(&self) -> Result<()> {
         let known: std::collections::HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
+        let mut on_disk = std::collections::HashSet::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = name.parse::<SnapshotId>() else {
-                continue;
-            };
+            let Ok(id) = name.parse::<SnapshotId>() else { continue };
+            on_disk.insert(id);
             if !known.contains(&id) {
                 if let Ok(bytes) = self.backend.get(FileKind::Snapshot, &name) {
                     if let Ok(rec) = SnapshotRecord::open(id, &bytes) {
@@ -179,6 +179,11 @@ impl Repo {
                     }
                 }
             }
+        }
+        // A row whose record file is gone was forgotten by a run that died before removing
+        // the row (a commit writes the file before the row, so this is never a new snapshot).
+        for id in known.difference(&on_disk) {
+            self.index.delete_snapshot(*id)?;
         }
         Ok(())
     }

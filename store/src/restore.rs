@@ -509,6 +509,7 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let started = Instant::now();
+        let _session = crate::lock::start_session(self.root(), "restore")?;
         let includes: Vec<PathBuf> =
             opts.includes.iter().map(|p| Path::new("/").join(p.strip_prefix("/").unwrap_or(p))).collect();
         if !opts.dry_run {

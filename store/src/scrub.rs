@@ -245,6 +245,7 @@ impl Repo {
     /// Checks the repository (see the module documentation).
     pub fn scrub(&self, opts: &ScrubOptions, progress: &dyn Progress) -> Result<ScrubReport> {
         let started = Instant::now();
+        let _session = crate::lock::start_session(self.root(), "scrub")?;
         let now = now_secs();
         let mut report = ScrubReport { read_data: opts.read_data, ..ScrubReport::default() };
         let mut damage: DamageMap = BTreeMap::new();

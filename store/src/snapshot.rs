@@ -738,6 +738,9 @@ impl Repo {
     /// Takes a snapshot.
     pub fn snapshot(&self, opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
         let started = Instant::now();
+        // Registered before the first index lookup: gc waits for this session before deleting
+        // anything it condemns meanwhile (docs/GC.md).
+        let _session = crate::lock::start_session(self.root(), "snapshot")?;
         let time = jiff::Timestamp::now();
         if opts.paths.is_empty() {
             return Err(Error::InvalidInput("no paths to snapshot".into()));

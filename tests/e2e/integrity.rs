@@ -49,6 +49,19 @@ fn biggest_pack(repo: &Path) -> PathBuf {
     packs(repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap()
 }
 
+/// The pack and frame offset holding a chunk, found by reading the pack trailers.
+fn frame_of(repo: &Path, chunk: ChunkId) -> (PathBuf, u64) {
+    for p in packs(repo) {
+        let bytes = fs::read(&p).unwrap();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let entries = cairn_store::decode::check_pack(&name, &bytes).unwrap();
+        if let Some(e) = entries.iter().find(|e| e.id.as_chunk() == chunk) {
+            return (p, e.offset);
+        }
+    }
+    panic!("chunk {chunk} is in no pack")
+}
+
 /// Files of the source tree (relative path → chunk IDs), computed with the chunker alone.
 fn chunk_map(src: &Path) -> Vec<(String, BTreeSet<String>)> {
     let mut out = Vec::new();
@@ -106,9 +119,11 @@ fn a_clean_repository_scrubs_clean_and_leftovers_are_harmless() {
 #[test]
 fn a_flipped_byte_is_found_by_read_data_named_exactly_and_healed_by_repair_and_a_new_snapshot() {
     let f = fixture();
-    let pack = biggest_pack(&f.repo);
+    // Damage the frame holding a file both snapshots have (the mutation leaves it alone).
+    let victim = fs::read(f.src.join("odd names/with space")).unwrap();
+    let (pack, offset) = frame_of(&f.repo, ChunkId::of(&victim));
     let mut bytes = fs::read(&pack).unwrap();
-    bytes[12 + 20] ^= 0x01; // inside the first frame
+    bytes[offset as usize + 3] ^= 0x01;
     fs::write(&pack, &bytes).unwrap();
 
     // Structure is intact: the data is not read without --read-data.

@@ -5,6 +5,7 @@ mod util;
 
 mod crash;
 mod errors;
+mod gc;
 mod incremental;
 mod integrity;
 mod property;

@@ -1,5 +1,7 @@
 //! One module per command; `run` dispatches.
 
+mod forget;
+mod gc;
 mod init;
 mod list;
 mod repair;
@@ -22,6 +24,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::List(a) => list::run(cli, a),
         Command::Restore(a) => restore::run(cli, a),
         Command::Scrub(a) => scrub::run(cli, a),
+        Command::Forget(a) => forget::run(cli, a),
+        Command::Gc(a) => gc::run(cli, a),
         Command::Repair(crate::args::RepairCommand::Index) => repair::run_index(cli),
     }
 }

@@ -198,6 +198,18 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn remove_temporary(&self, name: &str) -> Result<()> {
+        if name.contains('/') || name.starts_with('.') {
+            return Ok(()); // never a path outside tmp/
+        }
+        let path = self.root.join("tmp").join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
     fn temporaries(&self) -> Result<Vec<(String, u64)>> {
         let dir = self.root.join("tmp");
         let mut out = Vec::new();

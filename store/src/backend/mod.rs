@@ -44,6 +44,10 @@ pub trait Backend: Send + Sync {
     fn temporaries(&self) -> Result<Vec<(String, u64)>> {
         Ok(Vec::new())
     }
+    /// Removes a leftover temporary file (named as `temporaries` lists it).
+    fn remove_temporary(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// True when `name` is a 64-digit lower-case hex ID, the only names packs and snapshots have.

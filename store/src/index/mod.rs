@@ -3,7 +3,10 @@
 //! It is a cache: packs (trailers) and snapshot records are self-describing, so `rebuild` can
 //! make it again from them. rusqlite is used nowhere else in the crate.
 
+mod mark;
 mod schema;
+
+pub use mark::MarkSet;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,6 +25,62 @@ pub struct BlobLocation {
     pub pack: PackId,
     /// Its entry in that pack.
     pub entry: PackEntry,
+}
+
+/// How much of a pack is still needed.
+#[derive(Clone, Copy, Debug)]
+pub struct PackUsage {
+    /// The pack.
+    pub id: PackId,
+    /// Its size.
+    pub size: u64,
+    /// Of those, the reachable ones.
+    pub live_blobs: u64,
+    /// Stored bytes of the reachable ones (a frame's bytes shared out by plaintext length).
+    pub live_bytes: u64,
+    /// Indexed blobs in it (for the size of its trailer).
+    pub blobs: u64,
+}
+
+fn insert_pack(
+    tx: &rusqlite::Transaction<'_>,
+    id: PackId,
+    size: u64,
+    entries: &[PackEntry],
+    now: i64,
+    replace: bool,
+) -> rusqlite::Result<()> {
+    let kind = entries.first().map_or(0, |e| e.kind.code());
+    tx.execute(
+        "INSERT OR IGNORE INTO packs(id, kind, size, blobs, added_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id.as_bytes(), kind, size as i64, entries.len() as i64, now],
+    )?;
+    let pid: i64 = tx.query_row("SELECT pid FROM packs WHERE id = ?1", [id.as_bytes()], |r| r.get(0))?;
+    // A blob already indexed keeps its place, unless `replace` (a repack moving it) or its
+    // place is a condemned pack (gc is about to delete it): then this new copy takes over.
+    let condition =
+        if replace { "" } else { "WHERE (SELECT condemned_at FROM packs WHERE pid = blobs.pid) IS NOT NULL" };
+    let mut st = tx.prepare_cached(&format!(
+        "INSERT INTO blobs(id, kind, pid, offset, stored_len, frame_len, frame_offset, raw_len, compression) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, pid = excluded.pid, offset = excluded.offset, \
+         stored_len = excluded.stored_len, frame_len = excluded.frame_len, frame_offset = excluded.frame_offset, \
+         raw_len = excluded.raw_len, compression = excluded.compression {condition}"
+    ))?;
+    for e in entries {
+        st.execute(params![
+            e.id.as_bytes(),
+            e.kind.code(),
+            pid,
+            e.offset as i64,
+            i64::from(e.stored_len),
+            i64::from(e.frame_len),
+            i64::from(e.frame_offset),
+            i64::from(e.raw_len),
+            e.compression.code()
+        ])?;
+    }
+    Ok(())
 }
 
 /// A pack row.
@@ -74,46 +133,47 @@ impl Index {
         Ok(conn)
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+    /// Runs `f` on a pooled connection. SQLite's busy handler does not cover every contended
+    /// case in WAL mode (a read transaction that must become a write one, recovery after a
+    /// killed writer), so busy and locked errors are retried here with backoff for up to a
+    /// minute: another process's work never surfaces as "database is locked".
+    fn with<T>(&self, mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
         let pooled = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         let mut conn = match pooled {
             Some(c) => c,
             None => self.connect()?,
         };
-        let result = f(&mut conn).map_err(|e| self.err(e));
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        let result = loop {
+            match f(&mut conn) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        && started.elapsed() < Duration::from_secs(60) =>
+                {
+                    // A failed statement may leave a transaction open on this connection.
+                    let _ = conn.execute_batch("ROLLBACK");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => break other.map_err(|e| self.err(e)),
+            }
+        };
         self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
         result
+    }
+
+    /// A write transaction that reads first: taken IMMEDIATE, so that it holds the write lock
+    /// from the start instead of failing to upgrade when another process committed meanwhile.
+    fn write_tx(c: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
     }
 
     /// Records a durable pack and all its blobs in one transaction.
     pub fn add_pack(&self, id: PackId, size: u64, entries: &[PackEntry], now: i64) -> Result<()> {
         self.with(|c| {
-            let tx = c.transaction()?;
-            let kind = entries.first().map_or(0, |e| e.kind.code());
-            tx.execute(
-                "INSERT OR IGNORE INTO packs(id, kind, size, blobs, added_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id.as_bytes(), kind, size as i64, entries.len() as i64, now],
-            )?;
-            let pid: i64 = tx.query_row("SELECT pid FROM packs WHERE id = ?1", [id.as_bytes()], |r| r.get(0))?;
-            {
-                let mut st = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO blobs(id, kind, pid, offset, stored_len, frame_len, frame_offset, raw_len, \
-                     compression) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?;
-                for e in entries {
-                    st.execute(params![
-                        e.id.as_bytes(),
-                        e.kind.code(),
-                        pid,
-                        e.offset as i64,
-                        i64::from(e.stored_len),
-                        i64::from(e.frame_len),
-                        i64::from(e.frame_offset),
-                        i64::from(e.raw_len),
-                        e.compression.code()
-                    ])?;
-                }
-            }
+            let tx = Self::write_tx(c)?;
+            insert_pack(&tx, id, size, entries, now, false)?;
             tx.commit()
         })
     }
@@ -126,7 +186,8 @@ impl Index {
         .map(|o| o.is_some())
     }
 
-    /// Whether each blob is indexed, in one read transaction (one lock, not one per blob).
+    /// Whether each blob is indexed in a pack that is not condemned, in one read transaction
+    /// (one lock, not one per blob).
     pub fn has_blobs(&self, ids: &[BlobId]) -> Result<Vec<bool>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -135,7 +196,11 @@ impl Index {
             let tx = c.transaction()?;
             let mut out = Vec::with_capacity(ids.len());
             {
-                let mut st = tx.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+                // Deduplication must not lean on data gc has condemned: such a blob counts as
+                // absent, and the caller stores a fresh copy.
+                let mut st = tx.prepare_cached(
+                    "SELECT 1 FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1 AND p.condemned_at IS NULL",
+                )?;
                 for id in ids {
                     out.push(st.query_row([id.as_bytes()], |_| Ok(())).optional()?.is_some());
                 }
@@ -275,7 +340,7 @@ impl Index {
     pub fn blobs_out_of_bounds(&self) -> Result<Vec<(BlobId, PackId)>> {
         self.blob_pairs(
             "SELECT b.id, p.id FROM blobs b JOIN packs p ON p.pid = b.pid \
-             WHERE b.offset < 12 OR b.offset + b.stored_len > p.size - 44 \
+             WHERE b.offset < 28 OR b.offset + b.stored_len > p.size - 44 \
              OR b.frame_offset + b.raw_len > b.frame_len",
             &[],
         )
@@ -316,6 +381,117 @@ impl Index {
         self.with(|c| {
             c.execute("UPDATE packs SET verified_at = ?1 WHERE id = ?2", params![when, pack.as_bytes()]).map(|_| ())
         })
+    }
+
+    /// Forgets a snapshot (its record file is removed first by the caller).
+    pub fn delete_snapshot(&self, id: SnapshotId) -> Result<()> {
+        self.with(|c| c.execute("DELETE FROM snapshots WHERE id = ?1", [id.as_bytes()]).map(|_| ()))
+    }
+
+    /// Per indexed pack not yet condemned: its size, and how many of its indexed blobs (and roughly how many of
+    /// its stored bytes) the mark set holds.
+    pub fn pack_usage(&self, mark: &MarkSet) -> Result<Vec<PackUsage>> {
+        let mark_path = mark.path().to_string_lossy().into_owned();
+        let rows = self.with(|c| {
+            c.execute("ATTACH DATABASE ?1 AS mark", [&mark_path])?;
+            let result = (|| {
+                let mut st = c.prepare(
+                    "SELECT p.id, p.size, count(b.id), count(m.id), \
+                     coalesce(sum(CASE WHEN m.id IS NULL THEN 0 ELSE b.stored_len * b.raw_len / max(b.frame_len, 1) END), 0) \
+                     FROM packs p LEFT JOIN blobs b ON b.pid = p.pid LEFT JOIN mark.reachable m ON m.id = b.id \
+                     WHERE p.condemned_at IS NULL GROUP BY p.pid",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })();
+            c.execute("DETACH DATABASE mark", [])?;
+            result
+        })?;
+        rows.into_iter()
+            .map(|(id, size, blobs, live, live_bytes)| {
+                Ok(PackUsage {
+                    id: PackId::from_slice(&id).ok_or_else(|| self.bad_row("pack id"))?,
+                    size: u64::try_from(size).unwrap_or(0),
+                    live_blobs: u64::try_from(live).unwrap_or(0),
+                    live_bytes: u64::try_from(live_bytes).unwrap_or(0),
+                    blobs: u64::try_from(blobs).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Condemns a pack at `at_ns`: its rows stay (readers that found them keep working), but
+    /// no deduplication lookup sees its blobs any more.
+    pub fn condemn(&self, pack: PackId, at_ns: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute("UPDATE packs SET condemned_at = ?1 WHERE id = ?2", params![at_ns, pack.as_bytes()]).map(|_| ())
+        })
+    }
+
+    /// Repack: the blobs in `entries` now live in the durable pack `new`; `old` is condemned.
+    /// One transaction, the point of commit of a repack.
+    pub fn replace_pack(
+        &self,
+        new: PackId,
+        size: u64,
+        entries: &[PackEntry],
+        old: PackId,
+        at_ns: i64,
+        now: i64,
+    ) -> Result<()> {
+        self.with(|c| {
+            let tx = Self::write_tx(c)?;
+            insert_pack(&tx, new, size, entries, now, true)?;
+            tx.execute("UPDATE packs SET condemned_at = ?1 WHERE id = ?2", params![at_ns, old.as_bytes()])?;
+            tx.commit()
+        })
+    }
+
+    /// Condemned packs and when they were condemned, oldest first.
+    pub fn condemned(&self) -> Result<Vec<(PackId, i64)>> {
+        let rows = self.with(|c| {
+            let mut st =
+                c.prepare("SELECT id, condemned_at FROM packs WHERE condemned_at IS NOT NULL ORDER BY condemned_at")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|(p, at)| Ok((PackId::from_slice(&p).ok_or_else(|| self.bad_row("pack id"))?, at)))
+            .collect()
+    }
+
+    /// A condemned pack turned out to be needed: it is an ordinary pack again.
+    pub fn rescue(&self, pack: PackId) -> Result<()> {
+        self.with(|c| c.execute("UPDATE packs SET condemned_at = NULL WHERE id = ?1", [pack.as_bytes()]).map(|_| ()))
+    }
+
+    /// Removes a pack and those of `blobs` that are indexed in it (before its file is deleted).
+    pub fn delete_pack(&self, pack: PackId, blobs: &[BlobId]) -> Result<()> {
+        self.with(|c| {
+            let tx = Self::write_tx(c)?;
+            let pid: Option<i64> =
+                tx.query_row("SELECT pid FROM packs WHERE id = ?1", [pack.as_bytes()], |r| r.get(0)).optional()?;
+            if let Some(pid) = pid {
+                if blobs.is_empty() {
+                    // The pack's trailer is unknown (its file is gone): a full scan, rare.
+                    tx.execute("DELETE FROM blobs WHERE pid = ?1", [pid])?;
+                } else {
+                    let mut st = tx.prepare_cached("DELETE FROM blobs WHERE id = ?1 AND pid = ?2")?;
+                    for b in blobs {
+                        st.execute(params![b.as_bytes(), pid])?;
+                    }
+                }
+                tx.execute("DELETE FROM packs WHERE pid = ?1", [pid])?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Whether each blob's indexed copy is in `pack` (and so goes with it).
+    pub fn indexed_in(&self, pack: PackId, ids: &[BlobId]) -> Result<Vec<bool>> {
+        Ok(self.locate_many(ids)?.into_iter().map(|l| l.is_some_and(|l| l.pack == pack)).collect())
     }
 
     /// Removes every row (before a rebuild).

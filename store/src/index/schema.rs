@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS packs(
     size        INTEGER NOT NULL,
     blobs       INTEGER NOT NULL,
     added_at    INTEGER NOT NULL,
-    verified_at INTEGER
+    verified_at INTEGER,
+    condemned_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS blobs(
     id          BLOB PRIMARY KEY,
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS snapshots(
     record  BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots(time_ns);
+
 ";
 
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

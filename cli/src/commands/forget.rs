@@ -1,0 +1,93 @@
+//! `cairn forget`
+
+use anyhow::{bail, Result};
+use cairn_store::{apply_policy, emptied_groups, ForgetReport, GroupBy, KeepPolicy, SnapshotId};
+use serde::Serialize;
+
+use crate::args::{Cli, ForgetArgs};
+use crate::exit;
+use crate::output::{self, local_time};
+
+#[derive(Serialize)]
+struct Output {
+    #[serde(flatten)]
+    forget: ForgetReport,
+    gc: Option<cairn_store::GcReport>,
+}
+
+pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let mut policy = KeepPolicy::default();
+    policy.last = args.keep_last;
+    policy.hourly = args.keep_hourly;
+    policy.daily = args.keep_daily;
+    policy.weekly = args.keep_weekly;
+    policy.monthly = args.keep_monthly;
+    policy.yearly = args.keep_yearly;
+    policy.within = args.keep_within;
+    policy.tags.clone_from(&args.keep_tags);
+    policy.include_labeled = args.include_labeled;
+    let mut report = ForgetReport { dry_run: args.dry_run, ..ForgetReport::default() };
+    let to_remove: Vec<SnapshotId> = match (args.ids.is_empty(), policy.is_empty()) {
+        (false, true) => args.ids.iter().map(|s| repo.resolve(s).map(|s| s.id)).collect::<Result<_, _>>()?,
+        (true, false) => {
+            let group_by = GroupBy::parse(&args.group_by).map_err(anyhow::Error::msg)?;
+            let snaps = repo.snapshots()?;
+            report.decisions = apply_policy(&policy, group_by, &snaps, &jiff::tz::TimeZone::system());
+            let emptied = emptied_groups(&report.decisions);
+            if !emptied.is_empty() && !args.allow_empty {
+                bail!(
+                    "this policy would remove every snapshot of {} group(s) ({}); nothing was removed \
+                     (add --allow-empty if that is what you want)",
+                    emptied.len(),
+                    emptied.join("; ")
+                );
+            }
+            report.decisions.iter().filter(|d| !d.keep).map(|d| d.id.parse()).collect::<Result<_, _>>()?
+        }
+        (false, false) => bail!("give snapshot IDs or a keep-policy, not both"),
+        (true, true) => bail!("give snapshot IDs to remove, or a policy such as --keep-daily 7 --keep-weekly 4"),
+    };
+    if !args.dry_run {
+        repo.forget(&to_remove)?;
+        report.removed = to_remove.iter().map(|i| i.to_hex()).collect();
+    }
+    let gc = if args.gc {
+        Some(super::gc::collect(cli, &repo, args.dry_run, 10.0, std::time::Duration::from_secs(600))?)
+    } else {
+        None
+    };
+    if cli.json {
+        output::json(&Output { forget: report, gc })?;
+        return Ok(exit::OK);
+    }
+    if !cli.quiet {
+        let when = |rfc3339: &str| {
+            rfc3339
+                .parse::<jiff::Timestamp>()
+                .map(|t| local_time(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)))
+                .unwrap_or_default()
+        };
+        let mut group = None;
+        for d in &report.decisions {
+            if group.as_ref() != Some(&d.group) {
+                println!("group {}", d.group);
+                group = Some(d.group.clone());
+            }
+            let time = when(&d.time);
+            if d.keep {
+                println!("  keep   {}  {time}  ({})", &d.id[..8], d.reasons.join(", "));
+            } else {
+                println!("  remove {}  {time}", &d.id[..8]);
+            }
+        }
+        let verb = if args.dry_run { "would remove" } else { "removed" };
+        println!("{verb} {} snapshots", to_remove.len());
+        if let Some(g) = &gc {
+            super::gc::print_report(g);
+        } else if !args.dry_run && !to_remove.is_empty() {
+            println!("run `cairn gc` to free their space");
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,78 @@
+//! `cairn gc`
+
+use anyhow::{bail, Result};
+use cairn_store::{GcOptions, GcReport, Repo};
+
+use crate::args::{Cli, GcArgs};
+use crate::exit;
+use crate::output::{self, size};
+use crate::progress::Bar;
+
+pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let report = collect(cli, &repo, args.dry_run, args.max_unused, args.max_wait)?;
+    if cli.json {
+        output::json(&report)?;
+    } else if !cli.quiet {
+        print_report(&report);
+    }
+    Ok(exit::OK)
+}
+
+/// Runs gc with the given settings (also used by `forget --gc`).
+pub fn collect(
+    cli: &Cli,
+    repo: &Repo,
+    dry_run: bool,
+    max_unused: f64,
+    max_wait: std::time::Duration,
+) -> Result<GcReport> {
+    if !(0.0..=100.0).contains(&max_unused) {
+        bail!("--max-unused is a percentage from 0 to 100");
+    }
+    let mut opts = GcOptions::default();
+    opts.dry_run = dry_run;
+    opts.max_unused = max_unused / 100.0;
+    opts.max_wait = max_wait;
+    let bar = Bar::new(!cli.quiet && !cli.json);
+    Ok(repo.gc(&opts, &bar)?)
+}
+
+pub fn print_report(r: &GcReport) {
+    println!(
+        "{} snapshots need {} blobs; {} packs ({}) before",
+        r.snapshots,
+        r.reachable_blobs,
+        r.packs_before,
+        size(r.bytes_before)
+    );
+    if r.dry_run {
+        println!(
+            "dry run: {} packs unused, {} to repack; about {} would be freed",
+            r.packs_unused,
+            r.packs_repacked,
+            size(r.bytes_freeable)
+        );
+        return;
+    }
+    println!(
+        "deleted {} packs, repacked {} into {}, removed {} leftovers: {} freed",
+        r.packs_deleted,
+        r.packs_repacked,
+        r.packs_written,
+        r.leftovers_removed,
+        size(u64::try_from(r.bytes_freed).unwrap_or(0))
+    );
+    if r.packs_rescued > 0 {
+        println!("{} condemned packs kept: snapshots taken meanwhile need them", r.packs_rescued);
+    }
+    if r.packs_pending > 0 {
+        println!(
+            "{} packs left for the next gc: still in use by {} (waited {:.0} s)",
+            r.packs_pending,
+            r.waited_for.join(", "),
+            r.waited_secs
+        );
+    }
+    println!("took {:.2} s", r.duration_secs);
+}

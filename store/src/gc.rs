@@ -1,0 +1,359 @@
+//! `forget` and garbage collection. The safety argument is written out in docs/GC.md.
+//!
+//! 1. Take the exclusive gc lock.
+//! 2. Mark: walk every snapshot's trees into a scratch mark set on disk.
+//! 3. Condemn packs with no reachable blob, and repack packs whose unused share is above the
+//!    threshold (their reachable blobs are written to a new durable pack first). Condemning
+//!    takes a pack's rows out of the index in one transaction, so nothing that starts later
+//!    can find its blobs; the time of that commit is recorded with the pack.
+//! 4. Wait for every session (snapshot, restore, scrub) that started before a condemnation to
+//!    end: only such sessions can still use a condemned pack's blobs.
+//! 5. Mark the snapshots committed meanwhile, then delete each condemned pack whose blobs are
+//!    still unneeded; a pack holding a blob a new snapshot needs is put back in the index
+//!    (rescued) instead.
+//! 6. Remove leftovers of crashed runs: temporary files of dead processes, and packs that were
+//!    on disk but unindexed when gc started and still are once older sessions have ended.
+//!
+//! A crash at any point leaves a consistent repository: the index never names a pack that is
+//! gone (a pack is deleted only after its rows), new packs are durable and indexed before the
+//! old ones are condemned, and condemned packs are finished by the next gc.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::backend::FileKind;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId, SnapshotId, TreeId};
+use crate::index::MarkSet;
+use crate::lock::{self, now_ns};
+use crate::pack::{self, PackEntry, PackWriter, FOOTER_LEN};
+use crate::progress::{Progress, Unit};
+use crate::repo::{now_secs, Repo, Snapshot};
+
+/// How `gc` runs.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct GcOptions {
+    /// Report what would be freed; change nothing.
+    pub dry_run: bool,
+    /// Repack a pack when more than this share of it (0.0–1.0) is unused.
+    pub max_unused: f64,
+    /// How long to wait for older sessions to end before leaving condemned packs to a later gc.
+    pub max_wait: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self { dry_run: false, max_unused: 0.10, max_wait: Duration::from_secs(600) }
+    }
+}
+
+/// What a gc did (or would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// True when nothing was changed.
+    pub dry_run: bool,
+    /// Snapshots whose data was kept.
+    pub snapshots: u64,
+    /// Distinct reachable blobs.
+    pub reachable_blobs: u64,
+    /// Packs and bytes before.
+    pub packs_before: u64,
+    /// Bytes of all packs before.
+    pub bytes_before: u64,
+    /// Packs with nothing reachable (deleted, or to be).
+    pub packs_unused: u64,
+    /// Packs rewritten because too much of them was unused.
+    pub packs_repacked: u64,
+    /// New packs written by repacking.
+    pub packs_written: u64,
+    /// Pack files deleted by this run.
+    pub packs_deleted: u64,
+    /// Condemned packs put back because a new snapshot needed them.
+    pub packs_rescued: u64,
+    /// Condemned packs left for a later gc (older sessions still running).
+    pub packs_pending: u64,
+    /// Bytes freed (deleted packs minus new packs).
+    pub bytes_freed: i64,
+    /// Bytes a dry run would free (estimate: unused packs and unused shares of repacked ones).
+    pub bytes_freeable: u64,
+    /// Leftover temporary files and unindexed packs removed.
+    pub leftovers_removed: u64,
+    /// Seconds spent waiting for older sessions.
+    pub waited_secs: f64,
+    /// The sessions waited for (`kind pid`), still running at the end if `packs_pending` > 0.
+    pub waited_for: Vec<String>,
+    /// Wall time in seconds.
+    pub duration_secs: f64,
+}
+
+/// What `forget` removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ForgetReport {
+    /// Every decision, kept and removed, with reasons.
+    pub decisions: Vec<crate::retention::Decision>,
+    /// IDs removed (empty on a dry run).
+    pub removed: Vec<String>,
+    /// True when nothing was changed.
+    pub dry_run: bool,
+}
+
+impl Repo {
+    /// Removes snapshot records. Space comes back with `gc`.
+    pub fn forget(&self, ids: &[SnapshotId]) -> Result<()> {
+        for id in ids {
+            // The record file is the truth: once it is gone the snapshot is gone, and an index
+            // row left by a crash here is dropped on the next open.
+            self.backend.remove(FileKind::Snapshot, &id.to_hex())?;
+            self.index.delete_snapshot(*id)?;
+        }
+        Ok(())
+    }
+
+    /// Walks the trees of `snaps` into the mark set (trees already visited are skipped).
+    fn mark(&self, mark: &MarkSet, snaps: &[Snapshot], progress: &dyn Progress) -> Result<()> {
+        progress.start("gc: mark", Some(snaps.len() as u64), Unit::Items);
+        for s in snaps {
+            let mut stack: Vec<TreeId> = vec![s.record.root];
+            while let Some(t) = stack.pop() {
+                if !mark.visit_tree(t)? {
+                    continue;
+                }
+                // A tree that cannot be read makes reachability unknowable: stop, delete nothing.
+                let tree = self.load_tree(t).map_err(|e| {
+                    Error::InvalidInput(format!(
+                        "gc stopped before deleting anything: tree {t} of snapshot {} cannot be read ({e}); \
+                         run `cairn scrub` and `cairn repair index`",
+                        s.id.short(8)
+                    ))
+                })?;
+                let mut ids = vec![BlobId::from(t)];
+                for e in &tree.entries {
+                    if let Some(sub) = e.subtree {
+                        stack.push(sub);
+                    }
+                    ids.extend(e.content.iter().map(|c| BlobId::from(c.id)));
+                }
+                mark.add(&ids)?;
+            }
+            progress.inc(1);
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Collects garbage (see the module documentation).
+    pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        let started = Instant::now();
+        let _lock = lock::gc_lock(self.root())?;
+        let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
+        let t0 = now_ns();
+        let on_disk_at_start: Vec<(String, u64)> = self.backend.list(FileKind::Pack)?;
+        let mark = MarkSet::create(&self.root().join("index").join(format!("gc-mark-{}.sqlite", std::process::id())))?;
+        let snaps = self.snapshots()?;
+        self.mark(&mark, &snaps, progress)?;
+        report.snapshots = snaps.len() as u64;
+        report.reachable_blobs = mark.len()?;
+
+        let usage = self.index.pack_usage(&mark)?;
+        report.packs_before = usage.len() as u64;
+        report.bytes_before = usage.iter().map(|u| u.size).sum();
+        let mut unused = Vec::new();
+        let mut repack = Vec::new();
+        for u in &usage {
+            // Header, footer and trailer are overhead of any pack, not unused space.
+            let overhead = (pack::PACK_HEADER_LEN + FOOTER_LEN) as u64 + 8 + pack::TRAILER_ENTRY_LEN * u.blobs;
+            let payload = u.size.saturating_sub(overhead).max(1);
+            let share = 1.0 - (u.live_bytes as f64 / payload as f64).min(1.0);
+            if u.live_blobs == 0 {
+                unused.push(*u);
+                report.bytes_freeable += u.size;
+            } else if share > opts.max_unused {
+                repack.push(*u);
+                report.bytes_freeable += u.size.saturating_sub(u.live_bytes);
+            }
+        }
+        report.packs_unused = unused.len() as u64;
+        report.packs_repacked = repack.len() as u64;
+        if opts.dry_run {
+            report.duration_secs = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+
+        for u in &unused {
+            self.index.condemn(u.id, now_ns())?;
+        }
+        progress.start("gc: repack", Some(repack.iter().map(|u| u.size).sum()), Unit::Bytes);
+        let mut written_bytes = 0u64;
+        for u in &repack {
+            if let Some(size) = self.repack(u.id, &mark)? {
+                report.packs_written += 1;
+                written_bytes += size;
+            }
+            progress.inc(u.size);
+        }
+        progress.finish();
+
+        // Sessions that started before a condemnation may still use its blobs: wait for them.
+        let wait_started = Instant::now();
+        let latest_condemnation = now_ns();
+        loop {
+            let older: Vec<_> =
+                lock::live_sessions(self.root())?.into_iter().filter(|s| s.started_ns < latest_condemnation).collect();
+            for s in &older {
+                let who = format!("{} {}", s.kind, s.pid);
+                if !report.waited_for.contains(&who) {
+                    report.waited_for.push(who);
+                }
+            }
+            if older.is_empty() || wait_started.elapsed() >= opts.max_wait {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        report.waited_secs = wait_started.elapsed().as_secs_f64();
+        let oldest_live = lock::live_sessions(self.root())?.iter().map(|s| s.started_ns).min();
+
+        // Snapshots committed meanwhile may need condemned blobs: mark them too.
+        let seen: HashSet<SnapshotId> = snaps.iter().map(|s| s.id).collect();
+        let newer: Vec<Snapshot> = self.snapshots()?.into_iter().filter(|s| !seen.contains(&s.id)).collect();
+        self.mark(&mark, &newer, progress)?;
+
+        let mut deleted_bytes = 0u64;
+        for (pack, at_ns) in self.index.condemned()? {
+            if oldest_live.is_some_and(|o| o < at_ns) {
+                report.packs_pending += 1;
+                continue;
+            }
+            match self.finish_condemned(pack, &mark)? {
+                Finished::Deleted(size) => {
+                    report.packs_deleted += 1;
+                    deleted_bytes += size;
+                }
+                Finished::Rescued => report.packs_rescued += 1,
+            }
+        }
+
+        // Leftovers of crashed runs, once nothing older than this gc is running.
+        if oldest_live.is_none_or(|o| o >= t0) {
+            let indexed: HashSet<String> = self.index.packs()?.into_iter().map(|p| p.id.to_hex()).collect();
+            for (name, size) in on_disk_at_start {
+                if !indexed.contains(&name) && self.backend.size(FileKind::Pack, &name).is_ok() {
+                    self.backend.remove(FileKind::Pack, &name)?;
+                    report.leftovers_removed += 1;
+                    deleted_bytes += size;
+                }
+            }
+        }
+        for (name, _) in self.backend.temporaries()? {
+            if temp_owner_is_dead(&name) {
+                self.backend.remove_temporary(&name)?;
+                report.leftovers_removed += 1;
+            }
+        }
+        report.bytes_freed =
+            i64::try_from(deleted_bytes).unwrap_or(i64::MAX) - i64::try_from(written_bytes).unwrap_or(0);
+        report.duration_secs = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Copies a pack's reachable, indexed blobs into a new pack and condemns the old one.
+    /// Returns the new pack's size (none when nothing needed copying).
+    fn repack(&self, old: PackId, mark: &MarkSet) -> Result<Option<u64>> {
+        let bytes = match self.backend.get(FileKind::Pack, &old.to_hex()) {
+            Ok(b) => b,
+            Err(e) if e.is_damage() => return Ok(None), // scrub reports it; nothing safe to do
+            Err(e) => return Err(e),
+        };
+        let Ok(entries) = pack::check_pack(&old.to_hex(), &bytes) else { return Ok(None) };
+        let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
+        let live = mark.contains(&ids)?;
+        let here = self.index.locate_many(&ids)?;
+        let mut writer = PackWriter::new();
+        // Blobs of one old frame stay together in one new frame.
+        let mut frames: Vec<(u64, Vec<(pack::BlobKind, BlobId, Vec<u8>)>)> = Vec::new();
+        for ((e, live), loc) in entries.iter().zip(live).zip(here) {
+            if !live || !loc.is_some_and(|l| l.pack == old && l.entry == *e) {
+                continue;
+            }
+            let start = usize::try_from(e.offset).unwrap_or(usize::MAX);
+            let stored = bytes.get(start..start.saturating_add(e.stored_len as usize)).unwrap_or(&[]);
+            let data = pack::open_blob(e, stored)?;
+            match frames.last_mut() {
+                Some((off, blobs)) if *off == e.offset => blobs.push((e.kind, e.id, data)),
+                _ => frames.push((e.offset, vec![(e.kind, e.id, data)])),
+            }
+        }
+        for (_, blobs) in &frames {
+            let refs: Vec<(pack::BlobKind, BlobId, &[u8])> =
+                blobs.iter().map(|(k, i, d)| (*k, *i, d.as_slice())).collect();
+            writer.add(&pack::seal_frame(&refs, self.config.compression_level));
+        }
+        if writer.is_empty() {
+            self.index.condemn(old, now_ns())?;
+            return Ok(None);
+        }
+        let (new, new_bytes, new_entries) = writer.finish();
+        self.backend.put(FileKind::Pack, &new.to_hex(), &new_bytes)?;
+        self.index.replace_pack(new, new_bytes.len() as u64, &new_entries, old, now_ns(), now_secs())?;
+        Ok(Some(new_bytes.len() as u64))
+    }
+
+    /// Deletes a condemned pack, or rescues it when a snapshot needs a blob whose only indexed
+    /// copy is in it.
+    fn finish_condemned(&self, pack: PackId, mark: &MarkSet) -> Result<Finished> {
+        let name = pack.to_hex();
+        let size = self.backend.size(FileKind::Pack, &name).ok();
+        let entries = size.and_then(|size| self.pack_entries(&name, size).ok()).unwrap_or_default();
+        let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
+        let live = mark.contains(&ids)?;
+        let here = self.index.indexed_in(pack, &ids)?;
+        if live.iter().zip(&here).any(|(l, h)| *l && *h) {
+            self.index.rescue(pack)?;
+            return Ok(Finished::Rescued);
+        }
+        // Rows first, then the file: the index never names a pack that is gone.
+        let rows: Vec<BlobId> = ids.iter().zip(&here).filter(|(_, h)| **h).map(|(id, _)| *id).collect();
+        self.index.delete_pack(pack, &rows)?;
+        self.backend.remove(FileKind::Pack, &name)?;
+        Ok(Finished::Deleted(size.unwrap_or(0)))
+    }
+
+    /// A pack's trailer entries, read from its footer (44 bytes) and trailer.
+    fn pack_entries(&self, name: &str, size: u64) -> Result<Vec<PackEntry>> {
+        let tail = self.backend.get_range(FileKind::Pack, name, size.saturating_sub(FOOTER_LEN as u64), FOOTER_LEN)?;
+        let footer = pack::parse_footer(name, &tail, size)?;
+        let trailer =
+            self.backend.get_range(FileKind::Pack, name, footer.trailer_offset, footer.trailer_len as usize)?;
+        pack::parse_trailer(name, &footer, &trailer)
+    }
+}
+
+enum Finished {
+    Deleted(u64),
+    Rescued,
+}
+
+/// Temporary files are named `<name>.<pid>.<n>.tmp`: removable once that process is gone.
+fn temp_owner_is_dead(name: &str) -> bool {
+    let pid = name.rsplit('.').nth(2).and_then(|p| p.parse::<i32>().ok());
+    match pid.and_then(rustix::process::Pid::from_raw) {
+        Some(pid) if pid.as_raw_nonzero().get() == i32::try_from(std::process::id()).unwrap_or(0) => false,
+        Some(pid) => rustix::process::test_kill_process(pid).is_err(),
+        None => true,
+    }
+}
+
+/// Keeps the number of groups the policy would empty, for the CLI's refusal.
+#[must_use]
+pub fn emptied_groups(decisions: &[crate::retention::Decision]) -> Vec<String> {
+    let mut kept: HashMap<&str, bool> = HashMap::new();
+    for d in decisions {
+        *kept.entry(d.group.as_str()).or_default() |= d.keep;
+    }
+    let mut out: Vec<String> = kept.into_iter().filter(|(_, k)| !k).map(|(g, _)| g.to_owned()).collect();
+    out.sort();
+    out
+}

@@ -1,0 +1,147 @@
+//! Sessions and the gc lock, as lock files under `REPO/locks/`.
+//!
+//! Every snapshot, restore and scrub holds a *session*: a file `locks/session-<token>` holding
+//! its kind, pid, host and start time, with an exclusive `flock` on it for as long as the
+//! process runs. Garbage collection reads the sessions to know what may still be using objects
+//! it is about to delete (docs/GC.md). A session whose file can be locked by someone else has
+//! lost its process (the kernel drops a dead process's locks), so a crashed run never leaves a
+//! lock that needs clearing by hand. `locks/gc` is held exclusively by the one running gc.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// A live session; dropping it ends the session.
+pub struct Session {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.file.take()); // releases the lock after the file is gone
+    }
+}
+
+/// A session found in `locks/`.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// snapshot, restore, scrub, ...
+    pub kind: String,
+    /// Process ID.
+    pub pid: u32,
+    /// Start time, ns since the epoch.
+    pub started_ns: i64,
+}
+
+fn locks_dir(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("locks");
+    fs::create_dir_all(&dir).at(&dir)?;
+    Ok(dir)
+}
+
+pub(crate) fn now_ns() -> i64 {
+    i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+/// Starts a session of `kind`. The file is written and locked under a temporary name and
+/// only then renamed to `session-*`: gc treats a `session-*` file it can lock as a dead
+/// process's, so a session must never be visible unlocked, not even for an instant.
+pub(crate) fn start_session(root: &Path, kind: &str) -> Result<Session> {
+    let dir = locks_dir(root)?;
+    let started = now_ns();
+    let name = format!("{}-{started}", std::process::id());
+    let staging = dir.join(format!("starting-{name}"));
+    let path = dir.join(format!("session-{name}"));
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging).at(&staging)?;
+    file.lock().at(&staging)?;
+    writeln!(file, "{kind} {} {started}", std::process::id()).at(&staging)?;
+    fs::rename(&staging, &path).at(&path)?;
+    Ok(Session { path, file: Some(file) })
+}
+
+/// The live sessions; the files of dead ones are removed on the way.
+pub(crate) fn live_sessions(root: &Path) -> Result<Vec<SessionInfo>> {
+    let dir = locks_dir(root)?;
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).at(&dir)? {
+        let path = entry.at(&dir)?.path();
+        let is_session = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("session-"));
+        if !is_session {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else { continue }; // ended meanwhile
+        match file.try_lock_shared() {
+            Ok(()) => {
+                // Nobody holds it: its process is gone.
+                let _ = fs::remove_file(&path);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let text = fs::read_to_string(&path).unwrap_or_default();
+                let mut parts = text.split_whitespace();
+                let kind = parts.next().unwrap_or("?").to_owned();
+                let pid = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                let started_ns = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0); // unknown: oldest
+                out.push(SessionInfo { kind, pid, started_ns });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The exclusive gc lock; released when dropped (or when the process dies).
+pub struct GcLock {
+    _file: File,
+}
+
+/// Takes the gc lock, or says who holds it.
+pub(crate) fn gc_lock(root: &Path) -> Result<GcLock> {
+    let path = locks_dir(root)?.join("gc");
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).at(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).at(&path)?;
+            writeln!(file, "{}", std::process::id()).at(&path)?;
+            Ok(GcLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            Err(Error::InvalidInput(format!(
+                "another gc is running on this repository (pid {}); try again when it has finished",
+                holder.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_seen_while_alive_and_gc_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = start_session(dir.path(), "snapshot").unwrap();
+        // flock is per open file description: a second open in this process conflicts too.
+        let live = live_sessions(dir.path()).unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].kind, "snapshot");
+        drop(s);
+        assert!(live_sessions(dir.path()).unwrap().is_empty());
+        // A session file nobody holds (a dead process's) is cleared.
+        fs::write(dir.path().join("locks/session-1-2"), "snapshot 1 2\n").unwrap();
+        assert!(live_sessions(dir.path()).unwrap().is_empty());
+        assert!(!dir.path().join("locks/session-1-2").exists());
+        let g = gc_lock(dir.path()).unwrap();
+        assert!(gc_lock(dir.path()).is_err());
+        drop(g);
+        assert!(gc_lock(dir.path()).is_ok());
+    }
+}
