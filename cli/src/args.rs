@@ -37,6 +37,22 @@ pub enum Command {
     List(ListArgs),
     /// Restore a snapshot (or chosen paths of it)
     Restore(RestoreArgs),
+    /// Show a snapshot's record, with the space only it uses
+    Show(ShowArgs),
+    /// Sizes, deduplication and compression of the repository or of snapshots
+    Stats(StatsArgs),
+    /// What changed between two snapshots
+    Diff(DiffArgs),
+    /// List the entries of a snapshot
+    Ls(LsArgs),
+    /// Find which snapshots hold a path or glob
+    Find(FindArgs),
+    /// The history of one file or directory across all snapshots
+    Log(LogArgs),
+    /// Write a file of a snapshot to stdout
+    Cat(CatArgs),
+    /// b3sum-style checksums of a snapshot's files (for `b3sum --check` in a restored tree)
+    Manifest(ManifestArgs),
     /// Remove snapshots by ID, or by a keep-policy (space comes back with gc)
     Forget(ForgetArgs),
     /// Delete data no snapshot needs any more, repacking partly used packs
@@ -252,4 +268,82 @@ pub struct GcArgs {
     /// Wait at most this long for snapshots running since before gc condemned data
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = crate::units::parse_duration)]
     pub max_wait: std::time::Duration,
+}
+
+/// `cairn show`
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Snapshot ID, prefix, `latest` or label
+    pub snapshot: String,
+}
+
+/// `cairn stats`
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only these snapshots (all when none)
+    pub snapshots: Vec<String>,
+}
+
+/// `cairn diff`
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older snapshot
+    pub a: String,
+    /// The newer snapshot
+    pub b: String,
+    /// Only below these paths (absolute, as snapshotted)
+    pub paths: Vec<std::path::PathBuf>,
+}
+
+/// `cairn ls`
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Snapshot ID, prefix, `latest` or label
+    pub snapshot: String,
+    /// Directory or file in the snapshot (default `/`)
+    pub path: Option<std::path::PathBuf>,
+    /// Type, mode, owner, size and mtime too
+    #[arg(long, short)]
+    pub long: bool,
+    /// Everything below, not just one level
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+}
+
+/// `cairn find`
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// A glob: without '/' it matches names, with '/' absolute paths
+    pub pattern: String,
+    /// Only these snapshots (repeatable)
+    #[arg(long = "snapshot", value_name = "ID")]
+    pub snapshots: Vec<String>,
+    /// Only the newest N snapshots
+    #[arg(long, value_name = "N")]
+    pub newest: Option<usize>,
+}
+
+/// `cairn log`
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// An absolute path, as snapshotted
+    pub path: std::path::PathBuf,
+}
+
+/// `cairn cat`
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// Snapshot ID, prefix, `latest` or label
+    pub snapshot: String,
+    /// The file, absolute as snapshotted
+    pub path: std::path::PathBuf,
+}
+
+/// `cairn manifest`
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Snapshot ID, prefix, `latest` or label
+    pub snapshot: String,
+    /// Only below this path
+    pub path: Option<std::path::PathBuf>,
 }

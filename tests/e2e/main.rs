@@ -7,6 +7,7 @@ mod crash;
 mod errors;
 mod gc;
 mod incremental;
+mod inspect;
 mod integrity;
 mod property;
 mod restore_options;

@@ -3,6 +3,7 @@
 mod forget;
 mod gc;
 mod init;
+mod inspect;
 mod list;
 mod repair;
 mod restore;
@@ -25,6 +26,14 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Restore(a) => restore::run(cli, a),
         Command::Scrub(a) => scrub::run(cli, a),
         Command::Forget(a) => forget::run(cli, a),
+        Command::Show(a) => inspect::show(cli, a),
+        Command::Stats(a) => inspect::stats(cli, a),
+        Command::Diff(a) => inspect::diff(cli, a),
+        Command::Ls(a) => inspect::ls(cli, a),
+        Command::Find(a) => inspect::find(cli, a),
+        Command::Log(a) => inspect::log(cli, a),
+        Command::Cat(a) => inspect::cat(cli, a),
+        Command::Manifest(a) => inspect::manifest(cli, a),
         Command::Gc(a) => gc::run(cli, a),
         Command::Repair(crate::args::RepairCommand::Index) => repair::run_index(cli),
     }

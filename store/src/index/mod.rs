@@ -83,6 +83,19 @@ fn insert_pack(
     Ok(())
 }
 
+/// Counts and sizes of a set of blobs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlobSums {
+    /// Blobs.
+    pub blobs: u64,
+    /// Of which chunks.
+    pub chunks: u64,
+    /// Plaintext bytes.
+    pub raw: u64,
+    /// Stored bytes (a frame's bytes shared out by plaintext length).
+    pub stored: u64,
+}
+
 /// A pack row.
 #[derive(Clone, Copy, Debug)]
 pub struct PackRow {
@@ -420,6 +433,36 @@ impl Index {
                 })
             })
             .collect()
+    }
+
+    /// Counts and sizes of the indexed blobs in `mark`, leaving out those in `except`.
+    pub fn stored_size_of(&self, mark: &MarkSet, except: Option<&MarkSet>) -> Result<BlobSums> {
+        let m = mark.path().to_string_lossy().into_owned();
+        let x = except.map(|x| x.path().to_string_lossy().into_owned());
+        let row = self.with(|c| {
+            c.execute("ATTACH DATABASE ?1 AS m", [&m])?;
+            if let Some(x) = &x {
+                c.execute("ATTACH DATABASE ?1 AS x", [x])?;
+            }
+            let filter =
+                if x.is_some() { "WHERE NOT EXISTS (SELECT 1 FROM x.reachable e WHERE e.id = r.id)" } else { "" };
+            let result = c.query_row(
+                &format!(
+                    "SELECT count(*), coalesce(sum(b.kind = 0), 0), coalesce(sum(b.raw_len), 0), \
+                     coalesce(sum(b.stored_len * b.raw_len / max(b.frame_len, 1)), 0) \
+                     FROM m.reachable r JOIN blobs b ON b.id = r.id {filter}"
+                ),
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
+            );
+            c.execute("DETACH DATABASE m", [])?;
+            if x.is_some() {
+                c.execute("DETACH DATABASE x", [])?;
+            }
+            result
+        })?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(BlobSums { blobs: u(row.0), chunks: u(row.1), raw: u(row.2), stored: u(row.3) })
     }
 
     /// Condemns a pack at `at_ns`: its rows stay (readers that found them keep working), but

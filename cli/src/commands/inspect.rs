@@ -1,0 +1,248 @@
+//! `show`, `stats`, `diff`, `ls`, `find`, `log`, `cat`, `manifest`: looking inside.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use cairn_store::{Listing, Snapshot, Visit};
+use globset::Glob;
+use serde::Serialize;
+
+use crate::args::{CatArgs, Cli, DiffArgs, FindArgs, LogArgs, LsArgs, ManifestArgs, ShowArgs, StatsArgs};
+use crate::exit;
+use crate::output::{self, size};
+
+pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let snap = repo.resolve(&args.snapshot)?;
+    let r = repo.show(&snap)?;
+    if cli.json {
+        output::json(&r)?;
+        return Ok(exit::OK);
+    }
+    println!("snapshot   {}", r.id);
+    println!("time       {} ({})", output::local_time(snap.record.time_ns), r.time);
+    println!("host/user  {} / {}", r.host, r.user);
+    println!("paths      {}", r.paths.join(" "));
+    println!("kind       {}{}", r.kind, r.parent.as_ref().map(|p| format!(", parent {}", &p[..8])).unwrap_or_default());
+    if let Some(l) = &r.label {
+        println!("label      {l}");
+    }
+    if !r.tags.is_empty() {
+        println!("tags       {}", r.tags.join(", "));
+    }
+    let t = &r.totals;
+    println!("contents   {} files, {} directories, {} symlinks, {} special", t.files, t.dirs, t.symlinks, t.specials);
+    println!("size       {} (logical)", size(t.bytes_total));
+    println!("added      {} new data, {} stored", size(t.data_added), size(t.data_stored));
+    println!("exclusive  {} (what forgetting only this snapshot would free)", size(r.exclusive_size));
+    println!("took       {:.2} s, cairn {}", r.duration_secs, r.cairn_version);
+    Ok(exit::OK)
+}
+
+pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let only: Vec<Snapshot> = args.snapshots.iter().map(|s| repo.resolve(s)).collect::<Result<_, _>>()?;
+    let s = repo.stats(&only)?;
+    if cli.json {
+        output::json(&s)?;
+        return Ok(exit::OK);
+    }
+    println!("snapshots          {}", s.snapshots);
+    println!("logical size       {}", size(s.logical_size));
+    println!("unique data        {} in {} blobs ({} chunks)", size(s.unique_size), s.blobs, s.chunks);
+    println!("stored             {}", size(s.stored_size));
+    println!("dedup ratio        {:.2}x", s.dedup_ratio);
+    println!("compression ratio  {:.2}x", s.compression_ratio);
+    println!("packs              {} ({})", s.packs, size(s.packs_size));
+    println!("index              {}", size(s.index_size));
+    if let Some(age) = s.newest_snapshot_age_secs {
+        println!("newest snapshot    {age} s old");
+    }
+    Ok(exit::OK)
+}
+
+pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let (a, b) = (repo.resolve(&args.a)?, repo.resolve(&args.b)?);
+    let r = repo.diff(&a, &b, &args.paths)?;
+    if cli.json {
+        output::json(&r)?;
+        return Ok(exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    for c in &r.changes {
+        writeln!(out, "{}  {}", c.marker, c.path)?;
+    }
+    writeln!(out, "{} added, {} removed, {} modified, {} metadata only", r.added, r.removed, r.modified, r.metadata)?;
+    Ok(exit::OK)
+}
+
+fn print_listing(out: &mut dyn Write, l: &Listing, long: bool) -> std::io::Result<()> {
+    if long {
+        let mtime = l.mtime.get(..19).unwrap_or(&l.mtime).replace('T', " ");
+        let target = l.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+        writeln!(
+            out,
+            "{:<8} {} {:>8} {:>8} {:>12} {} {}{target}",
+            l.kind, l.mode, l.user, l.group, l.size, mtime, l.path
+        )
+    } else {
+        writeln!(out, "{}", l.path)
+    }
+}
+
+pub fn ls(cli: &Cli, args: &LsArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let snap = repo.resolve(&args.snapshot)?;
+    let list = repo.ls(&snap, args.path.as_deref().unwrap_or(Path::new("/")), args.recursive)?;
+    if cli.json {
+        output::json(&list)?;
+        return Ok(exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    for l in &list {
+        print_listing(&mut out, l, args.long)?;
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Serialize)]
+struct Found {
+    snapshot: String,
+    time: String,
+    #[serde(flatten)]
+    entry: Listing,
+}
+
+pub fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let glob = Glob::new(args.pattern.trim_end_matches('/'))
+        .with_context(|| format!("bad pattern {:?}", args.pattern))?
+        .compile_matcher();
+    let by_name = !args.pattern.contains('/');
+    let mut snaps: Vec<Snapshot> = if args.snapshots.is_empty() {
+        repo.snapshots()?
+    } else {
+        args.snapshots.iter().map(|s| repo.resolve(s)).collect::<Result<_, _>>()?
+    };
+    if let Some(n) = args.newest {
+        let skip = snaps.len().saturating_sub(n);
+        snaps.drain(..skip);
+    }
+    let mut found = Vec::new();
+    for s in &snaps {
+        repo.walk(s.record.root, &mut |p, e| {
+            let hit = if by_name { p.file_name().is_some_and(|n| glob.is_match(n)) } else { glob.is_match(p) };
+            if hit {
+                found.push(Found {
+                    snapshot: s.id.to_hex(),
+                    time: output::local_time(s.record.time_ns),
+                    entry: cairn_store::listing(p, e),
+                });
+            }
+            Ok(Visit::Enter)
+        })?;
+    }
+    if cli.json {
+        output::json(&found)?;
+        return Ok(exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    for f in &found {
+        writeln!(
+            out,
+            "{}  {}  {:>12}  {}  {}",
+            &f.snapshot[..8],
+            f.time,
+            f.entry.size,
+            f.entry.mtime.get(..19).unwrap_or(""),
+            f.entry.path
+        )?;
+    }
+    writeln!(out, "{} matches in {} snapshots", found.len(), snaps.len())?;
+    Ok(exit::OK)
+}
+
+pub fn log(cli: &Cli, args: &LogArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let versions = repo.log(&args.path)?;
+    if cli.json {
+        output::json(&versions)?;
+        return Ok(exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    for v in &versions {
+        let first = &v.snapshots[0][..8];
+        let last = &v.snapshots[v.snapshots.len() - 1][..8];
+        let id = if v.kind == "absent" { "(absent)".to_owned() } else { v.version[..16].to_owned() };
+        writeln!(out, "{id}  {:<7} {:>12}  in {} snapshots ({first} .. {last})", v.kind, v.size, v.snapshots.len())?;
+    }
+    Ok(exit::OK)
+}
+
+pub fn cat(cli: &Cli, args: &CatArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let snap = repo.resolve(&args.snapshot)?;
+    let mut out = std::io::stdout().lock();
+    match repo.cat(&snap, &args.path, &mut out) {
+        Ok(_) => Ok(exit::OK),
+        // A reader that went away (`| head`) is not an error.
+        Err(cairn_store::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// b3sum's format: a line starting with `\\` has `\\` and newline escaped in its path.
+fn b3sum_line(hash: &str, path: &str) -> String {
+    if path.contains('\\') || path.contains('\n') || path.contains('\r') {
+        let escaped = path.replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "\\r");
+        format!("\\{hash}  {escaped}")
+    } else {
+        format!("{hash}  {path}")
+    }
+}
+
+pub fn manifest(cli: &Cli, args: &ManifestArgs) -> Result<u8> {
+    let repo = super::open(cli)?;
+    let snap = repo.resolve(&args.snapshot)?;
+    let files = repo.manifest(&snap, args.path.as_deref().unwrap_or(Path::new("/")))?;
+    let mut skipped = Vec::new();
+    let mut lines = Vec::new();
+    for (hash, path) in &files {
+        match std::str::from_utf8(path) {
+            Ok(p) => lines.push((hash.clone(), p.to_owned())),
+            Err(_) => skipped.push(String::from_utf8_lossy(path).into_owned()),
+        }
+    }
+    if cli.json {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            blake3: &'a str,
+            path: &'a str,
+        }
+        output::json(&lines.iter().map(|(h, p)| Line { blake3: h, path: p }).collect::<Vec<_>>())?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for (h, p) in &lines {
+            writeln!(out, "{}", b3sum_line(h, p))?;
+        }
+    }
+    // b3sum --check reads UTF-8 paths only: say which files cannot be listed.
+    for s in &skipped {
+        eprintln!("cairn: manifest: {s}: name is not UTF-8; b3sum cannot check it, left out");
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b3sum_escapes_like_b3sum() {
+        assert_eq!(b3sum_line("ab", "a b"), "ab  a b");
+        assert_eq!(b3sum_line("ab", "new\\nline"), "\\ab  new\\\\nline");
+        assert_eq!(b3sum_line("ab", "x\ny"), "\\ab  x\\ny");
+    }
+}

@@ -1,0 +1,539 @@
+//! Looking inside without restoring: walk, show, stats, diff, find, log, cat, manifest.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, TreeId};
+use crate::index::MarkSet;
+use crate::record::SnapshotTotals;
+use crate::repo::{now_secs, Repo, Snapshot};
+use crate::tree::{Entry, EntryKind, Tree};
+
+/// Whether a walk enters a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visit {
+    /// Go on, into the directory if it is one.
+    Enter,
+    /// Do not enter this directory.
+    Skip,
+}
+
+/// One entry as the listing commands print it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listing {
+    /// Absolute path in the snapshot (lossy UTF-8).
+    pub path: String,
+    /// `file`, `dir`, `symlink`, `fifo`, `chardev`, `blockdev`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Permission bits, octal.
+    pub mode: String,
+    /// Owner (name, or number).
+    pub user: String,
+    /// Group (name, or number).
+    pub group: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, RFC 3339.
+    pub mtime: String,
+    /// Symlink target.
+    pub target: Option<String>,
+    /// BLAKE3 of the content (files).
+    pub blake3: Option<String>,
+}
+
+/// The name of an entry kind.
+#[must_use]
+pub fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Fifo => "fifo",
+        EntryKind::CharDevice => "chardev",
+        EntryKind::BlockDevice => "blockdev",
+    }
+}
+
+/// An entry described for listings.
+#[must_use]
+pub fn listing(path: &Path, e: &Entry) -> Listing {
+    Listing {
+        path: path.to_string_lossy().into_owned(),
+        kind: kind_name(e.kind),
+        mode: format!("{:04o}", e.mode),
+        user: e.user.clone().unwrap_or_else(|| e.uid.to_string()),
+        group: e.group.clone().unwrap_or_else(|| e.gid.to_string()),
+        size: e.size,
+        mtime: jiff::Timestamp::new(e.mtime.sec, i32::try_from(e.mtime.nsec).unwrap_or(0))
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        target: (e.kind == EntryKind::Symlink).then(|| String::from_utf8_lossy(&e.target).into_owned()),
+        blake3: e.file_hash.map(|h| h.to_hex()),
+    }
+}
+
+/// A snapshot's record with the figures `show` adds.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShowReport {
+    /// ID.
+    pub id: String,
+    /// Time, RFC 3339.
+    pub time: String,
+    /// Host.
+    pub host: String,
+    /// User.
+    pub user: String,
+    /// Source paths.
+    pub paths: Vec<String>,
+    /// Kind.
+    pub kind: &'static str,
+    /// The snapshot trusted for change detection.
+    pub parent: Option<String>,
+    /// Label.
+    pub label: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Counts and totals recorded at snapshot time.
+    #[serde(flatten)]
+    pub totals: SnapshotTotals,
+    /// Stored bytes only this snapshot needs: what `forget` of it alone and `gc` would free
+    /// (before pack rounding).
+    pub exclusive_size: u64,
+    /// Wall time of the snapshot run, seconds.
+    pub duration_secs: f64,
+    /// The cairn version that wrote it.
+    pub cairn_version: String,
+}
+
+/// Repository (or snapshot) statistics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Snapshots counted.
+    pub snapshots: u64,
+    /// Sum of the snapshots' logical sizes (what restoring every one would write).
+    pub logical_size: u64,
+    /// Distinct blobs (chunks and trees) they need.
+    pub blobs: u64,
+    /// Of those, chunks.
+    pub chunks: u64,
+    /// Plaintext size of those blobs (unique data before compression).
+    pub unique_size: u64,
+    /// Their stored size (unique data after compression).
+    pub stored_size: u64,
+    /// logical / unique.
+    pub dedup_ratio: f64,
+    /// unique / stored.
+    pub compression_ratio: f64,
+    /// Packs in the repository, and their total size.
+    pub packs: u64,
+    /// Total size of the pack files.
+    pub packs_size: u64,
+    /// Size of the index files.
+    pub index_size: u64,
+    /// Age of the newest snapshot counted, seconds.
+    pub newest_snapshot_age_secs: Option<u64>,
+}
+
+/// One line of a diff.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Change {
+    /// `+` added, `-` removed, `M` content modified, `T` metadata only.
+    pub marker: char,
+    /// Absolute path.
+    pub path: String,
+    /// `file`, `dir`, ... (of the newer entry when there is one).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// A diff's changes and totals.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DiffReport {
+    /// Changes in path order.
+    pub changes: Vec<Change>,
+    /// Entries added.
+    pub added: u64,
+    /// Entries removed.
+    pub removed: u64,
+    /// Files whose content changed.
+    pub modified: u64,
+    /// Entries whose metadata alone changed.
+    pub metadata: u64,
+    /// Trees compared (the cost follows the change, not the tree).
+    pub trees_compared: u64,
+}
+
+/// One version of a path in `log`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Version {
+    /// BLAKE3 of the content (files) or the tree ID (directories); `absent` where missing.
+    pub version: String,
+    /// `file`, `dir`, ..., or `absent`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Size (files).
+    pub size: u64,
+    /// Modification time of the first snapshot holding it, RFC 3339.
+    pub mtime: String,
+    /// Snapshots holding this version, oldest first.
+    pub snapshots: Vec<String>,
+}
+
+/// Metadata differs (anything restore sets, but content).
+fn meta_differs(a: &Entry, b: &Entry) -> bool {
+    a.kind != b.kind
+        || a.mode != b.mode
+        || a.uid != b.uid
+        || a.gid != b.gid
+        || a.mtime != b.mtime
+        || a.xattrs != b.xattrs
+        || a.target != b.target
+        || a.rdev != b.rdev
+}
+
+fn content_differs(a: &Entry, b: &Entry) -> bool {
+    a.size != b.size || a.file_hash != b.file_hash || (a.file_hash.is_none() && a.content != b.content)
+}
+
+impl Repo {
+    /// Walks the tree at `root` depth first in name order, calling `visit` with each entry's
+    /// absolute path; directories are entered unless `visit` says `Skip`.
+    pub fn walk(&self, root: TreeId, visit: &mut dyn FnMut(&Path, &Entry) -> Result<Visit>) -> Result<()> {
+        self.walk_from(root, Path::new("/"), visit)
+    }
+
+    fn walk_from(&self, tree: TreeId, at: &Path, visit: &mut dyn FnMut(&Path, &Entry) -> Result<Visit>) -> Result<()> {
+        let tree = self.load_tree(tree)?;
+        for e in &tree.entries {
+            if !e.has_safe_name() {
+                continue;
+            }
+            let path = at.join(OsStr::from_bytes(&e.name));
+            if visit(&path, e)? == Visit::Enter {
+                if let Some(sub) = e.subtree.filter(|_| e.kind == EntryKind::Dir) {
+                    self.walk_from(sub, &path, visit)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tree below an absolute path of a snapshot (`/` is the root).
+    fn tree_at(&self, snap: &Snapshot, path: &Path) -> Result<Option<TreeId>> {
+        if path.components().all(|c| matches!(c, std::path::Component::RootDir)) {
+            return Ok(Some(snap.record.root));
+        }
+        Ok(self.find_entry(snap.record.root, path)?.and_then(|e| e.subtree.filter(|_| e.kind == EntryKind::Dir)))
+    }
+
+    /// Marks every blob of the given snapshots into `mark`.
+    fn mark_all(&self, mark: &MarkSet, snaps: &[&Snapshot]) -> Result<()> {
+        for s in snaps {
+            let mut stack = vec![s.record.root];
+            while let Some(t) = stack.pop() {
+                if !mark.visit_tree(t)? {
+                    continue;
+                }
+                let tree = self.load_tree(t)?;
+                let mut ids = vec![BlobId::from(t)];
+                for e in &tree.entries {
+                    if let Some(sub) = e.subtree {
+                        stack.push(sub);
+                    }
+                    ids.extend(e.content.iter().map(|c| BlobId::from(c.id)));
+                }
+                mark.add(&ids)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scratch(&self, what: &str) -> Result<MarkSet> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        MarkSet::create(&self.root().join("index").join(format!("{what}-{}-{n}.sqlite", std::process::id())))
+    }
+
+    /// The record of a snapshot, with its exclusive size.
+    pub fn show(&self, snap: &Snapshot) -> Result<ShowReport> {
+        let others_mark = self.scratch("show-others")?;
+        let all = self.snapshots()?;
+        let others: Vec<&Snapshot> = all.iter().filter(|s| s.id != snap.id).collect();
+        self.mark_all(&others_mark, &others)?;
+        let mine = self.scratch("show-own")?;
+        self.mark_all(&mine, &[snap])?;
+        let exclusive = self.index.stored_size_of(&mine, Some(&others_mark))?;
+        let r = &snap.record;
+        Ok(ShowReport {
+            id: snap.id.to_hex(),
+            time: jiff::Timestamp::from_nanosecond(i128::from(r.time_ns)).map(|t| t.to_string()).unwrap_or_default(),
+            host: r.host.clone(),
+            user: r.user.clone(),
+            paths: r.paths_lossy(),
+            kind: r.kind.as_str(),
+            parent: r.parent.map(|p| p.to_hex()),
+            label: r.label.clone(),
+            tags: r.tags.clone(),
+            totals: r.totals.clone(),
+            exclusive_size: exclusive.stored,
+            duration_secs: r.duration_ms as f64 / 1000.0,
+            cairn_version: r.cairn_version.clone(),
+        })
+    }
+
+    /// Statistics of the repository, or of the given snapshots.
+    pub fn stats(&self, only: &[Snapshot]) -> Result<Stats> {
+        let all = self.snapshots()?;
+        let scope: Vec<&Snapshot> = if only.is_empty() { all.iter().collect() } else { only.iter().collect() };
+        let mark = self.scratch("stats")?;
+        self.mark_all(&mark, &scope)?;
+        let sums = self.index.stored_size_of(&mark, None)?;
+        let packs = self.index.packs()?;
+        let mut s = Stats {
+            snapshots: scope.len() as u64,
+            logical_size: scope.iter().map(|s| s.record.totals.bytes_total).sum(),
+            blobs: sums.blobs,
+            chunks: sums.chunks,
+            unique_size: sums.raw,
+            stored_size: sums.stored,
+            packs: packs.len() as u64,
+            packs_size: packs.iter().map(|p| p.size).sum(),
+            ..Stats::default()
+        };
+        s.dedup_ratio = if s.unique_size > 0 { s.logical_size as f64 / s.unique_size as f64 } else { 0.0 };
+        s.compression_ratio = if s.stored_size > 0 { s.unique_size as f64 / s.stored_size as f64 } else { 0.0 };
+        for name in ["index.sqlite", "index.sqlite-wal"] {
+            s.index_size += std::fs::metadata(self.root().join("index").join(name)).map(|m| m.len()).unwrap_or(0);
+        }
+        let newest = scope.iter().map(|s| s.record.time_ns).max();
+        s.newest_snapshot_age_secs = newest.map(|t| u64::try_from(now_secs() - t / 1_000_000_000).unwrap_or(0));
+        Ok(s)
+    }
+
+    /// What changed from snapshot `a` to `b` (below `paths`, or everywhere). Only subtrees
+    /// whose IDs differ are walked.
+    pub fn diff(&self, a: &Snapshot, b: &Snapshot, paths: &[PathBuf]) -> Result<DiffReport> {
+        let mut report = DiffReport::default();
+        let roots: Vec<PathBuf> = if paths.is_empty() { vec![PathBuf::from("/")] } else { paths.to_vec() };
+        for p in roots {
+            let p = Path::new("/").join(p.strip_prefix("/").unwrap_or(&p));
+            if p == Path::new("/") {
+                self.diff_trees(Some(a.record.root), Some(b.record.root), &p, &mut report)?;
+                continue;
+            }
+            let ea = self.find_entry(a.record.root, &p)?;
+            let eb = self.find_entry(b.record.root, &p)?;
+            self.diff_entry(ea.as_ref(), eb.as_ref(), &p, &mut report)?;
+        }
+        report.changes.sort_by(|x, y| x.path.cmp(&y.path));
+        Ok(report)
+    }
+
+    fn diff_entry(&self, a: Option<&Entry>, b: Option<&Entry>, path: &Path, r: &mut DiffReport) -> Result<()> {
+        let push = |r: &mut DiffReport, marker: char, e: &Entry| {
+            r.changes.push(Change { marker, path: path.to_string_lossy().into_owned(), kind: kind_name(e.kind) });
+        };
+        match (a, b) {
+            (None, None) => {}
+            (None, Some(e)) => {
+                push(r, '+', e);
+                r.added += 1;
+                if e.kind == EntryKind::Dir {
+                    self.diff_trees(None, e.subtree, path, r)?;
+                }
+            }
+            (Some(e), None) => {
+                push(r, '-', e);
+                r.removed += 1;
+                if e.kind == EntryKind::Dir {
+                    self.diff_trees(e.subtree, None, path, r)?;
+                }
+            }
+            (Some(x), Some(y)) if x.kind != y.kind => {
+                self.diff_entry(Some(x), None, path, r)?;
+                self.diff_entry(None, Some(y), path, r)?;
+            }
+            (Some(x), Some(y)) => {
+                if x.kind == EntryKind::File && content_differs(x, y) {
+                    push(r, 'M', y);
+                    r.modified += 1;
+                } else if meta_differs(x, y) {
+                    push(r, 'T', y);
+                    r.metadata += 1;
+                }
+                if x.kind == EntryKind::Dir && x.subtree != y.subtree {
+                    self.diff_trees(x.subtree, y.subtree, path, r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn diff_trees(&self, a: Option<TreeId>, b: Option<TreeId>, at: &Path, r: &mut DiffReport) -> Result<()> {
+        if a == b {
+            return Ok(()); // the Merkle shortcut: equal IDs, equal subtrees
+        }
+        r.trees_compared += 1;
+        let load = |t: Option<TreeId>| t.map_or(Ok(Tree::default()), |t| self.load_tree(t));
+        let (ta, tb) = (load(a)?, load(b)?);
+        let mut names: Vec<&[u8]> =
+            ta.entries.iter().chain(&tb.entries).filter(|e| e.has_safe_name()).map(|e| e.name.as_slice()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for n in names {
+            let path = at.join(OsStr::from_bytes(n));
+            self.diff_entry(ta.get(n), tb.get(n), &path, r)?;
+        }
+        Ok(())
+    }
+
+    /// Entries under `path` of a snapshot: the directory's entries (recursively if asked), or
+    /// the entry itself when `path` is not a directory.
+    pub fn ls(&self, snap: &Snapshot, path: &Path, recursive: bool) -> Result<Vec<Listing>> {
+        let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
+        let mut out = Vec::new();
+        match self.tree_at(snap, &path)? {
+            Some(tree) => {
+                self.walk_from(tree, &path, &mut |p, e| {
+                    out.push(listing(p, e));
+                    Ok(if recursive { Visit::Enter } else { Visit::Skip })
+                })?;
+            }
+            None => match self.find_entry(snap.record.root, &path)? {
+                Some(e) => out.push(listing(&path, &e)),
+                None => {
+                    return Err(Error::InvalidInput(format!(
+                        "{} is not in snapshot {}",
+                        path.display(),
+                        snap.id.short(8)
+                    )))
+                }
+            },
+        }
+        Ok(out)
+    }
+
+    /// The history of one path: each distinct version, with the snapshots holding it. Trees
+    /// are cached across snapshots, which share most of them.
+    pub fn log(&self, path: &Path) -> Result<Vec<Version>> {
+        let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
+        let cache: Mutex<HashMap<TreeId, std::sync::Arc<Tree>>> = Mutex::new(HashMap::new());
+        let tree = |id: TreeId| -> Result<std::sync::Arc<Tree>> {
+            if let Some(t) = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
+                return Ok(std::sync::Arc::clone(t));
+            }
+            let t = std::sync::Arc::new(self.load_tree(id)?);
+            cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, std::sync::Arc::clone(&t));
+            Ok(t)
+        };
+        let names: Vec<Vec<u8>> = path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.as_bytes().to_vec()),
+                _ => None,
+            })
+            .collect();
+        let mut out: Vec<Version> = Vec::new();
+        for s in self.snapshots()? {
+            let mut entry: Option<Entry> = None;
+            let mut t = Some(s.record.root);
+            for (i, n) in names.iter().enumerate() {
+                let Some(id) = t else { break };
+                let found = tree(id)?.get(n).cloned();
+                t = found.as_ref().and_then(|e| e.subtree);
+                if i + 1 == names.len() {
+                    entry = found;
+                } else if found.is_none() {
+                    break;
+                }
+            }
+            let (version, kind, size, mtime) = match &entry {
+                None => ("absent".to_owned(), "absent", 0, String::new()),
+                Some(e) => (
+                    e.file_hash.map(|h| h.to_hex()).or(e.subtree.map(|t| t.to_hex())).unwrap_or_else(|| {
+                        blake3::hash(&[e.target.as_slice(), &e.rdev.to_le_bytes()].concat()).to_hex().to_string()
+                    }),
+                    kind_name(e.kind),
+                    e.size,
+                    listing(&path, e).mtime,
+                ),
+            };
+            match out.last_mut() {
+                Some(v) if v.version == version => v.snapshots.push(s.id.to_hex()),
+                _ => out.push(Version { version, kind, size, mtime, snapshots: vec![s.id.to_hex()] }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a file's content to `out`, chunk by chunk (holes as zeros), checking every chunk.
+    pub fn cat(&self, snap: &Snapshot, path: &Path, out: &mut dyn Write) -> Result<u64> {
+        let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
+        let e = self.find_entry(snap.record.root, &path)?.ok_or_else(|| {
+            Error::InvalidInput(format!("{} is not in snapshot {}", path.display(), snap.id.short(8)))
+        })?;
+        if e.kind != EntryKind::File {
+            return Err(Error::InvalidInput(format!("{} is a {}, not a file", path.display(), kind_name(e.kind))));
+        }
+        let io = |err: std::io::Error| Error::io("standard output", err);
+        let zeros = [0u8; 64 * 1024];
+        let mut pos = 0u64;
+        let write_zeros = |out: &mut dyn Write, mut n: u64| -> Result<()> {
+            while n > 0 {
+                let k = n.min(zeros.len() as u64) as usize;
+                out.write_all(&zeros[..k]).map_err(io)?;
+                n -= k as u64;
+            }
+            Ok(())
+        };
+        let ids: Vec<BlobId> = e.content.iter().map(|c| BlobId::from(c.id)).collect();
+        for (c, loc) in e.content.iter().zip(self.index.locate_many(&ids)?) {
+            let loc = loc.ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
+            write_zeros(out, c.offset.saturating_sub(pos))?;
+            let data = self.read_located(&loc)?;
+            out.write_all(&data).map_err(io)?;
+            pos = c.offset + data.len() as u64;
+        }
+        write_zeros(out, e.size.saturating_sub(pos))?;
+        out.flush().map_err(io)?;
+        Ok(e.size)
+    }
+
+    /// The files below `path` with their BLAKE3 (stored at snapshot time), paths relative to
+    /// `/` so that `b3sum --check` run in a restore target verifies them.
+    pub fn manifest(&self, snap: &Snapshot, path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+        let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
+        let mut out = Vec::new();
+        let mut add = |p: &Path, e: &Entry| {
+            if let (EntryKind::File, Some(h)) = (e.kind, e.file_hash) {
+                let rel = p.strip_prefix("/").unwrap_or(p).as_os_str().as_bytes().to_vec();
+                out.push((h.to_hex(), rel));
+            }
+        };
+        match self.tree_at(snap, &path)? {
+            Some(tree) => self.walk_from(tree, &path, &mut |p, e| {
+                add(p, e);
+                Ok(Visit::Enter)
+            })?,
+            None => match self.find_entry(snap.record.root, &path)? {
+                Some(e) => add(&path, &e),
+                None => {
+                    return Err(Error::InvalidInput(format!(
+                        "{} is not in snapshot {}",
+                        path.display(),
+                        snap.id.short(8)
+                    )))
+                }
+            },
+        }
+        Ok(out)
+    }
+}
