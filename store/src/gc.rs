@@ -113,7 +113,7 @@ impl Repo {
     }
 
     /// Walks the trees of `snaps` into the mark set (trees already visited are skipped).
-    fn mark(&self, mark: &MarkSet, snaps: &[Snapshot], progress: &dyn Progress) -> Result<()> {
+    pub(crate) fn mark(&self, mark: &MarkSet, snaps: &[&Snapshot], progress: &dyn Progress) -> Result<()> {
         progress.start("gc: mark", Some(snaps.len() as u64), Unit::Items);
         for s in snaps {
             let mut stack: Vec<TreeId> = vec![s.record.root];
@@ -121,10 +121,10 @@ impl Repo {
                 if !mark.visit_tree(t)? {
                     continue;
                 }
-                // A tree that cannot be read makes reachability unknowable: stop, delete nothing.
+                // A tree that cannot be read makes reachability unknowable: stop, change nothing.
                 let tree = self.load_tree(t).map_err(|e| {
                     Error::InvalidInput(format!(
-                        "gc stopped before deleting anything: tree {t} of snapshot {} cannot be read ({e}); \
+                        "tree {t} of snapshot {} cannot be read ({e}); nothing was changed; \
                          run `cairn scrub` and `cairn repair index`",
                         s.id.short(8)
                     ))
@@ -153,7 +153,7 @@ impl Repo {
         let on_disk_at_start: Vec<(String, u64)> = self.backend.list(FileKind::Pack)?;
         let mark = MarkSet::create(&self.root().join("index").join(format!("gc-mark-{}.sqlite", std::process::id())))?;
         let snaps = self.snapshots()?;
-        self.mark(&mark, &snaps, progress)?;
+        self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
         report.reachable_blobs = mark.len()?;
 
@@ -219,7 +219,7 @@ impl Repo {
         // Snapshots committed meanwhile may need condemned blobs: mark them too.
         let seen: HashSet<SnapshotId> = snaps.iter().map(|s| s.id).collect();
         let newer: Vec<Snapshot> = self.snapshots()?.into_iter().filter(|s| !seen.contains(&s.id)).collect();
-        self.mark(&mark, &newer, progress)?;
+        self.mark(&mark, &newer.iter().collect::<Vec<_>>(), progress)?;
 
         let mut deleted_bytes = 0u64;
         for (pack, at_ns) in self.index.condemned()? {

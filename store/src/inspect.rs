@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, TreeId};
 use crate::index::MarkSet;
+use crate::progress::NoProgress;
 use crate::record::SnapshotTotals;
 use crate::repo::{now_secs, Repo, Snapshot};
 use crate::tree::{Entry, EntryKind, Tree};
@@ -234,28 +235,6 @@ impl Repo {
         Ok(self.find_entry(snap.record.root, path)?.and_then(|e| e.subtree.filter(|_| e.kind == EntryKind::Dir)))
     }
 
-    /// Marks every blob of the given snapshots into `mark`.
-    fn mark_all(&self, mark: &MarkSet, snaps: &[&Snapshot]) -> Result<()> {
-        for s in snaps {
-            let mut stack = vec![s.record.root];
-            while let Some(t) = stack.pop() {
-                if !mark.visit_tree(t)? {
-                    continue;
-                }
-                let tree = self.load_tree(t)?;
-                let mut ids = vec![BlobId::from(t)];
-                for e in &tree.entries {
-                    if let Some(sub) = e.subtree {
-                        stack.push(sub);
-                    }
-                    ids.extend(e.content.iter().map(|c| BlobId::from(c.id)));
-                }
-                mark.add(&ids)?;
-            }
-        }
-        Ok(())
-    }
-
     fn scratch(&self, what: &str) -> Result<MarkSet> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -267,9 +246,9 @@ impl Repo {
         let others_mark = self.scratch("show-others")?;
         let all = self.snapshots()?;
         let others: Vec<&Snapshot> = all.iter().filter(|s| s.id != snap.id).collect();
-        self.mark_all(&others_mark, &others)?;
+        self.mark(&others_mark, &others, &NoProgress)?;
         let mine = self.scratch("show-own")?;
-        self.mark_all(&mine, &[snap])?;
+        self.mark(&mine, &[snap], &NoProgress)?;
         let exclusive = self.index.stored_size_of(&mine, Some(&others_mark))?;
         let r = &snap.record;
         Ok(ShowReport {
@@ -294,7 +273,7 @@ impl Repo {
         let all = self.snapshots()?;
         let scope: Vec<&Snapshot> = if only.is_empty() { all.iter().collect() } else { only.iter().collect() };
         let mark = self.scratch("stats")?;
-        self.mark_all(&mark, &scope)?;
+        self.mark(&mark, &scope, &NoProgress)?;
         let sums = self.index.stored_size_of(&mark, None)?;
         let packs = self.index.packs()?;
         let mut s = Stats {
@@ -398,27 +377,28 @@ impl Repo {
     /// Entries under `path` of a snapshot: the directory's entries (recursively if asked), or
     /// the entry itself when `path` is not a directory.
     pub fn ls(&self, snap: &Snapshot, path: &Path, recursive: bool) -> Result<Vec<Listing>> {
-        let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
         let mut out = Vec::new();
+        self.below(snap, path, recursive, &mut |p, e| out.push(listing(p, e)))?;
+        Ok(out)
+    }
+
+    /// Calls `f` for the entries below `path` (one level, or all), or for the entry at `path`
+    /// itself when it is not a directory.
+    fn below(&self, snap: &Snapshot, path: &Path, recursive: bool, f: &mut dyn FnMut(&Path, &Entry)) -> Result<()> {
+        let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
         match self.tree_at(snap, &path)? {
-            Some(tree) => {
-                self.walk_from(tree, &path, &mut |p, e| {
-                    out.push(listing(p, e));
-                    Ok(if recursive { Visit::Enter } else { Visit::Skip })
-                })?;
-            }
+            Some(tree) => self.walk_from(tree, &path, &mut |p, e| {
+                f(p, e);
+                Ok(if recursive { Visit::Enter } else { Visit::Skip })
+            }),
             None => match self.find_entry(snap.record.root, &path)? {
-                Some(e) => out.push(listing(&path, &e)),
-                None => {
-                    return Err(Error::InvalidInput(format!(
-                        "{} is not in snapshot {}",
-                        path.display(),
-                        snap.id.short(8)
-                    )))
+                Some(e) => {
+                    f(&path, &e);
+                    Ok(())
                 }
+                None => Err(Error::InvalidInput(format!("{} is not in snapshot {}", path.display(), snap.id.short(8)))),
             },
         }
-        Ok(out)
     }
 
     /// The history of one path: each distinct version, with the snapshots holding it. Trees
@@ -510,30 +490,12 @@ impl Repo {
     /// The files below `path` with their BLAKE3 (stored at snapshot time), paths relative to
     /// `/` so that `b3sum --check` run in a restore target verifies them.
     pub fn manifest(&self, snap: &Snapshot, path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-        let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
         let mut out = Vec::new();
-        let mut add = |p: &Path, e: &Entry| {
+        self.below(snap, path, true, &mut |p, e| {
             if let (EntryKind::File, Some(h)) = (e.kind, e.file_hash) {
-                let rel = p.strip_prefix("/").unwrap_or(p).as_os_str().as_bytes().to_vec();
-                out.push((h.to_hex(), rel));
+                out.push((h.to_hex(), p.strip_prefix("/").unwrap_or(p).as_os_str().as_bytes().to_vec()));
             }
-        };
-        match self.tree_at(snap, &path)? {
-            Some(tree) => self.walk_from(tree, &path, &mut |p, e| {
-                add(p, e);
-                Ok(Visit::Enter)
-            })?,
-            None => match self.find_entry(snap.record.root, &path)? {
-                Some(e) => add(&path, &e),
-                None => {
-                    return Err(Error::InvalidInput(format!(
-                        "{} is not in snapshot {}",
-                        path.display(),
-                        snap.id.short(8)
-                    )))
-                }
-            },
-        }
+        })?;
         Ok(out)
     }
 }
