@@ -6,6 +6,7 @@ mod util;
 mod crash;
 mod errors;
 mod gc;
+mod hostile;
 mod incremental;
 mod inspect;
 mod integrity;
