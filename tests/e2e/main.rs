@@ -5,6 +5,7 @@ mod util;
 
 mod crash;
 mod errors;
+mod full_disk;
 mod gc;
 mod hostile;
 mod incremental;
