@@ -107,6 +107,7 @@ impl Repo {
             // The record file is the truth: once it is gone the snapshot is gone, and an index
             // row left by a crash here is dropped on the next open.
             self.backend.remove(FileKind::Snapshot, &id.to_hex())?;
+            crate::failpoint::hit("forget.record_removed");
             self.index.delete_snapshot(*id)?;
         }
         Ok(())
@@ -156,6 +157,7 @@ impl Repo {
         self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
         report.reachable_blobs = mark.len()?;
+        crate::failpoint::hit("gc.marked");
 
         let usage = self.index.pack_usage(&mark)?;
         report.packs_before = usage.len() as u64;
@@ -184,6 +186,7 @@ impl Repo {
 
         for u in &unused {
             self.index.condemn(u.id, now_ns())?;
+            crate::failpoint::hit("gc.condemned");
         }
         progress.start("gc: repack", Some(repack.iter().map(|u| u.size).sum()), Unit::Bytes);
         let mut written_bytes = 0u64;
@@ -297,6 +300,7 @@ impl Repo {
         }
         let (new, new_bytes, new_entries) = writer.finish();
         self.backend.put(FileKind::Pack, &new.to_hex(), &new_bytes)?;
+        crate::failpoint::hit("gc.repack_written");
         self.index.replace_pack(new, new_bytes.len() as u64, &new_entries, old, now_ns(), now_secs())?;
         Ok(Some(new_bytes.len() as u64))
     }
@@ -317,6 +321,7 @@ impl Repo {
         // Rows first, then the file: the index never names a pack that is gone.
         let rows: Vec<BlobId> = ids.iter().zip(&here).filter(|(_, h)| **h).map(|(id, _)| *id).collect();
         self.index.delete_pack(pack, &rows)?;
+        crate::failpoint::hit("gc.rows_deleted");
         self.backend.remove(FileKind::Pack, &name)?;
         Ok(Finished::Deleted(size.unwrap_or(0)))
     }

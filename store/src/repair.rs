@@ -9,7 +9,7 @@
 //! which heals the repository.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -59,6 +59,22 @@ enum PackOutcome {
     Damaged { name: String, good: Vec<(pack::PackEntry, Vec<u8>)>, lost: u64 },
 }
 
+fn remove_file_if_any(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Removes a database file and its WAL and shared-memory files.
+fn remove_db(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        remove_file_if_any(&PathBuf::from(format!("{}{suffix}", path.display())))?;
+    }
+    Ok(())
+}
+
 fn read_pack(backend: &dyn Backend, name: &str, size: u64) -> Result<PackOutcome> {
     let bytes = match backend.get(FileKind::Pack, name) {
         Ok(b) => b,
@@ -86,19 +102,31 @@ fn read_pack(backend: &dyn Backend, name: &str, size: u64) -> Result<PackOutcome
 }
 
 impl Repo {
-    /// Discards the index of the repository at `root` and rebuilds it (see the module docs).
+    /// Rebuilds the index of the repository at `root` (see the module docs). The new index is
+    /// built beside the old one and swapped in only when complete, so a repair that is killed
+    /// never leaves a partial index that looks whole: the old one stays until the new one is
+    /// ready, and running the repair again starts over.
     pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
         let dir = root.join("index");
-        for name in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
-            match fs::remove_file(dir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(dir.join(name), e)),
-            }
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let fresh = dir.join("index.sqlite.rebuild");
+        remove_db(&fresh)?;
+        let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(LocalBackend::new(root));
+        let bytes = backend.get(FileKind::Config, "config")?;
+        let config = crate::config::RepoConfig::decode(&bytes)?;
+        let index = crate::index::Index::open(&fresh)?;
+        let building = Self { root: root.to_path_buf(), backend, index, config };
+        let report = building.rebuild_verified(progress)?;
+        crate::failpoint::hit("repair.before_swap");
+        drop(building); // closes every connection: the new index's WAL is checkpointed
+                        // The old index's WAL must never be applied to the new file: remove it first.
+        let live = dir.join("index.sqlite");
+        for suffix in ["-wal", "-shm"] {
+            remove_file_if_any(&PathBuf::from(format!("{}{suffix}", live.display())))?;
         }
-        let backend = std::sync::Arc::new(LocalBackend::new(root));
-        let repo = Self::open_inner(root, backend, false)?;
-        let report = repo.rebuild_verified(progress)?;
+        fs::rename(&fresh, &live).map_err(|e| Error::io(&live, e))?;
+        crate::backend::sync_dir(&dir)?;
+        let repo = Self::open(root, &crate::repo::OpenOptions::default())?;
         Ok((repo, report))
     }
 
@@ -112,6 +140,7 @@ impl Repo {
             let outcome = read_pack(self.backend.as_ref(), name, *size)?;
             if let PackOutcome::Intact(id, size, entries) = &outcome {
                 self.index.add_pack(*id, *size, entries, now)?;
+                crate::failpoint::hit("repair.pack_indexed");
             }
             progress.inc(*size);
             outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(outcome);
@@ -166,6 +195,7 @@ impl Repo {
         }
         let (id, bytes, entries) = w.finish();
         self.backend.put(FileKind::Pack, &id.to_hex(), &bytes)?;
+        crate::failpoint::hit("repair.salvage_written");
         self.index.add_pack(id, bytes.len() as u64, &entries, now)?;
         report.blobs_indexed += entries.len() as u64;
         Ok(())

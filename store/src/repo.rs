@@ -64,7 +64,7 @@ pub struct RebuildReport {
 
 /// An open repository.
 pub struct Repo {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) index: Index,
     pub(crate) config: RepoConfig,

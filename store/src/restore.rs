@@ -350,6 +350,7 @@ impl Job<'_> {
                 self.apply_meta(&tmp, e, Some(&file));
                 drop(file);
                 fs::rename(&tmp, dest).at(dest)?;
+                crate::failpoint::hit("restore.file_written");
             }
             Err(err) => {
                 let _ = fs::remove_file(&tmp);

@@ -547,6 +547,7 @@ impl Run<'_> {
             }
             // Metadata is taken from the open file, so that it describes the bytes we read.
             fsmeta::fill(entry, &before, path, &self.names);
+            crate::failpoint::hit("snapshot.file_read");
             let (content, hash) = self.chunk_file(&file, &before)?;
             let after = file.metadata().map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
             let now = fs::symlink_metadata(path).ok();
@@ -692,7 +693,9 @@ fn writer(repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId
         }
         let (id, bytes, entries) = w.finish();
         repo.backend.put(FileKind::Pack, &id.to_hex(), &bytes)?;
+        crate::failpoint::hit("snapshot.pack_written");
         repo.index.add_pack(id, bytes.len() as u64, &entries, now_secs())?;
+        crate::failpoint::hit("snapshot.pack_indexed");
         let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in &entries {
             p.remove(&e.id);
@@ -828,7 +831,9 @@ impl Repo {
     /// Makes a snapshot exist: its record is written durably, then indexed.
     fn commit(&self, record: &SnapshotRecord) -> Result<SnapshotId> {
         let (id, bytes) = record.seal();
+        crate::failpoint::hit("snapshot.before_record");
         self.backend.put(FileKind::Snapshot, &id.to_hex(), &bytes)?;
+        crate::failpoint::hit("snapshot.record_written");
         self.index.add_snapshot(id, record.time_ns, &record.host, record.label.as_deref(), &bytes)?;
         Ok(id)
     }

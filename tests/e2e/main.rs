@@ -4,6 +4,7 @@
 mod util;
 
 mod crash;
+mod crash_matrix;
 mod errors;
 mod full_disk;
 mod gc;

@@ -8,6 +8,7 @@
 mod local;
 mod memory;
 
+pub(crate) use local::sync_dir;
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 
