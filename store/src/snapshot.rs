@@ -542,8 +542,13 @@ impl Run<'_> {
         for attempt in 0..2 {
             let file = open_source(path).map_err(|e| ReadError::Warn(format!("cannot open: {e}")))?;
             let before = file.metadata().map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
-            if !before.is_file() || before.ino() != entry.inode {
-                return Err(ReadError::Warn("replaced by another file while being read; not stored".into()));
+            // The path must still name a regular file, and (on the first attempt) the one that
+            // was listed; a retry reads whatever replaced it.
+            if !before.is_file() || (attempt == 0 && before.ino() != entry.inode) {
+                if attempt == 0 && before.is_file() {
+                    continue;
+                }
+                return Err(ReadError::Warn("replaced by something else while being read; not stored".into()));
             }
             // Metadata is taken from the open file, so that it describes the bytes we read.
             fsmeta::fill(entry, &before, path, &self.names);

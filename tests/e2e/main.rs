@@ -3,6 +3,7 @@
 
 mod util;
 
+mod changing;
 mod crash;
 mod crash_matrix;
 mod errors;
