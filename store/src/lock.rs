@@ -40,7 +40,7 @@ pub struct SessionInfo {
 
 fn locks_dir(root: &Path) -> Result<PathBuf> {
     let dir = root.join("locks");
-    fs::create_dir_all(&dir).at(&dir)?;
+    crate::backend::create_private_dir(&dir)?;
     Ok(dir)
 }
 

@@ -108,7 +108,7 @@ impl Repo {
     /// ready, and running the repair again starts over.
     pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
         let dir = root.join("index");
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::backend::create_private_dir(&dir)?;
         let fresh = dir.join("index.sqlite.rebuild");
         remove_db(&fresh)?;
         let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(LocalBackend::new(root));

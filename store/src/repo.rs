@@ -139,7 +139,7 @@ impl Repo {
         };
         let config = RepoConfig::decode(&bytes)?;
         let dir = root.join("index");
-        fs::create_dir_all(&dir).at(&dir)?;
+        crate::backend::create_private_dir(&dir)?;
         let path = index_path(root);
         let existed = path.exists();
         let index = Index::open(&path)?;

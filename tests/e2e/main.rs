@@ -13,6 +13,7 @@ mod hostile;
 mod incremental;
 mod inspect;
 mod integrity;
+mod processes;
 mod property;
 mod restore_options;
 mod roundtrip;

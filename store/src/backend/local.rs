@@ -68,6 +68,12 @@ impl LocalBackend {
     }
 }
 
+/// Creates a directory (and its parents) private to the owner.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).at(dir)
+}
+
 fn set_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at(dir)
@@ -188,7 +194,7 @@ impl Backend for LocalBackend {
     fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
         let from = self.path(kind, name);
         let dir = self.root.join("quarantine");
-        fs::create_dir_all(&dir).at(&dir)?;
+        create_private_dir(&dir)?;
         self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&from);
         let to = dir.join(name);
         match fs::rename(&from, &to) {

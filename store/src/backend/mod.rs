@@ -8,8 +8,8 @@
 mod local;
 mod memory;
 
-pub(crate) use local::sync_dir;
 pub use local::LocalBackend;
+pub(crate) use local::{create_private_dir, sync_dir};
 pub use memory::MemoryBackend;
 
 use crate::error::Result;

@@ -126,6 +126,11 @@ impl Index {
     pub fn open(path: &Path) -> Result<Self> {
         let index = Self { path: path.to_path_buf(), pool: Mutex::new(Vec::new()) };
         let conn = index.connect()?;
+        // Private like every repository file; SQLite gives its WAL and shm files the same mode.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         schema::migrate(&conn).map_err(|e| index.err(e))?;
         index.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
         Ok(index)
