@@ -102,6 +102,9 @@ pub struct InitArgs {
     /// Target size of a pack file (e.g. 16M); smaller packs suit slow links and tests
     #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub pack_size: u64,
+    /// Let the owner's group read the repository (files 0640, folders 0750); private otherwise
+    #[arg(long)]
+    pub group_readable: bool,
 }
 
 /// Snapshot kinds on the command line.

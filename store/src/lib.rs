@@ -55,7 +55,7 @@ mod scrub;
 mod snapshot;
 mod tree;
 
-pub use backend::{Backend, FileKind, LocalBackend, MemoryBackend};
+pub use backend::{Backend, FileKind, LocalBackend, MemoryBackend, Modes};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use error::{Error, Result};

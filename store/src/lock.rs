@@ -40,7 +40,7 @@ pub struct SessionInfo {
 
 fn locks_dir(root: &Path) -> Result<PathBuf> {
     let dir = root.join("locks");
-    crate::backend::create_private_dir(&dir)?;
+    crate::backend::create_repo_dir(root, &dir)?;
     Ok(dir)
 }
 
@@ -57,7 +57,12 @@ pub(crate) fn start_session(root: &Path, kind: &str) -> Result<Session> {
     let name = format!("{}-{started}", std::process::id());
     let staging = dir.join(format!("starting-{name}"));
     let path = dir.join(format!("session-{name}"));
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging).at(&staging)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::backend::Modes::of(root).file)
+        .open(&staging)
+        .at(&staging)?;
     file.lock().at(&staging)?;
     writeln!(file, "{kind} {} {started}", std::process::id()).at(&staging)?;
     fs::rename(&staging, &path).at(&path)?;
@@ -102,8 +107,14 @@ pub struct GcLock {
 /// Takes the gc lock, or says who holds it.
 pub(crate) fn gc_lock(root: &Path) -> Result<GcLock> {
     let path = locks_dir(root)?.join("gc");
-    let mut file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).at(&path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::backend::Modes::of(root).file)
+        .open(&path)
+        .at(&path)?;
     match file.try_lock() {
         Ok(()) => {
             file.set_len(0).at(&path)?;

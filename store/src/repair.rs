@@ -108,7 +108,7 @@ impl Repo {
     /// ready, and running the repair again starts over.
     pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
         let dir = root.join("index");
-        crate::backend::create_private_dir(&dir)?;
+        crate::backend::create_repo_dir(root, &dir)?;
         let fresh = dir.join("index.sqlite.rebuild");
         remove_db(&fresh)?;
         let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(LocalBackend::new(root));

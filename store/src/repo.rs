@@ -27,11 +27,14 @@ pub struct InitOptions {
     pub compression_level: i32,
     /// Target pack size in bytes.
     pub pack_size: u32,
+    /// Let the owner's group read the repository (0640 files, 0750 folders) instead of the
+    /// owner alone.
+    pub group_readable: bool,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        Self { chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 << 20 }
+        Self { chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 << 20, group_readable: false }
     }
 }
 
@@ -98,7 +101,12 @@ impl Repo {
         } else {
             fs::create_dir_all(path).at(path)?;
         }
-        let local = LocalBackend::new(path);
+        let modes = if opts.group_readable {
+            crate::backend::Modes::group_readable()
+        } else {
+            crate::backend::Modes::private()
+        };
+        let local = LocalBackend::with_modes(path, modes);
         local.create_layout()?;
         let config = RepoConfig {
             repo_id: hex::encode(
@@ -113,6 +121,11 @@ impl Repo {
         let index = Index::open(&index_path(path))?;
         // The config is written last: a directory without it is not (yet) a repository.
         local.put(FileKind::Config, "config", &config.encode())?;
+        {
+            // The index was created before the config that carries the repository's modes.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(index_path(path), fs::Permissions::from_mode(modes.file));
+        }
         Ok(Self { root: path.to_path_buf(), backend: Arc::new(local), index, config })
     }
 
@@ -139,7 +152,7 @@ impl Repo {
         };
         let config = RepoConfig::decode(&bytes)?;
         let dir = root.join("index");
-        crate::backend::create_private_dir(&dir)?;
+        crate::backend::create_repo_dir(root, &dir)?;
         let path = index_path(root);
         let existed = path.exists();
         let index = Index::open(&path)?;

@@ -49,17 +49,34 @@ fn concurrent_snapshots_gc_scrub_and_restore_all_succeed_without_lock_errors() {
 }
 
 #[test]
-fn repository_files_are_private() {
-    let (dir, repo) = new_repo();
-    let src = dir.path().join("src");
-    generate(&src, 93, 1);
-    cairn_json(&repo, args!["snapshot", &src], 0);
-    for e in walkdir::WalkDir::new(&repo).into_iter().filter_map(Result::ok) {
-        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
-        let want = if e.file_type().is_dir() { 0o700 } else { 0o600 };
-        if e.path() != repo {
-            assert_eq!(mode & 0o077, 0, "{} is {mode:o}, want {want:o}", e.path().display());
+fn repository_files_are_private_or_group_readable_as_chosen_at_init() {
+    for group in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let mut init = cairn(&repo);
+        init.arg("init");
+        if group {
+            init.arg("--group-readable");
         }
+        init.assert().success();
+        let src = dir.path().join("src");
+        generate(&src, 93, 1);
+        cairn_json(&repo, args!["snapshot", &src], 0);
+        cairn_json(&repo, args!["forget", "--keep-last", "1", "--gc"], 0);
+        cairn_json(&repo, args!["scrub"], 0);
+        let mut seen = 0;
+        for e in walkdir::WalkDir::new(&repo).min_depth(1).into_iter().filter_map(Result::ok) {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            let want = match (e.file_type().is_dir(), group) {
+                (true, false) => 0o700,
+                (false, false) => 0o600,
+                (true, true) => 0o750,
+                (false, true) => 0o640,
+            };
+            assert_eq!(mode, want, "{} is {mode:o}, want {want:o}", e.path().display());
+            seen += 1;
+        }
+        assert!(seen > 8);
     }
 }
 

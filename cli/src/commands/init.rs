@@ -27,6 +27,7 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
         anyhow::bail!("--pack-size must be between 64K and 1G");
     }
     opts.pack_size = args.pack_size as u32;
+    opts.group_readable = args.group_readable;
     opts.chunker = cairn_store::ChunkerParams {
         min_size: args.chunk_size / 4,
         avg_size: args.chunk_size,

@@ -22,9 +22,45 @@ use crate::error::{Error, IoContext, Result};
 /// Open pack handles kept for ranged reads (restore reads many small ranges of few packs).
 const HANDLE_CACHE: usize = 64;
 
+/// File and folder modes of a repository's files: private (0600/0700) unless the repository
+/// was made group-readable (0640/0750). The config file carries the choice: whatever creates a
+/// repository file reads its mode, so nothing can drift from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Modes {
+    /// Mode of new files.
+    pub file: u32,
+    /// Mode of new folders.
+    pub dir: u32,
+}
+
+impl Modes {
+    /// Owner only.
+    #[must_use]
+    pub fn private() -> Self {
+        Self { file: 0o600, dir: 0o700 }
+    }
+
+    /// Owner, and read for the group (e.g. a backup-reader group).
+    #[must_use]
+    pub fn group_readable() -> Self {
+        Self { file: 0o640, dir: 0o750 }
+    }
+
+    /// The modes of the repository at `root`, from its config file.
+    #[must_use]
+    pub fn of(root: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        match fs::metadata(root.join("config")) {
+            Ok(m) if m.permissions().mode() & 0o040 != 0 => Self::group_readable(),
+            _ => Self::private(),
+        }
+    }
+}
+
 /// Files in a local directory.
 pub struct LocalBackend {
     root: PathBuf,
+    modes: Modes,
     handles: Mutex<HashMap<PathBuf, Arc<File>>>,
     counter: AtomicU64,
 }
@@ -33,7 +69,13 @@ impl LocalBackend {
     /// A backend over `root` (which must exist; `create_layout` makes the folders).
     #[must_use]
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf(), handles: Mutex::new(HashMap::new()), counter: AtomicU64::new(0) }
+        Self::with_modes(root, Modes::of(root))
+    }
+
+    /// A backend creating files and folders with the given modes (for `init`).
+    #[must_use]
+    pub fn with_modes(root: &Path, modes: Modes) -> Self {
+        Self { root: root.to_path_buf(), modes, handles: Mutex::new(HashMap::new()), counter: AtomicU64::new(0) }
     }
 
     /// Creates the folders of a new repository (private to the owner).
@@ -41,7 +83,7 @@ impl LocalBackend {
         for sub in ["packs", "snapshots", "tmp", "index"] {
             let dir = self.root.join(sub);
             fs::create_dir_all(&dir).at(&dir)?;
-            set_private_dir(&dir)?;
+            set_dir_mode(&dir, self.modes)?;
         }
         sync_dir(&self.root)
     }
@@ -68,15 +110,15 @@ impl LocalBackend {
     }
 }
 
-/// Creates a directory (and its parents) private to the owner.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+/// Creates a folder (and its parents) of the repository at `root`, with its folder mode.
+pub(crate) fn create_repo_dir(root: &Path, dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).at(dir)
+    fs::DirBuilder::new().recursive(true).mode(Modes::of(root).dir).create(dir).at(dir)
 }
 
-fn set_private_dir(dir: &Path) -> Result<()> {
+fn set_dir_mode(dir: &Path, modes: Modes) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at(dir)
+    fs::set_permissions(dir, fs::Permissions::from_mode(modes.dir)).at(dir)
 }
 
 /// fsyncs a directory so that renames and creations in it survive power loss.
@@ -93,14 +135,19 @@ impl Backend for LocalBackend {
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
         if !parent.exists() {
             fs::create_dir_all(&parent).at(&parent)?;
-            set_private_dir(&parent)?;
+            set_dir_mode(&parent, self.modes)?;
             sync_dir(parent.parent().unwrap_or(&self.root))?;
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp_dir = self.root.join("tmp");
         let tmp = tmp_dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).at(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(self.modes.file).open(&tmp).at(&tmp)?;
+            if self.modes.file & 0o040 != 0 {
+                // The umask may have taken the group bit: the repository's choice wins.
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(fs::Permissions::from_mode(self.modes.file)).at(&tmp)?;
+            }
             f.write_all(data).at(&tmp)?;
             f.sync_all().at(&tmp)?;
             drop(f);
@@ -194,7 +241,7 @@ impl Backend for LocalBackend {
     fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
         let from = self.path(kind, name);
         let dir = self.root.join("quarantine");
-        create_private_dir(&dir)?;
+        create_repo_dir(&self.root, &dir)?;
         self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&from);
         let to = dir.join(name);
         match fs::rename(&from, &to) {

@@ -8,8 +8,8 @@
 mod local;
 mod memory;
 
-pub use local::LocalBackend;
-pub(crate) use local::{create_private_dir, sync_dir};
+pub(crate) use local::{create_repo_dir, sync_dir};
+pub use local::{LocalBackend, Modes};
 pub use memory::MemoryBackend;
 
 use crate::error::Result;

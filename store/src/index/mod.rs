@@ -129,7 +129,9 @@ impl Index {
         // Private like every repository file; SQLite gives its WAL and shm files the same mode.
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            let root = path.parent().and_then(Path::parent).unwrap_or(path);
+            let mode = crate::backend::Modes::of(root).file;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
         }
         schema::migrate(&conn).map_err(|e| index.err(e))?;
         index.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
