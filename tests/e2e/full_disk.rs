@@ -14,18 +14,10 @@ fn a_snapshot_that_runs_out_of_space_fails_clearly_and_the_next_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"]).arg(&mnt).status();
-    if !ok.is_ok_and(|s| s.success()) {
+    let Some(_mounted) = mount_tmpfs(&mnt, "24m") else {
         eprintln!("skipped: cannot mount a tmpfs here");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let repo = mnt.join("repo");
     cairn(&repo).arg("init").assert().success();
     let src = dir.path().join("src");

@@ -62,21 +62,10 @@ fn one_file_system_keeps_the_mount_point_but_not_what_is_mounted() {
     let src = dir.path().join("src");
     fs::create_dir_all(src.join("mnt")).unwrap();
     fs::write(src.join("local.txt"), b"here").unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(src.join("mnt"))
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
+    let Some(_mounted) = mount_tmpfs(&src.join("mnt"), "4m") else {
         eprintln!("skipped: cannot mount a tmpfs here");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(src.join("mnt"));
+    };
     fs::write(src.join("mnt/elsewhere.txt"), b"other fs").unwrap();
     let crossing = cairn_json(&repo, args!["snapshot", &src], 0);
     assert_eq!(crossing["files"], 2);

@@ -54,6 +54,25 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// A tmpfs mounted for a test; unmounted when dropped.
+pub struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (like `24m`) at `at` (root only); `None` when that cannot be done.
+pub fn mount_tmpfs(at: &Path, size: &str) -> Option<Mounted> {
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| Mounted(at.to_path_buf()))
+}
+
 /// xorshift64*: deterministic, no dependency.
 pub struct Rng(u64);
 
