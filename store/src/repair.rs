@@ -183,6 +183,8 @@ impl Repo {
                 Err(e) => return Err(e),
             }
         }
+        // What damaged packs held is gone: parents must be checked chunk by chunk again.
+        self.index.bump_generation()?;
         // Name what is gone: a structural scrub over every snapshot.
         let scrub = self.scrub(&ScrubOptions::default(), &NoProgress)?;
         report.lost = scrub.damage;

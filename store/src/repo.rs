@@ -347,6 +347,9 @@ impl Repo {
                 Err(e) => report.damaged.push(format!("snapshot {name}: {e}")),
             }
         }
+        // Chunks may have gone with the old index: snapshots recorded so far are no longer
+        // trusted as parents without checking their chunks (so a new snapshot heals).
+        self.index.bump_generation()?;
         Ok(report)
     }
 }

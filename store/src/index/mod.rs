@@ -295,7 +295,8 @@ impl Index {
     ) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT OR IGNORE INTO snapshots(id, time_ns, host, label, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO snapshots(id, time_ns, host, label, record, generation) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, (SELECT coalesce(max(value), 0) FROM meta WHERE key = 'generation'))",
                 params![id.as_bytes(), time_ns, host, label, record],
             )
             .map(|_| ())
@@ -542,6 +543,33 @@ impl Index {
     /// Whether each blob's indexed copy is in `pack` (and so goes with it).
     pub fn indexed_in(&self, pack: PackId, ids: &[BlobId]) -> Result<Vec<bool>> {
         Ok(self.locate_many(ids)?.into_iter().map(|l| l.is_some_and(|l| l.pack == pack)).collect())
+    }
+
+    /// The index generation: bumped whenever blobs a snapshot may need can have left the index
+    /// (a rebuild or repair), so that snapshots recorded before then are not trusted blindly.
+    pub fn generation(&self) -> Result<i64> {
+        self.with(|c| {
+            c.query_row("SELECT coalesce(max(value), 0) FROM meta WHERE key = 'generation'", [], |r| r.get(0))
+        })
+    }
+
+    /// Starts a new generation (after a rebuild or repair has re-added the snapshots).
+    pub fn bump_generation(&self) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES ('generation', 1) \
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1",
+                [],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The generation a snapshot was indexed in, if it is indexed.
+    pub fn snapshot_generation(&self, id: SnapshotId) -> Result<Option<i64>> {
+        self.with(|c| {
+            c.query_row("SELECT generation FROM snapshots WHERE id = ?1", [id.as_bytes()], |r| r.get(0)).optional()
+        })
     }
 
     /// Removes every row (before a rebuild).

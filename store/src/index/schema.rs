@@ -36,8 +36,13 @@ CREATE TABLE IF NOT EXISTS snapshots(
     time_ns INTEGER NOT NULL,
     host    TEXT NOT NULL,
     label   TEXT,
-    record  BLOB NOT NULL
+    record  BLOB NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots(time_ns);
 
 ";
