@@ -115,7 +115,11 @@ def main():
             print(f"note: {name} is not installed; skipped", file=sys.stderr)
             continue
         tools.append(name)
-    versions = {t: (sh([cairn if t == "cairn" else t, "--version"], check=False).stdout.strip().splitlines() or ["?"])[0] for t in tools}
+    def version(t):
+        argv = [cairn, "--version"] if t == "cairn" else [t, "version"] if t in ("restic",) else [t, "--version"]
+        out = sh(argv, check=False).stdout.strip().splitlines()
+        return out[0] if out else "?"
+    versions = {t: version(t) for t in tools}
 
     steps = ["init", "full snapshot", "no-change snapshot", "hourly-change snapshot", "restore", "check --read-data"]
     results = {t: {s: [] for s in steps} for t in tools}
