@@ -265,6 +265,16 @@ impl PackWriter {
         Self { buf: new_header(), entries: Vec::new() }
     }
 
+    /// An empty pack whose buffer holds `bytes` without growing: a pack filled to its target
+    /// then never doubles its buffer (a 16 MiB pack would otherwise reserve 32 MiB) nor copies
+    /// it on the way.
+    #[must_use]
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes);
+        buf.extend_from_slice(&new_header());
+        Self { buf, entries: Vec::new() }
+    }
+
     /// Appends a frame.
     pub fn add(&mut self, frame: &SealedFrame) {
         let offset = self.buf.len() as u64;
@@ -299,7 +309,10 @@ impl PackWriter {
     /// Writes trailer and footer; returns the pack's ID, bytes and entries, and resets.
     pub fn finish(&mut self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
         let entries = std::mem::take(&mut self.entries);
-        let mut buf = std::mem::replace(&mut self.buf, new_header());
+        let capacity = self.buf.capacity();
+        let mut fresh = Vec::with_capacity(capacity);
+        fresh.extend_from_slice(&new_header());
+        let mut buf = std::mem::replace(&mut self.buf, fresh);
         let trailer = codec::encode(&PackTrailerRef { entries: &entries });
         buf.extend_from_slice(&trailer);
         buf.extend_from_slice(&len32(trailer.len()).to_le_bytes());

@@ -694,9 +694,10 @@ fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
 /// The writer thread: fills packs, makes each durable, indexes it, then forgets its blobs from
 /// the pending set (after the index commit, so a blob is always either pending or indexed).
 fn writer(repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId>>) -> Result<()> {
-    let mut data = PackWriter::new();
-    let mut trees = PackWriter::new();
     let target = repo.config.pack_size as usize;
+    // Room for a full pack plus the frame that tips it over, so the buffer never grows.
+    let mut data = PackWriter::with_capacity(target + 2 * crate::pack::FRAME_TARGET + 4096);
+    let mut trees = PackWriter::new();
     let flush = |w: &mut PackWriter| -> Result<()> {
         if w.is_empty() {
             return Ok(());
