@@ -9,6 +9,7 @@ mod crash_matrix;
 mod errors;
 mod full_disk;
 mod gc;
+mod golden;
 mod hostile;
 mod incremental;
 mod inspect;

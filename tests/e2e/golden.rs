@@ -1,0 +1,66 @@
+//! Golden repository: a repository written by format version 1 is checked in
+//! (tests/fixtures/repo-v1: config, packs and snapshot records; the index is a cache and is
+//! rebuilt on open). Every later cairn must open, list, restore and scrub it exactly; a format
+//! change that breaks old repositories fails here (bump the version and keep reading v1, or
+//! refuse it clearly and change this test on purpose).
+
+use std::fs;
+use std::path::Path;
+
+use crate::args;
+use crate::util::*;
+
+const SNAPSHOT: &str = "deffed37334296b368ebbc29fb63c0bf84003e5647e96d5da1aee7bc3621db34";
+const SOURCE: &str = "/tmp/golden/src";
+
+fn copy(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dest = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            fs::create_dir_all(&dest).unwrap();
+        } else {
+            fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_format_v1_repository_opens_lists_restores_and_scrubs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/repo-v1"), &repo);
+
+    let list = cairn_json(&repo, args!["list"], 0);
+    let s = &list[0];
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(s["id"], SNAPSHOT);
+    assert_eq!(s["label"], "golden");
+    assert_eq!(s["tags"][0], "v1");
+    assert_eq!(s["host"], "golden-host");
+    assert_eq!(s["paths"][0], SOURCE);
+    assert_eq!(s["files"], 3);
+
+    let target = dir.path().join("out");
+    let r = cairn_json(&repo, args!["restore", "golden", "--target", &target, "--verify"], 0);
+    assert_eq!(r["files_verified"], 3);
+    let root = target.join(SOURCE.trim_start_matches('/'));
+    assert_eq!(fs::read(root.join("etc/app/app.toml")).unwrap(), b"port = 8080\nworkers = 4\n");
+    assert_eq!(fs::read(root.join("scripts/run.sh")).unwrap(), b"#!/bin/sh\nexec /opt/app/bin/server \"$@\"\n");
+    assert_eq!(
+        blake3::hash(&fs::read(root.join("dump.sql")).unwrap()).to_hex().as_str(),
+        "93db37bc7da315b7a1d68be755ae58488d0d8acc69773565a85e63111c351f28"
+    );
+    assert_eq!(fs::read_link(root.join("current.toml")).unwrap(), Path::new("etc/app/app.toml"));
+    let meta = describe(&root);
+    let run = &meta[&b"scripts/run.sh"[..]];
+    assert_eq!(run.mode, 0o755);
+    assert_eq!(run.mtime, (1_767_323_045, 123_456_789));
+
+    let m = cairn(&repo).args(args!["manifest", "golden"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&m.stdout)
+        .contains("0606bd447580aa2c64b8f74a19d280c3f0f9def14e2233b6118a19c2e10e093e  tmp/golden/src/etc/app/app.toml"));
+    let scrub = cairn_json(&repo, args!["scrub", "--read-data"], 0);
+    assert_eq!(scrub["clean"], true, "{scrub}");
+    assert_eq!(scrub["packs_verified"], 2);
+}
