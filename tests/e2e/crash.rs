@@ -6,14 +6,6 @@ use std::time::{Duration, Instant};
 use crate::args;
 use crate::util::*;
 
-fn pack_count(repo: &std::path::Path) -> usize {
-    walkdir::WalkDir::new(repo.join("packs"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .count()
-}
-
 #[test]
 fn sigkill_during_snapshot_loses_nothing_committed_and_the_rerun_reuses_durable_packs() {
     let (dir, repo) = new_repo();
@@ -32,7 +24,7 @@ fn sigkill_during_snapshot_loses_nothing_committed_and_the_rerun_reuses_durable_
     }
     let new_bytes: u64 = 96 << 20;
 
-    let packs_before = pack_count(&repo);
+    let packs_before = pack_files(&repo).len();
     let mut kills = 0;
     let mut completed = 0;
     let mut durable_before_completion = 0;
@@ -56,7 +48,7 @@ fn sigkill_during_snapshot_loses_nothing_committed_and_the_rerun_reuses_durable_
             kills += 1;
         } else {
             completed += 1;
-            durable_before_completion = pack_count(&repo) - packs_before;
+            durable_before_completion = pack_files(&repo).len() - packs_before;
         }
         let out = child.wait_with_output().expect("reap");
         if out.status.success() {
@@ -81,7 +73,7 @@ fn sigkill_during_snapshot_loses_nothing_committed_and_the_rerun_reuses_durable_
     // The run after the kills (the one that completed in the loop, or the next one) stores
     // again only what the killed runs had not made durable.
     let durable_from_killed_runs =
-        if completed > 0 { durable_before_completion } else { pack_count(&repo) - packs_before };
+        if completed > 0 { durable_before_completion } else { pack_files(&repo).len() - packs_before };
     assert!(durable_from_killed_runs > 0, "no killed run got as far as one durable pack");
     let done = match completed_report {
         Some(r) => r,

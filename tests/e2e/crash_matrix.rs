@@ -38,7 +38,7 @@ fn check(repo: &Path, src: &Path, states: &States, scratch: &Path, what: &str) {
 fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_repository() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
-    cairn(&base).args(["init", "--pack-size", "64K"]).assert().success();
+    init_repo(&base, Some("64K"));
     let src = dir.path().join("src");
     generate(&src, 81, 1);
     let mut states = States::new();

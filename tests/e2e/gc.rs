@@ -3,20 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::args;
 use crate::util::*;
-
-fn pack_bytes(repo: &Path) -> u64 {
-    walkdir::WalkDir::new(repo.join("packs"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
-}
 
 fn ids(list: &serde_json::Value) -> Vec<String> {
     list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect()
@@ -24,9 +14,7 @@ fn ids(list: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn forget_and_gc_free_what_only_the_forgotten_snapshots_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    cairn(&repo).args(["init", "--pack-size", "128K"]).assert().success();
+    let (dir, repo) = new_repo_with_packs(Some("128K"));
     let src = dir.path().join("src");
     generate(&src, 41, 1);
     let mut rng = Rng::new(9);
@@ -77,9 +65,7 @@ fn forget_and_gc_free_what_only_the_forgotten_snapshots_held() {
 
 #[test]
 fn a_second_gc_refuses_and_gc_waits_for_older_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    cairn(&repo).args(["init", "--pack-size", "128K"]).assert().success();
+    let (dir, repo) = new_repo_with_packs(Some("128K"));
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let mut rng = Rng::new(3);
@@ -119,9 +105,7 @@ fn a_second_gc_refuses_and_gc_waits_for_older_sessions() {
 
 #[test]
 fn snapshots_running_beside_forget_and_gc_never_lose_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    cairn(&repo).args(["init", "--pack-size", "128K"]).assert().success();
+    let (dir, repo) = new_repo_with_packs(Some("128K"));
     let src = dir.path().join("src");
     generate(&src, 51, 1);
     // Content toggles between a few variants, so chunks that forget+gc condemn come back in
@@ -165,9 +149,7 @@ fn snapshots_running_beside_forget_and_gc_never_lose_data() {
 
 #[test]
 fn gc_killed_at_random_moments_leaves_a_consistent_repository_and_a_rerun_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    cairn(&repo).args(["init", "--pack-size", "64K"]).assert().success();
+    let (dir, repo) = new_repo_with_packs(Some("64K"));
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let mut rng = Rng::new(17);

@@ -20,9 +20,7 @@ struct History {
 }
 
 fn history() -> History {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    cairn(&repo).args(["init", "--pack-size", "64K"]).assert().success();
+    let (dir, repo) = new_repo_with_packs(Some("64K"));
     let src = dir.path().join("src");
     generate(&src, 61, 1);
     let mut ids = Vec::new();
@@ -224,9 +222,7 @@ fn manifest_is_checked_by_the_real_b3sum_in_a_restored_tree() {
 
 #[test]
 fn show_exclusive_size_is_what_forget_and_gc_free_and_stats_add_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    cairn(&repo).args(["init", "--pack-size", "64K"]).assert().success();
+    let (dir, repo) = new_repo_with_packs(Some("64K"));
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let mut rng = Rng::new(71);
@@ -264,19 +260,10 @@ fn show_exclusive_size_is_what_forget_and_gc_free_and_stats_add_up() {
     assert_eq!(one["snapshots"], 1);
 
     // Forget v1 alone and collect: what comes back is what show said, within pack rounding.
-    let before = walk_size(&repo.join("packs"));
+    let before = pack_bytes(&repo);
     cairn_json(&repo, args!["forget", "v1"], 0);
     cairn_json(&repo, args!["gc", "--max-unused", "0"], 0);
-    let freed = before - walk_size(&repo.join("packs"));
+    let freed = before - pack_bytes(&repo);
     let slack = exclusive / 10 + (64 << 10);
     assert!(freed.abs_diff(exclusive) <= slack, "show said {exclusive}, gc freed {freed}");
-}
-
-fn walk_size(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
 }

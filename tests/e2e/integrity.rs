@@ -21,9 +21,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    cairn(&repo).args(["init", "--pack-size", "256K"]).assert().success();
+    let (dir, repo) = new_repo_with_packs(Some("256K"));
     let src = dir.path().join("src");
     generate(&src, 31, 1);
     let a = cairn_json(&repo, args!["snapshot", &src], 0)["id"].as_str().unwrap().to_owned();
@@ -32,26 +30,15 @@ fn fixture() -> Fixture {
     Fixture { root: dir.path().to_path_buf(), _dir: dir, repo, src, snaps: vec![a, b] }
 }
 
-fn packs(repo: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(repo.join("packs"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect();
-    v.sort();
-    v
-}
-
 /// The data packs (trees go to their own packs): the ones whose trailer lists kind-0 blobs.
 /// Told apart from tree packs by size: tree packs of this fixture are small.
 fn biggest_pack(repo: &Path) -> PathBuf {
-    packs(repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap()
+    pack_files(repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap()
 }
 
 /// The pack and frame offset holding a chunk, found by reading the pack trailers.
 fn frame_of(repo: &Path, chunk: ChunkId) -> (PathBuf, u64) {
-    for p in packs(repo) {
+    for p in pack_files(repo) {
         let bytes = fs::read(&p).unwrap();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         let entries = cairn_store::decode::check_pack(&name, &bytes).unwrap();
@@ -289,8 +276,8 @@ fn a_lost_truncated_or_corrupt_index_loses_nothing() {
 #[test]
 fn budgeted_scrubs_cover_every_pack_in_turn() {
     let f = fixture();
-    let total: u64 = packs(&f.repo).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
-    let npacks = packs(&f.repo).len() as u64;
+    let total: u64 = pack_files(&f.repo).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let npacks = pack_files(&f.repo).len() as u64;
     assert!(npacks >= 6, "the fixture has {npacks} packs");
     // Each run may read 40% of the repository: three runs cover it all, oldest first.
     let budget = (total * 2 / 5).to_string();

@@ -35,18 +35,11 @@ fn a_dry_run_stores_nothing_but_reports_what_it_would() {
     let (dir, repo) = new_repo();
     let src = dir.path().join("src");
     generate(&src, 5, 1);
-    let packs = || {
-        walkdir::WalkDir::new(repo.join("packs"))
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file())
-            .count()
-    };
     let r = cairn_json(&repo, args!["snapshot", &src, "--dry-run"], 0);
     assert_eq!(r["dry_run"], true);
     assert!(r["id"].is_null());
     assert!(r["data_added"].as_u64().unwrap() > 1_000_000, "{r}");
-    assert_eq!(packs(), 0);
+    assert_eq!(pack_files(&repo).len(), 0);
     assert_eq!(cairn_json(&repo, args!["list"], 0).as_array().unwrap().len(), 0);
     let real = cairn_json(&repo, args!["snapshot", &src], 0);
     assert_eq!(real["data_added"], r["data_added"], "the dry run predicted what was stored");

@@ -39,10 +39,42 @@ macro_rules! args {
 
 /// A new repository in a temp dir; returns (tempdir, repo path).
 pub fn new_repo() -> (tempfile::TempDir, PathBuf) {
+    new_repo_with_packs(None)
+}
+
+/// A new repository with packs of `size` (like `64K`: many packs from little data).
+pub fn new_repo_with_packs(size: Option<&str>) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
-    cairn(&repo).arg("init").assert().success();
+    init_repo(&repo, size);
     (dir, repo)
+}
+
+/// Initialises a repository at `repo`, with packs of `size` when given.
+pub fn init_repo(repo: &Path, size: Option<&str>) {
+    let mut cmd = cairn(repo);
+    cmd.arg("init");
+    if let Some(size) = size {
+        cmd.args(["--pack-size", size]);
+    }
+    cmd.assert().success();
+}
+
+/// The pack files of a repository, sorted.
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(repo.join("packs"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(walkdir::DirEntry::into_path)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Total size of a repository's pack files.
+pub fn pack_bytes(repo: &Path) -> u64 {
+    pack_files(repo).iter().map(|p| fs::metadata(p).expect("pack").len()).sum()
 }
 
 /// Where a restore puts `source` under `target`.
