@@ -3,6 +3,7 @@
 //! ```text
 //! gen-corpus tree   DIR [--files N] [--bytes B] [--seed S]   source-tree-shaped corpus
 //! gen-corpus hourly DIR [--seed S]                           an hour of change on a tree
+//! gen-corpus upgrade DIR [--seed S]                          the tree's next version
 //! gen-corpus dump   FILE [--bytes B] [--seed S]              a SQL dump (COPY rows)
 //! gen-corpus dump2  FILE NEXT [--seed S]                     the next hour's dump of FILE
 //! ```
@@ -161,6 +162,55 @@ fn hourly(dir: &Path, seed: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The next version of a tree, as an upgrade unpacked over it: of the existing files ~60% change
+/// a little (one to three edits of a line or a few lines each), ~3% move to another directory
+/// (same content), ~1% are deleted, the rest stay as they were; ~1% as many new files appear.
+fn upgrade(dir: &Path, seed: u64) -> std::io::Result<()> {
+    let mut rng = Rng(seed ^ 0x5550_4752);
+    let vocab = vocabulary(&mut Rng(1));
+    let mut files = Vec::new();
+    list_files(dir, &mut files)?;
+    let dirs: Vec<PathBuf> = {
+        let mut d: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        d.sort();
+        d.dedup();
+        d
+    };
+    let (mut edited, mut moved, mut deleted) = (0, 0, 0);
+    for (i, f) in files.iter().enumerate() {
+        let dice = rng.below(100);
+        if dice < 60 {
+            let mut data = fs::read(f)?;
+            for _ in 0..1 + rng.below(3) {
+                // Replace a span of 0-300 bytes at a random place with 20-400 new bytes.
+                let at = rng.below(data.len() as u64 + 1) as usize;
+                let end = (at + rng.below(300) as usize).min(data.len());
+                let len = 20 + rng.below(380) as usize;
+                let insert = text(&mut rng, &vocab, len);
+                data.splice(at..end, insert);
+            }
+            fs::write(f, data)?;
+            edited += 1;
+        } else if dice < 63 {
+            let to = &dirs[rng.below(dirs.len() as u64) as usize];
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            fs::rename(f, to.join(format!("m{i}-{name}")))?;
+            moved += 1;
+        } else if dice < 64 {
+            fs::remove_file(f)?;
+            deleted += 1;
+        }
+    }
+    let added = files.len() / 100;
+    for i in 0..added {
+        let d = &dirs[rng.below(dirs.len() as u64) as usize];
+        let len = (8.3 + 1.2 * rng.normal()).exp() as usize;
+        fs::write(d.join(format!("u{seed}-{i}.c")), text(&mut rng, &vocab, len))?;
+    }
+    eprintln!("upgrade: {edited} edited, {moved} moved, {deleted} deleted, {added} added");
+    Ok(())
+}
+
 const TABLES: [&str; 3] = ["orders", "customers", "events"];
 
 fn row(rng: &mut Rng, vocab: &[String], id: u64, version: u64) -> String {
@@ -247,13 +297,14 @@ fn dump2(file: &Path, next: &Path, seed: u64) -> std::io::Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: gen-corpus tree DIR [--files N] [--bytes B] [--seed S] | hourly DIR [--seed S] | dump FILE [--bytes B] [--seed S] | dump2 FILE NEXT [--seed S]";
+    let usage = "usage: gen-corpus tree DIR [--files N] [--bytes B] [--seed S] | hourly DIR [--seed S] | upgrade DIR [--seed S] | dump FILE [--bytes B] [--seed S] | dump2 FILE NEXT [--seed S]";
     let seed = arg(&args, "--seed", 42);
     let result = match (args.get(1).map(String::as_str), args.get(2)) {
         (Some("tree"), Some(dir)) => {
-            tree(Path::new(dir), arg(&args, "--files", 40_000), arg(&args, "--bytes", 1 << 30), seed)
+            tree(Path::new(dir), arg(&args, "--files", 80_000), arg(&args, "--bytes", 1_300_000_000), seed)
         }
         (Some("hourly"), Some(dir)) => hourly(Path::new(dir), seed),
+        (Some("upgrade"), Some(dir)) => upgrade(Path::new(dir), seed),
         (Some("dump"), Some(file)) => dump(Path::new(file), arg(&args, "--bytes", 600_000_000), seed),
         (Some("dump2"), Some(file)) => match args.get(3) {
             Some(next) => dump2(Path::new(file), Path::new(next), seed),
