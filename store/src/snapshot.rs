@@ -260,6 +260,11 @@ struct Run<'a> {
     pending: Mutex<HashSet<BlobId>>,
     sender: Option<SyncSender<SealedFrame>>,
     chunkers: Mutex<Vec<Chunker>>,
+    /// New chunks too few to fill a frame of their own (small files, file tails), one gatherer
+    /// per worker thread: they are compressed together with the same thread's next files, so a
+    /// small file gets the context zstd needs (docs/FORMAT.md, "Frames") and restore, which
+    /// walks files in the same order, still finds them in the frame it decoded last.
+    gathers: Vec<Mutex<Gather>>,
     /// The parent was indexed in the current generation: nothing it names can have left the
     /// index since (only a rebuild or repair removes what a snapshot needs, and they start a
     /// new generation; gc never deletes what a snapshot or a running session needs), so its
@@ -267,6 +272,13 @@ struct Run<'a> {
     trusted_parent: bool,
     /// Hard-linked files already read in this run: (dev, inode) → content and hash.
     links: Mutex<HashMap<(u64, u64), (Vec<ChunkRef>, Option<FileHash>, Timestamp2)>>,
+}
+
+/// Small new chunks waiting for a shared frame.
+#[derive(Default)]
+struct Gather {
+    blobs: Vec<(BlobId, Vec<u8>)>,
+    len: usize,
 }
 
 /// mtime and ctime of a hard-linked inode, to tell whether the cached content still applies.
@@ -336,6 +348,9 @@ impl Run<'_> {
         let seal = |members: &Vec<usize>| {
             let blobs: Vec<(BlobKind, BlobId, &[u8])> =
                 members.iter().map(|&i| (BlobKind::Chunk, BlobId::from(ids[i]), &buf[cuts[i].0..cuts[i].1])).collect();
+            if blobs.iter().map(|b| b.2.len()).sum::<usize>() < FRAME_TARGET / 2 {
+                return self.gather(&blobs);
+            }
             self.send(pack::seal_frame(&blobs, level))
         };
         if frames.len() > 1 {
@@ -343,6 +358,37 @@ impl Run<'_> {
         } else {
             frames.iter().try_for_each(seal)
         }
+    }
+
+    /// Adds small new chunks to this thread's gatherer; seals it once it holds a frame's worth.
+    fn gather(&self, blobs: &[(BlobKind, BlobId, &[u8])]) -> Result<()> {
+        let slot = rayon::current_thread_index().map_or(0, |i| i + 1) % self.gathers.len();
+        let full = {
+            let mut g = self.gathers[slot].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for &(_, id, data) in blobs {
+                g.len += data.len();
+                g.blobs.push((id, data.to_vec()));
+            }
+            (g.len >= FRAME_TARGET).then(|| std::mem::take(&mut *g))
+        };
+        full.map_or(Ok(()), |g| self.seal_gathered(&g))
+    }
+
+    fn seal_gathered(&self, g: &Gather) -> Result<()> {
+        let blobs: Vec<(BlobKind, BlobId, &[u8])> =
+            g.blobs.iter().map(|(id, data)| (BlobKind::Chunk, *id, data.as_slice())).collect();
+        self.send(pack::seal_frame(&blobs, self.repo.config.compression_level))
+    }
+
+    /// Seals what the gatherers still hold: before the writer is told to finish.
+    fn flush_gathered(&self) -> Result<()> {
+        for slot in &self.gathers {
+            let g = std::mem::take(&mut *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if !g.blobs.is_empty() {
+                self.seal_gathered(&g)?;
+            }
+        }
+        Ok(())
     }
 
     fn store_tree(&self, tree: Tree) -> Result<TreeId> {
@@ -782,6 +828,14 @@ impl Repo {
             pending: Mutex::new(HashSet::new()),
             sender: None,
             chunkers: Mutex::new(Vec::new()),
+            gathers: {
+                let n = if opts.threads == 0 {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                } else {
+                    opts.threads
+                };
+                (0..=n).map(|_| Mutex::default()).collect()
+            },
             links: Mutex::new(HashMap::new()),
             trusted_parent: match &parent {
                 Some(p) => self.index.snapshot_generation(p.id)? == Some(self.index.generation()?),
@@ -794,14 +848,18 @@ impl Repo {
             .map_err(|e| Error::InvalidInput(format!("cannot start worker threads: {e}")))?;
         progress.start("snapshot", None, Unit::Bytes);
         let root = if opts.dry_run {
-            pool.install(|| walk_root(&run, &paths, parent_root.as_ref()))?
+            let root = pool.install(|| walk_root(&run, &paths, parent_root.as_ref()))?;
+            run.flush_gathered()?;
+            root
         } else {
             let (tx, rx) = sync_channel(CHANNEL_DEPTH);
             run.sender = Some(tx);
             std::thread::scope(|s| {
                 let pending = &run.pending;
                 let handle = s.spawn(move || writer(self, rx, pending));
-                let walked = pool.install(|| walk_root(&run, &paths, parent_root.as_ref()));
+                let walked = pool
+                    .install(|| walk_root(&run, &paths, parent_root.as_ref()))
+                    .and_then(|root| run.flush_gathered().map(|()| root));
                 run.sender = None; // closes the channel: the writer flushes and ends
                 let written = handle.join().unwrap_or_else(|_| Err(Error::InvalidInput("pack writer panicked".into())));
                 // A write error is the cause of a walk error ("writer stopped"): report it first.

@@ -144,11 +144,13 @@ fn a_flipped_byte_is_found_by_read_data_named_exactly_and_healed_by_repair_and_a
     assert_eq!(damaged, expected_now, "restore names the same files");
     let mut got = describe(&restored(&target, &f.src));
     let mut want_rest = want.clone();
-    for p in &expected_now {
-        let rel = Path::new(p).strip_prefix(&f.src).unwrap().as_os_str().as_encoded_bytes().to_vec();
-        want_rest.remove(&rel);
-        assert!(got.remove(&rel).is_none(), "a damaged file is not written");
-    }
+    // Names compare lossily: small files share frames, so the damage may reach a non-UTF-8 name.
+    let prefix = format!("{}/", f.src.display());
+    let damaged_rel: BTreeSet<String> =
+        expected_now.iter().map(|p| p.strip_prefix(&prefix).unwrap().to_owned()).collect();
+    let lossy = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
+    want_rest.retain(|k, _| !damaged_rel.contains(&lossy(k)));
+    assert!(got.keys().all(|k| !damaged_rel.contains(&lossy(k))), "a damaged file is not written");
     // Directory mtimes and link groups of the damaged files' neighbours are beside the point.
     for d in [&mut got, &mut want_rest] {
         d.retain(|_, v| v.kind != 'd');
