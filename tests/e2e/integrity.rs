@@ -164,10 +164,18 @@ fn a_flipped_byte_is_found_by_read_data_named_exactly_and_healed_by_repair_and_a
     assert!(rep["blobs_lost"].as_u64().unwrap() >= 1);
     assert!(!rep["lost"].as_array().unwrap().is_empty());
     assert!(f.repo.join("quarantine").read_dir().unwrap().count() == 1);
-    // A new snapshot of the same sources stores the lost chunks again: everything heals.
+    // A new snapshot of the same sources stores the lost chunks again: everything still in the
+    // sources heals. (Small files share frames, so the damaged frame may also have held chunks
+    // that only the first snapshot's version of a since-changed file needs; those stay lost,
+    // named, and nothing else.)
+    let lost: BTreeSet<String> =
+        rep["lost"].as_array().unwrap().iter().map(|d| d["blob"].as_str().unwrap().to_owned()).collect();
+    let current: BTreeSet<String> = chunk_map(&f.src).into_iter().flat_map(|(_, ids)| ids).collect();
+    let still_lost: BTreeSet<String> = lost.difference(&current).cloned().collect();
     cairn_json(&f.repo, args!["snapshot", &f.src], 0);
-    let r = cairn_json(&f.repo, args!["scrub", "--read-data"], 0);
-    assert_eq!(r["clean"], true, "{r}");
+    let r = cairn_json(&f.repo, args!["scrub", "--read-data"], if still_lost.is_empty() { 0 } else { 4 });
+    assert_eq!(named(&r).1, still_lost, "{r}");
+    assert!(named(&r).0.iter().all(|(snap, _)| *snap == f.snaps[0]), "{r}");
     let target = f.root.join("healed");
     cairn_json(&f.repo, args!["restore", &f.snaps[1], "--target", &target, "--verify"], 0);
     assert_same(&want, &describe(&restored(&target, &f.src)), "healed snapshot");

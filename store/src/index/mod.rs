@@ -149,6 +149,15 @@ impl Index {
         // loss, so a snapshot record never outlives the index rows of the chunks it names.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| self.err(e))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.err(e))?;
+        // 4 MiB of page cache per connection (SQLite's default is 2 MiB): lookups of random
+        // chunk IDs touch pages all over the blobs table, and a re-read page is a syscall. A few
+        // pooled connections keep this well inside the memory budget.
+        conn.pragma_update(None, "cache_size", -4096).map_err(|e| self.err(e))?;
+        // A snapshot commits once per pack, and random IDs dirty pages all over the table: with
+        // checkpoints every 32 MiB of WAL instead of 4 MiB, a page rewritten by several commits
+        // is copied back once. Measured on the 1.3 GB benchmark tree, with the larger cache:
+        // full snapshot 17.8 s -> 11.7 s, system time 9.9 s -> 6.2 s, peak RSS 71 -> 78 MiB.
+        conn.pragma_update(None, "wal_autocheckpoint", 8192).map_err(|e| self.err(e))?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
     }
