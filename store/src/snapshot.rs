@@ -431,9 +431,9 @@ impl Run<'_> {
                         if !meta.is_dir() {
                             return Err(Error::InvalidInput(format!("{} is not a directory", child_path.display())));
                         }
-                        fsmeta::fill(&mut entry, &meta, &child_path, &self.names);
+                        fsmeta::fill(&mut entry, &meta, &child_path, &self.names, None);
                         let sub = self.parent_subtree(parent_entry);
-                        entry.subtree = Some(self.inner_tree(&child_path, grand, sub.as_ref())?);
+                        entry.subtree = Some(self.inner_tree(&child_path, grand, sub.as_ref().map(|(_, t)| t))?);
                         Ok(Some(entry))
                     }
                 }
@@ -442,18 +442,20 @@ impl Run<'_> {
         self.store_tree(Tree { entries: entries.into_iter().flatten().collect() })
     }
 
-    fn parent_subtree(&self, parent_entry: Option<&Entry>) -> Option<Tree> {
+    fn parent_subtree(&self, parent_entry: Option<&Entry>) -> Option<(TreeId, Tree)> {
         let id = parent_entry.filter(|e| e.kind == EntryKind::Dir)?.subtree?;
         // A parent tree that cannot be read only costs change detection, never correctness.
-        self.repo.load_tree(id).ok()
+        self.repo.load_tree(id).ok().map(|t| (id, t))
     }
 
-    /// One directory's tree.
-    fn dir_tree(&self, path: &Path, parent: Option<&Tree>, dev: u64) -> Result<TreeId> {
-        let mut names: Vec<Vec<u8>> = match fs::read_dir(path) {
+    /// One directory's tree. `parent_id` names `parent` when it is known.
+    fn dir_tree(&self, path: &Path, parent: Option<&Tree>, parent_id: Option<TreeId>, dev: u64) -> Result<TreeId> {
+        // Each child is stat'ed through its directory entry (fstatat on the open directory), not
+        // by a path walked from the root again.
+        let mut names: Vec<(Vec<u8>, fs::DirEntry)> = match fs::read_dir(path) {
             Ok(rd) => rd
                 .filter_map(|e| match e {
-                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
+                    Ok(e) => Some((e.file_name().as_bytes().to_vec(), e)),
                     Err(err) => {
                         self.warn(path, format!("cannot list directory entry: {err}"));
                         None
@@ -465,15 +467,15 @@ impl Run<'_> {
                 Vec::new()
             }
         };
-        names.sort_unstable();
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let entries: Vec<Option<Entry>> = names
             .par_iter()
-            .map(|name| {
+            .map(|(name, dirent)| {
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
                 if self.excludes.excluded(&child, name) {
                     return Ok(None);
                 }
-                let meta = match fs::symlink_metadata(&child) {
+                let meta = match dirent.metadata() {
                     Ok(m) => m,
                     Err(e) => {
                         self.warn(&child, format!("vanished or unreadable: {e}"));
@@ -483,7 +485,15 @@ impl Run<'_> {
                 self.entry(&child, name, &meta, parent.and_then(|t| t.get(name)), dev)
             })
             .collect::<Result<_>>()?;
-        self.store_tree(Tree { entries: entries.into_iter().flatten().collect() })
+        let tree = Tree { entries: entries.into_iter().flatten().collect() };
+        // An unchanged directory keeps its parent's tree: no encoding, hashing or index lookup
+        // (the parent is trusted, so its tree is indexed).
+        if let (Some(p), Some(id)) = (parent, parent_id) {
+            if self.trusted_parent && *p == tree {
+                return Ok(id);
+            }
+        }
+        self.store_tree(tree)
     }
 
     /// The entry for one path (recursing into directories).
@@ -500,7 +510,7 @@ impl Run<'_> {
             return Ok(None);
         };
         let mut entry = Entry::new(name.to_vec(), kind);
-        fsmeta::fill(&mut entry, meta, path, &self.names);
+        fsmeta::fill(&mut entry, meta, path, &self.names, parent);
         match kind {
             EntryKind::Dir => {
                 Counters::add(&self.counters.dirs, 1);
@@ -508,7 +518,7 @@ impl Run<'_> {
                 entry.subtree = Some(if self.one_file_system && meta.dev() != dev {
                     self.store_tree(Tree::default())? // a mount point: kept, not entered
                 } else {
-                    self.dir_tree(path, sub.as_ref(), meta.dev())?
+                    self.dir_tree(path, sub.as_ref().map(|(_, t)| t), sub.as_ref().map(|(id, _)| *id), meta.dev())?
                 });
             }
             EntryKind::File => {
@@ -602,7 +612,7 @@ impl Run<'_> {
                 return Err(ReadError::Warn("replaced by something else while being read; not stored".into()));
             }
             // Metadata is taken from the open file, so that it describes the bytes we read.
-            fsmeta::fill(entry, &before, path, &self.names);
+            fsmeta::fill(entry, &before, path, &self.names, None);
             crate::failpoint::hit("snapshot.file_read");
             let (content, hash) = self.chunk_file(&file, &before)?;
             let after = file.metadata().map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
@@ -916,7 +926,7 @@ fn walk_root(run: &Run<'_>, paths: &[PathBuf], parent: Option<&Tree>) -> Result<
     match build_nodes(paths) {
         Node::Source => {
             let meta = fs::symlink_metadata("/").at("/")?;
-            run.dir_tree(Path::new("/"), parent, meta.dev())
+            run.dir_tree(Path::new("/"), parent, None, meta.dev())
         }
         Node::Inner(children) => run.inner_tree(Path::new("/"), &children, parent),
     }

@@ -79,3 +79,28 @@ fn a_touched_file_is_read_again_and_an_edit_stores_only_its_chunks() {
     let added = r["data_added"].as_u64().unwrap();
     assert!(added < (dump.len() as u64) / 20, "a 0.1% edit added {added} bytes of a {}-byte file", dump.len());
 }
+
+/// The no-change path reuses the parent's extended attributes and unchanged trees; a change
+/// of metadata alone (an attribute set or removed, a mode) must still reach the next snapshot.
+#[test]
+fn metadata_only_changes_are_seen_by_the_next_snapshot() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    generate(&src, 12, 1);
+    cairn_json(&repo, args!["snapshot", &src], 0);
+    let victim = src.join("dir0/file1.dat");
+    if xattrs_supported(&src) {
+        xattr::set(&victim, "user.added-later", b"v2").unwrap();
+        xattr::remove(&victim, "user.checksum").unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("dir1"), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let want = describe(&src);
+    let second = cairn_json(&repo, args!["snapshot", &src], 0);
+    // The attribute change moved the file's ctime, so it counts as changed (and is read again).
+    let changed = u64::from(xattrs_supported(&src));
+    assert_eq!(second["files_changed"], changed, "{second}");
+    let target = dir.path().join("out");
+    cairn_json(&repo, args!["restore", second["id"].as_str().unwrap(), "--target", &target], 0);
+    assert_same(&want, &describe(&restored(&target, &src)), "metadata-only changes");
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Snapshot speed and memory as the index grows past ten million chunks.
+#   bash benches/index_scale.sh [WORK_DIR] [GENERATIONS] [MIB_PER_GENERATION]
+# A repository with 1 KiB average chunks receives GENERATIONS (default 10) generations of
+# MIB_PER_GENERATION (default 1024) MiB of fresh random data, about a million new chunks each,
+# so the index ends above ten million chunks. Every generation is a snapshot of the whole source
+# tree (the older generations are unchanged: the parent covers them), followed by a no-change
+# snapshot. Prints, per generation: chunks in the index before it, wall time and peak RSS of
+# the snapshot that stored the new generation, its throughput, and the no-change snapshot's.
+set -euo pipefail
+WORK=${1:-/var/tmp/cairn-index-scale}; GENS=${2:-10}; MIB=${3:-1024}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release -q -p cairn-cli --manifest-path "$ROOT/Cargo.toml"
+CAIRN="$ROOT/target/release/cairn"
+rm -rf "$WORK" && mkdir -p "$WORK/src"
+export CAIRN_REPO="$WORK/repo"
+"$CAIRN" -q init --chunk-size 1024
+chunks() {
+  python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from blobs').fetchone()[0])" \
+    "$WORK/repo/index/index.sqlite"
+}
+measure() { /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null; cat "$WORK/time"; }
+printf "| generation | chunks before | snapshot wall s | MiB/s | peak RSS MiB | no-change wall s | no-change RSS MiB | index MiB |\n"
+printf "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+for gen in $(seq 1 "$GENS"); do
+  mkdir -p "$WORK/src/gen$gen"
+  for f in $(seq 1 $((MIB / 64))); do head -c $((64 << 20)) /dev/urandom > "$WORK/src/gen$gen/f$f"; done
+  before=$(chunks)
+  read -r wall rss < <(measure "$CAIRN" -q snapshot "$WORK/src")
+  read -r nc_wall nc_rss < <(measure "$CAIRN" -q snapshot "$WORK/src")
+  index=$(du -sm "$WORK/repo/index" | cut -f1)
+  python3 -c "import sys; g,b,w,r,nw,nr,i,m=sys.argv[1:]; print(f'| {g} | {int(b):,} | {float(w):.1f} | {int(m)/float(w):.0f} | {int(r)/1024:.0f} | {float(nw):.2f} | {int(nr)/1024:.0f} | {i} |')" \
+    "$gen" "$before" "$wall" "$rss" "$nc_wall" "$nc_rss" "$index" "$MIB"
+done
+echo "final: $(chunks) chunks in the index; repository $(du -sh "$WORK/repo" | cut -f1)"
