@@ -751,23 +751,25 @@ fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
 /// the pending set (after the index commit, so a blob is always either pending or indexed).
 fn writer(repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId>>) -> Result<()> {
     let target = repo.config.pack_size as usize;
-    // Room for a full pack plus the frame that tips it over, so the buffer never grows.
-    let mut data = PackWriter::with_capacity(target + 2 * crate::pack::FRAME_TARGET + 4096);
+    // Room for a full pack, the frame that tips it over and the trailer (64 bytes a blob: an
+    // eighth of the pack covers blobs stored in 512 bytes or more), so the buffer never grows.
+    let mut data = PackWriter::with_capacity(target + target / 8 + 2 * crate::pack::FRAME_TARGET + 4096);
     let mut trees = PackWriter::new();
     let flush = |w: &mut PackWriter| -> Result<()> {
         if w.is_empty() {
             return Ok(());
         }
-        let (id, bytes, entries) = w.finish();
-        repo.backend.put(FileKind::Pack, &id.to_hex(), &bytes)?;
-        crate::failpoint::hit("snapshot.pack_written");
-        repo.index.add_pack(id, bytes.len() as u64, &entries, now_secs())?;
-        crate::failpoint::hit("snapshot.pack_indexed");
-        let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for e in &entries {
-            p.remove(&e.id);
-        }
-        Ok(())
+        w.finish_with(|id, bytes, entries| {
+            repo.backend.put(FileKind::Pack, &id.to_hex(), bytes)?;
+            crate::failpoint::hit("snapshot.pack_written");
+            repo.index.add_pack(id, bytes.len() as u64, entries, now_secs())?;
+            crate::failpoint::hit("snapshot.pack_indexed");
+            let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for e in entries {
+                p.remove(&e.id);
+            }
+            Ok(())
+        })
     };
     for frame in rx {
         let is_tree = frame.members.first().is_some_and(|m| m.kind == BlobKind::Tree);
