@@ -141,9 +141,39 @@ struct Walk<'a> {
     damage: Mutex<DamageMap>,
     trees: AtomicU64,
     chunks: AtomicU64,
+    /// Chunk IDs waiting to be looked up: many trees' worth at once, deduplicated and in key
+    /// order, so the index's leaves are read left to right once a batch instead of once a chunk
+    /// (a lookup per tree was 40% of a read-data scrub).
+    batch: Mutex<Vec<BlobId>>,
 }
 
+/// Chunk IDs per index lookup batch of the structural walk (32 bytes each).
+const WALK_BATCH: usize = 1 << 14;
+
 impl Walk<'_> {
+    /// Looks up a batch of chunk IDs: their packs are referenced, a missing one is damage.
+    fn lookup(&self, mut chunks: Vec<BlobId>) -> Result<()> {
+        chunks.sort_unstable();
+        chunks.dedup();
+        let mut packs = HashSet::new();
+        for (id, loc) in chunks.iter().zip(self.repo.index.locate_many(&chunks)?) {
+            match loc {
+                Some(loc) => {
+                    packs.insert(loc.pack);
+                }
+                None => self.note(*id, None, "missing blob", "chunk is not in the index".into()),
+            }
+        }
+        self.referenced_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(packs);
+        Ok(())
+    }
+
+    /// Looks up what the batch still holds; after the last tree.
+    fn flush(&self) -> Result<()> {
+        let rest = std::mem::take(&mut *self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        self.lookup(rest)
+    }
+
     fn note(&self, blob: BlobId, pack: Option<PackId>, kind: &str, detail: String) {
         self.damage.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(blob).or_insert((
             pack,
@@ -172,24 +202,20 @@ impl Walk<'_> {
             }
             Err(e) => return Err(e),
         };
-        // Every chunk this directory's files name, looked up in one index transaction.
-        let chunks: Vec<BlobId> = tree
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .flat_map(|e| e.content.iter().map(|c| BlobId::from(c.id)))
-            .collect();
-        self.chunks.fetch_add(chunks.len() as u64, Ordering::Relaxed);
-        let mut packs = HashSet::new();
-        for (id, loc) in chunks.iter().zip(self.repo.index.locate_many(&chunks)?) {
-            match loc {
-                Some(loc) => {
-                    packs.insert(loc.pack);
-                }
-                None => self.note(*id, None, "missing blob", "chunk is not in the index".into()),
+        // Every chunk this directory's files name goes into the batch of lookups.
+        let mut n = 0;
+        let full = {
+            let mut batch = self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for c in tree.entries.iter().filter(|e| e.kind == EntryKind::File).flat_map(|e| &e.content) {
+                batch.push(BlobId::from(c.id));
+                n += 1;
             }
+            (batch.len() >= WALK_BATCH).then(|| std::mem::take(&mut *batch))
+        };
+        self.chunks.fetch_add(n, Ordering::Relaxed);
+        if let Some(chunks) = full {
+            self.lookup(chunks)?;
         }
-        self.referenced_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(packs);
         tree.entries
             .par_iter()
             .filter_map(|e| e.subtree.filter(|_| e.kind == EntryKind::Dir))
@@ -318,12 +344,14 @@ impl Repo {
             damage: Mutex::new(BTreeMap::new()),
             trees: AtomicU64::new(0),
             chunks: AtomicU64::new(0),
+            batch: Mutex::new(Vec::new()),
         };
         progress.start("scrub: trees", Some(scope.len() as u64), Unit::Items);
         for s in &scope {
             pool.install(|| walk.tree(s.record.root))?;
             progress.inc(1);
         }
+        walk.flush()?;
         progress.finish();
         report.snapshots_checked = scope.len() as u64;
         report.trees_checked = walk.trees.load(Ordering::Relaxed);
