@@ -379,6 +379,15 @@ impl Job<'_> {
         let misfit = |c: &crate::tree::ChunkRef| {
             Error::corrupt(format!("chunk {}", c.id), "does not fit the file it belongs to")
         };
+        // A chunk's bytes, which must be as long as the file's list says.
+        let fetch = |c: &crate::tree::ChunkRef, loc: &Option<crate::index::BlobLocation>| -> Result<Vec<u8>> {
+            let loc = loc.as_ref().ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
+            let data = self.repo.read_located(loc)?;
+            if data.len() != c.len as usize {
+                return Err(misfit(c));
+            }
+            Ok(data)
+        };
         // A small file without holes is assembled in memory and written with one call, instead
         // of one write per 4 KiB chunk (most files of a source tree are one to a few chunks).
         let mut next = 0u64;
@@ -392,12 +401,7 @@ impl Job<'_> {
         if dense {
             let mut buf = Vec::with_capacity(e.size as usize);
             for (c, loc) in e.content.iter().zip(&locations) {
-                let loc = loc.as_ref().ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
-                let data = self.repo.read_located(loc)?;
-                if data.len() != c.len as usize {
-                    return Err(misfit(c));
-                }
-                buf.extend_from_slice(&data);
+                buf.extend_from_slice(&fetch(c, loc)?);
             }
             file.write_all_at(&buf, 0).at(tmp)?;
             bump(&self.counts.bytes_written, e.size);
@@ -406,9 +410,8 @@ impl Job<'_> {
         }
         file.set_len(e.size).at(tmp)?;
         let write = |(c, loc): (&crate::tree::ChunkRef, &Option<crate::index::BlobLocation>)| -> Result<()> {
-            let loc = loc.as_ref().ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
-            let data = self.repo.read_located(loc)?;
-            if data.len() != c.len as usize || c.offset.checked_add(u64::from(c.len)).is_none_or(|end| end > e.size) {
+            let data = fetch(c, loc)?;
+            if c.offset.checked_add(u64::from(c.len)).is_none_or(|end| end > e.size) {
                 return Err(misfit(c));
             }
             file.write_all_at(&data, c.offset).at(tmp)?;
