@@ -318,9 +318,9 @@ impl Repo {
             self.index.rescue(pack)?;
             return Ok(Finished::Rescued);
         }
-        // Rows first, then the file: the index never names a pack that is gone.
-        let rows: Vec<BlobId> = ids.iter().zip(&here).filter(|(_, h)| **h).map(|(id, _)| *id).collect();
-        self.index.delete_pack(pack, &rows)?;
+        // Rows first, then the file: the index never names a pack that is gone. Every row that
+        // names this pack goes, also one a newer copy of its blob shadows in a newer level.
+        self.index.delete_pack(pack, &ids)?;
         crate::failpoint::hit("gc.rows_deleted");
         self.backend.remove(FileKind::Pack, &name)?;
         Ok(Finished::Deleted(size.unwrap_or(0)))

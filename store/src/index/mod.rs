@@ -3,6 +3,7 @@
 //! It is a cache: packs (trailers) and snapshot records are self-describing, so `rebuild` can
 //! make it again from them. rusqlite is used nowhere else in the crate.
 
+mod levels;
 mod mark;
 mod schema;
 
@@ -48,7 +49,6 @@ fn insert_pack(
     size: u64,
     entries: &[PackEntry],
     now: i64,
-    replace: bool,
 ) -> rusqlite::Result<()> {
     let kind = entries.first().map_or(0, |e| e.kind.code());
     tx.execute(
@@ -56,18 +56,17 @@ fn insert_pack(
         params![id.as_bytes(), kind, size as i64, entries.len() as i64, now],
     )?;
     let pid: i64 = tx.query_row("SELECT pid FROM packs WHERE id = ?1", [id.as_bytes()], |r| r.get(0))?;
-    // A blob already indexed keeps its place, unless `replace` (a repack moving it) or its
-    // place is a condemned pack (gc is about to delete it): then this new copy takes over.
-    let condition =
-        if replace { "" } else { "WHERE (SELECT condemned_at FROM packs WHERE pid = blobs.pid) IS NOT NULL" };
+    // Into the first level, newest wins: a blob stored again while an older copy is indexed
+    // (its pack condemned by gc, moved by a repack, or written by a racing process) is found
+    // here first from now on, and a merge replaces the older row (levels.rs). In key order, so
+    // that consecutive rows share the level's interior pages.
     let mut st = tx.prepare_cached(&format!(
-        "INSERT INTO blobs(id, kind, pid, offset, stored_len, frame_len, frame_offset, raw_len, compression) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-         ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, pid = excluded.pid, offset = excluded.offset, \
-         stored_len = excluded.stored_len, frame_len = excluded.frame_len, frame_offset = excluded.frame_offset, \
-         raw_len = excluded.raw_len, compression = excluded.compression {condition}"
+        "INSERT OR REPLACE INTO {}({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        levels::LEVELS[0],
+        levels::COLUMNS
     ))?;
-    for e in entries {
+    for i in key_order(&entries.iter().map(|e| e.id).collect::<Vec<_>>()) {
+        let e = &entries[i];
         st.execute(params![
             e.id.as_bytes(),
             e.kind.code(),
@@ -125,18 +124,20 @@ fn key_order(ids: &[BlobId]) -> Vec<usize> {
 }
 
 /// SQLite page size of a new index file, in bytes.
-const PAGE_SIZE: i64 = 1024;
+const PAGE_SIZE: i64 = 4096;
 
 /// The index database, shared by the threads of one process through a small connection pool.
 pub struct Index {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
+    /// Rows each level but the last may hold (levels.rs).
+    caps: [u64; 3],
 }
 
 impl Index {
     /// Opens (creating if needed) the index at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let index = Self { path: path.to_path_buf(), pool: Mutex::new(Vec::new()) };
+        let index = Self { path: path.to_path_buf(), pool: Mutex::new(Vec::new()), caps: levels::caps() };
         let conn = index.connect()?;
         // Private like every repository file; SQLite gives its WAL and shm files the same mode.
         {
@@ -176,7 +177,7 @@ impl Index {
         // full snapshot 17.8 s -> 11.7 s, system time 9.9 s -> 6.2 s, peak RSS 71 -> 78 MiB.
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         conn.pragma_update(None, "wal_autocheckpoint", (32 << 20) / page.max(512)).map_err(|e| self.err(e))?;
-        conn.set_prepared_statement_cache_capacity(32);
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
     }
 
@@ -216,21 +217,45 @@ impl Index {
         c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
     }
 
-    /// Records a durable pack and all its blobs in one transaction.
+    /// Records a durable pack and all its blobs in one transaction, then merges levels that
+    /// have outgrown their capacity.
     pub fn add_pack(&self, id: PackId, size: u64, entries: &[PackEntry], now: i64) -> Result<()> {
         self.with(|c| {
             let tx = Self::write_tx(c)?;
-            insert_pack(&tx, id, size, entries, now, false)?;
+            insert_pack(&tx, id, size, entries, now)?;
             tx.commit()
-        })
+        })?;
+        self.settle()
     }
 
-    /// True when the blob is indexed.
+    /// Moves every level that holds its capacity or more into the next one (levels.rs). A
+    /// level only grows when the one before it is merged, so this stops at the first level
+    /// under its capacity.
+    fn settle(&self) -> Result<()> {
+        for (k, cap) in self.caps.iter().enumerate() {
+            let rows: i64 =
+                self.with(|c| c.query_row(&format!("SELECT count(*) FROM {}", levels::LEVELS[k]), [], |r| r.get(0)))?;
+            let rows = u64::try_from(rows).unwrap_or(0);
+            if rows < *cap {
+                break;
+            }
+            let slices = (rows / levels::SLICE_ROWS).clamp(1, 1 << 16);
+            for s in 0..slices {
+                let (lo, hi) = levels::slice_bounds(s, slices);
+                self.with(|c| {
+                    let tx = Self::write_tx(c)?;
+                    levels::move_slice(&tx, k, &lo, hi.as_deref())?;
+                    tx.commit()
+                })?;
+                crate::failpoint::hit("index.merge_slice");
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the blob is indexed (condemned packs included).
     pub fn has_blob(&self, id: BlobId) -> Result<bool> {
-        self.with(|c| {
-            c.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?.query_row([id.as_bytes()], |_| Ok(())).optional()
-        })
-        .map(|o| o.is_some())
+        Ok(self.locate(id)?.is_some())
     }
 
     /// Whether each blob is indexed in a pack that is not condemned, in one read transaction
@@ -244,13 +269,22 @@ impl Index {
             let mut out = Vec::with_capacity(ids.len());
             {
                 // Deduplication must not lean on data gc has condemned: such a blob counts as
-                // absent, and the caller stores a fresh copy.
-                let mut st = tx.prepare_cached(
-                    "SELECT 1 FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1 AND p.condemned_at IS NULL",
-                )?;
+                // absent, and the caller stores a fresh copy. The newest level's row decides.
                 out.resize(ids.len(), false);
-                for i in key_order(ids) {
-                    out[i] = st.query_row([ids[i].as_bytes()], |_| Ok(())).optional()?.is_some();
+                let mut open = key_order(ids);
+                for level in levels::LEVELS {
+                    let mut st = tx.prepare_cached(&format!(
+                        "SELECT p.pid IS NOT NULL AND p.condemned_at IS NULL \
+                         FROM {level} b LEFT JOIN packs p ON p.pid = b.pid WHERE b.id = ?1"
+                    ))?;
+                    let mut still = Vec::with_capacity(open.len());
+                    for i in open {
+                        match st.query_row([ids[i].as_bytes()], |r| r.get::<_, bool>(0)).optional()? {
+                            Some(usable) => out[i] = usable,
+                            None => still.push(i),
+                        }
+                    }
+                    open = still;
                 }
             }
             tx.commit()?;
@@ -265,31 +299,48 @@ impl Index {
 
     /// Where each blob is stored, in one read transaction.
     pub fn locate_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>> {
-        type Row = (Vec<u8>, [i64; 7]);
+        type Row = (Option<Vec<u8>>, [i64; 7]);
         let rows: Vec<Option<Row>> = self.with(|c| {
             let tx = c.transaction()?;
             let mut out = vec![None; ids.len()];
             {
-                let mut st = tx.prepare_cached(
-                    "SELECT p.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, b.compression \
-                     FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1",
-                )?;
-                for i in key_order(ids) {
-                    out[i] = st
-                        .query_row([ids[i].as_bytes()], |r| {
-                            let mut n = [0i64; 7];
-                            for (i, v) in n.iter_mut().enumerate() {
-                                *v = r.get(i + 1)?;
-                            }
-                            Ok((r.get(0)?, n))
-                        })
-                        .optional()?;
+                // The newest level's row is the blob's place (levels.rs).
+                let mut open = key_order(ids);
+                for level in levels::LEVELS {
+                    let mut st = tx.prepare_cached(&format!(
+                        "SELECT p.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, \
+                         b.compression FROM {level} b LEFT JOIN packs p ON p.pid = b.pid WHERE b.id = ?1"
+                    ))?;
+                    let mut still = Vec::with_capacity(open.len());
+                    for i in open {
+                        let row = st
+                            .query_row([ids[i].as_bytes()], |r| {
+                                let mut n = [0i64; 7];
+                                for (i, v) in n.iter_mut().enumerate() {
+                                    *v = r.get(i + 1)?;
+                                }
+                                Ok((r.get(0)?, n))
+                            })
+                            .optional()?;
+                        match row {
+                            Some(row) => out[i] = Some(row),
+                            None => still.push(i),
+                        }
+                    }
+                    open = still;
                 }
             }
             tx.commit()?;
             Ok(out)
         })?;
-        ids.iter().zip(rows).map(|(id, row)| row.map(|r| self.location(*id, r)).transpose()).collect()
+        // A row whose pack has no row of its own places nothing.
+        ids.iter()
+            .zip(rows)
+            .map(|(id, row)| match row {
+                Some((Some(pack), n)) => self.location(*id, (pack, n)).map(Some),
+                _ => Ok(None),
+            })
+            .collect()
     }
 
     fn location(&self, id: BlobId, (pack, n): (Vec<u8>, [i64; 7])) -> Result<BlobLocation> {
@@ -387,7 +438,7 @@ impl Index {
     /// Blobs whose indexed place does not fit inside their pack (the index disagrees with it).
     pub fn blobs_out_of_bounds(&self) -> Result<Vec<(BlobId, PackId)>> {
         self.blob_pairs(
-            "SELECT b.id, p.id FROM blobs b JOIN packs p ON p.pid = b.pid \
+            "SELECT b.id, p.id FROM blobs_all b JOIN packs p ON p.pid = b.pid \
              WHERE b.offset < 28 OR b.offset + b.stored_len > p.size - 44 \
              OR b.frame_offset + b.raw_len > b.frame_len",
             &[],
@@ -399,7 +450,7 @@ impl Index {
         let mut out = Vec::new();
         for p in packs {
             out.extend(self.blob_pairs(
-                "SELECT b.id, p.id FROM blobs b JOIN packs p ON p.pid = b.pid WHERE p.id = ?1",
+                "SELECT b.id, p.id FROM blobs_all b JOIN packs p ON p.pid = b.pid WHERE p.id = ?1",
                 &[p.as_bytes().as_slice()],
             )?);
         }
@@ -446,7 +497,7 @@ impl Index {
                 let mut st = c.prepare(
                     "SELECT p.id, p.size, count(b.id), count(m.id), \
                      coalesce(sum(CASE WHEN m.id IS NULL THEN 0 ELSE b.stored_len * b.raw_len / max(b.frame_len, 1) END), 0) \
-                     FROM packs p LEFT JOIN blobs b ON b.pid = p.pid LEFT JOIN mark.reachable m ON m.id = b.id \
+                     FROM packs p LEFT JOIN blobs_all b ON b.pid = p.pid LEFT JOIN mark.reachable m ON m.id = b.id \
                      WHERE p.condemned_at IS NULL GROUP BY p.pid",
                 )?;
                 let rows = st.query_map([], |r| {
@@ -485,7 +536,7 @@ impl Index {
                 &format!(
                     "SELECT count(*), coalesce(sum(b.kind = 0), 0), coalesce(sum(b.raw_len), 0), \
                      coalesce(sum(b.stored_len * b.raw_len / max(b.frame_len, 1)), 0) \
-                     FROM m.reachable r JOIN blobs b ON b.id = r.id {filter}"
+                     FROM m.reachable r JOIN blobs_all b ON b.id = r.id {filter}"
                 ),
                 [],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
@@ -521,10 +572,11 @@ impl Index {
     ) -> Result<()> {
         self.with(|c| {
             let tx = Self::write_tx(c)?;
-            insert_pack(&tx, new, size, entries, now, true)?;
+            insert_pack(&tx, new, size, entries, now)?;
             tx.execute("UPDATE packs SET condemned_at = ?1 WHERE id = ?2", params![at_ns, old.as_bytes()])?;
             tx.commit()
-        })
+        })?;
+        self.settle()
     }
 
     /// Condemned packs and when they were condemned, oldest first.
@@ -545,20 +597,23 @@ impl Index {
         self.with(|c| c.execute("UPDATE packs SET condemned_at = NULL WHERE id = ?1", [pack.as_bytes()]).map(|_| ()))
     }
 
-    /// Removes a pack and those of `blobs` that are indexed in it (before its file is deleted).
+    /// Removes a pack and the rows of `blobs` that name it, in every level (before its file is
+    /// deleted); with no `blobs`, every row that names it.
     pub fn delete_pack(&self, pack: PackId, blobs: &[BlobId]) -> Result<()> {
         self.with(|c| {
             let tx = Self::write_tx(c)?;
             let pid: Option<i64> =
                 tx.query_row("SELECT pid FROM packs WHERE id = ?1", [pack.as_bytes()], |r| r.get(0)).optional()?;
             if let Some(pid) = pid {
-                if blobs.is_empty() {
-                    // The pack's trailer is unknown (its file is gone): a full scan, rare.
-                    tx.execute("DELETE FROM blobs WHERE pid = ?1", [pid])?;
-                } else {
-                    let mut st = tx.prepare_cached("DELETE FROM blobs WHERE id = ?1 AND pid = ?2")?;
-                    for b in blobs {
-                        st.execute(params![b.as_bytes(), pid])?;
+                for level in levels::LEVELS {
+                    if blobs.is_empty() {
+                        // The pack's trailer is unknown (its file is gone): a full scan, rare.
+                        tx.execute(&format!("DELETE FROM {level} WHERE pid = ?1"), [pid])?;
+                    } else {
+                        let mut st = tx.prepare_cached(&format!("DELETE FROM {level} WHERE id = ?1 AND pid = ?2"))?;
+                        for b in blobs {
+                            st.execute(params![b.as_bytes(), pid])?;
+                        }
                     }
                 }
                 tx.execute("DELETE FROM packs WHERE pid = ?1", [pid])?;
@@ -601,6 +656,11 @@ impl Index {
 
     /// Removes every row (before a rebuild).
     pub fn clear(&self) -> Result<()> {
-        self.with(|c| c.execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM snapshots;"))
+        self.with(|c| {
+            for level in levels::LEVELS {
+                c.execute(&format!("DELETE FROM {level}"), [])?;
+            }
+            c.execute_batch("DELETE FROM packs; DELETE FROM snapshots;")
+        })
     }
 }

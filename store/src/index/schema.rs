@@ -4,10 +4,11 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
+use super::levels::{COLUMNS, LEVELS};
 use crate::error::Error;
 
 /// The schema version this build creates and reads.
-pub const INDEX_VERSION: i64 = 1;
+pub const INDEX_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS packs(
@@ -47,6 +48,24 @@ CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots(time_ns);
 
 ";
 
+/// Version 2: the blob map in levels (`levels.rs`); `blobs` becomes the last, oldest level, so a
+/// version-1 index keeps every row where it is.
+fn schema_v2() -> String {
+    let mut sql = String::new();
+    for level in &LEVELS[..LEVELS.len() - 1] {
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {level}(
+                id BLOB PRIMARY KEY, kind INTEGER NOT NULL, pid INTEGER NOT NULL, offset INTEGER NOT NULL,
+                stored_len INTEGER NOT NULL, frame_len INTEGER NOT NULL, frame_offset INTEGER NOT NULL,
+                raw_len INTEGER NOT NULL, compression INTEGER NOT NULL
+            ) WITHOUT ROWID;\n"
+        ));
+    }
+    let union: Vec<String> = LEVELS.iter().map(|l| format!("SELECT {COLUMNS} FROM {l}")).collect();
+    sql.push_str(&format!("CREATE VIEW IF NOT EXISTS blobs_all AS {};\n", union.join(" UNION ALL ")));
+    sql
+}
+
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > INDEX_VERSION {
@@ -54,7 +73,10 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         return Err(rusqlite::Error::IntegralValueOutOfRange(usize::MAX, version));
     }
     if version < INDEX_VERSION {
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {INDEX_VERSION}; COMMIT;"))?;
+        let v2 = schema_v2();
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} {v2} PRAGMA user_version = {INDEX_VERSION}; COMMIT;"
+        ))?;
     }
     Ok(())
 }
