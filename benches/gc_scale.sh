@@ -21,7 +21,7 @@ for gen in 1 2 3 4; do
   "$CAIRN" -q snapshot "$WORK/src"
   [ $have_restic = 1 ] && restic -q backup "$WORK/src" >/dev/null
 done
-chunks=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from blobs').fetchone()[0])" "$WORK/cairn/index/index.sqlite")
+chunks=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from blobs_all').fetchone()[0])" "$WORK/cairn/index/index.sqlite")
 echo "cairn: $chunks blobs, $(du -sb "$WORK/cairn/packs" | cut -f1) bytes of packs"
 "$CAIRN" -q forget --keep-last 2
 [ $have_restic = 1 ] && restic -q forget --keep-last 2 >/dev/null

@@ -69,7 +69,7 @@ fn remove_file_if_any(path: &Path) -> Result<()> {
 
 /// Removes a database file and its WAL and shared-memory files.
 fn remove_db(path: &Path) -> Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", "-filter"] {
         remove_file_if_any(&PathBuf::from(format!("{}{suffix}", path.display())))?;
     }
     Ok(())
@@ -121,10 +121,13 @@ impl Repo {
         drop(building); // closes every connection: the new index's WAL is checkpointed
                         // The old index's WAL must never be applied to the new file: remove it first.
         let live = dir.join("index.sqlite");
-        for suffix in ["-wal", "-shm"] {
+        for suffix in ["-wal", "-shm", "-filter"] {
             remove_file_if_any(&PathBuf::from(format!("{}{suffix}", live.display())))?;
         }
         fs::rename(&fresh, &live).map_err(|e| Error::io(&live, e))?;
+        // The new index's blob filter comes along (its token is in the new index); were it
+        // missing, the next writer would build one.
+        let _ = fs::rename(format!("{}-filter", fresh.display()), format!("{}-filter", live.display()));
         crate::backend::sync_dir(&dir)?;
         let repo = Self::open(root, &crate::repo::OpenOptions::default())?;
         Ok((repo, report))

@@ -61,7 +61,13 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
     let cases: Vec<(Vec<String>, &[&str], Option<&[&str]>)> = vec![
         (
             vec!["snapshot".into(), src.to_string_lossy().into()],
-            &["snapshot.pack_written", "snapshot.pack_indexed", "snapshot.before_record", "snapshot.record_written"],
+            &[
+                "snapshot.pack_written",
+                "snapshot.pack_indexed",
+                "index.merge_slice",
+                "snapshot.before_record",
+                "snapshot.record_written",
+            ],
             None,
         ),
         (forget.iter().map(|s| (*s).to_owned()).collect(), &["forget.record_removed"], None),
@@ -86,6 +92,7 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
     ];
     let mut exercised = 0;
     let mut killed = 0;
+    let mut killed_at = std::collections::BTreeSet::new();
     for (command, points, setup) in &cases {
         for point in *points {
             for n in &hits {
@@ -111,6 +118,8 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
                 let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("cairn"))
                     .env("CAIRN_REPO", &repo)
                     .env("CAIRN_FAILPOINTS", format!("{point}=kill@{n}"))
+                    // Index levels of a few rows, so that a small snapshot merges them.
+                    .env("CAIRN_INDEX_LEVEL_ROWS", if point.starts_with("index.") { "4" } else { "" })
                     .args(["-q", "--json"])
                     .args(&argv)
                     .output()
@@ -119,6 +128,7 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
                 use std::os::unix::process::ExitStatusExt;
                 if out.status.signal() == Some(9) {
                     killed += 1;
+                    killed_at.insert(*point);
                 } else {
                     // The point was passed fewer than n times: the run must simply have worked.
                     assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
@@ -145,4 +155,5 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
     }
     eprintln!("crash matrix: {exercised} runs, {killed} killed at a fail-point");
     assert!(killed >= exercised * 3 / 4, "most points must be reached: {killed} of {exercised}");
+    assert!(killed_at.contains("index.merge_slice"), "a merge of index levels was killed: {killed_at:?}");
 }

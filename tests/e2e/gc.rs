@@ -103,6 +103,10 @@ fn a_second_gc_refuses_and_gc_waits_for_older_sessions() {
     assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
 }
 
+/// Index levels of a few rows (`CAIRN_INDEX_LEVEL_ROWS`), so that every snapshot and repack
+/// here also merges them, racing gc's condemnations and deletions.
+const LEVELS: &str = "CAIRN_INDEX_LEVEL_ROWS";
+
 #[test]
 fn snapshots_running_beside_forget_and_gc_never_lose_data() {
     let (dir, repo) = new_repo_with_packs(Some("128K"));
@@ -120,7 +124,9 @@ fn snapshots_running_beside_forget_and_gc_never_lose_data() {
                 fs::write(src.join("toggling.bin"), &variants[(i % 4) as usize]).unwrap();
                 fs::write(src.join(format!("dir0/new-{i}")), Rng::new(i).bytes(50 << 10)).unwrap();
                 let want = describe(&src);
-                let r = cairn_json(&repo, args!["snapshot", &src], 0);
+                let out = cairn(&repo).env(LEVELS, "8").arg("--json").arg("snapshot").arg(&src).output().unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                 states.lock().unwrap().insert(r["id"].as_str().unwrap().to_owned(), want);
                 i += 1;
             }
@@ -129,7 +135,7 @@ fn snapshots_running_beside_forget_and_gc_never_lose_data() {
             while Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(300));
                 cairn(&repo).args(["-q", "forget", "--keep-last", "2"]).assert().success();
-                let out = cairn(&repo).args(["-q", "gc", "--max-wait", "20s"]).output().unwrap();
+                let out = cairn(&repo).env(LEVELS, "8").args(["-q", "gc", "--max-wait", "20s"]).output().unwrap();
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             }
         });

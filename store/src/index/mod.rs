@@ -3,14 +3,17 @@
 //! It is a cache: packs (trailers) and snapshot records are self-describing, so `rebuild` can
 //! make it again from them. rusqlite is used nowhere else in the crate.
 
+mod filter;
 mod levels;
 mod mark;
 mod schema;
+#[cfg(test)]
+mod tests;
 
 pub use mark::MarkSet;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -132,19 +135,36 @@ pub struct Index {
     pool: Mutex<Vec<Connection>>,
     /// Rows each level but the last may hold (levels.rs).
     caps: [u64; 3],
+    /// The blob filter this process has open, if any (filter.rs).
+    filter: Mutex<Option<Arc<filter::Filter>>>,
+    /// Permission bits of the repository's files, for the filter file.
+    file_mode: u32,
+}
+
+/// A new filter token: any value another filter file is unlikely to carry.
+fn new_token() -> i64 {
+    let seed = format!("{:?} {} {:?}", jiff::Timestamp::now(), std::process::id(), std::thread::current().id());
+    let bytes = blake3::hash(seed.as_bytes());
+    i64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8])) & i64::MAX
 }
 
 impl Index {
     /// Opens (creating if needed) the index at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let index = Self { path: path.to_path_buf(), pool: Mutex::new(Vec::new()), caps: levels::caps() };
+        let root = path.parent().and_then(Path::parent).unwrap_or(path);
+        let file_mode = crate::backend::Modes::of(root).file;
+        let index = Self {
+            path: path.to_path_buf(),
+            pool: Mutex::new(Vec::new()),
+            caps: levels::caps(),
+            filter: Mutex::new(None),
+            file_mode,
+        };
         let conn = index.connect()?;
         // Private like every repository file; SQLite gives its WAL and shm files the same mode.
         {
             use std::os::unix::fs::PermissionsExt;
-            let root = path.parent().and_then(Path::parent).unwrap_or(path);
-            let mode = crate::backend::Modes::of(root).file;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(file_mode));
         }
         schema::migrate(&conn).map_err(|e| index.err(e))?;
         index.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
@@ -223,9 +243,75 @@ impl Index {
         self.with(|c| {
             let tx = Self::write_tx(c)?;
             insert_pack(&tx, id, size, entries, now)?;
+            self.filter_add(&tx, entries)?;
             tx.commit()
         })?;
         self.settle()
+    }
+
+    /// The filter that matches the index as `tx` sees it, opening it again when another
+    /// process has rebuilt it; none when there is no usable one.
+    fn current_filter(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Option<Arc<filter::Filter>>> {
+        let token: Option<i64> =
+            tx.query_row("SELECT value FROM meta WHERE key = 'filter_token'", [], |r| r.get(0)).optional()?;
+        let mut held = self.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.as_ref().map(|f| f.token()) != token {
+            *held = token.and_then(|t| filter::Filter::open(&filter::path_of(&self.path), t)).map(Arc::new);
+        }
+        Ok(held.clone())
+    }
+
+    /// Sets the filter bits of a pack's blobs, inside the transaction that indexes them; builds
+    /// the filter again when there is none or it is full. A filter that cannot be written is
+    /// disowned (its token removed) rather than trusted: lookups then ask the levels.
+    fn filter_add(&self, tx: &rusqlite::Transaction<'_>, entries: &[PackEntry]) -> rusqlite::Result<()> {
+        let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
+        if let Some(f) = self.current_filter(tx)? {
+            if f.has_room(ids.len()) {
+                if let Err(e) = f.insert(&ids) {
+                    log::warn!("index filter: {e}; lookups go to the index until it is rebuilt");
+                    tx.execute("DELETE FROM meta WHERE key = 'filter_token'", [])?;
+                }
+                return Ok(());
+            }
+        }
+        let mut rows: u64 = 0;
+        for level in levels::LEVELS {
+            let n: i64 = tx.query_row(&format!("SELECT count(*) FROM {level}"), [], |r| r.get(0))?;
+            rows += u64::try_from(n).unwrap_or(0);
+        }
+        let token = new_token();
+        let path = filter::path_of(&self.path);
+        let built = filter::Filter::build(&path, token, rows, self.file_mode, &mut |add| {
+            for level in levels::LEVELS {
+                let mut st =
+                    tx.prepare(&format!("SELECT id FROM {level} ORDER BY id")).map_err(std::io::Error::other)?;
+                let mut found = st.query([]).map_err(std::io::Error::other)?;
+                while let Some(row) = found.next().map_err(std::io::Error::other)? {
+                    if let Ok(id) =
+                        <[u8; 32]>::try_from(row.get_ref(0).map_err(std::io::Error::other)?.as_bytes().unwrap_or(&[]))
+                    {
+                        add(&id)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        match built {
+            Ok(f) => {
+                tx.execute(
+                    "INSERT INTO meta(key, value) VALUES ('filter_token', ?1) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [token],
+                )?;
+                *self.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(f));
+            }
+            Err(e) => {
+                log::warn!("index filter {}: {e}; lookups go to the index", path.display());
+                tx.execute("DELETE FROM meta WHERE key = 'filter_token'", [])?;
+            }
+        }
+        Ok(())
     }
 
     /// Moves every level that holds its capacity or more into the next one (levels.rs). A
@@ -270,8 +356,12 @@ impl Index {
             {
                 // Deduplication must not lean on data gc has condemned: such a blob counts as
                 // absent, and the caller stores a fresh copy. The newest level's row decides.
+                // A blob the filter has never seen is in no level.
                 out.resize(ids.len(), false);
                 let mut open = key_order(ids);
+                if let Some(f) = self.current_filter(&tx)? {
+                    open.retain(|&i| f.may_contain(ids[i]));
+                }
                 for level in levels::LEVELS {
                     let mut st = tx.prepare_cached(&format!(
                         "SELECT p.pid IS NOT NULL AND p.condemned_at IS NULL \
@@ -573,6 +663,7 @@ impl Index {
         self.with(|c| {
             let tx = Self::write_tx(c)?;
             insert_pack(&tx, new, size, entries, now)?;
+            self.filter_add(&tx, entries)?;
             tx.execute("UPDATE packs SET condemned_at = ?1 WHERE id = ?2", params![at_ns, old.as_bytes()])?;
             tx.commit()
         })?;

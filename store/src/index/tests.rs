@@ -1,0 +1,216 @@
+//! The blob map's levels and filter against a model: newest copy wins, condemned copies do not
+//! deduplicate, deleted packs are never named, and no level outgrows its capacity.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Tiny capacities, so that a few packs move rows through every level.
+const CAPS: [u64; 3] = [4, 16, 64];
+
+fn open(dir: &Path) -> Index {
+    let mut index = Index::open(&dir.join("index.sqlite")).unwrap();
+    index.caps = CAPS;
+    index
+}
+
+fn blob(n: u32) -> BlobId {
+    BlobId::of(&n.to_le_bytes())
+}
+
+fn pack(n: u32) -> PackId {
+    PackId::of(&(u64::from(n) << 32 | 0xfeed).to_le_bytes())
+}
+
+/// A pack's entries for `blobs`; the offset records which pack and position wrote the copy.
+fn entries(pack_no: u32, blobs: &[u32]) -> Vec<PackEntry> {
+    blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| PackEntry {
+            kind: BlobKind::Chunk,
+            id: blob(*b),
+            offset: u64::from(pack_no) * 1000 + i as u64 + 28,
+            stored_len: 10,
+            frame_len: 10,
+            frame_offset: 0,
+            raw_len: 10,
+            compression: Compression::None,
+        })
+        .collect()
+}
+
+fn level_rows(index: &Index) -> Vec<u64> {
+    levels::LEVELS
+        .iter()
+        .map(|l| {
+            let n: i64 = index.with(|c| c.query_row(&format!("SELECT count(*) FROM {l}"), [], |r| r.get(0))).unwrap();
+            u64::try_from(n).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn rows_pass_through_every_level_and_the_newest_copy_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = open(dir.path());
+    let mut want: HashMap<u32, (PackId, u64)> = HashMap::new();
+    for p in 0..40u32 {
+        // Each pack brings five new blobs and stores again two of an earlier pack.
+        let mut blobs: Vec<u32> = (p * 5..p * 5 + 5).collect();
+        if p > 0 {
+            blobs.extend([(p - 1) * 5, p * 3 % (p * 5)]);
+            blobs.dedup();
+        }
+        let es = entries(p, &blobs);
+        index.add_pack(pack(p), 100_000, &es, 0).unwrap();
+        for (b, e) in blobs.iter().zip(&es) {
+            want.insert(*b, (pack(p), e.offset));
+        }
+        let rows = level_rows(&index);
+        for (k, cap) in CAPS.iter().enumerate() {
+            assert!(rows[k] < *cap, "after pack {p}: level {k} holds {} rows, capacity {cap}", rows[k]);
+        }
+    }
+    assert!(level_rows(&index)[3] > 0, "rows reached the last level");
+    let ids: Vec<u32> = want.keys().copied().collect();
+    let found = index.locate_many(&ids.iter().map(|b| blob(*b)).collect::<Vec<_>>()).unwrap();
+    for (b, loc) in ids.iter().zip(found) {
+        let loc = loc.unwrap_or_else(|| panic!("blob {b} is indexed"));
+        assert_eq!((loc.pack, loc.entry.offset), want[b], "blob {b}: the newest copy is its place");
+    }
+    // The filter is gone: the next writer builds it again from the levels, and every blob is
+    // still found; absent ones are not.
+    std::fs::remove_file(filter::path_of(&dir.path().join("index.sqlite"))).unwrap();
+    drop(index);
+    let index = open(dir.path());
+    index.add_pack(pack(99), 100_000, &entries(99, &[10_000]), 0).unwrap();
+    assert!(filter::path_of(&dir.path().join("index.sqlite")).exists(), "rebuilt");
+    let mut probe: Vec<BlobId> = ids.iter().map(|b| blob(*b)).collect();
+    probe.push(blob(10_000));
+    assert!(index.has_blobs(&probe).unwrap().iter().all(|h| *h));
+    assert!(!index.has_blobs(&[blob(20_000), blob(20_001)]).unwrap().iter().any(|h| *h));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A new pack holding these blobs.
+    Add(Vec<u32>),
+    /// gc condemns the n-th pack ever added (if it still exists).
+    Condemn(usize),
+    /// A repack: the blobs of the n-th pack that are still there move to a new pack.
+    Repack(usize),
+    /// gc deletes the n-th pack with every row that names it.
+    Delete(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop::collection::btree_set(0u32..40, 1..10).prop_map(|s| Op::Add(s.into_iter().collect())),
+        1 => (0usize..30).prop_map(Op::Condemn),
+        1 => (0usize..30).prop_map(Op::Repack),
+        1 => (0usize..30).prop_map(Op::Delete),
+    ]
+}
+
+/// The model: every copy ever indexed, oldest first, and the packs that exist.
+#[derive(Default)]
+struct Model {
+    /// (blob, pack number, offset) in the order they were indexed.
+    copies: Vec<(u32, u32, u64)>,
+    packs: Vec<(u32, Vec<u32>)>,
+    condemned: Vec<u32>,
+    deleted: Vec<u32>,
+}
+
+impl Model {
+    /// Copies of `b` that may still be indexed, newest first: those of packs not deleted.
+    fn candidates(&self, b: u32) -> Vec<(u32, u64)> {
+        self.copies.iter().rev().filter(|c| c.0 == b && !self.deleted.contains(&c.1)).map(|c| (c.1, c.2)).collect()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_levels_answer_like_one_table_where_the_newest_copy_wins(ops in prop::collection::vec(op(), 1..30)) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        let mut m = Model::default();
+        // Whether a blob's newest copy was deleted since it was last indexed: then an older one
+        // may or may not be named again, depending on whether a merge had replaced it.
+        let mut unsure: Vec<u32> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Add(blobs) => {
+                    let n = m.packs.len() as u32;
+                    let es = entries(n, &blobs);
+                    index.add_pack(pack(n), 100_000, &es, 0).unwrap();
+                    for (b, e) in blobs.iter().zip(&es) {
+                        m.copies.push((*b, n, e.offset));
+                        unsure.retain(|u| u != b);
+                    }
+                    m.packs.push((n, blobs));
+                }
+                Op::Condemn(i) => {
+                    if let Some((n, _)) = m.packs.get(i).filter(|(n, _)| !m.deleted.contains(n)) {
+                        index.condemn(pack(*n), 1).unwrap();
+                        m.condemned.push(*n);
+                    }
+                }
+                Op::Repack(i) => {
+                    if let Some((old, blobs)) = m.packs.get(i).filter(|(n, _)| !m.deleted.contains(n)).cloned() {
+                        let n = m.packs.len() as u32;
+                        let es = entries(n, &blobs);
+                        index.replace_pack(pack(n), 100_000, &es, pack(old), 1, 0).unwrap();
+                        for (b, e) in blobs.iter().zip(&es) {
+                            m.copies.push((*b, n, e.offset));
+                            unsure.retain(|u| u != b);
+                        }
+                        m.condemned.push(old);
+                        m.packs.push((n, blobs));
+                    }
+                }
+                Op::Delete(i) => {
+                    if let Some((n, blobs)) = m.packs.get(i).filter(|(n, _)| !m.deleted.contains(n)).cloned() {
+                        let ids: Vec<BlobId> = blobs.iter().map(|b| blob(*b)).collect();
+                        index.delete_pack(pack(n), &ids).unwrap();
+                        for b in &blobs {
+                            if m.candidates(*b).first().is_some_and(|c| c.0 == n) {
+                                unsure.push(*b);
+                            }
+                        }
+                        m.deleted.push(n);
+                    }
+                }
+            }
+            let rows = level_rows(&index);
+            for (k, cap) in CAPS.iter().enumerate() {
+                prop_assert!(rows[k] < *cap, "level {} holds {} rows, capacity {}", k, rows[k], cap);
+            }
+        }
+        let all: Vec<u32> = (0..40).collect();
+        let ids: Vec<BlobId> = all.iter().map(|b| blob(*b)).collect();
+        let located = index.locate_many(&ids).unwrap();
+        let usable = index.has_blobs(&ids).unwrap();
+        for ((b, loc), usable) in all.iter().zip(located).zip(usable) {
+            let got = loc.map(|l| {
+                let n = (0..m.packs.len() as u32).find(|n| pack(*n) == l.pack).expect("a pack of the model");
+                (n, l.entry.offset)
+            });
+            let candidates = m.candidates(*b);
+            if unsure.contains(b) {
+                prop_assert!(got.is_none() || candidates.contains(&got.unwrap()), "blob {}: {:?} is a copy that exists", b, got);
+            } else {
+                prop_assert_eq!(got, candidates.first().copied(), "blob {}: the newest copy", b);
+            }
+            if let Some((n, _)) = got {
+                prop_assert!(!m.deleted.contains(&n), "blob {}: a deleted pack is never named", b);
+            }
+            prop_assert_eq!(usable, got.is_some_and(|(n, _)| !m.condemned.contains(&n)), "blob {}: deduplicates", b);
+        }
+    }
+}
