@@ -252,8 +252,11 @@ impl Index {
     /// The filter that matches the index as `tx` sees it, opening it again when another
     /// process has rebuilt it; none when there is no usable one.
     fn current_filter(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Option<Arc<filter::Filter>>> {
-        let token: Option<i64> =
-            tx.query_row("SELECT value FROM meta WHERE key = 'filter_token'", [], |r| r.get(0)).optional()?;
+        // Cached: asked once per lookup batch, and preparing it costs more than running it.
+        let token: Option<i64> = tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'filter_token'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
         let mut held = self.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if held.as_ref().map(|f| f.token()) != token {
             *held = token.and_then(|t| filter::Filter::open(&filter::path_of(&self.path), t)).map(Arc::new);
