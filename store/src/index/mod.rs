@@ -126,6 +126,37 @@ fn key_order(ids: &[BlobId]) -> Vec<usize> {
     order
 }
 
+/// For each of `ids` at the positions in `open` (in key order), `columns` of its newest row:
+/// the levels are asked newest first (levels.rs), each for the blobs no newer level holds, with
+/// the row's pack joined as `p` (its columns NULL when the pack has no row). Positions not in
+/// `open`, and blobs in no level, get `None`.
+fn newest_rows<T>(
+    tx: &rusqlite::Transaction<'_>,
+    ids: &[BlobId],
+    mut open: Vec<usize>,
+    columns: &str,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<Option<T>>> {
+    let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(ids.len()).collect();
+    for level in levels::LEVELS {
+        if open.is_empty() {
+            break;
+        }
+        let mut st = tx.prepare_cached(&format!(
+            "SELECT {columns} FROM {level} b LEFT JOIN packs p ON p.pid = b.pid WHERE b.id = ?1"
+        ))?;
+        let mut still = Vec::with_capacity(open.len());
+        for i in open {
+            match st.query_row([ids[i].as_bytes()], &read).optional()? {
+                Some(row) => out[i] = Some(row),
+                None => still.push(i),
+            }
+        }
+        open = still;
+    }
+    Ok(out)
+}
+
 /// SQLite page size of a new index file, in bytes.
 const PAGE_SIZE: i64 = 4096;
 
@@ -360,25 +391,12 @@ impl Index {
                 // Deduplication must not lean on data gc has condemned: such a blob counts as
                 // absent, and the caller stores a fresh copy. The newest level's row decides.
                 // A blob the filter has never seen is in no level.
-                out.resize(ids.len(), false);
                 let mut open = key_order(ids);
                 if let Some(f) = self.current_filter(&tx)? {
                     open.retain(|&i| f.may_contain(ids[i]));
                 }
-                for level in levels::LEVELS {
-                    let mut st = tx.prepare_cached(&format!(
-                        "SELECT p.pid IS NOT NULL AND p.condemned_at IS NULL \
-                         FROM {level} b LEFT JOIN packs p ON p.pid = b.pid WHERE b.id = ?1"
-                    ))?;
-                    let mut still = Vec::with_capacity(open.len());
-                    for i in open {
-                        match st.query_row([ids[i].as_bytes()], |r| r.get::<_, bool>(0)).optional()? {
-                            Some(usable) => out[i] = usable,
-                            None => still.push(i),
-                        }
-                    }
-                    open = still;
-                }
+                let found = newest_rows(&tx, ids, open, "p.pid IS NOT NULL AND p.condemned_at IS NULL", |r| r.get(0))?;
+                out.extend(found.into_iter().map(|usable: Option<bool>| usable.unwrap_or(false)));
             }
             tx.commit()?;
             Ok(out)
@@ -395,34 +413,19 @@ impl Index {
         type Row = (Option<Vec<u8>>, [i64; 7]);
         let rows: Vec<Option<Row>> = self.with(|c| {
             let tx = c.transaction()?;
-            let mut out = vec![None; ids.len()];
-            {
-                // The newest level's row is the blob's place (levels.rs).
-                let mut open = key_order(ids);
-                for level in levels::LEVELS {
-                    let mut st = tx.prepare_cached(&format!(
-                        "SELECT p.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, \
-                         b.compression FROM {level} b LEFT JOIN packs p ON p.pid = b.pid WHERE b.id = ?1"
-                    ))?;
-                    let mut still = Vec::with_capacity(open.len());
-                    for i in open {
-                        let row = st
-                            .query_row([ids[i].as_bytes()], |r| {
-                                let mut n = [0i64; 7];
-                                for (i, v) in n.iter_mut().enumerate() {
-                                    *v = r.get(i + 1)?;
-                                }
-                                Ok((r.get(0)?, n))
-                            })
-                            .optional()?;
-                        match row {
-                            Some(row) => out[i] = Some(row),
-                            None => still.push(i),
-                        }
+            let out = newest_rows(
+                &tx,
+                ids,
+                key_order(ids),
+                "p.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, b.compression",
+                |r| {
+                    let mut n = [0i64; 7];
+                    for (i, v) in n.iter_mut().enumerate() {
+                        *v = r.get(i + 1)?;
                     }
-                    open = still;
-                }
-            }
+                    Ok((r.get(0)?, n))
+                },
+            )?;
             tx.commit()?;
             Ok(out)
         })?;
