@@ -50,6 +50,12 @@ pub(super) fn slice_bounds(s: u64, n: u64) -> (Vec<u8>, Option<Vec<u8>>) {
     (bound(s), (s + 1 < n).then(|| bound(s + 1)))
 }
 
+/// Rows in `level` (one of `LEVELS`).
+pub(super) fn rows(c: &rusqlite::Connection, level: &str) -> rusqlite::Result<u64> {
+    let n: i64 = c.query_row(&format!("SELECT count(*) FROM {level}"), [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// Moves the rows of level `k` in `[lo, hi)` into level `k + 1`, replacing older rows of the
 /// same blobs. Part of the caller's transaction: a row is always in exactly one of the two.
 pub(super) fn move_slice(tx: &Transaction<'_>, k: usize, lo: &[u8], hi: Option<&[u8]>) -> rusqlite::Result<usize> {

@@ -311,8 +311,7 @@ impl Index {
         }
         let mut rows: u64 = 0;
         for level in levels::LEVELS {
-            let n: i64 = tx.query_row(&format!("SELECT count(*) FROM {level}"), [], |r| r.get(0))?;
-            rows += u64::try_from(n).unwrap_or(0);
+            rows += levels::rows(tx, level)?;
         }
         let token = new_token();
         let path = filter::path_of(&self.path);
@@ -353,9 +352,7 @@ impl Index {
     /// under its capacity.
     fn settle(&self) -> Result<()> {
         for (k, cap) in self.caps.iter().enumerate() {
-            let rows: i64 =
-                self.with(|c| c.query_row(&format!("SELECT count(*) FROM {}", levels::LEVELS[k]), [], |r| r.get(0)))?;
-            let rows = u64::try_from(rows).unwrap_or(0);
+            let rows = self.with(|c| levels::rows(c, levels::LEVELS[k]))?;
             if rows < *cap {
                 break;
             }

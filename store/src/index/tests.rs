@@ -43,13 +43,7 @@ fn entries(pack_no: u32, blobs: &[u32]) -> Vec<PackEntry> {
 }
 
 fn level_rows(index: &Index) -> Vec<u64> {
-    levels::LEVELS
-        .iter()
-        .map(|l| {
-            let n: i64 = index.with(|c| c.query_row(&format!("SELECT count(*) FROM {l}"), [], |r| r.get(0))).unwrap();
-            u64::try_from(n).unwrap()
-        })
-        .collect()
+    levels::LEVELS.iter().map(|l| index.with(|c| levels::rows(c, l)).unwrap()).collect()
 }
 
 #[test]
