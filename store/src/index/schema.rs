@@ -10,7 +10,7 @@ use crate::error::Error;
 /// The schema version this build creates and reads.
 pub const INDEX_VERSION: i64 = 2;
 
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS packs(
     pid         INTEGER PRIMARY KEY,
     id          BLOB NOT NULL UNIQUE,

@@ -208,3 +208,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_schema_1_index_is_upgraded_in_place_and_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.sqlite");
+    // An index as a schema-1 build left it: every row in `blobs`, no levels, no filter.
+    let old: Vec<PackEntry> = entries(1, &(0..50).collect::<Vec<_>>());
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(&format!("{} PRAGMA user_version = 1;", schema::SCHEMA_V1)).unwrap();
+        c.execute(
+            "INSERT INTO packs(pid, id, kind, size, blobs, added_at) VALUES (7, ?1, 0, 100000, 50, 0)",
+            [pack(1).as_bytes()],
+        )
+        .unwrap();
+        for e in &old {
+            c.execute(
+                "INSERT INTO blobs(id, kind, pid, offset, stored_len, frame_len, frame_offset, raw_len, compression) \
+                 VALUES (?1, 0, 7, ?2, 10, 10, 0, 10, 0)",
+                params![e.id.as_bytes(), e.offset as i64],
+            )
+            .unwrap();
+        }
+    }
+    let index = open(dir.path());
+    let version: i64 = index.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).unwrap();
+    assert_eq!(version, schema::INDEX_VERSION);
+    assert_eq!(level_rows(&index), vec![0, 0, 0, 50], "the old table is the last level, untouched");
+    let ids: Vec<BlobId> = old.iter().map(|e| e.id).collect();
+    let check = |index: &Index| {
+        for (e, loc) in old.iter().zip(index.locate_many(&ids).unwrap()) {
+            let loc = loc.expect("an old row is still found");
+            assert_eq!((loc.pack, loc.entry), (pack(1), *e));
+        }
+        assert!(index.has_blobs(&ids).unwrap().iter().all(|h| *h), "old rows deduplicate");
+    };
+    check(&index);
+    // The first pack indexed after the upgrade builds the filter from every level, old rows too.
+    index.add_pack(pack(2), 100_000, &entries(2, &[1000, 1001]), 0).unwrap();
+    assert!(filter::path_of(&path).exists());
+    check(&index);
+    assert!(!index.has_blobs(&[blob(5000)]).unwrap()[0]);
+}
