@@ -79,6 +79,13 @@ pub enum Error {
     /// An argument from the caller is unusable.
     #[error("{0}")]
     InvalidInput(String),
+    /// A command that deletes or rewrites data stops, changing nothing, because part of the
+    /// repository cannot be read: deleting on a guess could destroy what that part needs.
+    #[error("{reason}; nothing was changed")]
+    Refused {
+        /// Why, naming the object that cannot be read and what to do.
+        reason: String,
+    },
     /// The SQLite index reported an error.
     #[error("index {path}: {source}")]
     Index {

@@ -61,6 +61,7 @@ pub const POINTS: &[&str] = &[
     "snapshot.record_written",
     "snapshot.file_read",
     "restore.file_written",
+    "forget.tombstone_written",
     "forget.record_removed",
     "gc.marked",
     "gc.condemned",
@@ -68,5 +69,7 @@ pub const POINTS: &[&str] = &[
     "gc.rows_deleted",
     "repair.pack_indexed",
     "repair.salvage_written",
+    "repair.record_rewritten",
     "repair.before_swap",
+    "repair.pack_quarantined",
 ];

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::MarkSet;
 use crate::lock::{self, now_ns};
-use crate::pack::{self, PackEntry, PackWriter, FOOTER_LEN};
+use crate::pack::{self, PackWriter, FOOTER_LEN};
 use crate::progress::{Progress, Unit};
 use crate::repo::{now_secs, Repo, Snapshot};
 
@@ -81,6 +81,10 @@ pub struct GcReport {
     pub bytes_freeable: u64,
     /// Leftover temporary files and unindexed packs removed.
     pub leftovers_removed: u64,
+    /// Unindexed packs holding blobs a snapshot needs and the index had no copy of: indexed.
+    pub packs_adopted: u64,
+    /// Unindexed packs that cannot be read, left in place for `repair index` (with the reason).
+    pub packs_unreadable: Vec<String>,
     /// Seconds spent waiting for older sessions.
     pub waited_secs: f64,
     /// The sessions waited for (`kind pid`), still running at the end if `packs_pending` > 0.
@@ -102,13 +106,19 @@ pub struct ForgetReport {
 
 impl Repo {
     /// Removes snapshot records. Space comes back with `gc`.
+    ///
+    /// A tombstone (`forgotten/<id>`) is written first and removed last: it is the point of
+    /// commit of a forget. A run killed after it is finished by the next open; a record file
+    /// that is gone without one was not forgotten, and is reported instead of being dropped.
     pub fn forget(&self, ids: &[SnapshotId]) -> Result<()> {
         for id in ids {
-            // The record file is the truth: once it is gone the snapshot is gone, and an index
-            // row left by a crash here is dropped on the next open.
-            self.backend.remove(FileKind::Snapshot, &id.to_hex())?;
+            let name = id.to_hex();
+            self.backend.put(FileKind::Tombstone, &name, &crate::record::SnapshotRecord::tombstone(now_ns()))?;
+            crate::failpoint::hit("forget.tombstone_written");
+            self.backend.remove(FileKind::Snapshot, &name)?;
             crate::failpoint::hit("forget.record_removed");
             self.index.delete_snapshot(*id)?;
+            self.backend.remove(FileKind::Tombstone, &name)?;
         }
         Ok(())
     }
@@ -124,11 +134,14 @@ impl Repo {
                 }
                 // A tree that cannot be read makes reachability unknowable: stop, change nothing.
                 let tree = self.load_tree(t).map_err(|e| {
-                    Error::InvalidInput(format!(
-                        "tree {t} of snapshot {} cannot be read ({e}); nothing was changed; \
-                         run `cairn scrub` and `cairn repair index`",
-                        s.id.short(8)
-                    ))
+                    let what_to_do = if matches!(e, Error::UnsupportedVersion { .. }) {
+                        "upgrade cairn: a newer one wrote it"
+                    } else {
+                        "run `cairn scrub` and `cairn repair index`"
+                    };
+                    Error::Refused {
+                        reason: format!("tree {t} of snapshot {} cannot be read ({e}); {what_to_do}", s.id.short(8)),
+                    }
                 })?;
                 let mut ids = vec![BlobId::from(t)];
                 for e in &tree.entries {
@@ -152,8 +165,15 @@ impl Repo {
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
         let on_disk_at_start: Vec<(String, u64)> = self.backend.list(FileKind::Pack)?;
+        let indexed_at_start: HashSet<String> = self.index.packs()?.into_iter().map(|p| p.id.to_hex()).collect();
+        // Packs the index does not know are deleted at the end as leftovers of killed runs, or
+        // indexed when a snapshot needs them: refuse now if one is of a format this build
+        // cannot read, before anything is changed.
+        for (name, _) in on_disk_at_start.iter().filter(|(n, _)| !indexed_at_start.contains(n)) {
+            self.refuse_newer_pack(name)?;
+        }
         let mark = MarkSet::create(&self.root().join("index").join(format!("gc-mark-{}.sqlite", std::process::id())))?;
-        let snaps = self.snapshots()?;
+        let snaps = self.live_snapshots()?;
         self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
         report.reachable_blobs = mark.len()?;
@@ -221,7 +241,7 @@ impl Repo {
 
         // Snapshots committed meanwhile may need condemned blobs: mark them too.
         let seen: HashSet<SnapshotId> = snaps.iter().map(|s| s.id).collect();
-        let newer: Vec<Snapshot> = self.snapshots()?.into_iter().filter(|s| !seen.contains(&s.id)).collect();
+        let newer: Vec<Snapshot> = self.live_snapshots()?.into_iter().filter(|s| !seen.contains(&s.id)).collect();
         self.mark(&mark, &newer.iter().collect::<Vec<_>>(), progress)?;
 
         let mut deleted_bytes = 0u64;
@@ -243,10 +263,16 @@ impl Repo {
         if oldest_live.is_none_or(|o| o >= t0) {
             let indexed: HashSet<String> = self.index.packs()?.into_iter().map(|p| p.id.to_hex()).collect();
             for (name, size) in on_disk_at_start {
-                if !indexed.contains(&name) && self.backend.size(FileKind::Pack, &name).is_ok() {
-                    self.backend.remove(FileKind::Pack, &name)?;
-                    report.leftovers_removed += 1;
-                    deleted_bytes += size;
+                if indexed.contains(&name) || self.backend.size(FileKind::Pack, &name).is_err() {
+                    continue;
+                }
+                match self.settle_unindexed(&name, size, &mark)? {
+                    Unindexed::Removed => {
+                        report.leftovers_removed += 1;
+                        deleted_bytes += size;
+                    }
+                    Unindexed::Adopted => report.packs_adopted += 1,
+                    Unindexed::Unreadable(why) => report.packs_unreadable.push(format!("{name}: {why}")),
                 }
             }
         }
@@ -305,12 +331,55 @@ impl Repo {
         Ok(Some(new_bytes.len() as u64))
     }
 
+    /// Stops gc, before it changes anything, when an intact pack is of a format this build
+    /// cannot read: a newer cairn's pack may hold what a newer snapshot needs. (A damaged pack's
+    /// header is not believed; such a pack is left alone at the end.)
+    fn refuse_newer_pack(&self, name: &str) -> Result<()> {
+        let bytes = match self.backend.get(FileKind::Pack, name) {
+            Ok(b) => b,
+            Err(e) if crate::repo::missing(&e) || e.is_damage() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match pack::check_pack(name, &bytes) {
+            Err(e @ Error::UnsupportedVersion { .. }) => Err(Error::Refused {
+                reason: format!("pack {name} cannot be read ({e}); upgrade cairn before running gc"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A pack on disk that the index does not know, once no run older than this gc can still
+    /// be writing it: a leftover of a killed run is removed; one holding blobs a snapshot needs
+    /// and the index has no copy of (an index rebuilt without it) is indexed instead; one that
+    /// cannot be read is left for `repair index`, never deleted on a guess.
+    fn settle_unindexed(&self, name: &str, size: u64, mark: &MarkSet) -> Result<Unindexed> {
+        let bytes = match self.backend.get(FileKind::Pack, name) {
+            Ok(b) => b,
+            Err(e) if crate::repo::missing(&e) => return Ok(Unindexed::Removed),
+            Err(e) if e.is_damage() => return Ok(Unindexed::Unreadable(e.to_string())),
+            Err(e) => return Err(e),
+        };
+        let (Ok(id), Ok(entries)) = (name.parse::<PackId>(), pack::check_pack(name, &bytes)) else {
+            let why = pack::check_pack(name, &bytes).err().map_or_else(|| "bad name".to_owned(), |e| e.to_string());
+            return Ok(Unindexed::Unreadable(why));
+        };
+        let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
+        let needed = mark.contains(&ids)?;
+        let placed = self.index.locate_many(&ids)?;
+        if needed.iter().zip(&placed).any(|(n, p)| *n && p.is_none()) {
+            self.index.add_pack(id, size, &entries, now_secs())?;
+            return Ok(Unindexed::Adopted);
+        }
+        self.backend.remove(FileKind::Pack, name)?;
+        Ok(Unindexed::Removed)
+    }
+
     /// Deletes a condemned pack, or rescues it when a snapshot needs a blob whose only indexed
     /// copy is in it.
     fn finish_condemned(&self, pack: PackId, mark: &MarkSet) -> Result<Finished> {
         let name = pack.to_hex();
         let size = self.backend.size(FileKind::Pack, &name).ok();
-        let entries = size.and_then(|size| self.pack_entries(&name, size).ok()).unwrap_or_default();
+        let entries = size.and_then(|size| self.pack_trailer(&name, size).ok()).unwrap_or_default();
         let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
         let live = mark.contains(&ids)?;
         let here = self.index.indexed_in(pack, &ids)?;
@@ -325,20 +394,17 @@ impl Repo {
         self.backend.remove(FileKind::Pack, &name)?;
         Ok(Finished::Deleted(size.unwrap_or(0)))
     }
-
-    /// A pack's trailer entries, read from its footer (44 bytes) and trailer.
-    fn pack_entries(&self, name: &str, size: u64) -> Result<Vec<PackEntry>> {
-        let tail = self.backend.get_range(FileKind::Pack, name, size.saturating_sub(FOOTER_LEN as u64), FOOTER_LEN)?;
-        let footer = pack::parse_footer(name, &tail, size)?;
-        let trailer =
-            self.backend.get_range(FileKind::Pack, name, footer.trailer_offset, footer.trailer_len as usize)?;
-        pack::parse_trailer(name, &footer, &trailer)
-    }
 }
 
 enum Finished {
     Deleted(u64),
     Rescued,
+}
+
+enum Unindexed {
+    Removed,
+    Adopted,
+    Unreadable(String),
 }
 
 /// Temporary files are named `<name>.<pid>.<n>.tmp`: removable once that process is gone.

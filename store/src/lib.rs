@@ -51,6 +51,7 @@ mod repair;
 mod repo;
 mod restore;
 mod retention;
+mod salvage;
 mod scrub;
 mod snapshot;
 mod tree;

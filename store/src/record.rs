@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 use crate::id::{SnapshotId, TreeId};
 
 const MAGIC: &[u8; 8] = b"CAIRNSNP";
+const TOMBSTONE_MAGIC: &[u8; 8] = b"CAIRNFGT";
+/// Newest tombstone format this build writes (a tombstone is only ever tested for existence).
+pub const TOMBSTONE_VERSION: u32 = 1;
 /// Newest snapshot record format this build reads and the one it writes.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -114,6 +117,13 @@ impl SnapshotRecord {
         let what = format!("snapshot {id}");
         let (_, body) = codec::unframe(&what, bytes, MAGIC, RECORD_VERSION)?;
         codec::decode(&what, body)
+    }
+
+    /// The bytes of a tombstone: written before a record is removed, it says the record was
+    /// forgotten on purpose (`forgotten/<id>`, docs/FORMAT.md).
+    #[must_use]
+    pub fn tombstone(time_ns: i64) -> Vec<u8> {
+        codec::frame(TOMBSTONE_MAGIC, TOMBSTONE_VERSION, &codec::encode(&time_ns))
     }
 
     /// Source paths as text (lossy), for display.

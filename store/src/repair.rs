@@ -1,13 +1,25 @@
-//! `repair index`: rebuild the index from the packs and snapshot records alone.
+//! `repair index`: rebuild the index from the packs and snapshot records, discarding nothing
+//! that still verifies.
 //!
-//! The old index (deleted, truncated or corrupt) is discarded. Every pack is read whole: an
-//! intact pack (its content hashes to its name) is indexed from its trailer. A damaged pack has
-//! its blobs checked one by one against their IDs; the good ones are written to a new pack and
-//! indexed, the damaged pack is moved to `quarantine/`, and what it lost is named. Snapshot
-//! records are re-read and checked. Finally a structural scrub names every file and snapshot
-//! that needs data that is gone; the next snapshot of the same sources stores that data again,
-//! which heals the repository.
+//! The new index is built beside the old one, which is read (read-only, when it opens at all)
+//! as evidence: its rows say where blobs of a pack whose trailer is damaged lie, and its
+//! snapshot rows hold verified copies of records whose files are damaged or gone.
+//!
+//! 1. Every record file is read and checked. One that is damaged, or gone without a tombstone,
+//!    is written again from the old index's copy when that copy verifies; one with no copy is
+//!    lost, moved to `quarantine/` and named.
+//! 2. Every pack is read whole. An intact pack (its content hashes to its name) is indexed from
+//!    its trailer. From a damaged one, every blob that hashes to its ID is copied to a new
+//!    pack: found by its trailer read leniently, by the old index's rows, and, for what the
+//!    snapshots still miss after that, by a scan of its frames (salvage.rs).
+//! 3. Only then is the new index swapped in, and the damaged packs moved to `quarantine/`.
+//!    A structural scrub names every file and snapshot that needs data that is gone; the next
+//!    snapshot of the same sources stores it again, which heals the repository.
+//!
+//! Anything of a format this build cannot read (an intact pack, tree or record of a newer
+//! cairn) stops the repair before anything is changed.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,11 +29,13 @@ use serde::Serialize;
 
 use crate::backend::{Backend, FileKind, LocalBackend};
 use crate::error::{Error, Result};
-use crate::id::{PackId, SnapshotId};
-use crate::pack::{self, PackWriter};
+use crate::id::{BlobId, PackId, SnapshotId, TreeId};
+use crate::index::Index;
+use crate::pack::{self, BlobKind, PackWriter};
 use crate::progress::{NoProgress, Progress, Unit};
 use crate::record::SnapshotRecord;
-use crate::repo::{now_secs, Repo};
+use crate::repo::{missing, now_secs, Repo};
+use crate::salvage::{self, Blob, Wanted};
 use crate::scrub::{Damage, ScrubOptions};
 
 /// What `repair index` did.
@@ -31,16 +45,21 @@ pub struct RepairReport {
     pub packs_indexed: u64,
     /// Blobs indexed (from intact packs and salvaged from damaged ones).
     pub blobs_indexed: u64,
-    /// Damaged packs moved to `quarantine/`.
+    /// Damaged packs moved to `quarantine/` (every blob in them that verified was copied first).
     pub packs_quarantined: Vec<String>,
     /// Good blobs copied out of damaged packs into new packs.
     pub blobs_salvaged: u64,
-    /// Blobs of damaged packs that could not be recovered.
+    /// Blobs the damaged packs were known to hold (by their trailers or the old index) that
+    /// could not be recovered and are stored nowhere else.
     pub blobs_lost: u64,
     /// Snapshots indexed.
     pub snapshots: u64,
-    /// Snapshot records that were damaged (moved to `quarantine/`).
+    /// Snapshot record files that were damaged with no verified copy anywhere (moved to
+    /// `quarantine/`): these snapshots are lost.
     pub snapshots_quarantined: Vec<String>,
+    /// Snapshot record files written again from the old index's verified copy (the file was
+    /// damaged, or gone without having been forgotten).
+    pub snapshots_rewritten: Vec<String>,
     /// What is still missing afterwards, with every snapshot and file that needs it.
     pub lost: Vec<Damage>,
 }
@@ -51,12 +70,6 @@ impl RepairReport {
     pub fn complete(&self) -> bool {
         self.lost.is_empty() && self.snapshots_quarantined.is_empty()
     }
-}
-
-/// What reading one pack gave.
-enum PackOutcome {
-    Intact(PackId, u64, Vec<pack::PackEntry>),
-    Damaged { name: String, good: Vec<(pack::PackEntry, Vec<u8>)>, lost: u64 },
 }
 
 fn remove_file_if_any(path: &Path) -> Result<()> {
@@ -75,52 +88,68 @@ fn remove_db(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_pack(backend: &dyn Backend, name: &str, size: u64) -> Result<PackOutcome> {
-    let bytes = match backend.get(FileKind::Pack, name) {
-        Ok(b) => b,
-        Err(e) if e.is_damage() => return Ok(PackOutcome::Damaged { name: name.to_owned(), good: vec![], lost: 0 }),
-        Err(e) => return Err(e),
-    };
-    if let (Ok(id), Ok(entries)) = (name.parse::<PackId>(), pack::check_pack(name, &bytes)) {
-        return Ok(PackOutcome::Intact(id, size, entries));
+fn newer(what: String, e: &Error) -> Error {
+    Error::Refused { reason: format!("{what} cannot be read ({e}); upgrade cairn: repair would discard it") }
+}
+
+/// The record files, sorted by what repair does with them.
+#[derive(Default)]
+struct Records {
+    /// Intact files: (id, bytes).
+    good: Vec<(SnapshotId, Vec<u8>)>,
+    /// Files to write again from a verified copy: (id, bytes, the file is there but damaged).
+    rewrite: Vec<(SnapshotId, Vec<u8>, bool)>,
+    /// Damaged files with no copy.
+    lost: Vec<String>,
+}
+
+impl Records {
+    fn roots(&self) -> Result<Vec<TreeId>> {
+        let all = self.good.iter().map(|(id, b)| (id, b)).chain(self.rewrite.iter().map(|(id, b, _)| (id, b)));
+        all.map(|(id, bytes)| Ok(SnapshotRecord::open(*id, bytes)?.root)).collect()
     }
-    // Damaged: keep every blob that still hashes to its ID.
-    let Ok(entries) = pack::check_pack_layout(name, &bytes) else {
-        return Ok(PackOutcome::Damaged { name: name.to_owned(), good: vec![], lost: 0 });
-    };
-    let mut good = Vec::new();
-    let mut lost = 0;
-    for e in entries {
-        let start = usize::try_from(e.offset).unwrap_or(usize::MAX);
-        let stored = bytes.get(start..start.saturating_add(e.stored_len as usize)).unwrap_or(&[]);
-        match pack::open_blob(&e, stored) {
-            Ok(data) => good.push((e, data)),
-            Err(_) => lost += 1,
-        }
-    }
-    Ok(PackOutcome::Damaged { name: name.to_owned(), good, lost })
+}
+
+/// Salvaged blobs on their way to new packs: chunks and trees in packs of their own, blobs that
+/// shared a frame in the damaged pack sharing one again.
+struct Salvage {
+    chunks: PackWriter,
+    trees: PackWriter,
+    written: HashSet<BlobId>,
 }
 
 impl Repo {
     /// Rebuilds the index of the repository at `root` (see the module docs). The new index is
     /// built beside the old one and swapped in only when complete, so a repair that is killed
     /// never leaves a partial index that looks whole: the old one stays until the new one is
-    /// ready, and running the repair again starts over.
+    /// ready, and running the repair again starts over. A repair that refuses (a newer format)
+    /// or fails leaves the repository as it found it, without a half-built index file.
     pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
         let dir = root.join("index");
         crate::backend::create_repo_dir(root, &dir)?;
         let fresh = dir.join("index.sqlite.rebuild");
         remove_db(&fresh)?;
+        let live = dir.join("index.sqlite");
         let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(LocalBackend::new(root));
-        let bytes = backend.get(FileKind::Config, "config")?;
-        let config = crate::config::RepoConfig::decode(&bytes)?;
-        let index = crate::index::Index::open(&fresh)?;
-        let building = Self { root: root.to_path_buf(), backend, index, config };
-        let report = building.rebuild_verified(progress)?;
+        let (config, notices) = crate::repo::load_config(root, backend.as_ref())?;
+        // The old index, if it opens at all, is evidence; it is never written to.
+        let evidence = Index::open_read_only(&live).ok();
+        let built = Index::open(&fresh).and_then(|index| {
+            let building = Self { root: root.to_path_buf(), backend, index, config, notices };
+            let report = building.rebuild_verified(evidence.as_ref(), progress)?;
+            Ok((building, report))
+        });
+        drop(evidence);
+        let (building, mut report) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                remove_db(&fresh)?;
+                return Err(e);
+            }
+        };
         crate::failpoint::hit("repair.before_swap");
         drop(building); // closes every connection: the new index's WAL is checkpointed
                         // The old index's WAL must never be applied to the new file: remove it first.
-        let live = dir.join("index.sqlite");
         for suffix in ["-wal", "-shm", "-filter"] {
             remove_file_if_any(&PathBuf::from(format!("{}{suffix}", live.display())))?;
         }
@@ -130,68 +159,230 @@ impl Repo {
         let _ = fs::rename(format!("{}-filter", fresh.display()), format!("{}-filter", live.display()));
         crate::backend::sync_dir(&dir)?;
         let repo = Self::open(root, &crate::repo::OpenOptions::default())?;
+        // The damaged packs go only now: the index in force no longer names them, and every
+        // blob in them that verified is in a new pack it does name.
+        for name in &report.packs_quarantined {
+            repo.backend.quarantine(FileKind::Pack, name)?;
+            crate::failpoint::hit("repair.pack_quarantined");
+        }
+        report.packs_quarantined.sort();
         Ok((repo, report))
     }
 
-    fn rebuild_verified(&self, progress: &dyn Progress) -> Result<RepairReport> {
+    fn rebuild_verified(&self, evidence: Option<&Index>, progress: &dyn Progress) -> Result<RepairReport> {
         let mut report = RepairReport::default();
         let now = now_secs();
+        let records = self.sort_records(evidence)?;
+
         let packs = self.backend.list(FileKind::Pack)?;
         progress.start("repair: reading packs", Some(packs.iter().map(|p| p.1).sum()), Unit::Bytes);
-        let outcomes: Mutex<Vec<PackOutcome>> = Mutex::new(Vec::new());
+        let damaged: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let blobs = std::sync::atomic::AtomicU64::new(0);
         packs.par_iter().with_max_len(1).try_for_each(|(name, size)| -> Result<()> {
-            let outcome = read_pack(self.backend.as_ref(), name, *size)?;
-            if let PackOutcome::Intact(id, size, entries) = &outcome {
-                self.index.add_pack(*id, *size, entries, now)?;
-                crate::failpoint::hit("repair.pack_indexed");
+            let bytes = match self.backend.get(FileKind::Pack, name) {
+                Ok(b) => b,
+                Err(e) if missing(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            match (name.parse::<PackId>(), pack::check_pack(name, &bytes)) {
+                (Ok(id), Ok(entries)) => {
+                    self.index.add_pack(id, *size, &entries, now)?;
+                    blobs.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    crate::failpoint::hit("repair.pack_indexed");
+                }
+                (_, Err(e @ Error::UnsupportedVersion { .. })) => return Err(newer(format!("pack {name}"), &e)),
+                _ => damaged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(name.clone()),
             }
             progress.inc(*size);
-            outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(outcome);
             Ok(())
         })?;
         progress.finish();
-        let mut salvage = PackWriter::new();
-        for outcome in outcomes.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            match outcome {
-                PackOutcome::Intact(_, _, entries) => {
-                    report.packs_indexed += 1;
-                    report.blobs_indexed += entries.len() as u64;
-                }
-                PackOutcome::Damaged { name, good, lost } => {
-                    for (e, data) in &good {
-                        if !self.index.has_blob(e.id)? {
-                            salvage.add(&pack::seal_frame(&[(e.kind, e.id, data)], self.config.compression_level));
-                            report.blobs_salvaged += 1;
-                        }
-                    }
-                    report.blobs_lost += lost;
-                    // The salvaged blobs are durable and indexed before the damaged pack moves.
-                    self.flush_salvage(&mut salvage, now, &mut report)?;
-                    self.backend.quarantine(FileKind::Pack, &name)?;
-                    report.packs_quarantined.push(name);
-                }
+        let mut damaged = damaged.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        damaged.sort();
+        report.packs_indexed = packs.len() as u64 - damaged.len() as u64;
+        report.blobs_indexed = blobs.into_inner();
+
+        // From each damaged pack, every blob its trailer or the old index places and that
+        // verifies; then, for what the snapshots still miss, a scan of its frames, again while
+        // it finds trees (a salvaged tree can name more that is missing).
+        let mut salvage = Salvage { chunks: PackWriter::new(), trees: PackWriter::new(), written: HashSet::new() };
+        let mut known: HashSet<BlobId> = HashSet::new();
+        for name in &damaged {
+            let Some(bytes) = self.read_damaged(name)? else { continue };
+            let mut entries = salvage::trailer_entries(&bytes);
+            if let (Some(old), Ok(id)) = (evidence, name.parse::<PackId>()) {
+                entries.extend(old.pack_rows(id).unwrap_or_default());
+            }
+            known.extend(entries.iter().map(|e| e.id));
+            self.keep(&mut salvage, salvage::blobs_of(&bytes, &entries), now, &mut report)?;
+        }
+        let roots = records.roots()?;
+        loop {
+            let wanted = if damaged.is_empty() { Wanted::default() } else { self.missing_blobs(&roots)? };
+            if wanted.is_empty() {
+                break;
+            }
+            let before = report.blobs_salvaged;
+            for name in &damaged {
+                let Some(bytes) = self.read_damaged(name)? else { continue };
+                self.keep(&mut salvage, salvage::scan(&bytes, &wanted, self.config.chunker), now, &mut report)?;
+            }
+            if report.blobs_salvaged == before {
+                break;
             }
         }
-        for (name, _) in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = name.parse::<SnapshotId>() else { continue };
-            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(id, &b)?, b))) {
-                Ok((rec, bytes)) => {
-                    self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
-                    report.snapshots += 1;
-                }
-                Err(e) if e.is_damage() => {
-                    self.backend.quarantine(FileKind::Snapshot, &name)?;
-                    report.snapshots_quarantined.push(name);
-                }
-                Err(e) => return Err(e),
-            }
+        for w in [&mut salvage.chunks, &mut salvage.trees] {
+            self.flush_salvage(w, now, &mut report)?;
         }
-        // What damaged packs held is gone: parents must be checked chunk by chunk again.
+        let ids: Vec<BlobId> = known.into_iter().collect();
+        report.blobs_lost = self.index.has_blobs(&ids)?.into_iter().filter(|present| !present).count() as u64;
+        report.packs_quarantined = damaged;
+
+        // Records: the intact ones indexed, the others written again from their copy first.
+        for (id, bytes) in &records.good {
+            let rec = SnapshotRecord::open(*id, bytes)?;
+            self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), bytes)?;
+            report.snapshots += 1;
+        }
+        for (id, bytes, damaged_file) in &records.rewrite {
+            let name = id.to_hex();
+            if *damaged_file {
+                self.backend.quarantine(FileKind::Snapshot, &name)?;
+            }
+            self.backend.put(FileKind::Snapshot, &name, bytes)?;
+            crate::failpoint::hit("repair.record_rewritten");
+            let rec = SnapshotRecord::open(*id, bytes)?;
+            self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), bytes)?;
+            report.snapshots += 1;
+            report.snapshots_rewritten.push(name);
+        }
+        for name in &records.lost {
+            self.backend.quarantine(FileKind::Snapshot, name)?;
+            report.snapshots_quarantined.push(name.clone());
+        }
+        // What damaged packs held may be gone: parents must be checked chunk by chunk again.
         self.index.bump_generation()?;
         // Name what is gone: a structural scrub over every snapshot.
         let scrub = self.scrub(&ScrubOptions::default(), &NoProgress)?;
-        report.lost = scrub.damage;
+        report.lost = scrub.damage.into_iter().filter(|d| d.blob.is_some()).collect();
         Ok(report)
+    }
+
+    /// Reads every record file, and sorts them by what repair does with them. A record of a
+    /// newer format stops the repair; a damaged one, or a row of the old index whose file is gone
+    /// without a tombstone, is written again from the old index's verified copy.
+    fn sort_records(&self, evidence: Option<&Index>) -> Result<Records> {
+        let mut out = Records::default();
+        // Files, tombstones, rows: the order of `Repo::reconcile_snapshots`.
+        let files = self.backend.list(FileKind::Snapshot)?;
+        let tombs: HashSet<String> = self.backend.list(FileKind::Tombstone)?.into_iter().map(|(n, _)| n).collect();
+        let copies: HashMap<SnapshotId, Vec<u8>> = evidence
+            .and_then(|old| old.snapshots().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|row| SnapshotRecord::open(row.id, &row.record).is_ok())
+            .map(|row| (row.id, row.record))
+            .collect();
+        let mut seen = HashSet::new();
+        for (name, _) in &files {
+            let Ok(id) = name.parse::<SnapshotId>() else { continue };
+            seen.insert(id);
+            if tombs.contains(name) {
+                continue; // being forgotten: the next open finishes it
+            }
+            let bytes = match self.backend.get(FileKind::Snapshot, name) {
+                Ok(b) => b,
+                Err(e) if missing(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            match SnapshotRecord::open(id, &bytes) {
+                Ok(_) => out.good.push((id, bytes)),
+                Err(e @ Error::UnsupportedVersion { .. }) => return Err(newer(format!("snapshot record {name}"), &e)),
+                Err(_) => match copies.get(&id) {
+                    Some(copy) => out.rewrite.push((id, copy.clone(), true)),
+                    None => out.lost.push(name.clone()),
+                },
+            }
+        }
+        for (id, copy) in copies {
+            if !seen.contains(&id) && !tombs.contains(&id.to_hex()) {
+                out.rewrite.push((id, copy, false));
+            }
+        }
+        out.rewrite.sort_by_key(|r| r.0);
+        Ok(out)
+    }
+
+    /// A damaged pack's bytes; none when it is gone meanwhile.
+    fn read_damaged(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self.backend.get(FileKind::Pack, name) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if missing(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Everything the snapshots need that the new index does not hold: trees that cannot be
+    /// loaded, and chunks (with their lengths, which a scan of frames needs).
+    fn missing_blobs(&self, roots: &[TreeId]) -> Result<Wanted> {
+        let mut wanted = Wanted::default();
+        let mut visited = HashSet::new();
+        let mut stack = roots.to_vec();
+        while let Some(t) = stack.pop() {
+            if !visited.insert(t) {
+                continue;
+            }
+            let tree = match self.load_tree(t) {
+                Ok(tree) => tree,
+                Err(e @ Error::UnsupportedVersion { .. }) => return Err(newer(format!("tree {t}"), &e)),
+                Err(e) if e.is_damage() || missing(&e) => {
+                    wanted.trees.insert(t.into());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut chunks: Vec<(BlobId, u32)> = Vec::new();
+            for e in &tree.entries {
+                if let Some(sub) = e.subtree {
+                    stack.push(sub);
+                }
+                chunks.extend(e.content.iter().map(|c| (BlobId::from(c.id), c.len)));
+            }
+            let ids: Vec<BlobId> = chunks.iter().map(|c| c.0).collect();
+            for ((id, len), present) in chunks.into_iter().zip(self.index.has_blobs(&ids)?) {
+                if !present {
+                    wanted.chunks.insert(id, len);
+                }
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Queues salvaged blobs that no pack indexed so far holds; blobs from one old frame are
+    /// sealed together again.
+    fn keep(&self, s: &mut Salvage, blobs: Vec<Blob>, now: i64, report: &mut RepairReport) -> Result<()> {
+        let ids: Vec<BlobId> = blobs.iter().map(|b| b.id).collect();
+        let present = self.index.has_blobs(&ids)?;
+        let fresh: Vec<Blob> =
+            blobs.into_iter().zip(present).filter(|(b, p)| !*p && !s.written.contains(&b.id)).map(|(b, _)| b).collect();
+        let mut start = 0;
+        while start < fresh.len() {
+            let (frame, kind) = (fresh[start].frame, fresh[start].kind);
+            let end = start + fresh[start..].iter().take_while(|b| b.frame == frame && b.kind == kind).count();
+            let members: Vec<(BlobKind, BlobId, &[u8])> =
+                fresh[start..end].iter().map(|b| (b.kind, b.id, b.data.as_slice())).collect();
+            let w = if kind == BlobKind::Tree { &mut s.trees } else { &mut s.chunks };
+            w.add(&pack::seal_frame(&members, self.config.compression_level));
+            s.written.extend(fresh[start..end].iter().map(|b| b.id));
+            report.blobs_salvaged += (end - start) as u64;
+            if w.len() >= self.config.pack_size as usize {
+                self.flush_salvage(w, now, report)?;
+            }
+            start = end;
+        }
+        // Durable and indexed now, so that the next scan's wanted set leaves these out.
+        self.flush_salvage(&mut s.chunks, now, report)?;
+        self.flush_salvage(&mut s.trees, now, report)
     }
 
     fn flush_salvage(&self, w: &mut PackWriter, now: i64, report: &mut RepairReport) -> Result<()> {

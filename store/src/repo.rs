@@ -1,6 +1,7 @@
 //! The repository handle: one `Repo` per open repository, shared by all operations.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, FileKind, LocalBackend};
+use crate::backend::{Backend, FileKind, LocalBackend, CONFIG_COPY};
 use crate::config::{ChunkerParams, RepoConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
@@ -71,6 +72,9 @@ pub struct Repo {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) index: Index,
     pub(crate) config: RepoConfig,
+    /// What opening found that the user should hear about (a damaged config copy, a record
+    /// file that vanished or cannot be read); the CLI prints them.
+    pub(crate) notices: Vec<String>,
 }
 
 fn index_path(root: &Path) -> PathBuf {
@@ -80,6 +84,61 @@ fn index_path(root: &Path) -> PathBuf {
 thread_local! {
     /// The frame this thread decoded last: (pack, frame offset) and its plaintext.
     static LAST_FRAME: RefCell<Option<((PackId, u64), Rc<Vec<u8>>)>> = const { RefCell::new(None) };
+}
+
+/// The IDs among listed names (others are ignored, as everywhere).
+fn ids_of(listed: Vec<(String, u64)>) -> HashSet<SnapshotId> {
+    listed.into_iter().filter_map(|(name, _)| name.parse().ok()).collect()
+}
+
+/// True for a file that is not there (removed between a listing and the read).
+pub(crate) fn missing(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        || matches!(e, Error::Missing { .. })
+}
+
+/// Reads the config, from its copy when the first is damaged or gone (and then writes the
+/// first again from the copy), and writes the copy when it is missing or damaged: each copy
+/// is checked by its own checksum, so a good one is as good as the other. A config of a newer
+/// format is refused, never replaced by an older copy.
+pub(crate) fn load_config(root: &Path, backend: &dyn Backend) -> Result<(RepoConfig, Vec<String>)> {
+    let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
+    let (main, copy) = (read("config"), read(CONFIG_COPY));
+    let mut notices = Vec::new();
+    let config = match (main, copy) {
+        (Err(e @ Error::UnsupportedVersion { .. }), _) | (_, Err(e @ Error::UnsupportedVersion { .. })) => {
+            return Err(e)
+        }
+        (Ok(c), copy) => {
+            if copy.as_ref().is_ok_and(|k| *k != c) || copy.as_ref().is_err_and(|e| !missing(e)) {
+                notices.push(format!("the config's copy {CONFIG_COPY} was damaged; written again from config"));
+            }
+            if copy.as_ref().is_ok_and(|k| *k == c) {
+                // Nothing to mend.
+            } else if let Err(e) = backend.put(FileKind::Config, CONFIG_COPY, &c.encode()) {
+                log::warn!("cannot write {CONFIG_COPY}: {e}");
+            }
+            c
+        }
+        (Err(e), Ok(c)) => {
+            let mended = backend.put(FileKind::Config, "config", &c.encode());
+            notices.push(match mended {
+                Ok(()) => format!("the repository config was damaged ({e}); written again from its copy {CONFIG_COPY}"),
+                Err(w) => format!(
+                    "the repository config is damaged ({e}); using its copy {CONFIG_COPY} (cannot mend it: {w})"
+                ),
+            });
+            c
+        }
+        (Err(e), Err(_)) if missing(&e) => return Err(Error::NotARepository(root.to_path_buf())),
+        (Err(e), Err(f)) => {
+            return Err(Error::corrupt(
+                "repository config",
+                format!("config ({e}) and its copy {CONFIG_COPY} ({f}) are both unreadable; run `cairn repair config`"),
+            ))
+        }
+    };
+    Ok((config, notices))
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -119,14 +178,17 @@ impl Repo {
             pack_size: opts.pack_size,
         };
         let index = Index::open(&index_path(path))?;
-        // The config is written last: a directory without it is not (yet) a repository.
-        local.put(FileKind::Config, "config", &config.encode())?;
+        // The config is written last (its copy first): a directory without it is not (yet) a
+        // repository.
+        let bytes = config.encode();
+        local.put(FileKind::Config, CONFIG_COPY, &bytes)?;
+        local.put(FileKind::Config, "config", &bytes)?;
         {
             // The index was created before the config that carries the repository's modes.
             use std::os::unix::fs::PermissionsExt;
             let _ = fs::set_permissions(index_path(path), fs::Permissions::from_mode(modes.file));
         }
-        Ok(Self { root: path.to_path_buf(), backend: Arc::new(local), index, config })
+        Ok(Self { root: path.to_path_buf(), backend: Arc::new(local), index, config, notices: Vec::new() })
     }
 
     /// Opens the repository in `path`.
@@ -143,25 +205,19 @@ impl Repo {
     /// Opens; with `auto_rebuild`, an index that is missing altogether (deleted) is rebuilt from
     /// the pack trailers, since the index is only a cache (invariant 3).
     pub(crate) fn open_inner(root: &Path, backend: Arc<dyn Backend>, auto_rebuild: bool) -> Result<Self> {
-        let bytes = match backend.get(FileKind::Config, "config") {
-            Ok(b) => b,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotARepository(root.to_path_buf()))
-            }
-            Err(e) => return Err(e),
-        };
-        let config = RepoConfig::decode(&bytes)?;
+        let (config, mut notices) = load_config(root, backend.as_ref())?;
         let dir = root.join("index");
         crate::backend::create_repo_dir(root, &dir)?;
         let path = index_path(root);
         let existed = path.exists();
         let index = Index::open(&path)?;
-        let repo = Self { root: root.to_path_buf(), backend, index, config };
+        let mut repo = Self { root: root.to_path_buf(), backend, index, config, notices: Vec::new() };
         if auto_rebuild && !existed && !repo.backend.list(FileKind::Pack)?.is_empty() {
             log::warn!("index {} was missing; rebuilding it from the packs", path.display());
             repo.rebuild_index()?;
         }
-        repo.reconcile_snapshots()?;
+        notices.extend(repo.reconcile_snapshots()?);
+        repo.notices = notices;
         Ok(repo)
     }
 
@@ -177,28 +233,108 @@ impl Repo {
         &self.config
     }
 
-    /// Adds to the index any snapshot record that is durable but not indexed (a run killed
-    /// between writing its record and indexing it). Cheap: one directory listing.
-    fn reconcile_snapshots(&self) -> Result<()> {
-        let known: std::collections::HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
-        let mut on_disk = std::collections::HashSet::new();
-        for (name, _) in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = name.parse::<SnapshotId>() else { continue };
-            on_disk.insert(id);
-            if !known.contains(&id) {
-                if let Ok(bytes) = self.backend.get(FileKind::Snapshot, &name) {
-                    if let Ok(rec) = SnapshotRecord::open(id, &bytes) {
-                        self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
-                    }
+    /// What opening found that the user should hear about.
+    #[must_use]
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    /// Brings the index's snapshot rows in line with the record files, the truth: a record
+    /// that is durable but not indexed (a run killed between writing and indexing it) is
+    /// added; a forget that did not finish (its tombstone is there) is finished. A row whose
+    /// record file is gone without a tombstone was not forgotten: it is kept, and reported, so
+    /// that `repair index` can write the file again from the row's verified copy. Cheap: two
+    /// directory listings. Returns what the user should be told.
+    fn reconcile_snapshots(&self) -> Result<Vec<String>> {
+        let mut notices = Vec::new();
+        // Files first, then tombstones, then rows: a forget writes its tombstone before it
+        // removes the file and removes the tombstone after the row, so a row whose file was
+        // forgotten always shows its tombstone here (the same order as `live_snapshots`).
+        let files = ids_of(self.backend.list(FileKind::Snapshot)?);
+        let tombs = ids_of(self.backend.list(FileKind::Tombstone)?);
+        let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
+        for id in &tombs {
+            let name = id.to_hex();
+            if files.contains(id) {
+                self.backend.remove(FileKind::Snapshot, &name)?;
+            }
+            if known.contains(id) {
+                self.index.delete_snapshot(*id)?;
+            }
+            self.backend.remove(FileKind::Tombstone, &name)?;
+        }
+        for id in files.iter().filter(|id| !tombs.contains(id) && !known.contains(id)) {
+            let name = id.to_hex();
+            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(*id, &b)?, b))) {
+                Ok((rec, bytes)) => {
+                    self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
                 }
+                Err(e @ Error::UnsupportedVersion { .. }) => notices.push(format!(
+                    "snapshot {} cannot be read by this cairn ({e}); it is not listed, and gc and repair \
+                     refuse to run until cairn is upgraded",
+                    id.short(8)
+                )),
+                Err(e) if missing(&e) => {} // forgotten since the listing
+                Err(e) => notices.push(format!(
+                    "snapshot record {name} is damaged ({e}) and not indexed; `cairn scrub` reports it, \
+                     and gc refuses to run until `cairn repair index` has dealt with it"
+                )),
             }
         }
-        // A row whose record file is gone was forgotten by a run that died before removing
-        // the row (a commit writes the file before the row, so this is never a new snapshot).
-        for id in known.difference(&on_disk) {
-            self.index.delete_snapshot(*id)?;
+        for id in known.iter().filter(|id| !files.contains(id) && !tombs.contains(id)) {
+            notices.push(format!(
+                "the record file of snapshot {} is missing (it was not forgotten); the index still holds a \
+                 verified copy: run `cairn repair index` to write it again",
+                id.short(8)
+            ));
         }
-        Ok(())
+        notices.sort();
+        Ok(notices)
+    }
+
+    /// Every snapshot that exists, for deciding which data is needed (gc): each record file
+    /// (the truth), and each record the index holds whose file vanished without a tombstone.
+    /// A snapshot whose tombstone is there is being forgotten and does not count. Refuses when
+    /// a record file cannot be read and the index holds no verified copy of it: deleting data
+    /// then could destroy what that snapshot needs (a newer cairn's record, say).
+    pub(crate) fn live_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let files = self.backend.list(FileKind::Snapshot)?;
+        let tombs = ids_of(self.backend.list(FileKind::Tombstone)?);
+        let rows: HashMap<SnapshotId, Vec<u8>> =
+            self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (name, _) in files {
+            let Ok(id) = name.parse::<SnapshotId>() else { continue };
+            seen.insert(id);
+            if tombs.contains(&id) {
+                continue;
+            }
+            let record = match self.backend.get(FileKind::Snapshot, &name).and_then(|b| SnapshotRecord::open(id, &b)) {
+                Ok(r) => r,
+                Err(e) if missing(&e) => continue, // forgotten since the listing
+                Err(e) => match rows.get(&id).map(|b| SnapshotRecord::open(id, b)) {
+                    // A damaged file whose verified copy the index holds: the copy says what it needs.
+                    Some(Ok(r)) if !matches!(e, Error::UnsupportedVersion { .. }) => r,
+                    _ => {
+                        return Err(Error::Refused {
+                            reason: format!(
+                                "snapshot record {name} cannot be read ({e}), so what it needs is unknown; \
+                                 upgrade cairn if a newer one wrote it, else run `cairn repair index`"
+                            ),
+                        })
+                    }
+                },
+            };
+            out.push(Snapshot { id, record });
+        }
+        for (id, bytes) in &rows {
+            if !seen.contains(id) && !tombs.contains(id) {
+                out.push(Snapshot { id: *id, record: SnapshotRecord::open(*id, bytes)? });
+            }
+        }
+        out.sort_by_key(|s| (s.record.time_ns, s.id));
+        Ok(out)
     }
 
     /// Every snapshot, oldest first.
@@ -303,29 +439,27 @@ impl Repo {
         }
     }
 
+    /// A pack's trailer entries, read from its footer (44 bytes) and trailer alone.
+    pub(crate) fn pack_trailer(&self, name: &str, size: u64) -> Result<Vec<pack::PackEntry>> {
+        let tail = self.backend.get_range(
+            FileKind::Pack,
+            name,
+            size.saturating_sub(FOOTER_LEN as u64),
+            FOOTER_LEN.min(size as usize),
+        )?;
+        let footer = pack::parse_footer(name, &tail, size)?;
+        let trailer =
+            self.backend.get_range(FileKind::Pack, name, footer.trailer_offset, footer.trailer_len as usize)?;
+        pack::parse_trailer(name, &footer, &trailer)
+    }
+
     /// Rebuilds the index from the packs' trailers and the snapshot records alone.
     pub fn rebuild_index(&self) -> Result<RebuildReport> {
         let mut report = RebuildReport::default();
         self.index.clear()?;
         let now = now_secs();
         for (name, size) in self.backend.list(FileKind::Pack)? {
-            let entries = (|| {
-                let tail = self.backend.get_range(
-                    FileKind::Pack,
-                    &name,
-                    size.saturating_sub(FOOTER_LEN as u64),
-                    FOOTER_LEN.min(size as usize),
-                )?;
-                let footer = pack::parse_footer(&name, &tail, size)?;
-                let trailer = self.backend.get_range(
-                    FileKind::Pack,
-                    &name,
-                    footer.trailer_offset,
-                    footer.trailer_len as usize,
-                )?;
-                pack::parse_trailer(&name, &footer, &trailer)
-            })();
-            match entries {
+            match self.pack_trailer(&name, size) {
                 Ok(entries) => {
                     let Ok(id) = name.parse() else { continue };
                     self.index.add_pack(id, size, &entries, now)?;

@@ -1,15 +1,26 @@
 //! Scrub: prove what is intact and name what is not.
 //!
-//! Structural check: the SQLite index passes its own integrity check; the index agrees with the
-//! packs on disk (every indexed pack exists with its indexed size, every blob lies inside its
-//! pack); every tree of every snapshot in scope is present and decodes, and every chunk it
-//! names is indexed. With `read_data`, every pack in scope is also read back once, sequentially:
-//! its whole-file hash must equal its name, its trailer must parse, and every frame must
-//! decompress into blobs that hash to their IDs. Packs are verified oldest-verification first,
-//! and a budget (time or bytes) stops the run between packs, so successive bounded runs cover
-//! the whole repository. Damage is reported as blobs, the packs they lived in, and every
-//! snapshot and file that needs them. A scrub takes no lock and writes nothing but the
-//! verification times in the index.
+//! Structural check: the SQLite index passes its own integrity check; both copies of the config
+//! and every snapshot record file are read and verified (a record the index holds whose file is
+//! damaged or gone is reported, since a rebuild of the index would lose it); the index agrees
+//! with the packs on disk (every indexed pack exists with its indexed size, every blob lies
+//! inside its pack); every tree of every snapshot in scope is present and decodes, and every
+//! chunk it names is indexed. With `read_data`, every pack in scope is also read back once,
+//! sequentially: its whole-file hash must equal its name, its trailer must parse, and every
+//! frame must decompress into blobs that hash to their IDs. A pack whose header, trailer or
+//! footer is damaged is reported as such, and the blobs the index reads from it are checked one
+//! by one: a blob that verifies is not called damaged. Packs are verified oldest-verification
+//! first, and a budget (time or bytes) stops the run between packs, so successive bounded runs
+//! cover the whole repository. Damage is reported as blobs, the packs they lived in, and every
+//! snapshot and file that needs them. Objects of a format this build cannot read are listed
+//! apart, never called damaged.
+//!
+//! A scrub takes no lock and writes nothing but the verification times in the index, so
+//! snapshots, forgets and gc may run beside it. What it finds is therefore confirmed against
+//! the repository as it is at the end: damage that another command explains (a pack gc deleted
+//! after taking its rows out of the index, a blob repacked elsewhere, a snapshot forgotten
+//! meanwhile) is not reported; what is still there is. A scrub beside other commands is as
+//! right as a quiet one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -27,7 +38,9 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::PackRow;
 use crate::pack;
+use crate::pack::PackEntry;
 use crate::progress::{Progress, Unit};
+use crate::record::SnapshotRecord;
 use crate::repo::{now_secs, Repo, Snapshot};
 use crate::tree::EntryKind;
 
@@ -57,15 +70,18 @@ pub struct Affected {
 }
 
 /// One damaged or missing object.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Damage {
-    /// What is wrong: `missing pack`, `truncated pack`, `bad pack`, `bad blob`, `missing blob`,
-    /// `index`.
+    /// What is wrong: `missing pack`, `truncated pack`, `damaged pack` (its header, trailer or
+    /// bytes outside the indexed blobs), `bad blob`, `missing blob`, `unindexed blob` (intact in
+    /// a pack the index does not know), `damaged record`, `missing record`, `config`, `index`.
     pub kind: String,
     /// The blob, when one is named.
     pub blob: Option<String>,
     /// The pack it lived in, when known.
     pub pack: Option<String>,
+    /// The snapshot whose record is damaged or missing, for record damage.
+    pub snapshot: Option<String>,
     /// Details.
     pub detail: String,
     /// Every snapshot and path that needs it.
@@ -83,6 +99,8 @@ pub struct SnapshotStatus {
     pub status: &'static str,
     /// Paths in it that need damaged data.
     pub damaged_paths: u64,
+    /// Its record file: `ok`, `damaged` or `missing` (the last two only in the index).
+    pub record: &'static str,
 }
 
 /// Harmless leftovers of interrupted runs; `gc` removes them.
@@ -99,7 +117,7 @@ pub struct Leftovers {
 /// What a scrub found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ScrubReport {
-    /// True when nothing is damaged.
+    /// True when nothing is damaged and everything could be read.
     pub clean: bool,
     /// Whether stored data was read back.
     pub read_data: bool,
@@ -123,6 +141,8 @@ pub struct ScrubReport {
     pub oldest_verification_age_secs: Option<u64>,
     /// Damage found.
     pub damage: Vec<Damage>,
+    /// Objects this build cannot read (written by a newer cairn): not checked, not damage.
+    pub unreadable: Vec<String>,
     /// Per-snapshot verdicts.
     pub snapshots: Vec<SnapshotStatus>,
     /// Harmless leftovers.
@@ -131,14 +151,30 @@ pub struct ScrubReport {
     pub duration_secs: f64,
 }
 
-/// Damage found so far: blob → (pack, kind, detail).
-type DamageMap = BTreeMap<BlobId, (Option<PackId>, String, String)>;
+/// Something found wrong with one blob, and where it was looked for.
+#[derive(Clone, Debug)]
+struct Finding {
+    /// The pack it was read from (or is indexed in), when known.
+    pack: Option<PackId>,
+    /// The exact place that failed, when one was read.
+    entry: Option<PackEntry>,
+    kind: &'static str,
+    detail: String,
+}
+
+/// Damage found so far, by blob.
+type DamageMap = BTreeMap<BlobId, Finding>;
+
+fn finding(pack: Option<PackId>, entry: Option<PackEntry>, kind: &'static str, detail: String) -> Finding {
+    Finding { pack, entry, kind, detail }
+}
 
 struct Walk<'a> {
     repo: &'a Repo,
     visited: Mutex<HashSet<TreeId>>,
     referenced_packs: Mutex<HashSet<PackId>>,
     damage: Mutex<DamageMap>,
+    unreadable: Mutex<Vec<String>>,
     trees: AtomicU64,
     chunks: AtomicU64,
     /// Chunk IDs waiting to be looked up: many trees' worth at once, deduplicated and in key
@@ -149,6 +185,10 @@ struct Walk<'a> {
 
 /// Chunk IDs per index lookup batch of the structural walk (32 bytes each).
 const WALK_BATCH: usize = 1 << 14;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl Walk<'_> {
     /// Looks up a batch of chunk IDs: their packs are referenced, a missing one is damage.
@@ -161,43 +201,44 @@ impl Walk<'_> {
                 Some(loc) => {
                     packs.insert(loc.pack);
                 }
-                None => self.note(*id, None, "missing blob", "chunk is not in the index".into()),
+                None => self.note(*id, finding(None, None, "missing blob", "chunk is not in the index".into())),
             }
         }
-        self.referenced_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(packs);
+        lock(&self.referenced_packs).extend(packs);
         Ok(())
     }
 
     /// Looks up what the batch still holds; after the last tree.
     fn flush(&self) -> Result<()> {
-        let rest = std::mem::take(&mut *self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let rest = std::mem::take(&mut *lock(&self.batch));
         self.lookup(rest)
     }
 
-    fn note(&self, blob: BlobId, pack: Option<PackId>, kind: &str, detail: String) {
-        self.damage.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(blob).or_insert((
-            pack,
-            kind.to_owned(),
-            detail,
-        ));
+    fn note(&self, blob: BlobId, f: Finding) {
+        lock(&self.damage).entry(blob).or_insert(f);
     }
 
     /// Walks a tree once (trees shared between snapshots are walked once), checking that it
     /// decodes and that every chunk it names is indexed.
     fn tree(&self, id: TreeId) -> Result<()> {
-        if !self.visited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id) {
+        if !lock(&self.visited).insert(id) {
             return Ok(());
         }
         self.trees.fetch_add(1, Ordering::Relaxed);
-        if let Some(loc) = self.repo.index.locate(id.into())? {
-            self.referenced_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(loc.pack);
+        let loc = self.repo.index.locate(id.into())?;
+        if let Some(loc) = &loc {
+            lock(&self.referenced_packs).insert(loc.pack);
         }
         let tree = match self.repo.load_tree(id) {
             Ok(t) => t,
+            Err(e @ Error::UnsupportedVersion { .. }) => {
+                lock(&self.unreadable).push(format!("tree {id}: {e}"));
+                return Ok(());
+            }
             Err(e) if is_damage(&e) => {
-                let pack = self.repo.index.locate(id.into())?.map(|l| l.pack);
+                let (pack, entry) = (loc.as_ref().map(|l| l.pack), loc.as_ref().map(|l| l.entry));
                 let kind = if pack.is_some() { "bad blob" } else { "missing blob" };
-                self.note(id.into(), pack, kind, format!("tree: {e}"));
+                self.note(id.into(), finding(pack, entry, kind, format!("tree: {e}")));
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -205,7 +246,7 @@ impl Walk<'_> {
         // Every chunk this directory's files name goes into the batch of lookups.
         let mut n = 0;
         let full = {
-            let mut batch = self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut batch = lock(&self.batch);
             for c in tree.entries.iter().filter(|e| e.kind == EntryKind::File).flat_map(|e| &e.content) {
                 batch.push(BlobId::from(c.id));
                 n += 1;
@@ -224,25 +265,24 @@ impl Walk<'_> {
 }
 
 fn is_damage(e: &Error) -> bool {
-    e.is_damage() || matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    e.is_damage() || crate::repo::missing(e)
 }
 
-/// Verifies one pack read whole: its hash, its trailer, and every blob the index places in it.
-/// Returns the damaged blobs (blob, detail); a damaged pack with no readable trailer is
-/// reported through `Err`.
-fn verify_pack(repo: &Repo, pack: PackId, bytes: &[u8]) -> std::result::Result<Vec<(BlobId, String)>, String> {
-    let name = pack.to_hex();
-    let whole_ok = PackId::of(bytes) == pack;
-    let entries = match pack::check_pack_layout(&name, bytes) {
-        Ok(e) => e,
-        Err(e) => return Err(format!("unreadable trailer: {e}")),
-    };
+/// What reading one pack back found.
+struct Verdict {
+    /// Blobs the index reads from this pack that fail their check, with the reason.
+    bad: Vec<(PackEntry, String)>,
+    /// Damage to the pack itself (header, trailer, footer, bytes outside the indexed blobs)
+    /// that the bad blobs do not explain; the blobs that verify are still good.
+    structure: Option<String>,
+}
+
+/// Checks each entry's blob in `bytes`; returns the ones that fail. A frame is decoded once for
+/// all the blobs it holds.
+fn check_entries(bytes: &[u8], entries: &[PackEntry]) -> Vec<(PackEntry, String)> {
     let mut bad = Vec::new();
     let mut frame: Option<(u64, Result<Vec<u8>>)> = None;
-    // Every blob is checked, and the index is asked only about the damaged ones (a lookup per
-    // blob was half of a read-data scrub's time): only the copy the index points at matters,
-    // other copies are unreferenced space.
-    for e in &entries {
+    for e in entries {
         if frame.as_ref().is_none_or(|(off, _)| *off != e.offset) {
             let start = usize::try_from(e.offset).unwrap_or(usize::MAX);
             let stored = bytes.get(start..start.saturating_add(e.stored_len as usize)).unwrap_or(&[]);
@@ -254,21 +294,51 @@ fn verify_pack(repo: &Repo, pack: PackId, bytes: &[u8]) -> std::result::Result<V
             None => Ok(()),
         };
         if let Err(err) = result {
-            bad.push((e, err.to_string()));
+            bad.push((*e, err.to_string()));
         }
     }
-    let ids: Vec<BlobId> = bad.iter().map(|(e, _)| e.id).collect();
-    let locations = repo.index.locate_many(&ids).map_err(|e| e.to_string())?;
-    let bad: Vec<(BlobId, String)> = bad
-        .into_iter()
-        .zip(locations)
-        .filter(|((e, _), loc)| loc.as_ref().is_some_and(|l| l.pack == pack && l.entry == **e))
-        .map(|((e, why), _)| (e.id, why))
-        .collect();
-    if !whole_ok && bad.is_empty() {
-        return Err("the pack's content does not hash to its name (damage outside the indexed blobs)".into());
+    bad
+}
+
+/// Verifies one pack read whole. An intact pack (its hash is its name) is checked from its own
+/// trailer, and the index is asked only about the blobs that fail (a lookup per blob was half
+/// of a read-data scrub's time): only the copy the index points at matters, other copies are
+/// unreferenced space. A pack that is damaged anywhere is checked by what the index reads from
+/// it, blob by blob, so that a damaged trailer or a few appended bytes never condemn frames
+/// that still verify.
+fn verify_pack(repo: &Repo, pack: PackId, bytes: &[u8]) -> Result<Verdict> {
+    let name = pack.to_hex();
+    let whole_ok = PackId::of(bytes) == pack;
+    let layout = match pack::check_pack_layout(&name, bytes) {
+        // Only an intact pack is of a newer format; a damaged one's header is not believed.
+        Err(e @ Error::UnsupportedVersion { .. }) if whole_ok => return Err(e),
+        other => other,
+    };
+    if let (true, Ok(entries)) = (whole_ok, &layout) {
+        let bad = check_entries(bytes, entries);
+        let ids: Vec<BlobId> = bad.iter().map(|(e, _)| e.id).collect();
+        let placed = repo.index.locate_many(&ids)?;
+        let bad = bad
+            .into_iter()
+            .zip(placed)
+            .filter(|((e, _), loc)| loc.as_ref().is_some_and(|l| l.pack == pack && l.entry == *e))
+            .map(|(b, _)| b)
+            .collect();
+        return Ok(Verdict { bad, structure: None });
     }
-    Ok(bad)
+    let bad = check_entries(bytes, &repo.index.pack_rows(pack)?);
+    let structure = match layout {
+        Err(e) => {
+            Some(format!("its trailer cannot be used ({e}); `cairn repair index` rewrites the blobs that verify"))
+        }
+        Ok(_) if bad.is_empty() => Some(
+            "its content does not hash to its name, but every indexed blob verifies: bytes outside them are \
+             damaged; `cairn repair index` rewrites the pack"
+                .into(),
+        ),
+        Ok(_) => None,
+    };
+    Ok(Verdict { bad, structure })
 }
 
 impl Repo {
@@ -279,46 +349,71 @@ impl Repo {
         let now = now_secs();
         let mut report = ScrubReport { read_data: opts.read_data, ..ScrubReport::default() };
         let mut damage: DamageMap = BTreeMap::new();
-        let mut pack_problems: Vec<Damage> = Vec::new();
+        let mut problems: Vec<Damage> = Vec::new();
 
-        for problem in self.index.integrity_check()? {
-            pack_problems.push(Damage {
-                kind: "index".into(),
-                blob: None,
-                pack: None,
-                detail: format!("SQLite integrity check: {problem}; run `cairn repair index`"),
-                affected: Vec::new(),
-            });
+        let index_problems = self.index.integrity_check()?;
+        if !index_problems.is_empty() {
+            // What the index says cannot be trusted: blame no data for it.
+            for problem in index_problems {
+                problems.push(Damage {
+                    kind: "index".into(),
+                    detail: format!(
+                        "SQLite integrity check: {problem}; no data was checked against this index: \
+                         run `cairn repair index`"
+                    ),
+                    ..Damage::default()
+                });
+            }
+            report.damage = problems;
+            report.duration_secs = started.elapsed().as_secs_f64();
+            return Ok(report);
         }
+        problems.extend(self.check_config());
+        let records = self.check_records()?;
+        problems.extend(records.damage);
+        report.unreadable.extend(records.unreadable);
 
-        // The index against the packs on disk.
-        let on_disk: HashMap<String, u64> = self.backend.list(FileKind::Pack)?.into_iter().collect();
+        // The index first, then the disk: a pack indexed meanwhile is then merely unindexed in
+        // this run's view (a pack is durable before its rows), and one deleted meanwhile by gc
+        // is caught by the confirmation at the end (its rows go before its file).
         let indexed = self.index.packs()?;
+        let on_disk: HashMap<String, u64> = self.backend.list(FileKind::Pack)?.into_iter().collect();
         let indexed_names: HashSet<String> = indexed.iter().map(|p| p.id.to_hex()).collect();
-        let mut broken_packs = Vec::new();
+        let mut missing_packs = HashSet::new();
         for p in &indexed {
-            match on_disk.get(&p.id.to_hex()) {
-                None => {
-                    broken_packs.push(p.id);
-                    pack_problems.push(pack_damage("missing pack", p.id, "indexed but not on disk".into()));
+            let Some(&size) = on_disk.get(&p.id.to_hex()) else {
+                missing_packs.insert(p.id);
+                problems.push(pack_damage("missing pack", p.id, "indexed but not on disk".into()));
+                for e in self.index.pack_rows(p.id)? {
+                    damage.insert(
+                        e.id,
+                        finding(Some(p.id), Some(e), "missing blob", format!("its pack {} is missing", p.id)),
+                    );
                 }
-                Some(&size) if size != p.size => {
-                    broken_packs.push(p.id);
-                    pack_problems.push(pack_damage(
-                        "truncated pack",
-                        p.id,
-                        format!("{size} bytes on disk, {} when indexed", p.size),
-                    ));
+                continue;
+            };
+            if size < p.size {
+                problems.push(pack_damage(
+                    "truncated pack",
+                    p.id,
+                    format!("{size} bytes on disk, {} when indexed", p.size),
+                ));
+                for e in self.index.pack_rows(p.id)? {
+                    if e.offset + u64::from(e.stored_len) > size {
+                        let why = format!("its frame lies past the end of its truncated pack {}", p.id);
+                        damage.insert(e.id, finding(Some(p.id), Some(e), "missing blob", why));
+                    }
                 }
-                Some(_) => {}
+            } else if size > p.size {
+                problems.push(pack_damage(
+                    "damaged pack",
+                    p.id,
+                    format!("{size} bytes on disk, {} when indexed: {} bytes were appended", p.size, size - p.size),
+                ));
             }
         }
-        for (blob, pack) in self.index.blobs_in_packs(&broken_packs)? {
-            damage
-                .insert(blob, (Some(pack), "missing blob".into(), format!("its pack {pack} is missing or truncated")));
-        }
         for (blob, pack) in self.index.blobs_out_of_bounds()? {
-            damage.entry(blob).or_insert((Some(pack), "bad blob".into(), "indexed outside its pack".into()));
+            damage.entry(blob).or_insert(finding(Some(pack), None, "bad blob", "indexed outside its pack".into()));
         }
         report.leftovers.unindexed_packs =
             on_disk.keys().filter(|n| !indexed_names.contains(*n)).cloned().collect::<Vec<_>>();
@@ -342,6 +437,7 @@ impl Repo {
             visited: Mutex::new(HashSet::new()),
             referenced_packs: Mutex::new(HashSet::new()),
             damage: Mutex::new(BTreeMap::new()),
+            unreadable: Mutex::new(Vec::new()),
             trees: AtomicU64::new(0),
             chunks: AtomicU64::new(0),
             batch: Mutex::new(Vec::new()),
@@ -356,9 +452,10 @@ impl Repo {
         report.snapshots_checked = scope.len() as u64;
         report.trees_checked = walk.trees.load(Ordering::Relaxed);
         report.chunks_checked = walk.chunks.load(Ordering::Relaxed);
-        for (blob, v) in walk.damage.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            damage.entry(blob).or_insert(v);
+        for (blob, f) in walk.damage.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            damage.entry(blob).or_insert(f);
         }
+        report.unreadable.extend(walk.unreadable.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
         let referenced = walk.referenced_packs.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         let in_scope: Vec<&PackRow> = if opts.snapshots.is_empty() {
             indexed.iter().collect()
@@ -368,85 +465,10 @@ impl Repo {
         report.leftovers.unreferenced_packs = indexed.iter().filter(|p| !referenced.contains(&p.id)).count() as u64;
         report.packs_in_scope = in_scope.len() as u64;
 
-        // Read back, oldest verification first, within the budget.
-        let mut verified_now: HashSet<PackId> = HashSet::new();
         if opts.read_data {
-            let broken: HashSet<PackId> = broken_packs.iter().copied().collect();
-            let mut order: Vec<&PackRow> = in_scope.iter().copied().filter(|p| !broken.contains(&p.id)).collect();
-            order.sort_by_key(|p| (p.verified_at.unwrap_or(i64::MIN), p.id));
-            let total: u64 = order.iter().map(|p| p.size).sum();
-            progress.start("scrub: read data", Some(opts.max_bytes.map_or(total, |m| m.min(total))), Unit::Bytes);
-            let bytes_done = AtomicU64::new(0);
-            let stop = AtomicBool::new(false);
-            let found: Mutex<Vec<(PackId, std::result::Result<Vec<(BlobId, String)>, String>)>> =
-                Mutex::new(Vec::new());
-            let verified: Mutex<Vec<PackId>> = Mutex::new(Vec::new());
-            // Workers take packs strictly in order from a shared cursor, so the budget always
-            // goes to the packs verified longest ago (a parallel iterator would split the list
-            // and start a second worker from its newest end).
-            let cursor = AtomicUsize::new(0);
-            let failure: Mutex<Option<Error>> = Mutex::new(None);
-            let check_one = |p: &PackRow| -> Result<()> {
-                let bytes = match self.backend.get(FileKind::Pack, &p.id.to_hex()) {
-                    Ok(b) => b,
-                    Err(e) if is_damage(&e) => {
-                        found
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push((p.id, Err(e.to_string())));
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
-                };
-                progress.inc(bytes.len() as u64);
-                let outcome = verify_pack(self, p.id, &bytes);
-                if matches!(&outcome, Ok(bad) if bad.is_empty()) {
-                    self.index.set_verified(p.id, now)?;
-                    verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(p.id);
-                } else {
-                    found.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((p.id, outcome));
-                }
-                Ok(())
-            };
-            pool.scope(|scope| {
-                for _ in 0..pool.current_num_threads() {
-                    scope.spawn(|_| loop {
-                        let over_time = opts.max_duration.is_some_and(|d| started.elapsed() >= d);
-                        let over_bytes = opts.max_bytes.is_some_and(|b| bytes_done.load(Ordering::Relaxed) >= b);
-                        if over_time || over_bytes || stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let i = cursor.fetch_add(1, Ordering::Relaxed);
-                        let Some(p) = order.get(i) else { return };
-                        bytes_done.fetch_add(p.size, Ordering::Relaxed);
-                        if let Err(e) = check_one(p) {
-                            stop.store(true, Ordering::Relaxed);
-                            failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
-                        }
-                    });
-                }
-            });
-            if let Some(e) = failure.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
-                return Err(e);
-            }
-            progress.finish();
-            report.bytes_verified = bytes_done.load(Ordering::Relaxed);
-            verified_now.extend(verified.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
-            for (pack, outcome) in found.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
-                match outcome {
-                    Ok(bad) => {
-                        for (blob, detail) in bad {
-                            damage.insert(blob, (Some(pack), "bad blob".into(), detail));
-                        }
-                    }
-                    Err(detail) => {
-                        for (blob, _) in self.index.blobs_in_packs(&[pack])? {
-                            damage.entry(blob).or_insert((Some(pack), "bad blob".into(), detail.clone()));
-                        }
-                        pack_problems.push(pack_damage("bad pack", pack, detail));
-                    }
-                }
-            }
+            let order: Vec<&PackRow> = in_scope.iter().copied().filter(|p| !missing_packs.contains(&p.id)).collect();
+            let verified_now =
+                self.read_back(opts, &pool, order, now, started, progress, &mut report, &mut damage, &mut problems)?;
             report.packs_verified = verified_now.len() as u64;
             report.all_packs_verified_this_run = verified_now.len() == in_scope.len();
         }
@@ -462,47 +484,291 @@ impl Repo {
             report.oldest_verification_age_secs = Some(u64::try_from(now - oldest).unwrap_or(0));
         }
 
-        // Name every snapshot and path that needs damaged data.
-        let affected = self.affected_paths(&all, &damage)?;
+        // Confirm against the repository as it is now, then name every snapshot and path that
+        // needs what is still damaged.
+        let (damage, problems) = self.confirm(damage, problems)?;
+        let current = self.snapshots()?;
+        let affected = self.affected_paths(&current, &damage)?;
+        let mut damage = damage;
+        damage.retain(|blob, f| f.pack.is_some() || affected.get(blob).is_some_and(|a| !a.is_empty()));
+        let damage = self.explain_unindexed(damage, &report.leftovers.unindexed_packs)?;
         let mut per_snapshot: HashMap<String, u64> = HashMap::new();
         for list in affected.values() {
             for a in list {
                 *per_snapshot.entry(a.snapshot.clone()).or_default() += 1;
             }
         }
-        report.damage = pack_problems;
-        for (blob, (pack, kind, detail)) in &damage {
-            report.damage.push(Damage {
-                kind: kind.clone(),
-                blob: Some(blob.to_hex()),
-                pack: pack.map(|p| p.to_hex()),
-                detail: detail.clone(),
-                affected: affected.get(blob).cloned().unwrap_or_default(),
-            });
-        }
-        for s in &scope {
+        let record_state = |id: &SnapshotId| {
+            problems.iter().find(|d| d.snapshot.as_deref() == Some(id.to_hex().as_str())).map_or("ok", |d| {
+                if d.kind == "missing record" {
+                    "missing"
+                } else {
+                    "damaged"
+                }
+            })
+        };
+        let still: HashSet<SnapshotId> = current.iter().map(|s| s.id).collect();
+        for s in scope.iter().filter(|s| still.contains(&s.id)) {
             let n = per_snapshot.get(&s.id.to_hex()).copied().unwrap_or(0);
+            let record = record_state(&s.id);
             report.snapshots.push(SnapshotStatus {
                 id: s.id.to_hex(),
                 time: jiff::Timestamp::from_nanosecond(i128::from(s.record.time_ns))
                     .map(|t| t.to_string())
                     .unwrap_or_default(),
-                status: if n == 0 { "intact" } else { "damaged" },
+                status: if n == 0 && record == "ok" { "intact" } else { "damaged" },
                 damaged_paths: n,
+                record,
             });
         }
-        report.clean = report.damage.is_empty();
+        report.damage = problems;
+        for (blob, f) in &damage {
+            report.damage.push(Damage {
+                kind: f.kind.into(),
+                blob: Some(blob.to_hex()),
+                pack: f.pack.map(|p| p.to_hex()),
+                snapshot: None,
+                detail: f.detail.clone(),
+                affected: affected.get(blob).cloned().unwrap_or_default(),
+            });
+        }
+        report.unreadable.sort();
+        report.unreadable.dedup();
+        report.clean = report.damage.is_empty() && report.unreadable.is_empty();
         report.duration_secs = started.elapsed().as_secs_f64();
         Ok(report)
     }
 
+    /// Reads packs back, oldest verification first, within the budget; returns the packs that
+    /// verified completely (their verification time is recorded).
+    #[allow(clippy::too_many_arguments)]
+    fn read_back(
+        &self,
+        opts: &ScrubOptions,
+        pool: &rayon::ThreadPool,
+        mut order: Vec<&PackRow>,
+        now: i64,
+        started: Instant,
+        progress: &dyn Progress,
+        report: &mut ScrubReport,
+        damage: &mut DamageMap,
+        problems: &mut Vec<Damage>,
+    ) -> Result<HashSet<PackId>> {
+        order.sort_by_key(|p| (p.verified_at.unwrap_or(i64::MIN), p.id));
+        let total: u64 = order.iter().map(|p| p.size).sum();
+        progress.start("scrub: read data", Some(opts.max_bytes.map_or(total, |m| m.min(total))), Unit::Bytes);
+        let bytes_done = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let found: Mutex<Vec<(PackId, std::result::Result<Verdict, String>)>> = Mutex::new(Vec::new());
+        let unreadable: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let verified: Mutex<Vec<PackId>> = Mutex::new(Vec::new());
+        // Workers take packs strictly in order from a shared cursor, so the budget always goes
+        // to the packs verified longest ago (a parallel iterator would split the list and start
+        // a second worker from its newest end).
+        let cursor = AtomicUsize::new(0);
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let check_one = |p: &PackRow| -> Result<()> {
+            let bytes = match self.backend.get(FileKind::Pack, &p.id.to_hex()) {
+                Ok(b) => b,
+                Err(e) if is_damage(&e) => {
+                    lock(&found).push((p.id, Err(e.to_string())));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            progress.inc(bytes.len() as u64);
+            match verify_pack(self, p.id, &bytes) {
+                Ok(v) if v.bad.is_empty() && v.structure.is_none() => {
+                    self.index.set_verified(p.id, now)?;
+                    lock(&verified).push(p.id);
+                }
+                Ok(v) => lock(&found).push((p.id, Ok(v))),
+                Err(e @ Error::UnsupportedVersion { .. }) => lock(&unreadable).push(format!("pack {}: {e}", p.id)),
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        };
+        pool.scope(|scope| {
+            for _ in 0..pool.current_num_threads() {
+                scope.spawn(|_| loop {
+                    let over_time = opts.max_duration.is_some_and(|d| started.elapsed() >= d);
+                    let over_bytes = opts.max_bytes.is_some_and(|b| bytes_done.load(Ordering::Relaxed) >= b);
+                    if over_time || over_bytes || stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let i = cursor.fetch_add(1, Ordering::Relaxed);
+                    let Some(p) = order.get(i) else { return };
+                    bytes_done.fetch_add(p.size, Ordering::Relaxed);
+                    if let Err(e) = check_one(p) {
+                        stop.store(true, Ordering::Relaxed);
+                        lock(&failure).get_or_insert(e);
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Err(e);
+        }
+        progress.finish();
+        report.bytes_verified = bytes_done.load(Ordering::Relaxed);
+        report.unreadable.extend(unreadable.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for (pack, outcome) in found.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            match outcome {
+                Ok(v) => {
+                    for (e, detail) in v.bad {
+                        damage.insert(e.id, finding(Some(pack), Some(e), "bad blob", detail));
+                    }
+                    if let Some(detail) = v.structure {
+                        problems.push(pack_damage("damaged pack", pack, detail));
+                    }
+                }
+                Err(detail) => {
+                    for e in self.index.pack_rows(pack)? {
+                        damage.entry(e.id).or_insert(finding(Some(pack), Some(e), "bad blob", detail.clone()));
+                    }
+                    problems.push(pack_damage("missing pack", pack, detail));
+                }
+            }
+        }
+        Ok(verified.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).into_iter().collect())
+    }
+
+    /// Both copies of the config: one that cannot be read is damage (opening mends it when the
+    /// repository is writable, so a scrub normally finds both good).
+    fn check_config(&self) -> Vec<Damage> {
+        let mut out = Vec::new();
+        for name in ["config", crate::backend::CONFIG_COPY] {
+            let read = self.backend.get(FileKind::Config, name).and_then(|b| crate::config::RepoConfig::decode(&b));
+            if let Err(e) = read {
+                out.push(Damage {
+                    kind: "config".into(),
+                    detail: format!("{name}: {e}; the other copy is good: `cairn repair config` writes it again"),
+                    ..Damage::default()
+                });
+            }
+        }
+        out
+    }
+
+    /// Reads and verifies every snapshot record file, and compares them with the index: a
+    /// record file that is damaged or gone while the index holds a verified copy is damage
+    /// (`repair index` writes it again); one that is damaged with no copy is a lost snapshot.
+    fn check_records(&self) -> Result<RecordCheck> {
+        let mut out = RecordCheck::default();
+        // The same order as `Repo::reconcile_snapshots`: files, tombstones, rows.
+        let files = self.backend.list(FileKind::Snapshot)?;
+        let tombs: HashSet<String> = self.backend.list(FileKind::Tombstone)?.into_iter().map(|(n, _)| n).collect();
+        let rows: HashMap<SnapshotId, Vec<u8>> =
+            self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
+        let mut seen = HashSet::new();
+        for (name, _) in &files {
+            let Ok(id) = name.parse::<SnapshotId>() else { continue };
+            seen.insert(id);
+            if tombs.contains(name) {
+                continue; // being forgotten
+            }
+            match self.backend.get(FileKind::Snapshot, name).and_then(|b| SnapshotRecord::open(id, &b)) {
+                Ok(_) => {}
+                Err(e) if crate::repo::missing(&e) => {} // forgotten since the listing
+                Err(e @ Error::UnsupportedVersion { .. }) => {
+                    out.unreadable.push(format!("snapshot record {name}: {e}"))
+                }
+                Err(e) => {
+                    let copy = rows.get(&id).is_some_and(|b| SnapshotRecord::open(id, b).is_ok());
+                    let detail = if copy {
+                        format!("{e}; the index holds a verified copy: `cairn repair index` writes the file again")
+                    } else {
+                        format!("{e}; no verified copy exists: the snapshot is lost unless a good copy of the file is found")
+                    };
+                    out.damage.push(Damage {
+                        kind: "damaged record".into(),
+                        snapshot: Some(name.clone()),
+                        detail,
+                        ..Damage::default()
+                    });
+                }
+            }
+        }
+        for id in rows.keys().filter(|id| !seen.contains(*id) && !tombs.contains(&id.to_hex())) {
+            out.damage.push(Damage {
+                kind: "missing record".into(),
+                snapshot: Some(id.to_hex()),
+                detail: "the record file is gone (it was not forgotten); the index holds a verified copy: \
+                         `cairn repair index` writes it again"
+                    .into(),
+                ..Damage::default()
+            });
+        }
+        Ok(out)
+    }
+
+    /// Keeps what is still wrong in the repository as it is now. A scrub takes no lock, so gc
+    /// may have deleted a pack (rows first, then the file), repacked a blob elsewhere, or a
+    /// forget may have removed the snapshot that needed it, while the scrub read: each finding
+    /// is looked up again, a blob now indexed elsewhere is read there, and a pack the index no
+    /// longer names is no longer damage. A blob no longer indexed anywhere is kept only while a
+    /// snapshot still needs it (decided by the caller).
+    fn confirm(&self, damage: DamageMap, mut problems: Vec<Damage>) -> Result<(DamageMap, Vec<Damage>)> {
+        let packs_now: HashMap<String, u64> =
+            self.index.packs()?.into_iter().map(|p| (p.id.to_hex(), p.size)).collect();
+        let disk_now: HashMap<String, u64> = self.backend.list(FileKind::Pack)?.into_iter().collect();
+        problems.retain(|d| {
+            let Some(p) = &d.pack else { return true };
+            let Some(&indexed) = packs_now.get(p) else { return false };
+            match d.kind.as_str() {
+                "missing pack" => disk_now.get(p).is_none_or(|&size| size != indexed),
+                "truncated pack" => disk_now.get(p).is_some_and(|&size| size < indexed),
+                _ => true,
+            }
+        });
+        let ids: Vec<BlobId> = damage.keys().copied().collect();
+        let now = self.index.locate_many(&ids)?;
+        let mut out = DamageMap::new();
+        for ((blob, f), loc) in damage.into_iter().zip(now) {
+            match loc {
+                Some(l) if Some(l.pack) == f.pack && f.entry.is_none_or(|e| e == l.entry) => {
+                    out.insert(blob, f);
+                }
+                Some(l) => match self.read_located(&l) {
+                    Ok(_) => {} // found intact where the index places it now
+                    Err(e) if is_damage(&e) => {
+                        out.insert(blob, finding(Some(l.pack), Some(l.entry), "bad blob", e.to_string()));
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    out.insert(blob, Finding { pack: None, entry: None, ..f });
+                }
+            }
+        }
+        Ok((out, problems))
+    }
+
+    /// A blob no pack the index knows holds may still be in a pack the index does not know (an
+    /// index rebuilt without it): then it is the index that is wrong, and saying so keeps the
+    /// user from taking intact data for lost.
+    fn explain_unindexed(&self, mut damage: DamageMap, unindexed: &[String]) -> Result<DamageMap> {
+        if unindexed.is_empty() || damage.values().all(|f| f.pack.is_some()) {
+            return Ok(damage);
+        }
+        for name in unindexed {
+            let Ok(size) = self.backend.size(FileKind::Pack, name) else { continue };
+            let Ok(entries) = self.pack_trailer(name, size) else { continue };
+            for e in entries {
+                if let Some(f) = damage.get_mut(&e.id).filter(|f| f.pack.is_none()) {
+                    f.kind = "unindexed blob";
+                    f.detail = format!(
+                        "its pack {name} is on disk but not in the index: `cairn repair index` indexes it again"
+                    );
+                }
+            }
+        }
+        Ok(damage)
+    }
+
     /// For each damaged blob, every snapshot and path that needs it. Subtrees are walked once
     /// per distinct tree; a damaged tree marks its directory.
-    pub(crate) fn affected_paths(
-        &self,
-        snapshots: &[Snapshot],
-        damage: &DamageMap,
-    ) -> Result<BTreeMap<BlobId, Vec<Affected>>> {
+    fn affected_paths(&self, snapshots: &[Snapshot], damage: &DamageMap) -> Result<BTreeMap<BlobId, Vec<Affected>>> {
         let mut out: BTreeMap<BlobId, Vec<Affected>> = BTreeMap::new();
         if damage.is_empty() {
             return Ok(out);
@@ -564,5 +830,12 @@ impl Repo {
 }
 
 fn pack_damage(kind: &str, pack: PackId, detail: String) -> Damage {
-    Damage { kind: kind.into(), blob: None, pack: Some(pack.to_hex()), detail, affected: Vec::new() }
+    Damage { kind: kind.into(), pack: Some(pack.to_hex()), detail, ..Damage::default() }
+}
+
+/// What `check_records` found.
+#[derive(Default)]
+struct RecordCheck {
+    damage: Vec<Damage>,
+    unreadable: Vec<String>,
 }

@@ -12,15 +12,15 @@ use crate::args;
 use crate::util::*;
 
 /// A repository with small packs holding two snapshots of a generated tree.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    repo: PathBuf,
-    src: PathBuf,
-    snaps: Vec<String>,
+pub struct Fixture {
+    pub _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub repo: PathBuf,
+    pub src: PathBuf,
+    pub snaps: Vec<String>,
 }
 
-fn fixture() -> Fixture {
+pub fn fixture() -> Fixture {
     let (dir, repo) = new_repo_with_packs(Some("256K"));
     let src = dir.path().join("src");
     generate(&src, 31, 1);
@@ -32,7 +32,7 @@ fn fixture() -> Fixture {
 
 /// The data packs (trees go to their own packs): the ones whose trailer lists kind-0 blobs.
 /// Told apart from tree packs by size: tree packs of this fixture are small.
-fn biggest_pack(repo: &Path) -> PathBuf {
+pub fn biggest_pack(repo: &Path) -> PathBuf {
     pack_files(repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap()
 }
 
@@ -66,7 +66,7 @@ fn chunk_map(src: &Path) -> Vec<(String, BTreeSet<String>)> {
 }
 
 /// (snapshot, path) pairs a scrub report names, and the damaged blob IDs.
-fn named(report: &serde_json::Value) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
+pub fn named(report: &serde_json::Value) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
     let mut paths = BTreeSet::new();
     let mut blobs = BTreeSet::new();
     for d in report["damage"].as_array().unwrap() {

@@ -6,6 +6,7 @@ mod util;
 mod changing;
 mod crash;
 mod crash_matrix;
+mod data_safety;
 mod errors;
 mod full_disk;
 mod gc;

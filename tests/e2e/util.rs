@@ -10,9 +10,15 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+/// The binary under test: this build's, or the one `CAIRN_TEST_BIN` names (to run a test
+/// against another build, e.g. to see a regression test fail on the code before its fix).
+pub fn cairn_bin() -> PathBuf {
+    std::env::var_os("CAIRN_TEST_BIN").map_or_else(|| assert_cmd::cargo::cargo_bin("cairn"), PathBuf::from)
+}
+
 /// A `cairn` command aimed at `repo`, with a clean environment for cairn's variables.
 pub fn cairn(repo: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("cairn").expect("cairn binary");
+    let mut cmd = Command::new(cairn_bin());
     cmd.env("CAIRN_REPO", repo).env_remove("CAIRN_IO_STATS").env("TZ", "UTC");
     cmd
 }

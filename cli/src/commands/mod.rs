@@ -52,7 +52,20 @@ pub fn repo_path(cli: &Cli) -> Result<(PathBuf, bool)> {
 /// Opens the repository named by the global options.
 pub fn open(cli: &Cli) -> Result<Repo> {
     let (path, _) = repo_path(cli)?;
-    Repo::open(&path, &OpenOptions::default()).with_context(|| format!("cannot open repository {}", path.display()))
+    let repo = Repo::open(&path, &OpenOptions::default())
+        .with_context(|| format!("cannot open repository {}", path.display()))?;
+    print_notices(cli, &repo);
+    Ok(repo)
+}
+
+/// What opening the repository found that the user should hear about, on stderr.
+pub fn print_notices(cli: &Cli, repo: &Repo) {
+    if cli.quiet {
+        return;
+    }
+    for n in repo.notices() {
+        eprintln!("cairn: warning: {n}");
+    }
 }
 
 /// Prints warnings on stderr (all of them with -v, else the first few and a count).

@@ -10,9 +10,6 @@ use crate::progress::Bar;
 
 pub fn run_index(cli: &Cli) -> Result<u8> {
     let (path, _) = super::repo_path(cli)?;
-    if !path.join("config").exists() {
-        anyhow::bail!("{} is not a cairn repository (no config file)", path.display());
-    }
     let bar = Bar::new(!cli.quiet && !cli.json);
     let (_repo, report) =
         Repo::repair_index(&path, &bar).with_context(|| format!("cannot repair {}", path.display()))?;
@@ -28,6 +25,9 @@ pub fn run_index(cli: &Cli) -> Result<u8> {
         }
         if report.blobs_salvaged > 0 || report.blobs_lost > 0 {
             println!("from damaged packs: {} blobs salvaged, {} lost", report.blobs_salvaged, report.blobs_lost);
+        }
+        for s in &report.snapshots_rewritten {
+            println!("snapshot record {} written again from the index's verified copy", &s[..8]);
         }
         for s in &report.snapshots_quarantined {
             println!("damaged snapshot record {s} moved to quarantine/");

@@ -24,7 +24,14 @@ pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
     } else if !cli.quiet || !report.clean {
         print_report(&report);
     }
-    Ok(if report.clean { exit::OK } else { exit::DAMAGE })
+    Ok(if !report.damage.is_empty() {
+        exit::DAMAGE
+    } else if !report.unreadable.is_empty() {
+        // Not damage, but not checked either: the run could not finish its job.
+        exit::ERROR
+    } else {
+        exit::OK
+    })
 }
 
 fn age(secs: u64) -> String {
@@ -64,6 +71,9 @@ fn print_report(r: &ScrubReport) {
             l.unreferenced_packs
         );
     }
+    for u in &r.unreadable {
+        println!("NOT CHECKED (written by a newer cairn; upgrade to check it): {u}");
+    }
     let intact = r.snapshots.iter().filter(|s| s.status == "intact").count();
     println!("intact: {intact} of {} snapshots", r.snapshots.len());
     if r.clean {
@@ -80,11 +90,12 @@ fn print_report(r: &ScrubReport) {
 
 /// One damaged object and what needs it.
 pub fn print_damage(d: &Damage) {
-    let what = match (&d.blob, &d.pack) {
-        (Some(b), Some(p)) => format!("blob {} in pack {}", &b[..16], &p[..16]),
-        (Some(b), None) => format!("blob {}", &b[..16]),
-        (None, Some(p)) => format!("pack {}", &p[..16]),
-        (None, None) => String::new(),
+    let what = match (&d.blob, &d.pack, &d.snapshot) {
+        (Some(b), Some(p), _) => format!("blob {} in pack {}", &b[..16], &p[..16]),
+        (Some(b), None, _) => format!("blob {}", &b[..16]),
+        (None, Some(p), _) => format!("pack {}", &p[..16]),
+        (None, None, Some(s)) => format!("snapshot {}", &s[..8]),
+        (None, None, None) => String::new(),
     };
     println!("  {}: {what}: {}", d.kind, d.detail);
     for a in &d.affected {

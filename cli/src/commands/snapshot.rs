@@ -21,8 +21,10 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
         }
         repo
     } else {
-        Repo::open(&path, &OpenOptions::default())
-            .with_context(|| format!("cannot open repository {}", path.display()))?
+        let repo = Repo::open(&path, &OpenOptions::default())
+            .with_context(|| format!("cannot open repository {}", path.display()))?;
+        super::print_notices(cli, &repo);
+        repo
     };
     let mut opts = SnapshotOptions::new(args.paths.clone());
     opts.kind = match args.kind {

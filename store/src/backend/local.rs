@@ -4,6 +4,7 @@
 //! REPO/config
 //! REPO/packs/<2 hex>/<64 hex>
 //! REPO/snapshots/<64 hex>
+//! REPO/forgotten/<64 hex>  tombstones of snapshots being forgotten
 //! REPO/tmp/            files being written (name.pid.n.tmp); renamed into place when durable
 //! REPO/index/          the SQLite index (not managed by the backend)
 //! ```
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{is_id_name, Backend, FileKind};
+use super::{is_id_name, Backend, FileKind, CONFIG_COPY};
 use crate::error::{Error, IoContext, Result};
 
 /// Open pack handles kept for ranged reads (restore reads many small ranges of few packs).
@@ -50,7 +51,8 @@ impl Modes {
     #[must_use]
     pub fn of(root: &Path) -> Self {
         use std::os::unix::fs::PermissionsExt;
-        match fs::metadata(root.join("config")) {
+        let meta = fs::metadata(root.join("config")).or_else(|_| fs::metadata(root.join(CONFIG_COPY)));
+        match meta {
             Ok(m) if m.permissions().mode() & 0o040 != 0 => Self::group_readable(),
             _ => Self::private(),
         }
@@ -90,9 +92,12 @@ impl LocalBackend {
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
         match kind {
+            // Two copies of the config; any other name still means the main one.
+            FileKind::Config if name == CONFIG_COPY => self.root.join(CONFIG_COPY),
             FileKind::Config => self.root.join("config"),
             FileKind::Pack => self.root.join("packs").join(name.get(..2).unwrap_or("xx")).join(name),
             FileKind::Snapshot => self.root.join("snapshots").join(name),
+            FileKind::Tombstone => self.root.join("forgotten").join(name),
         }
     }
 
@@ -142,7 +147,16 @@ impl Backend for LocalBackend {
         let tmp_dir = self.root.join("tmp");
         let tmp = tmp_dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(self.modes.file).open(&tmp).at(&tmp)?;
+            let create = || OpenOptions::new().write(true).create_new(true).mode(self.modes.file).open(&tmp);
+            let mut f = match create() {
+                // A repository copied without its empty folders (git keeps none) has no tmp/.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    create_repo_dir(&self.root, &tmp_dir)?;
+                    create()
+                }
+                other => other,
+            }
+            .at(&tmp)?;
             if self.modes.file & 0o040 != 0 {
                 // The umask may have taken the group bit: the repository's choice wins.
                 use std::os::unix::fs::PermissionsExt;
@@ -209,6 +223,7 @@ impl Backend for LocalBackend {
         match kind {
             FileKind::Config => {}
             FileKind::Snapshot => scan(&self.root.join("snapshots"))?,
+            FileKind::Tombstone => scan(&self.root.join("forgotten"))?,
             FileKind::Pack => {
                 let packs = self.root.join("packs");
                 let shards = match fs::read_dir(&packs) {

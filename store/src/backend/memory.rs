@@ -17,6 +17,7 @@ fn key(kind: FileKind, name: &str) -> (u8, String) {
         FileKind::Config => 0,
         FileKind::Pack => 1,
         FileKind::Snapshot => 2,
+        FileKind::Tombstone => 3,
     };
     (k, name.to_owned())
 }

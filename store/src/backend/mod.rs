@@ -23,6 +23,10 @@ pub enum FileKind {
     Pack,
     /// Snapshot records, named by their hex ID.
     Snapshot,
+    /// Tombstones of snapshots being forgotten, named by the snapshot's hex ID: written before
+    /// the record is removed, so that a record file that is gone can be told apart from one
+    /// that was forgotten (docs/FORMAT.md, "Forgetting").
+    Tombstone,
 }
 
 /// Storage for repository files.
@@ -50,6 +54,10 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 }
+
+/// The name of the config's second copy (`FileKind::Config`); the first is `config`. Both
+/// hold the same bytes, so one damaged copy never makes a repository unopenable.
+pub const CONFIG_COPY: &str = "config.copy";
 
 /// True when `name` is a 64-digit lower-case hex ID, the only names packs and snapshots have.
 /// Anything else in those folders is ignored, so a hostile file name cannot become a path.

@@ -157,6 +157,21 @@ fn newest_rows<T>(
     Ok(out)
 }
 
+/// A path as the path part of an SQLite URI: every byte but the unreserved ones and `/` is
+/// percent-encoded, so spaces, `?`, `#` and `%` in a repository path stay part of the path.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// SQLite page size of a new index file, in bytes.
 const PAGE_SIZE: i64 = 4096;
 
@@ -170,6 +185,8 @@ pub struct Index {
     filter: Mutex<Option<Arc<filter::Filter>>>,
     /// Permission bits of the repository's files, for the filter file.
     file_mode: u32,
+    /// How connections are opened: `None` read-write; else the URI of a read-only open.
+    read_only: Option<String>,
 }
 
 /// A new filter token: any value another filter file is unlikely to carry.
@@ -190,6 +207,7 @@ impl Index {
             caps: levels::caps(),
             filter: Mutex::new(None),
             file_mode,
+            read_only: None,
         };
         let conn = index.connect()?;
         // Private like every repository file; SQLite gives its WAL and shm files the same mode.
@@ -202,11 +220,70 @@ impl Index {
         Ok(index)
     }
 
+    /// Opens the index at `path` without writing anything: for a repository this user may not
+    /// write (read-only media, a group-readable repository read by the group) and for reading an
+    /// old index as evidence. A WAL database is opened read-only where SQLite can share its
+    /// memory index; where it cannot (no `-shm` and no right to create one), and there is no
+    /// write-ahead log with content that would be missed, it is opened as immutable.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let uri = |query: &str| format!("file:{}?{query}", uri_path(path));
+        let wal = std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len()).unwrap_or(0);
+        let mut last = None;
+        for query in ["mode=ro", "immutable=1"] {
+            if query == "immutable=1" && wal > 0 {
+                break; // the log holds commits an immutable open would not see
+            }
+            let index = Self {
+                path: path.to_path_buf(),
+                pool: Mutex::new(Vec::new()),
+                caps: levels::caps(),
+                filter: Mutex::new(None),
+                file_mode: 0o600,
+                read_only: Some(uri(query)),
+            };
+            match index.connect().and_then(|c| {
+                let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| index.err(e))?;
+                Ok((c, version))
+            }) {
+                Ok((c, version)) if version == schema::INDEX_VERSION => {
+                    index.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(c);
+                    return Ok(index);
+                }
+                Ok((_, version)) => {
+                    return Err(Error::UnsupportedVersion {
+                        what: format!("index {} (opened read-only, so it cannot be upgraded)", path.display()),
+                        found: u32::try_from(version).unwrap_or(u32::MAX),
+                        supported: schema::INDEX_VERSION as u32,
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::corrupt(format!("index {}", path.display()), "cannot be opened read-only")))
+    }
+
+    /// True when this index was opened read-only.
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.is_some()
+    }
+
     fn err(&self, source: rusqlite::Error) -> Error {
         schema::classify(&self.path, source)
     }
 
     fn connect(&self) -> Result<Connection> {
+        if let Some(uri) = &self.read_only {
+            use rusqlite::OpenFlags;
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(uri, flags).map_err(|e| self.err(e))?;
+            conn.busy_timeout(Duration::from_secs(60)).map_err(|e| self.err(e))?;
+            conn.pragma_update(None, "cache_size", -4096).map_err(|e| self.err(e))?;
+            return Ok(conn);
+        }
         let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(|e| self.err(e))?;
         // WAL: readers never block the writer. synchronous=FULL: a committed row survives power
@@ -368,11 +445,6 @@ impl Index {
             }
         }
         Ok(())
-    }
-
-    /// True when the blob is indexed (condemned packs included).
-    pub fn has_blob(&self, id: BlobId) -> Result<bool> {
-        Ok(self.locate(id)?.is_some())
     }
 
     /// Whether each blob is indexed in a pack that is not condemned, in one read transaction
@@ -538,16 +610,39 @@ impl Index {
         )
     }
 
-    /// The blobs indexed in the given packs (a full scan: used only for damaged packs).
-    pub fn blobs_in_packs(&self, packs: &[PackId]) -> Result<Vec<(BlobId, PackId)>> {
-        let mut out = Vec::new();
-        for p in packs {
-            out.extend(self.blob_pairs(
-                "SELECT b.id, p.id FROM blobs_all b JOIN packs p ON p.pid = b.pid WHERE p.id = ?1",
-                &[p.as_bytes().as_slice()],
-            )?);
+    /// The place of every blob the index locates in `pack` (its newest row names the pack):
+    /// what a restore would read from it. A full scan of the levels: used only for packs whose
+    /// own trailer cannot be trusted, and for `repair index` to learn from an old index.
+    pub fn pack_rows(&self, pack: PackId) -> Result<Vec<PackEntry>> {
+        type Row = (Vec<u8>, [i64; 7]);
+        let rows: Vec<Row> = self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT b.id, b.kind, b.offset, b.stored_len, b.frame_len, b.frame_offset, b.raw_len, b.compression \
+                 FROM blobs_all b JOIN packs p ON p.pid = b.pid WHERE p.id = ?1 ORDER BY b.offset, b.frame_offset",
+            )?;
+            let rows = st.query_map([pack.as_bytes()], |r| {
+                let mut n = [0i64; 7];
+                for (i, v) in n.iter_mut().enumerate() {
+                    *v = r.get(i + 1)?;
+                }
+                Ok((r.get(0)?, n))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for (id, n) in rows {
+            let id = BlobId::from_slice(&id).ok_or_else(|| self.bad_row("blob id"))?;
+            entries.push(self.location(id, (pack.as_bytes().to_vec(), n))?.entry);
         }
-        Ok(out)
+        // Only the rows that locate their blob: an older row a newer copy shadows is not read.
+        let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
+        let newest = self.locate_many(&ids)?;
+        Ok(entries
+            .into_iter()
+            .zip(newest)
+            .filter(|(e, loc)| loc.as_ref().is_some_and(|l| l.pack == pack && l.entry == *e))
+            .map(|(e, _)| e)
+            .collect())
     }
 
     fn blob_pairs(&self, sql: &str, args: &[&[u8]]) -> Result<Vec<(BlobId, PackId)>> {

@@ -1,0 +1,298 @@
+//! Issue 13, data safety: repair, scrub and gc never lose or misjudge what can still be read.
+//! Damage in every region of a pack (header, footer, trailer, bytes appended), damaged and
+//! vanished snapshot records, files of a newer format, and scrubs racing snapshots and gc.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::args;
+use crate::integrity::{biggest_pack, fixture, named, Fixture};
+use crate::util::*;
+
+/// Every snapshot of the fixture restores byte for byte and metadata for metadata (the first
+/// one's tree is the source before its mutation: compared by file content only).
+fn assert_restores(f: &Fixture, what: &str) {
+    let target = f.root.join(format!("check-{}", what.replace(' ', "-")));
+    cairn_json(&f.repo, args!["restore", &f.snaps[1], "--target", &target, "--verify"], 0);
+    assert_same(&describe(&f.src), &describe(&restored(&target, &f.src)), what);
+    fs::remove_dir_all(&target).unwrap();
+    let target = f.root.join(format!("check0-{}", what.replace(' ', "-")));
+    cairn_json(&f.repo, args!["restore", &f.snaps[0], "--target", &target, "--verify"], 0);
+    fs::remove_dir_all(&target).unwrap();
+}
+
+fn damage_kinds(r: &serde_json::Value) -> Vec<String> {
+    r["damage"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Position of the trailer's first entry, from the pack's own footer.
+fn trailer_start(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    let len = u32::from_le_bytes(bytes[n - 44..n - 40].try_into().unwrap()) as usize;
+    n - 44 - len
+}
+
+/// Flips `mask` in the byte at the position `at` finds in the pack.
+fn flip(bytes: &mut [u8], at: impl Fn(&[u8]) -> usize, mask: u8) {
+    let i = at(bytes);
+    bytes[i] ^= mask;
+}
+
+#[test]
+fn issue13_damage_to_a_packs_header_footer_or_trailer_loses_no_frame() {
+    type Damager = fn(&mut Vec<u8>);
+    let cases: Vec<(&str, Damager, bool)> = vec![
+        ("end marker", |b| b.last_mut().map_or((), |x| *x ^= 0x01), false),
+        ("trailer checksum", |b| flip(b, |b| b.len() - 20, 0x01), false),
+        ("trailer length", |b| flip(b, |b| b.len() - 44 + 1, 0x01), false),
+        ("entry count", |b| flip(b, trailer_start, 0x02), false),
+        ("an entry's offset", |b| flip(b, |b| trailer_start(b) + 8 + 64 + 36, 0x08), false),
+        ("bytes appended", |b| b.extend_from_slice(b"\0\0appended by a confused copy tool\n"), false),
+        ("header magic", |b| b[1] ^= 0x40, false),
+        // The whole trailer and footer overwritten, and the index deleted as well: only a scan
+        // of the frames is left to find the blobs by.
+        (
+            "trailer and footer zeroed, no index",
+            |b| {
+                let start = trailer_start(b);
+                b[start..].iter_mut().for_each(|x| *x = 0);
+            },
+            true,
+        ),
+    ];
+    for (what, damage, drop_index) in cases {
+        let f = fixture();
+        let pack = biggest_pack(&f.repo);
+        let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+        let mut bytes = fs::read(&pack).unwrap();
+        damage(&mut bytes);
+        fs::write(&pack, &bytes).unwrap();
+
+        if !drop_index {
+            // Scrub names the pack, not its blobs: every frame still verifies, and so every
+            // snapshot is intact and restores.
+            let r = cairn_json(&f.repo, args!["scrub", "--read-data"], 4);
+            assert!(damage_kinds(&r).iter().all(|k| k == "damaged pack"), "{what}: {r}");
+            assert_eq!(r["damage"][0]["pack"].as_str(), Some(name.as_str()), "{what}");
+            assert!(named(&r).1.is_empty(), "{what}: no blob is called bad: {r}");
+            for s in r["snapshots"].as_array().unwrap() {
+                assert_eq!(s["status"], "intact", "{what}: {s}");
+            }
+            assert_restores(&f, &format!("{what} before repair"));
+        } else {
+            for ext in ["", "-wal", "-shm", "-filter"] {
+                let _ = fs::remove_file(format!("{}{ext}", f.repo.join("index/index.sqlite").display()));
+            }
+        }
+
+        let rep = cairn_json(&f.repo, args!["repair", "index"], 0);
+        assert_eq!(rep["packs_quarantined"].as_array().unwrap(), &[serde_json::json!(name)], "{what}: {rep}");
+        assert!(rep["blobs_salvaged"].as_u64().unwrap() > 0, "{what}: {rep}");
+        assert_eq!(rep["blobs_lost"], 0, "{what}: {rep}");
+        assert!(rep["lost"].as_array().unwrap().is_empty(), "{what}: {rep}");
+        assert!(f.repo.join("quarantine").join(&name).exists(), "{what}: the damaged pack is kept for inspection");
+        let r = cairn_json(&f.repo, args!["scrub", "--read-data"], 0);
+        assert_eq!(r["clean"], true, "{what}: {r}");
+        assert_restores(&f, &format!("{what} after repair"));
+    }
+}
+
+#[test]
+fn issue13_a_flipped_frame_byte_costs_only_that_frames_blobs_when_the_trailer_is_damaged_too() {
+    let f = fixture();
+    let pack = biggest_pack(&f.repo);
+    let mut bytes = fs::read(&pack).unwrap();
+    let start = trailer_start(&bytes);
+    bytes[start + 8 + 40] ^= 0x01; // the first entry's offset: the trailer checksum fails too
+    bytes[300] ^= 0x01; // and a byte inside some frame
+    fs::write(&pack, &bytes).unwrap();
+    let r = cairn_json(&f.repo, args!["scrub", "--read-data"], 4);
+    let bad = named(&r).1;
+    assert!(!bad.is_empty() && bad.len() < 40, "only the blobs of the damaged frame: {r}");
+    let rep = cairn_json(&f.repo, args!["repair", "index"], 4);
+    let lost: std::collections::BTreeSet<String> =
+        rep["lost"].as_array().unwrap().iter().map(|d| d["blob"].as_str().unwrap().to_owned()).collect();
+    assert!(!lost.is_empty() && lost.is_subset(&bad), "repair loses at most what scrub found bad: {rep}");
+    assert!(rep["blobs_salvaged"].as_u64().unwrap() > 10, "{rep}");
+}
+
+/// A record file's bytes with another format version, framed and named properly (what a newer
+/// cairn would write): `(name, bytes)`.
+fn as_newer_record(bytes: &[u8]) -> (String, Vec<u8>) {
+    let mut b = bytes.to_vec();
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let n = b.len();
+    let sum = *blake3::hash(&b[..n - 32]).as_bytes();
+    b[n - 32..].copy_from_slice(&sum);
+    (blake3::hash(&b).to_hex().to_string(), b)
+}
+
+fn record_file(repo: &Path, id: &str) -> PathBuf {
+    repo.join("snapshots").join(id)
+}
+
+#[test]
+fn issue13_a_damaged_record_is_reported_and_written_again_from_the_index() {
+    let f = fixture();
+    let file = record_file(&f.repo, &f.snaps[0]);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[20] ^= 0x01;
+    fs::write(&file, &bytes).unwrap();
+
+    let r = cairn_json(&f.repo, args!["scrub"], 4);
+    let d = r["damage"].as_array().unwrap().iter().find(|d| d["kind"] == "damaged record").expect("reported");
+    assert_eq!(d["snapshot"].as_str(), Some(f.snaps[0].as_str()), "{r}");
+    let s0 = r["snapshots"].as_array().unwrap().iter().find(|s| s["id"] == f.snaps[0].as_str()).unwrap();
+    assert_eq!((s0["status"].as_str(), s0["record"].as_str()), (Some("damaged"), Some("damaged")), "{r}");
+
+    let rep = cairn_json(&f.repo, args!["repair", "index"], 0);
+    assert_eq!(rep["snapshots"], 2, "{rep}");
+    assert_eq!(rep["snapshots_rewritten"][0].as_str(), Some(f.snaps[0].as_str()), "{rep}");
+    assert_eq!(blake3::hash(&fs::read(&file).unwrap()).to_hex().as_str(), f.snaps[0], "the file is whole again");
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    // gc keeps what it needs: forget the other snapshot and collect.
+    cairn_json(&f.repo, args!["forget", &f.snaps[1], "--gc"], 0);
+    let target = f.root.join("out");
+    cairn_json(&f.repo, args!["restore", &f.snaps[0], "--target", &target, "--verify"], 0);
+}
+
+#[test]
+fn issue13_a_vanished_record_is_kept_reported_and_written_again() {
+    let f = fixture();
+    let file = record_file(&f.repo, &f.snaps[0]);
+    let original = fs::read(&file).unwrap();
+    fs::remove_file(&file).unwrap();
+
+    // Not reconciled away on open: still listed, with a notice.
+    let out = cairn(&f.repo).args(["--json", "list"]).output().unwrap();
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = cairn_json(&f.repo, args!["scrub"], 4);
+    assert!(damage_kinds(&r).contains(&"missing record".to_owned()), "{r}");
+    // gc keeps its data (a snapshot of the other one's sources, then a gc that repacks).
+    cairn_json(&f.repo, args!["forget", &f.snaps[1]], 0);
+    cairn_json(&f.repo, args!["gc", "--max-unused", "0"], 0);
+    let rep = cairn_json(&f.repo, args!["repair", "index"], 0);
+    assert_eq!(rep["snapshots_rewritten"][0].as_str(), Some(f.snaps[0].as_str()), "{rep}");
+    assert_eq!(fs::read(&file).unwrap(), original);
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    let target = f.root.join("out");
+    cairn_json(&f.repo, args!["restore", &f.snaps[0], "--target", &target, "--verify"], 0);
+}
+
+#[test]
+fn issue13_a_forget_killed_after_its_tombstone_is_finished_not_reported() {
+    let f = fixture();
+    let out = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &f.repo)
+        .env("CAIRN_FAILPOINTS", "forget.record_removed=kill@1")
+        .args(["-q", "forget", &f.snaps[0]])
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9));
+    let listed = cairn_json(&f.repo, args!["list"], 0);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(cairn_json(&f.repo, args!["scrub"], 0)["clean"], true);
+    assert!(f.repo.join("forgotten").read_dir().map_or(0, Iterator::count) == 0, "the tombstone is cleared");
+}
+
+#[test]
+fn issue13_a_newer_record_or_pack_stops_gc_and_repair_and_is_never_called_clean() {
+    let f = fixture();
+    let (name, newer) = as_newer_record(&fs::read(record_file(&f.repo, &f.snaps[1])).unwrap());
+    fs::write(record_file(&f.repo, &name), &newer).unwrap();
+    let packs_before = pack_files(&f.repo);
+
+    let out = cairn(&f.repo).args(["--json", "list"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be read by this cairn"), "list says so");
+    let out = cairn(&f.repo).args(["--json", "scrub"]).output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(r["clean"], false);
+    assert!(r["unreadable"].as_array().unwrap().iter().any(|u| u.as_str().unwrap().contains(&name)), "{r}");
+
+    cairn(&f.repo).args(["forget", &f.snaps[0]]).assert().success();
+    let out = cairn(&f.repo).args(["gc", "--max-unused", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upgrade cairn") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(pack_files(&f.repo), packs_before, "gc deleted nothing");
+
+    let out = cairn(&f.repo).args(["repair", "index"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upgrade cairn"));
+    assert_eq!(pack_files(&f.repo), packs_before, "repair moved nothing");
+    assert!(!f.repo.join("quarantine").exists());
+    assert!(!f.repo.join("index/index.sqlite.rebuild").exists(), "no half-built index is left");
+
+    // A pack of a newer format, intact (named by its hash), that the index does not know.
+    fs::remove_file(record_file(&f.repo, &name)).unwrap();
+    let mut pack = fs::read(&packs_before[0]).unwrap();
+    pack[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let pname = blake3::hash(&pack).to_hex().to_string();
+    fs::create_dir_all(f.repo.join("packs").join(&pname[..2])).unwrap();
+    fs::write(f.repo.join("packs").join(&pname[..2]).join(&pname), &pack).unwrap();
+    let all_packs = pack_files(&f.repo);
+    let out = cairn(&f.repo).args(["gc"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upgrade cairn"));
+    let out = cairn(&f.repo).args(["repair", "index"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pack_files(&f.repo), all_packs, "nothing was deleted or moved");
+}
+
+/// Runs `cairn ARGS` in a loop until `stop`, returning every failure's output.
+fn scrub_loop(repo: &Path, read_data: bool, stop: &std::sync::atomic::AtomicBool) -> (u32, Vec<String>) {
+    let mut runs = 0;
+    let mut failures = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut cmd = cairn(repo);
+        cmd.args(["--json", "scrub"]);
+        if read_data {
+            cmd.arg("--read-data");
+        }
+        let out = cmd.output().unwrap();
+        runs += 1;
+        if !out.status.success() {
+            failures.push(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    (runs, failures)
+}
+
+#[test]
+fn issue13_a_scrub_beside_snapshots_forgets_and_gc_finds_no_damage_that_is_not_there() {
+    let (dir, repo) = new_repo_with_packs(Some("64K"));
+    let src = dir.path().join("src");
+    generate(&src, 5, 1);
+    cairn_json(&repo, args!["snapshot", &src], 0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rounds = std::env::var("CAIRN_RACE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(14u64);
+    let (structural, reading) = std::thread::scope(|s| {
+        let a = s.spawn(|| scrub_loop(&repo, false, &stop));
+        let b = s.spawn(|| scrub_loop(&repo, true, &stop));
+        for round in 0..rounds {
+            mutate(&src, round + 10);
+            cairn(&repo).args(["-q", "snapshot"]).arg(&src).assert().code(0);
+            cairn(&repo).args(["-q", "forget", "--keep-last", "2", "--gc"]).assert().code(0);
+            cairn(&repo).args(["-q", "gc", "--max-unused", "0"]).assert().code(0);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(structural.0 >= 3 && reading.0 >= 3, "the scrubs ran beside the writers: {structural:?} {reading:?}");
+    assert!(
+        structural.1.is_empty(),
+        "{} of {} structural scrubs saw damage: {}",
+        structural.1.len(),
+        structural.0,
+        structural.1[0]
+    );
+    assert!(reading.1.is_empty(), "{} of {} read-data scrubs saw damage: {}", reading.1.len(), reading.0, reading.1[0]);
+    // And the repository really is clean.
+    assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
+}
