@@ -87,6 +87,23 @@ pub struct ScrubArgs {
 pub enum RepairCommand {
     /// Rebuild the index from the packs and snapshot records (after it was lost or damaged)
     Index,
+    /// Write a damaged config again from its copy, or make a new one when both are lost
+    Config(RepairConfigArgs),
+}
+
+/// `cairn repair config`
+#[derive(Debug, Args)]
+pub struct RepairConfigArgs {
+    /// The average chunk size the repository was made with (`init --chunk-size`); only used
+    /// when both copies of the config are lost, and inferred from the packs when not given
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u32>,
+    /// Target pack size for new data, when both copies are lost [default: 16M]
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub pack_size: Option<u64>,
+    /// zstd level for new data, when both copies are lost [default: 3]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression: Option<i32>,
 }
 
 /// `cairn init`

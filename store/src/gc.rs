@@ -111,6 +111,7 @@ impl Repo {
     /// commit of a forget. A run killed after it is finished by the next open; a record file
     /// that is gone without one was not forgotten, and is reported instead of being dropped.
     pub fn forget(&self, ids: &[SnapshotId]) -> Result<()> {
+        self.writable("forget")?;
         for id in ids {
             let name = id.to_hex();
             self.backend.put(FileKind::Tombstone, &name, &crate::record::SnapshotRecord::tombstone(now_ns()))?;
@@ -161,6 +162,7 @@ impl Repo {
     /// Collects garbage (see the module documentation).
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let started = Instant::now();
+        self.writable("gc")?;
         let _lock = lock::gc_lock(self.root())?;
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
@@ -172,7 +174,7 @@ impl Repo {
         for (name, _) in on_disk_at_start.iter().filter(|(n, _)| !indexed_at_start.contains(n)) {
             self.refuse_newer_pack(name)?;
         }
-        let mark = MarkSet::create(&self.root().join("index").join(format!("gc-mark-{}.sqlite", std::process::id())))?;
+        let mark = MarkSet::create(&self.scratch_dir().join(format!("gc-mark-{}.sqlite", std::process::id())))?;
         let snaps = self.live_snapshots()?;
         self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
@@ -284,6 +286,7 @@ impl Repo {
         }
         report.bytes_freed =
             i64::try_from(deleted_bytes).unwrap_or(i64::MAX) - i64::try_from(written_bytes).unwrap_or(0);
+        self.top_up_reserve();
         report.duration_secs = started.elapsed().as_secs_f64();
         Ok(report)
     }

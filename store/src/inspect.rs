@@ -238,7 +238,7 @@ impl Repo {
     fn scratch(&self, what: &str) -> Result<MarkSet> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        MarkSet::create(&self.root().join("index").join(format!("{what}-{}-{n}.sqlite", std::process::id())))
+        MarkSet::create(&self.scratch_dir().join(format!("cairn-{what}-{}-{n}.sqlite", std::process::id())))
     }
 
     /// The record of a snapshot, with its exclusive size.

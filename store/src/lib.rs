@@ -49,6 +49,7 @@ mod progress;
 mod record;
 mod repair;
 mod repo;
+mod reserve;
 mod restore;
 mod retention;
 mod salvage;
@@ -67,7 +68,7 @@ pub use inspect::{kind_name, listing, Change, DiffReport, Listing, ShowReport, S
 pub use pack::{check_pack, open_blob, seal_frame, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, Unit};
 pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
-pub use repair::RepairReport;
+pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
 pub use restore::{hash_file, Overwrite, RestoreOptions, RestoreReport};
 pub use retention::{apply as apply_policy, Decision, GroupBy, KeepPolicy};

@@ -38,6 +38,33 @@ use crate::repo::{missing, now_secs, Repo};
 use crate::salvage::{self, Blob, Wanted};
 use crate::scrub::{Damage, ScrubOptions};
 
+/// What `repair config` may use when both copies of the config are lost.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ConfigRepair {
+    /// The average chunk size the repository was made with (`init --chunk-size`); inferred
+    /// from the packs when not given.
+    pub chunk_size: Option<u32>,
+    /// Target pack size for new data (default 16 MiB).
+    pub pack_size: Option<u32>,
+    /// zstd level for new data (default 3).
+    pub compression_level: Option<i32>,
+}
+
+/// What `repair config` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigRepairReport {
+    /// `none` (both copies were good), `copied` (one copy written again from the other) or
+    /// `rebuilt` (both were lost: a new config from the given or inferred parameters).
+    pub action: &'static str,
+    /// The chunker parameters in force now.
+    pub chunker: crate::config::ChunkerParams,
+    /// True when the chunk size was inferred from the packs (rebuilt without `--chunk-size`).
+    pub chunk_size_inferred: bool,
+    /// The repository ID now; a rebuilt config gets a new one.
+    pub repo_id: String,
+}
+
 /// What `repair index` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairReport {
@@ -81,7 +108,7 @@ fn remove_file_if_any(path: &Path) -> Result<()> {
 }
 
 /// Removes a database file and its WAL and shared-memory files.
-fn remove_db(path: &Path) -> Result<()> {
+pub(crate) fn remove_db(path: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm", "-filter"] {
         remove_file_if_any(&PathBuf::from(format!("{}{suffix}", path.display())))?;
     }
@@ -119,6 +146,64 @@ struct Salvage {
 }
 
 impl Repo {
+    /// Mends the config of the repository at `root`: a damaged or missing copy is written again
+    /// from the good one; when both are lost, a new config is made from `opts`, the chunk size
+    /// inferred from the largest chunks in the packs when not given (a wrong one costs only
+    /// deduplication against older data, never a byte of it). A config of a newer format is
+    /// refused, never replaced.
+    pub fn repair_config(root: &Path, opts: &ConfigRepair) -> Result<ConfigRepairReport> {
+        use crate::backend::CONFIG_COPY;
+        use crate::config::{ChunkerParams, RepoConfig};
+        let backend = LocalBackend::new(root);
+        let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
+        let (main, copy) = (read("config"), read(CONFIG_COPY));
+        for r in [&main, &copy] {
+            if let Err(Error::UnsupportedVersion { what, found, supported }) = r {
+                return Err(Error::UnsupportedVersion { what: what.clone(), found: *found, supported: *supported });
+            }
+        }
+        let done = |action, c: &RepoConfig, inferred| ConfigRepairReport {
+            action,
+            chunker: c.chunker,
+            chunk_size_inferred: inferred,
+            repo_id: c.repo_id.clone(),
+        };
+        match (main, copy) {
+            (Ok(m), Ok(c)) if m == c => return Ok(done("none", &m, false)),
+            (Ok(good), _) => {
+                backend.put(FileKind::Config, CONFIG_COPY, &good.encode())?;
+                return Ok(done("copied", &good, false));
+            }
+            (Err(_), Ok(good)) => {
+                backend.put(FileKind::Config, "config", &good.encode())?;
+                return Ok(done("copied", &good, false));
+            }
+            (Err(_), Err(_)) => {}
+        }
+        if backend.list(FileKind::Pack)?.is_empty() && backend.list(FileKind::Snapshot)?.is_empty() {
+            return Err(Error::NotARepository(root.to_path_buf()));
+        }
+        let (avg, inferred) = match opts.chunk_size {
+            Some(avg) => (avg, false),
+            None => (infer_chunk_size(&backend)?, true),
+        };
+        let chunker = ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg.saturating_mul(8) };
+        chunker.validate()?;
+        let config = RepoConfig {
+            repo_id: crate::repo::new_repo_id(),
+            created: now_secs(),
+            chunker,
+            compression_level: opts.compression_level.unwrap_or(3),
+            pack_size: opts.pack_size.unwrap_or(16 << 20),
+        };
+        // Validated as any config read back is.
+        let bytes = config.encode();
+        RepoConfig::decode(&bytes).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        backend.put(FileKind::Config, CONFIG_COPY, &bytes)?;
+        backend.put(FileKind::Config, "config", &bytes)?;
+        Ok(done("rebuilt", &config, inferred))
+    }
+
     /// Rebuilds the index of the repository at `root` (see the module docs). The new index is
     /// built beside the old one and swapped in only when complete, so a repair that is killed
     /// never leaves a partial index that looks whole: the old one stays until the new one is
@@ -127,15 +212,18 @@ impl Repo {
     pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
         let dir = root.join("index");
         crate::backend::create_repo_dir(root, &dir)?;
+        // A repair on a full disk may use the space reserve (reserve.rs).
+        crate::reserve::release_if_short(root);
         let fresh = dir.join("index.sqlite.rebuild");
         remove_db(&fresh)?;
         let live = dir.join("index.sqlite");
         let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(LocalBackend::new(root));
-        let (config, notices) = crate::repo::load_config(root, backend.as_ref())?;
+        let (config, notices) = crate::repo::load_config(root, backend.as_ref(), true)?;
         // The old index, if it opens at all, is evidence; it is never written to.
         let evidence = Index::open_read_only(&live).ok();
         let built = Index::open(&fresh).and_then(|index| {
-            let building = Self { root: root.to_path_buf(), backend, index, config, notices };
+            let mut building = Self::assemble(root, backend, index, config);
+            building.notices = notices;
             let report = building.rebuild_verified(evidence.as_ref(), progress)?;
             Ok((building, report))
         });
@@ -396,4 +484,18 @@ impl Repo {
         report.blobs_indexed += entries.len() as u64;
         Ok(())
     }
+}
+
+/// The average chunk size a repository was made with, from its packs: no chunk is longer than
+/// eight times the average, and files larger than that have chunks near it, so the longest
+/// chunk in (up to) a few hundred packs, rounded up to a power of two, is eight averages.
+fn infer_chunk_size(backend: &LocalBackend) -> Result<u32> {
+    let mut longest = 0u32;
+    for (name, _) in backend.list(FileKind::Pack)?.into_iter().take(400) {
+        let Ok(bytes) = backend.get(FileKind::Pack, &name) else { continue };
+        let entries = pack::check_pack(&name, &bytes).unwrap_or_else(|_| salvage::trailer_entries(&bytes));
+        longest =
+            entries.iter().filter(|e| e.kind == BlobKind::Chunk).map(|e| e.raw_len).max().unwrap_or(0).max(longest);
+    }
+    Ok((longest.max(8 * 1024).next_power_of_two() / 8).clamp(1024, 4 << 20))
 }

@@ -42,7 +42,14 @@ impl Default for InitOptions {
 /// How `Repo::open` opens a repository.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
-pub struct OpenOptions {}
+pub struct OpenOptions {
+    /// Open without writing anything. Chosen anyway when the repository cannot be written
+    /// (read-only media, a repository this user may only read, a full disk).
+    pub read_only: bool,
+    /// Give back the space reserve when the disk is nearly full: for the commands that free
+    /// space (`forget`, `gc`, `repair index`); see reserve.rs.
+    pub use_reserve: bool,
+}
 
 /// A snapshot: its ID and record.
 #[derive(Clone, Debug)]
@@ -75,6 +82,11 @@ pub struct Repo {
     /// What opening found that the user should hear about (a damaged config copy, a record
     /// file that vanished or cannot be read); the CLI prints them.
     pub(crate) notices: Vec<String>,
+    /// Opened without the right (or the room) to write: nothing is written, not even a lock.
+    pub(crate) read_only: bool,
+    /// What a read-only open could not write into the index: record files it does not hold
+    /// (added to the list) and snapshots being forgotten (left out of it).
+    pub(crate) overlay: (Vec<Snapshot>, HashSet<SnapshotId>),
 }
 
 fn index_path(root: &Path) -> PathBuf {
@@ -84,6 +96,27 @@ fn index_path(root: &Path) -> PathBuf {
 thread_local! {
     /// The frame this thread decoded last: (pack, frame offset) and its plaintext.
     static LAST_FRAME: RefCell<Option<((PackId, u64), Rc<Vec<u8>>)>> = const { RefCell::new(None) };
+}
+
+/// True for an error that says this process may not (or cannot) write there: then a
+/// repository is opened read-only instead.
+fn cannot_write(e: &Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        Error::Io { source, .. } => matches!(source.raw_os_error(), Some(13 | 30 | 28 | 1 | 122)),
+        Error::Index { source: rusqlite::Error::SqliteFailure(f, _), .. } => {
+            matches!(f.code, C::ReadOnly | C::CannotOpen | C::DiskFull | C::SystemIoFailure | C::PermissionDenied)
+        }
+        _ => false,
+    }
+}
+
+fn read_only_without_index(path: &Path) -> Error {
+    Error::InvalidInput(format!(
+        "the index {} cannot be opened read-only (missing or damaged), and a read-only repository \
+         cannot rebuild it: run `cairn repair index` where the repository can be written",
+        path.display()
+    ))
 }
 
 /// The IDs among listed names (others are ignored, as everywhere).
@@ -101,7 +134,7 @@ pub(crate) fn missing(e: &Error) -> bool {
 /// first again from the copy), and writes the copy when it is missing or damaged: each copy
 /// is checked by its own checksum, so a good one is as good as the other. A config of a newer
 /// format is refused, never replaced by an older copy.
-pub(crate) fn load_config(root: &Path, backend: &dyn Backend) -> Result<(RepoConfig, Vec<String>)> {
+pub(crate) fn load_config(root: &Path, backend: &dyn Backend, mend: bool) -> Result<(RepoConfig, Vec<String>)> {
     let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
     let (main, copy) = (read("config"), read(CONFIG_COPY));
     let mut notices = Vec::new();
@@ -113,15 +146,19 @@ pub(crate) fn load_config(root: &Path, backend: &dyn Backend) -> Result<(RepoCon
             if copy.as_ref().is_ok_and(|k| *k != c) || copy.as_ref().is_err_and(|e| !missing(e)) {
                 notices.push(format!("the config's copy {CONFIG_COPY} was damaged; written again from config"));
             }
-            if copy.as_ref().is_ok_and(|k| *k == c) {
-                // Nothing to mend.
+            if copy.as_ref().is_ok_and(|k| *k == c) || !mend {
+                // Nothing to mend, or no right to.
             } else if let Err(e) = backend.put(FileKind::Config, CONFIG_COPY, &c.encode()) {
                 log::warn!("cannot write {CONFIG_COPY}: {e}");
             }
             c
         }
         (Err(e), Ok(c)) => {
-            let mended = backend.put(FileKind::Config, "config", &c.encode());
+            let mended = if mend {
+                backend.put(FileKind::Config, "config", &c.encode())
+            } else {
+                Err(Error::InvalidInput("the repository is open read-only".into()))
+            };
             notices.push(match mended {
                 Ok(()) => format!("the repository config was damaged ({e}); written again from its copy {CONFIG_COPY}"),
                 Err(w) => format!(
@@ -139,6 +176,12 @@ pub(crate) fn load_config(root: &Path, backend: &dyn Backend) -> Result<(RepoCon
         }
     };
     Ok((config, notices))
+}
+
+/// A new random repository identity, 32 hex digits.
+pub(crate) fn new_repo_id() -> String {
+    let seed = format!("{:?} {} {:?}", jiff::Timestamp::now(), std::process::id(), std::thread::current().id());
+    hex::encode(&blake3::hash(seed.as_bytes()).as_bytes()[..16])
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -168,10 +211,7 @@ impl Repo {
         let local = LocalBackend::with_modes(path, modes);
         local.create_layout()?;
         let config = RepoConfig {
-            repo_id: hex::encode(
-                &blake3::hash(format!("{:?}{}", jiff::Timestamp::now(), std::process::id()).as_bytes()).as_bytes()
-                    [..16],
-            ),
+            repo_id: new_repo_id(),
             created: now_secs(),
             chunker: opts.chunker,
             compression_level: opts.compression_level,
@@ -188,37 +228,135 @@ impl Repo {
             use std::os::unix::fs::PermissionsExt;
             let _ = fs::set_permissions(index_path(path), fs::Permissions::from_mode(modes.file));
         }
-        Ok(Self { root: path.to_path_buf(), backend: Arc::new(local), index, config, notices: Vec::new() })
+        crate::reserve::top_up(path, crate::reserve::size_for(0), modes.file);
+        Ok(Self::assemble(path, Arc::new(local), index, config))
+    }
+
+    /// A handle with nothing found yet and full rights.
+    pub(crate) fn assemble(root: &Path, backend: Arc<dyn Backend>, index: Index, config: RepoConfig) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            backend,
+            index,
+            config,
+            notices: Vec::new(),
+            read_only: false,
+            overlay: (Vec::new(), HashSet::new()),
+        }
     }
 
     /// Opens the repository in `path`.
-    pub fn open(path: &Path, _opts: &OpenOptions) -> Result<Self> {
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self> {
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
-        Self::open_with(path, backend)
+        Self::open_inner(path, backend, opts)
     }
 
     /// Opens a repository stored in `backend`, with its index under `root`/index.
     pub fn open_with(root: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::open_inner(root, backend, true)
+        Self::open_inner(root, backend, &OpenOptions::default())
     }
 
-    /// Opens; with `auto_rebuild`, an index that is missing altogether (deleted) is rebuilt from
-    /// the pack trailers, since the index is only a cache (invariant 3).
-    pub(crate) fn open_inner(root: &Path, backend: Arc<dyn Backend>, auto_rebuild: bool) -> Result<Self> {
-        let (config, mut notices) = load_config(root, backend.as_ref())?;
-        let dir = root.join("index");
-        crate::backend::create_repo_dir(root, &dir)?;
+    /// Opens. An index that is lost (deleted, or emptied: a 0-byte file, or one that holds no
+    /// pack and no snapshot while record files exist) is rebuilt from the pack trailers, since
+    /// the index is only a cache (invariant 3). When the repository cannot be written, it is
+    /// opened read-only instead, and nothing is written at all.
+    pub(crate) fn open_inner(root: &Path, backend: Arc<dyn Backend>, opts: &OpenOptions) -> Result<Self> {
+        if opts.use_reserve && !opts.read_only && crate::reserve::release_if_short(root) {
+            log::warn!("the disk is nearly full: the space reserve was given back so that this command can run");
+        }
         let path = index_path(root);
+        let emptied = fs::metadata(&path).is_ok_and(|m| m.len() == 0);
+        if emptied && !opts.read_only {
+            crate::repair::remove_db(&path)?;
+        }
         let existed = path.exists();
-        let index = Index::open(&path)?;
-        let mut repo = Self { root: root.to_path_buf(), backend, index, config, notices: Vec::new() };
-        if auto_rebuild && !existed && !repo.backend.list(FileKind::Pack)?.is_empty() {
-            log::warn!("index {} was missing; rebuilding it from the packs", path.display());
-            repo.rebuild_index()?;
+        let writable = if opts.read_only {
+            Err(Error::InvalidInput("read-only open".into()))
+        } else {
+            crate::backend::create_repo_dir(root, &root.join("index")).and_then(|()| Index::open(&path))
+        };
+        let (index, read_only) = match writable {
+            Ok(index) => (index, false),
+            Err(e) if opts.read_only || cannot_write(&e) => match Index::open_read_only(&path) {
+                Ok(index) => (index, true),
+                Err(_) if opts.read_only => return Err(read_only_without_index(&path)),
+                Err(_) => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let (config, mut notices) = load_config(root, backend.as_ref(), !read_only)?;
+        let mut repo = Self::assemble(root, backend, index, config);
+        repo.read_only = read_only;
+        if !read_only {
+            let lost = !existed || (repo.index.is_empty()? && !repo.backend.list(FileKind::Snapshot)?.is_empty());
+            if lost && !repo.backend.list(FileKind::Pack)?.is_empty() {
+                notices.push(format!(
+                    "the index {} was {}; it was rebuilt from the packs",
+                    path.display(),
+                    if emptied {
+                        "empty (0 bytes)"
+                    } else if existed {
+                        "empty"
+                    } else {
+                        "missing"
+                    }
+                ));
+                repo.rebuild_index()?;
+            }
         }
         notices.extend(repo.reconcile_snapshots()?);
         repo.notices = notices;
         Ok(repo)
+    }
+
+    /// True when the repository was opened read-only (see `OpenOptions::read_only`).
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Registers a session of `kind` (gc waits for sessions, docs/GC.md); none in a read-only
+    /// repository, where nothing can be written, not even a lock file.
+    pub(crate) fn session(&self, kind: &str) -> Result<Option<crate::lock::Session>> {
+        if self.read_only {
+            return Ok(None);
+        }
+        crate::lock::start_session(self.root(), kind).map(Some)
+    }
+
+    /// Where scratch files (mark sets) go: beside the index, or in the system's temporary
+    /// folder when the repository is read-only.
+    pub(crate) fn scratch_dir(&self) -> PathBuf {
+        if self.read_only {
+            std::env::temp_dir()
+        } else {
+            self.root.join("index")
+        }
+    }
+
+    /// Fails when the repository was opened read-only, naming what needed to write.
+    pub(crate) fn writable(&self, what: &str) -> Result<()> {
+        if self.read_only {
+            return Err(Error::InvalidInput(format!(
+                "{what} needs to write to the repository, which is open read-only (read-only media, no \
+                 write permission, or a full disk)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Grows the space reserve with the index, when there is room (reserve.rs).
+    pub(crate) fn top_up_reserve(&self) {
+        if self.read_only {
+            return;
+        }
+        if let Ok(blobs) = self.index.blob_count() {
+            crate::reserve::top_up(
+                &self.root,
+                crate::reserve::size_for(blobs),
+                crate::backend::Modes::of(&self.root).file,
+            );
+        }
     }
 
     /// The repository's folder.
@@ -245,7 +383,7 @@ impl Repo {
     /// record file is gone without a tombstone was not forgotten: it is kept, and reported, so
     /// that `repair index` can write the file again from the row's verified copy. Cheap: two
     /// directory listings. Returns what the user should be told.
-    fn reconcile_snapshots(&self) -> Result<Vec<String>> {
+    fn reconcile_snapshots(&mut self) -> Result<Vec<String>> {
         let mut notices = Vec::new();
         // Files first, then tombstones, then rows: a forget writes its tombstone before it
         // removes the file and removes the tombstone after the row, so a row whose file was
@@ -255,6 +393,10 @@ impl Repo {
         let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
         for id in &tombs {
             let name = id.to_hex();
+            if self.read_only {
+                self.overlay.1.insert(*id); // what the next writable open finishes
+                continue;
+            }
             if files.contains(id) {
                 self.backend.remove(FileKind::Snapshot, &name)?;
             }
@@ -266,6 +408,7 @@ impl Repo {
         for id in files.iter().filter(|id| !tombs.contains(id) && !known.contains(id)) {
             let name = id.to_hex();
             match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(*id, &b)?, b))) {
+                Ok((record, _)) if self.read_only => self.overlay.0.push(Snapshot { id: *id, record }),
                 Ok((rec, bytes)) => {
                     self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
                 }
@@ -339,11 +482,26 @@ impl Repo {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.index
-            .snapshots()?
-            .into_iter()
-            .map(|row| Ok(Snapshot { record: SnapshotRecord::open(row.id, &row.record)?, id: row.id }))
-            .collect()
+        let mut out = Vec::new();
+        for row in self.index.snapshots()? {
+            if self.overlay.1.contains(&row.id) {
+                continue;
+            }
+            let record = match SnapshotRecord::open(row.id, &row.record) {
+                Ok(r) => r,
+                // The index's copy is damaged: the record file is the truth, when it is good.
+                Err(e) => match self.backend.get(FileKind::Snapshot, &row.id.to_hex()) {
+                    Ok(bytes) => SnapshotRecord::open(row.id, &bytes).map_err(|_| e)?,
+                    Err(_) => return Err(e),
+                },
+            };
+            out.push(Snapshot { id: row.id, record });
+        }
+        if !self.overlay.0.is_empty() {
+            out.extend(self.overlay.0.iter().cloned());
+            out.sort_by_key(|s| (s.record.time_ns, s.id));
+        }
+        Ok(out)
     }
 
     /// Finds a snapshot by full ID, unique ID prefix, `latest`, or label (the newest with it).

@@ -555,7 +555,7 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let started = Instant::now();
-        let _session = crate::lock::start_session(self.root(), "restore")?;
+        let _session = self.session("restore")?;
         let includes: Vec<PathBuf> =
             opts.includes.iter().map(|p| Path::new("/").join(p.strip_prefix("/").unwrap_or(p))).collect();
         if !opts.dry_run {
@@ -639,6 +639,9 @@ impl Repo {
         if existing.is_empty() {
             return Ok(None);
         }
+        self.writable(
+            "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
+        )?;
         let mut so = SnapshotOptions::new(existing);
         so.tags = vec!["safety".into()];
         so.label = Some(format!("safety-before-restore-{}", snapshot.id.short(8)));

@@ -345,7 +345,7 @@ impl Repo {
     /// Checks the repository (see the module documentation).
     pub fn scrub(&self, opts: &ScrubOptions, progress: &dyn Progress) -> Result<ScrubReport> {
         let started = Instant::now();
-        let _session = crate::lock::start_session(self.root(), "scrub")?;
+        let _session = self.session("scrub")?;
         let now = now_secs();
         let mut report = ScrubReport { read_data: opts.read_data, ..ScrubReport::default() };
         let mut damage: DamageMap = BTreeMap::new();
@@ -579,7 +579,10 @@ impl Repo {
             progress.inc(bytes.len() as u64);
             match verify_pack(self, p.id, &bytes) {
                 Ok(v) if v.bad.is_empty() && v.structure.is_none() => {
-                    self.index.set_verified(p.id, now)?;
+                    // A read-only repository cannot remember it: its coverage stays as it was.
+                    if !self.read_only {
+                        self.index.set_verified(p.id, now)?;
+                    }
                     lock(&verified).push(p.id);
                 }
                 Ok(v) => lock(&found).push((p.id, Ok(v))),
@@ -744,22 +747,27 @@ impl Repo {
         Ok((out, problems))
     }
 
-    /// A blob no pack the index knows holds may still be in a pack the index does not know (an
-    /// index rebuilt without it): then it is the index that is wrong, and saying so keeps the
-    /// user from taking intact data for lost.
+    /// A blob the index does not place may still be in a pack: one the index does not know (an
+    /// index rebuilt without it), or one whose rows it lost. Then it is the index that is
+    /// wrong, and saying so keeps the user from taking intact data for lost. Only run when
+    /// something is unplaced: it reads every pack's trailer.
     fn explain_unindexed(&self, mut damage: DamageMap, unindexed: &[String]) -> Result<DamageMap> {
-        if unindexed.is_empty() || damage.values().all(|f| f.pack.is_some()) {
+        if damage.values().all(|f| f.pack.is_some()) {
             return Ok(damage);
         }
-        for name in unindexed {
-            let Ok(size) = self.backend.size(FileKind::Pack, name) else { continue };
-            let Ok(entries) = self.pack_trailer(name, size) else { continue };
+        for (name, size) in self.backend.list(FileKind::Pack)? {
+            let Ok(entries) = self.pack_trailer(&name, size) else { continue };
+            let known = !unindexed.contains(&name);
             for e in entries {
                 if let Some(f) = damage.get_mut(&e.id).filter(|f| f.pack.is_none()) {
                     f.kind = "unindexed blob";
-                    f.detail = format!(
-                        "its pack {name} is on disk but not in the index: `cairn repair index` indexes it again"
-                    );
+                    f.detail = if known {
+                        format!("pack {name} holds it, but the index has lost its row: `cairn repair index` mends the index")
+                    } else {
+                        format!(
+                            "its pack {name} is on disk but not in the index: `cairn repair index` indexes it again"
+                        )
+                    };
                 }
             }
         }

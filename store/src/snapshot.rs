@@ -812,7 +812,8 @@ impl Repo {
         let started = Instant::now();
         // Registered before the first index lookup: gc waits for this session before deleting
         // anything it condemns meanwhile (docs/GC.md).
-        let _session = crate::lock::start_session(self.root(), "snapshot")?;
+        self.writable("a snapshot")?;
+        let _session = self.session("snapshot")?;
         let time = jiff::Timestamp::now();
         if opts.paths.is_empty() {
             return Err(Error::InvalidInput("no paths to snapshot".into()));
@@ -897,6 +898,7 @@ impl Repo {
             cairn_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let id = if opts.dry_run { None } else { Some(self.commit(&record)?) };
+        self.top_up_reserve();
         Ok(SnapshotReport {
             id: id.map(|i| i.to_hex()),
             parent: parent.map(|p| p.id.to_hex()),

@@ -296,3 +296,285 @@ fn issue13_a_scrub_beside_snapshots_forgets_and_gc_finds_no_damage_that_is_not_t
     // And the repository really is clean.
     assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
 }
+
+#[test]
+fn issue13_a_damaged_config_is_mended_from_its_copy_and_a_lost_one_rebuilt() {
+    let f = fixture();
+    let config = f.repo.join("config");
+    let copy = f.repo.join("config.copy");
+    assert_eq!(fs::read(&config).unwrap(), fs::read(&copy).unwrap(), "init writes two copies");
+    let good = fs::read(&config).unwrap();
+    let mut bad = good.clone();
+    bad[30] ^= 0x01;
+
+    // One copy damaged: the repository opens, says so, and mends it.
+    fs::write(&config, &bad).unwrap();
+    let out = cairn(&f.repo).args(["--json", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config"), "the user is told");
+    assert_eq!(fs::read(&config).unwrap(), good, "mended from the copy");
+    fs::write(&copy, &bad).unwrap();
+    cairn(&f.repo).arg("list").assert().success();
+    assert_eq!(fs::read(&copy).unwrap(), good, "and the other way round");
+
+    // Both lost: every command says what to do, and `repair config` makes a new one.
+    fs::write(&config, &bad).unwrap();
+    fs::remove_file(&copy).unwrap();
+    let out = cairn(&f.repo).arg("list").output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "damaged data");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cairn repair config"));
+    let rep = cairn_json(&f.repo, args!["repair", "config"], 0);
+    assert_eq!(rep["action"], "rebuilt", "{rep}");
+    assert_eq!(rep["chunker"]["avg_size"], 4096, "the chunk size is inferred from the packs: {rep}");
+    assert_eq!(rep["chunk_size_inferred"], true);
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    assert_restores(&f, "config rebuilt");
+    // The same chunker as before: a full snapshot of the same tree stores (almost) nothing.
+    let r = cairn_json(&f.repo, args!["snapshot", &f.src, "--kind", "full"], 0);
+    assert!(r["data_added"].as_u64().unwrap() < 64 * 1024, "deduplicated against the old data: {r}");
+}
+
+/// Runs SQL on the index with Python's sqlite3 (independent of cairn's own SQLite).
+fn sql(repo: &Path, statement: &str) {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
+        .arg(repo.join("index/index.sqlite"))
+        .arg(statement)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn issue13_an_emptied_index_or_lost_rows_are_never_taken_for_lost_data() {
+    let f = fixture();
+    let db = f.repo.join("index/index.sqlite");
+    fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(0).unwrap();
+    for ext in ["-wal", "-shm", "-filter"] {
+        let _ = fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    let out = cairn(&f.repo).args(["--json", "list"]).output().unwrap();
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "a 0-byte index is rebuilt, not taken as empty");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rebuilt"));
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+
+    // The rows of one pack lost from an index that is otherwise sound.
+    let pack = biggest_pack(&f.repo);
+    let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    let mut script = String::new();
+    for level in ["blobs_l0", "blobs_l1", "blobs_l2", "blobs"] {
+        script.push_str(&format!(
+            "DELETE FROM {level} WHERE pid = (SELECT pid FROM packs WHERE hex(id) = upper('{name}'));"
+        ));
+    }
+    sql(&f.repo, &script);
+    let r = cairn_json(&f.repo, args!["scrub"], 4);
+    let kinds = damage_kinds(&r);
+    assert!(!kinds.is_empty() && kinds.iter().all(|k| k == "unindexed blob"), "the index is blamed, not the data: {r}");
+    assert!(r["damage"][0]["detail"].as_str().unwrap().contains("repair index"), "{r}");
+    cairn_json(&f.repo, args!["repair", "index"], 0);
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+}
+
+/// Every file under `dir` with its size and modification time: what "nothing was written" means.
+fn state_of(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<_> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            (e.path().to_path_buf(), m.len(), m.mtime(), m.mtime_nsec())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The commands that only read, run against `repo`, each expected to succeed.
+fn reading_commands(
+    repo: &Path,
+    src: &Path,
+    snaps: &[String],
+    target: &Path,
+    run: &dyn Fn(&[&std::ffi::OsStr]) -> std::process::Output,
+) {
+    let (src, target) = (src.to_string_lossy().into_owned(), target.to_string_lossy().into_owned());
+    let file = format!("{src}/dir0/file1.dat");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["list"],
+        vec!["show", "latest"],
+        vec!["stats"],
+        vec!["ls", "latest", &src],
+        vec!["diff", &snaps[0], &snaps[1]],
+        vec!["find", "file1.dat"],
+        vec!["log", &file],
+        vec!["cat", "latest", &file],
+        vec!["manifest", "latest"],
+        vec!["scrub"],
+        vec!["scrub", "--read-data"],
+        vec!["restore", "latest", "--target", &target, "--verify"],
+    ];
+    for argv in cases {
+        let argv: Vec<&std::ffi::OsStr> = argv.iter().map(std::ffi::OsStr::new).collect();
+        let out = run(&argv);
+        assert!(
+            out.status.success(),
+            "{argv:?} on a read-only repository {}: {}",
+            repo.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&[std::ffi::OsStr::new("snapshot"), std::ffi::OsStr::new(&src)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn issue13_a_read_only_repository_is_read_without_writing() {
+    if !is_root() {
+        eprintln!("skipped: a read-only mount and another user need root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let repo = dir.path().join("repo");
+    cairn(&repo).args(["init", "--group-readable", "--pack-size", "256K"]).assert().success();
+    let src = dir.path().join("src");
+    generate(&src, 41, 1);
+    let a = cairn_json(&repo, args!["snapshot", &src], 0)["id"].as_str().unwrap().to_owned();
+    mutate(&src, 2);
+    let b = cairn_json(&repo, args!["snapshot", &src], 0)["id"].as_str().unwrap().to_owned();
+    let snaps = vec![a, b];
+
+    // Read by the group: another user, in the repository's group, who may not write.
+    let ok = std::process::Command::new("chgrp").args(["-R", "65534"]).arg(&repo).status().unwrap();
+    assert!(ok.success());
+    let before = state_of(&repo);
+    let target = dir.path().join("as-group");
+    fs::create_dir(&target).unwrap();
+    std::os::unix::fs::chown(&target, Some(65534), Some(65534)).unwrap();
+    let as_group = |argv: &[&std::ffi::OsStr]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(cairn_bin())
+            .env("CAIRN_REPO", &repo)
+            .env("TZ", "UTC")
+            .args(argv)
+            .output()
+            .unwrap()
+    };
+    reading_commands(&repo, &src, &snaps, &target, &as_group);
+    assert_eq!(state_of(&repo), before, "the group's reads wrote nothing");
+    let mut want = describe(&src);
+    want.retain(|_, v| !matches!(v.kind, 'b' | 'c')); // device nodes need root to make
+    assert_same(
+        &want,
+        &{
+            let mut d = describe(&restored(&target, &src));
+            // Restored by another user: owners are that user's.
+            let want = describe(&src);
+            for (k, v) in d.iter_mut() {
+                if let Some(w) = want.get(k) {
+                    v.uid = w.uid;
+                    v.gid = w.gid;
+                    v.mode = if v.kind == 'l' { 0 } else { v.mode | (w.mode & 0o6000) };
+                }
+            }
+            d
+        },
+        "restored by the group",
+    );
+
+    // On a read-only mount, as root.
+    let ro = dir.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    let mounted = std::process::Command::new("mount").args(["--bind"]).arg(&repo).arg(&ro).status().unwrap().success()
+        && std::process::Command::new("mount").args(["-o", "remount,bind,ro"]).arg(&ro).status().unwrap().success();
+    let _guard = Mounted::new(&ro);
+    if !mounted {
+        eprintln!("skipped the read-only mount: cannot bind-mount here");
+        return;
+    }
+    let target = dir.path().join("from-ro");
+    let as_root = |argv: &[&std::ffi::OsStr]| {
+        std::process::Command::new(cairn_bin()).env("CAIRN_REPO", &ro).env("TZ", "UTC").args(argv).output().unwrap()
+    };
+    reading_commands(&ro, &src, &snaps, &target, &as_root);
+    assert_same(&describe(&src), &describe(&restored(&target, &src)), "restored from a read-only mount");
+    assert_eq!(state_of(&repo), before);
+}
+
+/// Fills the filesystem holding `dir` until fewer than 30 KB are free.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join(format!("filler-{}", fs::read_dir(dir).unwrap().count()));
+    let mut f = fs::File::create(&filler).unwrap();
+    let block = vec![0x5au8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    for n in [4096usize, 512, 1] {
+        while f.write_all(&block[..n]).is_ok() {}
+    }
+    drop(f);
+    let len = fs::metadata(&filler).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&filler).unwrap().set_len(len.saturating_sub(20_000)).unwrap();
+    assert!(free_bytes(dir) < 30_000, "{} bytes free", free_bytes(dir));
+    filler
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let s = rustix::fs::statvfs(dir).unwrap();
+    s.f_bavail * s.f_frsize
+}
+
+#[test]
+fn issue13_on_a_full_disk_list_forget_and_gc_still_run() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    fs::create_dir_all(&mnt).unwrap();
+    let Some(_mounted) = mount_tmpfs(&mnt, "40m") else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let repo = mnt.join("repo");
+    cairn(&repo).args(["init", "--pack-size", "256K"]).assert().success();
+    let src = dir.path().join("src");
+    generate(&src, 9, 1);
+    for round in 0..3 {
+        if round > 0 {
+            mutate(&src, round);
+            fs::write(src.join(format!("new-{round}.bin")), Rng::new(round).bytes(2 << 20)).unwrap();
+        }
+        cairn_json(&repo, args!["snapshot", &src], 0);
+    }
+    let want = describe(&src);
+    fill(&mnt);
+
+    let listed = cairn_json(&repo, args!["list"], 0);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    let before = free_bytes(&mnt);
+    let r = cairn_json(&repo, args!["forget", "--keep-last", "1", "--gc"], 0);
+    assert_eq!(r["removed"].as_array().unwrap().len(), 2, "{r}");
+    assert!(free_bytes(&mnt) > before + (1 << 20), "gc gave space back");
+    assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    let target = dir.path().join("out");
+    cairn_json(&repo, args!["restore", "latest", "--target", &target, "--verify"], 0);
+    assert_same(&want, &describe(&restored(&target, &src)), "restored after gc on a full disk");
+
+    // A repair on a full disk either completes or leaves no half-built index behind.
+    fill(&mnt);
+    let out = cairn(&repo).args(["repair", "index"]).output().unwrap();
+    let leftovers: Vec<_> = fs::read_dir(repo.join("index"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("rebuild"))
+        .collect();
+    assert!(leftovers.is_empty(), "repair left {leftovers:?} ({})", String::from_utf8_lossy(&out.stderr));
+    cairn_json(&repo, args!["list"], 0);
+}

@@ -95,6 +95,13 @@ pub fn is_root() -> bool {
 /// A tmpfs mounted for a test; unmounted when dropped.
 pub struct Mounted(PathBuf);
 
+impl Mounted {
+    /// Unmounts `at` when dropped (for mounts a test made itself).
+    pub fn new(at: &Path) -> Self {
+        Self(at.to_path_buf())
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();

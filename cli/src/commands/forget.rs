@@ -16,7 +16,7 @@ struct Output {
 }
 
 pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
-    let repo = super::open(cli)?;
+    let repo = super::open_to_free_space(cli)?;
     let mut policy = KeepPolicy::default();
     policy.last = args.keep_last;
     policy.hourly = args.keep_hourly;

@@ -9,7 +9,7 @@ use crate::output::{self, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
-    let repo = super::open(cli)?;
+    let repo = super::open_to_free_space(cli)?;
     let report = collect(cli, &repo, args.dry_run, args.max_unused, args.max_wait)?;
     if cli.json {
         output::json(&report)?;

@@ -36,6 +36,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Manifest(a) => inspect::manifest(cli, a),
         Command::Gc(a) => gc::run(cli, a),
         Command::Repair(crate::args::RepairCommand::Index) => repair::run_index(cli),
+        Command::Repair(crate::args::RepairCommand::Config(a)) => repair::run_config(cli, a),
     }
 }
 
@@ -54,6 +55,17 @@ pub fn open(cli: &Cli) -> Result<Repo> {
     let (path, _) = repo_path(cli)?;
     let repo = Repo::open(&path, &OpenOptions::default())
         .with_context(|| format!("cannot open repository {}", path.display()))?;
+    print_notices(cli, &repo);
+    Ok(repo)
+}
+
+/// Opens the repository for a command that frees space (`forget`, `gc`): on a nearly full
+/// disk it may use the space the repository keeps in reserve for that.
+pub fn open_to_free_space(cli: &Cli) -> Result<Repo> {
+    let (path, _) = repo_path(cli)?;
+    let mut opts = OpenOptions::default();
+    opts.use_reserve = true;
+    let repo = Repo::open(&path, &opts).with_context(|| format!("cannot open repository {}", path.display()))?;
     print_notices(cli, &repo);
     Ok(repo)
 }

@@ -1,9 +1,9 @@
 //! `cairn repair index`
 
 use anyhow::{Context, Result};
-use cairn_store::Repo;
+use cairn_store::{ConfigRepair, Repo};
 
-use crate::args::Cli;
+use crate::args::{Cli, RepairConfigArgs};
 use crate::exit;
 use crate::output;
 use crate::progress::Bar;
@@ -42,4 +42,38 @@ pub fn run_index(cli: &Cli) -> Result<u8> {
         }
     }
     Ok(if report.complete() { exit::OK } else { exit::DAMAGE })
+}
+
+pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
+    let (path, _) = super::repo_path(cli)?;
+    if args.chunk_size.is_some_and(|c| !c.is_power_of_two() || !(1024..=4 << 20).contains(&c)) {
+        anyhow::bail!("--chunk-size must be a power of two from 1024 to 4194304");
+    }
+    let mut opts = ConfigRepair::default();
+    opts.chunk_size = args.chunk_size;
+    opts.pack_size = args.pack_size.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
+    opts.compression_level = args.compression;
+    let report = Repo::repair_config(&path, &opts).with_context(|| format!("cannot repair {}", path.display()))?;
+    if cli.json {
+        output::json(&report)?;
+    } else if !cli.quiet {
+        match report.action {
+            "none" => println!("both copies of the config are good; nothing to do"),
+            "copied" => println!("the damaged copy of the config was written again from the good one"),
+            _ => {
+                println!(
+                    "both copies of the config were lost: a new config was written (chunks {} / {} / {} bytes{}; new repository ID {})",
+                    report.chunker.min_size,
+                    report.chunker.avg_size,
+                    report.chunker.max_size,
+                    if report.chunk_size_inferred { ", inferred from the packs" } else { "" },
+                    &report.repo_id[..8]
+                );
+                println!(
+                    "every snapshot still restores; a wrong chunk size would only cost deduplication with older data"
+                );
+            }
+        }
+    }
+    Ok(exit::OK)
 }

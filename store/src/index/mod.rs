@@ -265,12 +265,6 @@ impl Index {
         Err(last.unwrap_or_else(|| Error::corrupt(format!("index {}", path.display()), "cannot be opened read-only")))
     }
 
-    /// True when this index was opened read-only.
-    #[must_use]
-    pub fn is_read_only(&self) -> bool {
-        self.read_only.is_some()
-    }
-
     fn err(&self, source: rusqlite::Error) -> Error {
         schema::classify(&self.path, source)
     }
@@ -565,6 +559,26 @@ impl Index {
     /// IDs of the snapshots in the index (to reconcile with the snapshot files).
     pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
         Ok(self.snapshots()?.into_iter().map(|r| r.id).collect())
+    }
+
+    /// True when the index holds no pack and no snapshot.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.with(|c| {
+            c.query_row("SELECT NOT EXISTS (SELECT 1 FROM packs) AND NOT EXISTS (SELECT 1 FROM snapshots)", [], |r| {
+                r.get(0)
+            })
+        })
+    }
+
+    /// Rows in every level of the blob map (a blob stored twice counts twice).
+    pub fn blob_count(&self) -> Result<u64> {
+        self.with(|c| {
+            let mut n = 0;
+            for level in levels::LEVELS {
+                n += levels::rows(c, level)?;
+            }
+            Ok(n)
+        })
     }
 
     /// SQLite's own consistency check: an empty list when the database is sound.
