@@ -81,6 +81,8 @@ pub mod decode {
     pub use crate::config::RepoConfig;
     pub use crate::pack::{check_pack, parse_footer, parse_trailer, Footer, FOOTER_LEN};
 
+    pub use crate::salvage::{blobs_of, scan, trailer_entries, Blob, Wanted};
+
     /// Decodes a repository config file.
     pub fn config(bytes: &[u8]) -> crate::Result<RepoConfig> {
         RepoConfig::decode(bytes)
