@@ -212,6 +212,9 @@ impl Repo {
     pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
         let dir = root.join("index");
         crate::backend::create_repo_dir(root, &dir)?;
+        // No gc while the index is rebuilt: it would judge packs by the old index while this
+        // one is built from them.
+        let _gc = crate::lock::gc_lock(root)?;
         // A repair on a full disk may use the space reserve (reserve.rs).
         crate::reserve::release_if_short(root);
         let fresh = dir.join("index.sqlite.rebuild");
@@ -348,12 +351,43 @@ impl Repo {
             self.backend.quarantine(FileKind::Snapshot, name)?;
             report.snapshots_quarantined.push(name.clone());
         }
+        self.catch_up(&report.packs_quarantined, now)?;
         // What damaged packs held may be gone: parents must be checked chunk by chunk again.
         self.index.bump_generation()?;
         // Name what is gone: a structural scrub over every snapshot.
         let scrub = self.scrub(&ScrubOptions::default(), &NoProgress)?;
         report.lost = scrub.damage.into_iter().filter(|d| d.blob.is_some()).collect();
         Ok(report)
+    }
+
+    /// Indexes what snapshots wrote while the repair read: packs and records that appeared
+    /// after the listing. (A pack a snapshot makes durable between this and the swap is left
+    /// unindexed: scrub then blames the index for its blobs, and gc indexes it again.)
+    fn catch_up(&self, damaged: &[String], now: i64) -> Result<()> {
+        let indexed: HashSet<PackId> = self.index.packs()?.into_iter().map(|p| p.id).collect();
+        for (name, size) in self.backend.list(FileKind::Pack)? {
+            let Ok(id) = name.parse::<PackId>() else { continue };
+            if indexed.contains(&id) || damaged.contains(&name) {
+                continue;
+            }
+            let Some(bytes) = self.read_damaged(&name)? else { continue };
+            if let Ok(entries) = pack::check_pack(&name, &bytes) {
+                self.index.add_pack(id, size, &entries, now)?;
+            }
+        }
+        let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
+        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+            let Ok(id) = name.parse::<SnapshotId>() else { continue };
+            if known.contains(&id) {
+                continue;
+            }
+            if let Ok(bytes) = self.backend.get(FileKind::Snapshot, &name) {
+                if let Ok(rec) = SnapshotRecord::open(id, &bytes) {
+                    self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads every record file, and sorts them by what repair does with them. A record of a

@@ -578,3 +578,30 @@ fn issue13_on_a_full_disk_list_forget_and_gc_still_run() {
     assert!(leftovers.is_empty(), "repair left {leftovers:?} ({})", String::from_utf8_lossy(&out.stderr));
     cairn_json(&repo, args!["list"], 0);
 }
+
+#[test]
+fn issue13_a_tree_pack_with_no_trailer_and_no_index_is_found_again_by_its_frames() {
+    let f = fixture();
+    // The largest pack of trees (trees go to packs of their own).
+    let tree_pack = pack_files(&f.repo)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let entries = cairn_store::decode::check_pack(&name, &fs::read(p).unwrap()).unwrap();
+            entries.iter().all(|e| e.kind == cairn_store::BlobKind::Tree)
+        })
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a tree pack");
+    let mut bytes = fs::read(&tree_pack).unwrap();
+    let start = trailer_start(&bytes);
+    bytes[start..].iter_mut().for_each(|b| *b = 0);
+    fs::write(&tree_pack, &bytes).unwrap();
+    for ext in ["", "-wal", "-shm", "-filter"] {
+        let _ = fs::remove_file(format!("{}{ext}", f.repo.join("index/index.sqlite").display()));
+    }
+    let rep = cairn_json(&f.repo, args!["repair", "index"], 0);
+    assert!(rep["lost"].as_array().unwrap().is_empty(), "every tree was found again: {rep}");
+    assert!(rep["blobs_salvaged"].as_u64().unwrap() > 1, "{rep}");
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    assert_restores(&f, "tree pack scanned");
+}
