@@ -76,6 +76,20 @@ pub enum Error {
         /// How many snapshots it matched.
         count: usize,
     },
+    /// A snapshot reference is both a label and the start of another snapshot's ID: acting on
+    /// either could touch the snapshot the user did not mean (`forget c3ed`).
+    #[error(
+        "{spec:?} is ambiguous: it is the label of snapshot {labelled} and the start of the ID of {ids}; \
+         give the full ID, or more of it"
+    )]
+    LabelOrId {
+        /// The reference given.
+        spec: String,
+        /// The (short) ID of the newest snapshot with that label.
+        labelled: String,
+        /// The (short) IDs that start with it, comma-separated.
+        ids: String,
+    },
     /// An argument from the caller is unusable.
     #[error("{0}")]
     InvalidInput(String),

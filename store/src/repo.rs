@@ -60,6 +60,20 @@ pub struct Snapshot {
     pub record: SnapshotRecord,
 }
 
+impl Snapshot {
+    /// True for the snapshot a restore takes of what it is about to overwrite.
+    #[must_use]
+    pub fn is_safety(&self) -> bool {
+        self.record.tags.iter().any(|t| t == SAFETY_TAG)
+            && self.record.label.as_deref().is_some_and(|l| l.starts_with(SAFETY_LABEL_PREFIX))
+    }
+}
+
+/// The tag of a restore's safety snapshot.
+pub(crate) const SAFETY_TAG: &str = "safety";
+/// The start of a restore's safety snapshot's label (the restored snapshot's short ID follows).
+pub(crate) const SAFETY_LABEL_PREFIX: &str = "safety-before-restore-";
+
 /// What `rebuild_index` found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RebuildReport {
@@ -505,34 +519,49 @@ impl Repo {
     }
 
     /// Finds a snapshot by full ID, unique ID prefix, `latest`, or label (the newest with it).
+    /// `latest` is the newest snapshot that is not a restore's safety snapshot: running the same
+    /// in-place `restore latest` twice must not put back what the first one replaced. A
+    /// reference that is both a label and the start of another snapshot's ID is refused.
     pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
         let all = self.snapshots()?;
         if spec == "latest" {
-            return all.into_iter().next_back().ok_or_else(|| Error::NoSuchSnapshot(spec.to_owned()));
-        }
-        if let Some(s) = all.iter().rev().find(|s| s.record.label.as_deref() == Some(spec)) {
-            return Ok(s.clone());
+            return all.into_iter().rev().find(|s| !s.is_safety()).ok_or_else(|| {
+                Error::NoSuchSnapshot("latest (safety snapshots are left out: name one by ID or label)".into())
+            });
         }
         let lower = spec.to_ascii_lowercase();
-        if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::NoSuchSnapshot(spec.to_owned()));
+        let hex = !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_hexdigit());
+        let mut by_id: Vec<&Snapshot> =
+            if hex { all.iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect() } else { Vec::new() };
+        if let Some(labelled) = all.iter().rev().find(|s| s.record.label.as_deref() == Some(spec)) {
+            by_id.retain(|s| s.id != labelled.id);
+            if by_id.is_empty() {
+                return Ok(labelled.clone());
+            }
+            return Err(Error::LabelOrId {
+                spec: spec.to_owned(),
+                labelled: labelled.id.short(8),
+                ids: by_id.iter().map(|s| s.id.short(8)).collect::<Vec<_>>().join(", "),
+            });
         }
-        let mut matches: Vec<Snapshot> = all.into_iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect();
-        match matches.len() {
+        match by_id.len() {
             0 => Err(Error::NoSuchSnapshot(spec.to_owned())),
-            1 => Ok(matches.remove(0)),
+            1 => Ok(by_id[0].clone()),
             count => Err(Error::AmbiguousSnapshot { prefix: spec.to_owned(), count }),
         }
     }
 
-    /// The newest snapshot taken at or before `time_ns` (point-in-time restore).
+    /// The newest snapshot taken at or before `time_ns` (point-in-time restore), leaving out
+    /// restores' safety snapshots as `latest` does.
     pub fn resolve_at(&self, time_ns: i64) -> Result<Snapshot> {
-        self.snapshots()?.into_iter().filter(|s| s.record.time_ns <= time_ns).next_back().ok_or_else(|| {
-            Error::NoSuchSnapshot(format!(
-                "at or before {}",
-                jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
-            ))
-        })
+        self.snapshots()?.into_iter().filter(|s| s.record.time_ns <= time_ns && !s.is_safety()).next_back().ok_or_else(
+            || {
+                Error::NoSuchSnapshot(format!(
+                    "at or before {}",
+                    jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
+                ))
+            },
+        )
     }
 
     /// Reads a blob back, checking it against its ID. The last frame each thread decoded is

@@ -643,8 +643,8 @@ impl Repo {
             "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
         )?;
         let mut so = SnapshotOptions::new(existing);
-        so.tags = vec!["safety".into()];
-        so.label = Some(format!("safety-before-restore-{}", snapshot.id.short(8)));
+        so.tags = vec![crate::repo::SAFETY_TAG.into()];
+        so.label = Some(format!("{}{}", crate::repo::SAFETY_LABEL_PREFIX, snapshot.id.short(8)));
         let report = self.snapshot(&so, &crate::progress::NoProgress)?;
         Ok(report.id)
     }

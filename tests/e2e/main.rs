@@ -18,5 +18,6 @@ mod integrity;
 mod processes;
 mod property;
 mod restore_options;
+mod restore_safety;
 mod roundtrip;
 mod snapshot_options;
