@@ -60,6 +60,8 @@ pub const POINTS: &[&str] = &[
     "snapshot.before_record",
     "snapshot.record_written",
     "snapshot.file_read",
+    "restore.dir_created",
+    "restore.temp_written",
     "restore.file_written",
     "forget.tombstone_written",
     "forget.record_removed",

@@ -1,15 +1,12 @@
-//! Reading and applying file metadata: owners (numeric and names), modes, times, extended
-//! attributes, device nodes. The only module that knows about the platform's metadata calls.
+//! Reading file metadata: owners (numeric and names), modes, times, extended attributes.
+//! Applying it is restore's, through descriptors (`restore/at.rs`).
 
 use std::collections::HashMap;
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
-
-use crate::error::{Error, Result};
 use crate::tree::{Entry, EntryKind, Timestamp};
 
 /// Caches uid → user name and gid → group name lookups for one run.
@@ -98,62 +95,6 @@ pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect();
     out.sort();
     out
-}
-
-fn rustix_err(path: &Path, e: rustix::io::Errno) -> Error {
-    Error::io(path, std::io::Error::from(e))
-}
-
-fn timestamps(t: Timestamp) -> Timestamps {
-    let ts = Timespec { tv_sec: t.sec, tv_nsec: i64::from(t.nsec) };
-    Timestamps { last_access: ts, last_modification: ts }
-}
-
-/// Sets the modification (and access) time of a path without following a final symlink.
-pub(crate) fn set_times(path: &Path, t: Timestamp) -> Result<()> {
-    rustix::fs::utimensat(CWD, path, &timestamps(t), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| rustix_err(path, e))
-}
-
-/// Sets the times of an open file.
-pub(crate) fn set_file_times(file: &File, path: &Path, t: Timestamp) -> Result<()> {
-    rustix::fs::futimens(file, &timestamps(t)).map_err(|e| rustix_err(path, e))
-}
-
-/// Sets extended attributes on a path (not following a final symlink).
-pub(crate) fn set_xattrs(path: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    for (name, value) in xattrs {
-        xattr::set(path, std::ffi::OsStr::from_bytes(name), value).map_err(|e| Error::io(path, e))?;
-    }
-    Ok(())
-}
-
-/// Creates a FIFO or device node.
-pub(crate) fn make_node(path: &Path, entry: &Entry) -> Result<()> {
-    let ft = match entry.kind {
-        EntryKind::Fifo => FileType::Fifo,
-        EntryKind::CharDevice => FileType::CharacterDevice,
-        EntryKind::BlockDevice => FileType::BlockDevice,
-        _ => return Err(Error::InvalidInput("not a special file".into())),
-    };
-    rustix::fs::mknodat(CWD, path, ft, Mode::from_bits_truncate(entry.mode & 0o777), entry.rdev)
-        .map_err(|e| rustix_err(path, e))
-}
-
-/// Owner and group of a path, not following a final symlink.
-pub(crate) fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| Error::io(path, e))
-}
-
-/// Sets the owner of an open file (no path lookup).
-pub(crate) fn set_file_owner(file: &File, path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(|e| Error::io(path, e))
-}
-
-/// Sets the mode of an open file (no path lookup).
-pub(crate) fn set_file_mode(file: &File, path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))
 }
 
 /// True when this process may set owners and make device nodes.

@@ -554,14 +554,12 @@ impl Repo {
     /// The newest snapshot taken at or before `time_ns` (point-in-time restore), leaving out
     /// restores' safety snapshots as `latest` does.
     pub fn resolve_at(&self, time_ns: i64) -> Result<Snapshot> {
-        self.snapshots()?.into_iter().filter(|s| s.record.time_ns <= time_ns && !s.is_safety()).next_back().ok_or_else(
-            || {
-                Error::NoSuchSnapshot(format!(
-                    "at or before {}",
-                    jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
-                ))
-            },
-        )
+        self.snapshots()?.into_iter().rfind(|s| s.record.time_ns <= time_ns && !s.is_safety()).ok_or_else(|| {
+            Error::NoSuchSnapshot(format!(
+                "at or before {}",
+                jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
+            ))
+        })
     }
 
     /// Reads a blob back, checking it against its ID. The last frame each thread decoded is
@@ -578,12 +576,18 @@ impl Repo {
         let frame = match cached {
             Some(f) => f,
             None => {
-                let stored = self.backend.get_range(
-                    FileKind::Pack,
-                    &loc.pack.to_hex(),
-                    loc.entry.offset,
-                    loc.entry.stored_len as usize,
-                )?;
+                let stored = self
+                    .backend
+                    .get_range(FileKind::Pack, &loc.pack.to_hex(), loc.entry.offset, loc.entry.stored_len as usize)
+                    .map_err(|e| {
+                        // A pack the index names but the disk lacks is missing data, not a
+                        // fault of the environment: the reader goes on with what it can read.
+                        if missing(&e) {
+                            Error::Missing { what: "pack", id: loc.pack.to_hex() }
+                        } else {
+                            e
+                        }
+                    })?;
                 let f = Rc::new(pack::open_frame(&loc.entry, &stored)?);
                 LAST_FRAME.with(|c| *c.borrow_mut() = Some((key, Rc::clone(&f))));
                 f

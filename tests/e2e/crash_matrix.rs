@@ -90,7 +90,7 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
                 "--overwrite".into(),
                 "always".into(),
             ],
-            &["restore.file_written"],
+            &["restore.dir_created", "restore.temp_written", "restore.file_written"],
             None,
         ),
     ];
@@ -143,6 +143,14 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
                 assert!(again.status.success(), "{case}, rerun: {}", String::from_utf8_lossy(&again.stderr));
                 check(&repo, &src, &states, &work, &format!("{case}, after the rerun"));
                 if command[0] == "restore" {
+                    // The rerun removed the killed run's temporary files (issue 13 item 13).
+                    let left: Vec<_> = walkdir::WalkDir::new(&target)
+                        .into_iter()
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(".cairn-restore."))
+                        .map(|e| e.path().to_path_buf())
+                        .collect();
+                    assert!(left.is_empty(), "{case}: leftovers after the rerun: {left:?}");
                     // Every entry of the snapshot is back; files it does not know stay (restore
                     // never deletes), and so do the directories' mtimes they changed.
                     let mut got = describe(&restored(&target, &src));

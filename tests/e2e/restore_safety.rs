@@ -69,3 +69,271 @@ fn issue13_a_label_that_is_also_an_id_prefix_is_refused_and_nothing_is_forgotten
     let r = cairn_json(&repo, args!["show", &second[..12]], 0);
     assert_eq!(r["id"].as_str().unwrap(), second);
 }
+
+/// Paths of the regular files below `root`, relative to it.
+fn files_below(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(root).unwrap().to_path_buf())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn issue13_a_directory_swapped_for_a_symlink_mid_restore_is_never_followed() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..12 {
+        fs::write(src.join(format!("sub/f{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    let id = snapshot_id(&repo, &src, args![]);
+    // A directory only root may enter: the place a racing user wants root's writes to land.
+    let victim = dir.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("secret"), "root only\n").unwrap();
+    fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let victim_before = describe(&victim);
+
+    let target = dir.path().join("target");
+    let sub = restored(&target, &src).join("sub");
+    let mut child = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .env("CAIRN_FAILPOINTS", "restore.file_written=pause@150")
+        .args(["--json", "restore", &id, "--target"])
+        .arg(&target)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As soon as the first file of sub/ is in place, the "other user" moves the directory away
+    // and puts a symlink to the victim in its place; most files are still to be written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if sub.is_dir() && files_below(&sub).iter().any(|p| p.to_string_lossy().starts_with('f')) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the restore never wrote into sub/");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    fs::rename(&sub, sub.with_file_name("sub.moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, &sub).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.code().is_some(), "cairn died: {out:?}");
+
+    assert_same(&victim_before, &describe(&victim), "the victim directory after the race");
+    let mode = fs::metadata(&victim).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777, 0o700, "the victim's mode changed");
+    // Every file went where the restore had opened the directory: all twelve are in sub.moved.
+    let moved = files_below(&sub.with_file_name("sub.moved"));
+    assert_eq!(moved.len(), 12, "{moved:?}");
+}
+
+#[test]
+fn issue13_a_directory_swapped_right_after_it_was_made_is_skipped_not_followed() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/conf"), "x = 1\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let victim = dir.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    let target = dir.path().join("target");
+    let sub = restored(&target, &src).join("sub");
+    let child = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .env("CAIRN_FAILPOINTS", "restore.dir_created=pause@400")
+        .args(["--json", "restore", &id, "--target"])
+        .arg(&target)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sub.is_dir() {
+        assert!(std::time::Instant::now() < deadline, "sub/ never made");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    fs::rename(&sub, sub.with_file_name("sub.moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, &sub).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = r["failed"].as_array().unwrap();
+    assert!(failed.iter().any(|f| f["path"].as_str().unwrap().ends_with("/sub")), "{r}");
+    assert!(fs::read_dir(&victim).unwrap().next().is_none(), "nothing may land in the victim");
+}
+
+#[test]
+fn issue13_a_missing_pack_costs_only_its_files_and_the_rest_is_restored() {
+    let (dir, repo) = new_repo_with_packs(Some("64K"));
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng::new(13);
+    for i in 0..40 {
+        fs::write(src.join(format!("f{i:02}")), rng.bytes(20_000)).unwrap();
+    }
+    let id = snapshot_id(&repo, &src, args![]);
+    fs::remove_file(crate::integrity::biggest_pack(&repo)).unwrap();
+
+    let target = dir.path().join("target");
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target], 4);
+    let damaged: Vec<String> =
+        r["damaged"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap().to_owned()).collect();
+    assert!(!damaged.is_empty() && damaged.len() < 40, "{r}");
+    // Counted honestly: what was written plus what was lost is every file.
+    assert_eq!(r["files_written"].as_u64().unwrap() + damaged.len() as u64, 40, "{r}");
+    let want = describe(&src);
+    let got = describe(&restored(&target, &src));
+    let mut restored_count = 0;
+    for (name, desc) in &want {
+        let path = restored(&target, &src).join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+        if damaged.iter().any(|d| Path::new(d) == path) {
+            assert!(!got.contains_key(name), "a damaged file must not be left half-written");
+        } else if !name.is_empty() {
+            assert_eq!(got.get(name), Some(desc), "{}", String::from_utf8_lossy(name));
+            restored_count += 1;
+        }
+    }
+    assert_eq!(restored_count, 40 - damaged.len());
+}
+
+#[test]
+fn issue13_a_full_target_costs_only_the_files_that_do_not_fit() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng::new(7);
+    fs::write(src.join("big.bin"), rng.bytes(3 << 20)).unwrap();
+    for i in 0..30 {
+        fs::write(src.join(format!("small{i:02}.conf")), rng.text(900)).unwrap();
+    }
+    let id = snapshot_id(&repo, &src, args![]);
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let Some(_m) = mount_tmpfs(&mnt, "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs");
+        return;
+    };
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &mnt], 4);
+    let failed = r["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert!(failed[0]["path"].as_str().unwrap().ends_with("/big.bin"), "{r}");
+    assert!(failed[0]["message"].as_str().unwrap().contains("space"), "{r}");
+    assert_eq!(r["files_written"].as_u64(), Some(30), "{r}");
+    let got = files_below(&restored(&mnt, &src));
+    assert_eq!(got.len(), 30, "every small file is restored, and no temporary is left: {got:?}");
+}
+
+#[test]
+fn issue13_a_rerun_removes_an_interrupted_restores_temporaries() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("etc");
+    fs::create_dir_all(src.join("nginx")).unwrap();
+    fs::write(src.join("nginx/nginx.conf"), "worker_processes 2;\n").unwrap();
+    fs::write(src.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("target");
+
+    // A restore killed between writing a temporary file and renaming it into place.
+    let out = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .env("CAIRN_FAILPOINTS", "restore.temp_written=kill@1")
+        .args(["-q", "restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "the restore must have been killed");
+    // And one left by a restore whose process is long gone, in a directory restore passes.
+    let stale = restored(&target, &src).join("nginx/.cairn-restore.4000000.7");
+    fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    fs::write(&stale, "half a file").unwrap();
+    let before = files_below(&target).iter().filter(|p| p.to_string_lossy().contains(".cairn-restore.")).count();
+    assert!(before >= 2, "the killed run left its temporary: {before}");
+
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    assert_eq!(r["leftovers_removed"].as_u64(), Some(before as u64), "{r}");
+    let left: Vec<_> =
+        files_below(&target).into_iter().filter(|p| p.to_string_lossy().contains(".cairn-restore.")).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_same(&describe(&src), &describe(&restored(&target, &src)), "after the rerun");
+}
+
+#[test]
+fn issue13_an_include_with_dot_dot_stays_inside_the_target_and_so_does_its_safety_snapshot() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("conf")).unwrap();
+    fs::write(src.join("conf/app.conf"), "a = 1\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("t1/t2");
+    cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    fs::write(restored(&target, &src).join("conf/app.conf"), "a = broken\n").unwrap();
+    // What an unnormalised include would reach: <target>/../../<source path>.
+    let outside = dir.path().join(src.join("conf").strip_prefix("/").unwrap());
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), "not for the repository\n").unwrap();
+
+    let include = Path::new("/../..").join(src.join("conf").strip_prefix("/").unwrap());
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target, "--include", &include], 0);
+    assert_eq!(r["files_written"].as_u64(), Some(1), "{r}");
+    assert_eq!(fs::read_to_string(restored(&target, &src).join("conf/app.conf")).unwrap(), "a = 1\n");
+    let safety = r["safety_snapshot"].as_str().expect("a safety snapshot of the file overwritten");
+    let show = cairn_json(&repo, args!["show", safety], 0);
+    for p in show["paths"].as_array().unwrap() {
+        assert!(Path::new(p.as_str().unwrap()).starts_with(&target), "safety snapshot left the target: {show}");
+    }
+}
+
+/// Reads the file at `rel` below `base` one component at a time (the whole path may be longer
+/// than PATH_MAX, which no single call accepts).
+fn read_deep(base: &Path, rel: &Path) -> Vec<u8> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    let mut fd = openat(CWD, base, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let names: Vec<_> = rel.iter().collect();
+    let (last, dirs) = names.split_last().unwrap();
+    for name in dirs {
+        fd = openat(&fd, *name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty()).unwrap();
+    }
+    let f = openat(&fd, *last, OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty()).unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(f), &mut out).unwrap();
+    out
+}
+
+#[test]
+fn issue13_a_restore_deeper_than_path_max_restores_every_file() {
+    let (dir, repo) = new_repo();
+    // A source just under PATH_MAX deep, so that today's snapshot can read it ...
+    let mut src = dir.path().join("src");
+    let mut rel = std::path::PathBuf::new();
+    for i in 0..14 {
+        let name = format!("{i:02}{}", "d".repeat(240));
+        src.push(&name);
+        rel.push(&name);
+    }
+    assert!(src.as_os_str().len() < 4000);
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("leaf.conf"), "deep = true\n").unwrap();
+    let top = dir.path().join("src");
+    let id = snapshot_id(&repo, &top, args![]);
+    // ... restored under a target that makes every destination path longer than PATH_MAX.
+    let mut target = dir.path().join("target");
+    for i in 0..4 {
+        target.push(format!("{i}{}", "t".repeat(200)));
+    }
+    assert!(restored(&target, &src).as_os_str().len() > 4096);
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target, "--verify"], 0);
+    assert_eq!(r["files_written"].as_u64(), Some(1), "{r}");
+    assert_eq!(r["files_verified"].as_u64(), Some(1), "{r}");
+    let restored_top = restored(&target, &top);
+    assert_eq!(read_deep(&restored_top, &rel.join("leaf.conf")), b"deep = true\n");
+}

@@ -58,12 +58,17 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     }
     super::print_warnings(cli, "warning", &report.warnings);
     super::print_warnings(cli, "damaged", &report.damaged);
-    if report.has_damage() {
+    super::print_warnings(cli, "not restored", &report.failed);
+    if report.is_incomplete() {
         if !cli.quiet {
-            eprintln!(
-                "cairn: {} files could not be restored: stored data is damaged (run `cairn scrub`)",
-                report.damaged.len()
-            );
+            let mut parts = Vec::new();
+            if !report.damaged.is_empty() {
+                parts.push(format!("{} because stored data is damaged (run `cairn scrub`)", report.damaged.len()));
+            }
+            if !report.failed.is_empty() {
+                parts.push(format!("{} for other reasons (listed above)", report.failed.len()));
+            }
+            eprintln!("cairn: not everything was restored: {}; every other file was", parts.join(", "));
         }
         return Ok(exit::DAMAGE);
     }
@@ -84,6 +89,9 @@ fn print_summary(r: &RestoreReport) {
     println!("  written: {}", size(r.bytes_written));
     if r.files_verified > 0 {
         println!("  verified: {} files match their stored BLAKE3", r.files_verified);
+    }
+    if r.leftovers_removed > 0 {
+        println!("  removed: {} temporary files of an interrupted restore", r.leftovers_removed);
     }
     println!("  took:    {:.2} s", r.duration_secs);
 }

@@ -1,0 +1,318 @@
+//! Descriptor-relative operations on a restore's destination (invariant 6).
+//!
+//! Every call names one plain component relative to an open directory, and every directory is
+//! opened from its parent's descriptor with `O_DIRECTORY | O_NOFOLLOW`. No path is resolved a
+//! second time, so a directory that another user swaps for a symlink after it was checked (a
+//! race against an in-place restore run as root) makes the open fail instead of sending the
+//! writes, owners and modes that follow somewhere else. Metadata goes through descriptors
+//! (`fchown`, `fchmod`, `fsetxattr`, `futimens`) or through `*at` calls that do not follow a
+//! final symlink. And since no call sees more than one component, depth is not limited by
+//! `PATH_MAX`.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps, CWD};
+use rustix::io::Errno;
+
+use crate::id::FileHash;
+use crate::tree::{EntryKind, Timestamp};
+
+/// The prefix of a restore's temporary files: `.cairn-restore.<pid>.<n>`.
+pub(crate) const TEMP_PREFIX: &str = ".cairn-restore.";
+
+/// An open destination directory and the path it was reached by (for messages only: the path
+/// is never opened again).
+pub(crate) struct Dir {
+    fd: File,
+    pub(crate) path: PathBuf,
+}
+
+fn io(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+fn times(t: Timestamp) -> Timestamps {
+    let ts = Timespec { tv_sec: t.sec, tv_nsec: i64::from(t.nsec) };
+    Timestamps { last_access: ts, last_modification: ts }
+}
+
+/// True for the errors an `O_NOFOLLOW | O_DIRECTORY` open gives when the name is no longer a
+/// directory (a symlink or a file was put in its place).
+pub(crate) fn is_swapped(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == Errno::LOOP.raw_os_error() || code == Errno::NOTDIR.raw_os_error())
+}
+
+impl Dir {
+    /// Opens the restore's target (created first when missing). The target path is resolved
+    /// as the user wrote it, symlinks included: it is what they named.
+    pub(crate) fn open_target(path: &Path) -> io::Result<Self> {
+        let fd =
+            rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io)?;
+        Ok(Self { fd: File::from(fd), path: path.to_path_buf() })
+    }
+
+    /// The path of `name` in this directory, for messages.
+    pub(crate) fn child_path(&self, name: &OsStr) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// lstat of `name`; `None` when there is nothing by that name.
+    pub(crate) fn stat(&self, name: &OsStr) -> io::Result<Option<Stat>> {
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Opens the directory `name`, never through a symlink.
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Self> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        Ok(Self { fd: File::from(fd), path: self.child_path(name) })
+    }
+
+    /// Creates the directory `name`, private until its own mode is applied at the end.
+    pub(crate) fn mkdir(&self, name: &OsStr) -> io::Result<()> {
+        rustix::fs::mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)).map_err(io)
+    }
+
+    /// Removes the non-directory `name`.
+    pub(crate) fn remove_file(&self, name: &OsStr) -> io::Result<()> {
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(io)
+    }
+
+    /// A new temporary file in this directory, readable and writable, mode 0600. A name left by
+    /// an earlier run of the same process ID is skipped, never reused.
+    pub(crate) fn create_temp(&self, counter: &std::sync::atomic::AtomicU64) -> io::Result<(File, OsString)> {
+        loop {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = OsString::from(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+            match rustix::fs::openat(
+                &self.fd,
+                &name,
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            ) {
+                Ok(fd) => return Ok((File::from(fd), name)),
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
+
+    /// Renames `from` over `to`, both in this directory; a symlink at `to` is replaced, not
+    /// followed.
+    pub(crate) fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(io)
+    }
+
+    /// Creates the symlink `name` pointing at `target`.
+    pub(crate) fn symlink(&self, target: &[u8], name: &OsStr) -> io::Result<()> {
+        rustix::fs::symlinkat(OsStr::from_bytes(target), &self.fd, name).map_err(io)
+    }
+
+    /// Creates a FIFO or device node `name`.
+    pub(crate) fn mknod(&self, name: &OsStr, kind: EntryKind, mode: u32, rdev: u64) -> io::Result<()> {
+        let ft = match kind {
+            EntryKind::Fifo => FileType::Fifo,
+            EntryKind::CharDevice => FileType::CharacterDevice,
+            EntryKind::BlockDevice => FileType::BlockDevice,
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a special file")),
+        };
+        rustix::fs::mknodat(&self.fd, name, ft, Mode::from_bits_truncate(mode & 0o777), rdev).map_err(io)
+    }
+
+    /// Hard-links `from_name` of `from` as `name` here (`linkat` without following).
+    pub(crate) fn link_from(&self, from: &Dir, from_name: &OsStr, name: &OsStr) -> io::Result<()> {
+        rustix::fs::linkat(&from.fd, from_name, &self.fd, name, AtFlags::empty()).map_err(io)
+    }
+
+    /// Opens the existing regular file `name` for reading, never through a symlink, and never
+    /// blocking on a FIFO put in its place; `None` when it is not a regular file (any more).
+    pub(crate) fn open_regular(&self, name: &OsStr) -> io::Result<Option<File>> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        Ok((FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then(|| File::from(fd)))
+    }
+
+    /// Owner of `name` itself (a symlink is not followed).
+    pub(crate) fn chown_at(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+        rustix::fs::chownat(
+            &self.fd,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io)
+    }
+
+    /// Times of `name` itself (a symlink is not followed).
+    pub(crate) fn times_at(&self, name: &OsStr, t: Timestamp) -> io::Result<()> {
+        rustix::fs::utimensat(&self.fd, name, &times(t), AtFlags::SYMLINK_NOFOLLOW).map_err(io)
+    }
+
+    /// Mode of the special file `name`: opened `O_PATH | O_NOFOLLOW`, checked to be the kind
+    /// just made, and changed through its `/proc/self/fd` link, which names that very inode
+    /// (`fchmodat` would follow a symlink swapped in meanwhile).
+    pub(crate) fn chmod_special(&self, name: &OsStr, kind: EntryKind, mode: u32) -> io::Result<()> {
+        let fd = rustix::fs::openat(&self.fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(io)?;
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        let want = match kind {
+            EntryKind::Fifo => FileType::Fifo,
+            EntryKind::CharDevice => FileType::CharacterDevice,
+            _ => FileType::BlockDevice,
+        };
+        if FileType::from_raw_mode(st.st_mode) != want {
+            return Err(io::Error::other("replaced while it was restored; mode not set"));
+        }
+        rustix::fs::chmodat(CWD, proc_path(&fd), Mode::from_bits_truncate(mode), AtFlags::empty()).map_err(io)
+    }
+
+    /// Sets extended attributes on `name` itself (a symlink or special file), through this
+    /// directory's `/proc/self/fd` link so that only the last component is looked up.
+    pub(crate) fn set_xattrs_at(&self, name: &OsStr, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        let path = proc_path(&self.fd).join(name);
+        for (key, value) in xattrs {
+            xattr::set(&path, OsStr::from_bytes(key), value)?;
+        }
+        Ok(())
+    }
+
+    /// The directory as an open file, for metadata calls on the directory itself.
+    pub(crate) fn file(&self) -> &File {
+        &self.fd
+    }
+
+    /// Removes the temporary files an interrupted restore left here: regular files named
+    /// `.cairn-restore.<pid>.<n>` whose process is gone. Returns how many.
+    pub(crate) fn remove_leftovers(&self) -> io::Result<u64> {
+        let mut removed = 0;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if leftover_pid(name).is_some_and(|pid| pid != std::process::id() && !process_exists(pid)) {
+                names.push(name.to_os_string());
+            }
+        }
+        for name in names {
+            if self.stat(&name)?.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
+                self.remove_file(&name)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// True when `rel` exists below `dir` reached through real directories only (its last
+/// component may be anything, a symlink included). `Ok(false)` when some part is missing; an
+/// error when a directory on the way is a symlink or not a directory.
+pub(crate) fn exists_without_symlinks(dir: &Dir, rel: &Path) -> io::Result<bool> {
+    let names: Vec<&OsStr> = rel.iter().collect();
+    let Some((last, parents)) = names.split_last() else {
+        return Ok(true); // the target itself
+    };
+    let mut here: Option<Dir> = None;
+    for name in parents {
+        let cur = here.as_ref().unwrap_or(dir);
+        match cur.stat(name)? {
+            None => return Ok(false),
+            Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Some(_) => {
+                return Err(io::Error::other(format!(
+                    "{} is not a directory (a symlink is never followed)",
+                    cur.child_path(name).display()
+                )))
+            }
+        }
+        here = Some(cur.open_dir(name)?);
+    }
+    Ok(here.as_ref().unwrap_or(dir).stat(last)?.is_some())
+}
+
+/// The process ID in a temporary file's name, when `name` is one.
+fn leftover_pid(name: &OsStr) -> Option<u32> {
+    let rest = name.to_str()?.strip_prefix(TEMP_PREFIX)?;
+    let (pid, n) = rest.split_once('.')?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
+    pid.parse().ok()
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// `/proc/self/fd/N`: a name for exactly the inode behind an open descriptor.
+fn proc_path(fd: &impl AsFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
+}
+
+/// Sets the times of an open file or directory.
+pub(crate) fn set_fd_times(fd: &impl AsFd, t: Timestamp) -> io::Result<()> {
+    rustix::fs::futimens(fd, &times(t)).map_err(io)
+}
+
+/// BLAKE3 of everything readable from `file`, from its start.
+pub(crate) fn hash_open_file(file: &File) -> io::Result<FileHash> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(FileHash::from_hash(hasher.finalize()))
+}
+
+/// BLAKE3 of a file read through a reader (the public `hash_file`).
+pub(crate) fn hash_reader(mut r: impl Read) -> io::Result<FileHash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(FileHash::from_hash(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_names() {
+        assert_eq!(leftover_pid(OsStr::new(".cairn-restore.123.4")), Some(123));
+        assert_eq!(leftover_pid(OsStr::new(".cairn-restore.123.")), None);
+        assert_eq!(leftover_pid(OsStr::new(".cairn-restore.x.4")), None);
+        assert_eq!(leftover_pid(OsStr::new("cairn-restore.1.2")), None);
+        assert_eq!(leftover_pid(OsStr::new(".cairn-restore.1.2x")), None);
+    }
+}

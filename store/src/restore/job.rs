@@ -1,0 +1,667 @@
+//! The walk of one restore: a snapshot's trees recreated under open directory descriptors.
+//!
+//! Entries of a directory are restored in parallel. A directory's own metadata is applied as
+//! soon as everything below it is done (its descriptor is still open; nothing is looked up by
+//! path again), except for directories that still receive hard links at the end, which get
+//! theirs after the links. A failure of one entry (damaged data, no space, a name too long for
+//! the target's file system, a directory swapped by another user) is recorded and the walk goes
+//! on with every other entry; only a failing index stops it.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+use rustix::fs::{FileType, Stat};
+
+use super::at::{self, Dir};
+use super::{Overwrite, RestoreOptions};
+use crate::error::{Error, Result};
+use crate::fsmeta;
+use crate::id::{BlobId, TreeId};
+use crate::index::BlobLocation;
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::snapshot::{Excludes, Warning};
+use crate::tree::{ChunkRef, Entry, EntryKind};
+
+/// Files up to this size without holes are written in one call.
+const SMALL_FILE: u64 = 1 << 20;
+
+#[derive(Default)]
+pub(super) struct Counts {
+    pub(super) files_written: AtomicU64,
+    pub(super) files_skipped: AtomicU64,
+    pub(super) dirs: AtomicU64,
+    pub(super) symlinks: AtomicU64,
+    pub(super) specials: AtomicU64,
+    pub(super) hardlinks: AtomicU64,
+    pub(super) bytes_written: AtomicU64,
+    pub(super) files_verified: AtomicU64,
+    pub(super) owner_failures: AtomicU64,
+    pub(super) leftovers_removed: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A destination directory held open for the walk below it, and for hard links made into it
+/// at the end.
+struct Held {
+    dir: Dir,
+    /// Set when a hard link will be made into it at the end: its metadata waits for that.
+    links_pending: AtomicBool,
+}
+
+/// The first member of a hard-link group: where it was written, and which inode it became.
+struct LinkSource {
+    dir: Arc<Held>,
+    name: OsString,
+    written: Option<(u64, u64)>,
+}
+
+/// A further member of a hard-link group, linked at the end.
+struct Deferred {
+    dir: Arc<Held>,
+    name: OsString,
+    entry: Entry,
+}
+
+pub(super) struct Job<'a> {
+    pub(super) repo: &'a Repo,
+    pub(super) opts: &'a RestoreOptions,
+    pub(super) includes: Vec<PathBuf>,
+    /// The snapshot's source paths.
+    pub(super) sources: Vec<PathBuf>,
+    pub(super) excludes: Excludes,
+    pub(super) progress: &'a dyn Progress,
+    pub(super) root_user: bool,
+    pub(super) counts: Counts,
+    pub(super) damaged: Mutex<Vec<Warning>>,
+    pub(super) failed: Mutex<Vec<Warning>>,
+    pub(super) warnings: Mutex<Vec<Warning>>,
+    /// An error that stops the whole restore (the index failing), first one wins.
+    pub(super) fatal: Mutex<Option<Error>>,
+    links: Mutex<HashMap<(u64, u64), LinkSource>>,
+    deferred: Mutex<Vec<Deferred>>,
+    /// Directories whose metadata waits for the hard links made into them.
+    late_dirs: Mutex<Vec<(Arc<Held>, Entry)>>,
+    tmp_counter: AtomicU64,
+}
+
+fn push(list: &Mutex<Vec<Warning>>, path: &Path, message: impl Into<String>) {
+    lock(list).push(Warning { path: path.to_string_lossy().into_owned(), message: message.into() });
+}
+
+/// How an include path relates to an entry path.
+pub(super) fn wanted(includes: &[PathBuf], path: &Path) -> Option<bool> {
+    if includes.is_empty() {
+        return Some(true);
+    }
+    let mut on_the_way = false;
+    for inc in includes {
+        if path.starts_with(inc) {
+            return Some(true); // at or below an include: restore all of it
+        }
+        if inc.starts_with(path) {
+            on_the_way = true; // an ancestor of an include: enter, restore only what is asked
+        }
+    }
+    on_the_way.then_some(false)
+}
+
+fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+impl<'a> Job<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        repo: &'a Repo,
+        opts: &'a RestoreOptions,
+        includes: Vec<PathBuf>,
+        sources: Vec<PathBuf>,
+        excludes: Excludes,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        Self {
+            repo,
+            opts,
+            includes,
+            sources,
+            excludes,
+            progress,
+            root_user: fsmeta::is_root(),
+            counts: Counts::default(),
+            damaged: Mutex::new(Vec::new()),
+            failed: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            links: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(Vec::new()),
+            late_dirs: Mutex::new(Vec::new()),
+            tmp_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Restores the whole snapshot below `target` (the snapshot's `/`), then the hard links
+    /// and the directories waiting for them.
+    pub(super) fn run(&self, root: TreeId, target: Option<Dir>) -> Result<()> {
+        let target = target.map(|dir| Arc::new(Held { dir, links_pending: AtomicBool::new(false) }));
+        if let Some(t) = &target {
+            self.clean_leftovers(&t.dir);
+        }
+        self.restore_tree(root, Path::new("/"), target.as_ref());
+        if let Some(e) = lock(&self.fatal).take() {
+            return Err(e);
+        }
+        self.finish();
+        Ok(())
+    }
+
+    /// True for a directory strictly above the snapshot's source paths.
+    fn above_sources(&self, snap_path: &Path) -> bool {
+        self.sources.iter().any(|s| s != snap_path && s.starts_with(snap_path))
+    }
+
+    fn dest_of(&self, snap_path: &Path) -> PathBuf {
+        let rel = snap_path.strip_prefix("/").unwrap_or(snap_path);
+        self.opts.target.join(rel)
+    }
+
+    /// Records the failure of one entry and lets the walk go on; an index error stops it.
+    fn fail(&self, snap_path: &Path, err: Error) {
+        let dest = self.dest_of(snap_path);
+        if matches!(err, Error::Index { .. }) {
+            lock(&self.fatal).get_or_insert(err);
+        } else if err.is_damage() {
+            push(&self.damaged, &dest, format!("not restored: {err}"));
+        } else {
+            push(&self.failed, &dest, format!("not restored: {err}"));
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        lock(&self.fatal).is_some()
+    }
+
+    fn clean_leftovers(&self, dir: &Dir) {
+        if self.opts.dry_run {
+            return;
+        }
+        match dir.remove_leftovers() {
+            Ok(n) => bump(&self.counts.leftovers_removed, n),
+            Err(e) => push(&self.warnings, &dir.path, format!("cannot look for an interrupted restore's files: {e}")),
+        }
+    }
+
+    /// Restores the entries of one directory, open as `dir` (`None` in a dry run when the
+    /// directory does not exist yet).
+    fn restore_tree(&self, tree_id: TreeId, snap_path: &Path, dir: Option<&Arc<Held>>) {
+        let tree = match self.repo.load_tree(tree_id) {
+            Ok(t) => t,
+            Err(e) if e.is_damage() => {
+                push(&self.damaged, &self.dest_of(snap_path), format!("directory contents lost: {e}"));
+                return;
+            }
+            Err(e) => return self.fail(snap_path, e),
+        };
+        let mut prev: Option<&[u8]> = None;
+        let mut entries = Vec::with_capacity(tree.entries.len());
+        for e in &tree.entries {
+            let path = snap_path.join(OsStr::from_bytes(&e.name));
+            if !e.has_safe_name() || prev == Some(e.name.as_slice()) {
+                push(&self.warnings, &path, format!("unsafe or duplicate entry name {:?} skipped", e.name_lossy()));
+                continue;
+            }
+            prev = Some(e.name.as_slice());
+            let Some(all) = wanted(&self.includes, &path) else {
+                continue;
+            };
+            if self.excludes.excluded(&path, &e.name) {
+                continue;
+            }
+            entries.push((e, path, all));
+        }
+        entries.into_par_iter().for_each(|(e, path, all)| {
+            if self.stopped() {
+                return;
+            }
+            if let Err(err) = self.restore_entry(e, &path, all, dir) {
+                self.fail(&path, err);
+            }
+        });
+    }
+
+    fn restore_entry(&self, e: &Entry, snap_path: &Path, all: bool, dir: Option<&Arc<Held>>) -> Result<()> {
+        let name = OsStr::from_bytes(&e.name);
+        let dest = self.dest_of(snap_path);
+        let io_err = |err: io::Error| Error::io(&dest, err);
+        match e.kind {
+            EntryKind::Dir => {
+                let opened = match dir {
+                    Some(d) => self.ensure_dir(&d.dir, name, &dest)?,
+                    None => None,
+                };
+                if dir.is_some() && opened.is_none() && !self.opts.dry_run {
+                    return Ok(()); // skipped, with a warning
+                }
+                let created = opened.as_ref().is_some_and(|(_, c)| *c);
+                let child = opened.map(|(d, _)| Arc::new(Held { dir: d, links_pending: AtomicBool::new(false) }));
+                bump(&self.counts.dirs, 1);
+                if let Some(sub) = e.subtree {
+                    self.restore_tree(sub, snap_path, child.as_ref());
+                }
+                // A directory only on the way to what is restored (above the source paths, or
+                // above an include) keeps its own metadata unless this restore created it:
+                // restoring /etc/nginx in place must not reset /etc.
+                let on_the_way = !all || self.above_sources(snap_path);
+                if let Some(child) = child {
+                    if !self.opts.dry_run && (!on_the_way || created) {
+                        if child.links_pending.load(Ordering::SeqCst) {
+                            lock(&self.late_dirs).push((child, e.clone()));
+                        } else {
+                            self.apply_dir_meta(&child.dir, e);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ if !all => Ok(()), // not below an include
+            EntryKind::File => self.restore_file(e, dir, name, &dest),
+            EntryKind::Symlink => {
+                let Some(d) = dir.map(|d| &d.dir) else {
+                    bump(&self.counts.symlinks, 1);
+                    return Ok(());
+                };
+                if !self.clear_for(d, name, &dest)? {
+                    return Ok(());
+                }
+                bump(&self.counts.symlinks, 1);
+                if self.opts.dry_run {
+                    return Ok(());
+                }
+                d.symlink(&e.target, name).map_err(io_err)?;
+                self.apply_meta_at(d, name, e, &dest);
+                Ok(())
+            }
+            EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
+                if e.kind != EntryKind::Fifo && !self.root_user {
+                    push(&self.warnings, &dest, "device node not restored (needs root)");
+                    return Ok(());
+                }
+                let Some(d) = dir.map(|d| &d.dir) else {
+                    bump(&self.counts.specials, 1);
+                    return Ok(());
+                };
+                if !self.clear_for(d, name, &dest)? {
+                    return Ok(());
+                }
+                bump(&self.counts.specials, 1);
+                if self.opts.dry_run {
+                    return Ok(());
+                }
+                d.mknod(name, e.kind, e.mode, e.rdev).map_err(io_err)?;
+                self.apply_meta_at(d, name, e, &dest);
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens `name` in `parent` as a real directory, creating it when missing. Something else
+    /// in its place is removed when the policy allows overwriting; otherwise the entry is
+    /// skipped. `Some((dir, created))`, or `None` when skipped (or, in a dry run, missing).
+    fn ensure_dir(&self, parent: &Dir, name: &OsStr, dest: &Path) -> Result<Option<(Dir, bool)>> {
+        let io_err = |err: io::Error| Error::io(dest, err);
+        let swapped = |err: io::Error| -> Result<Option<(Dir, bool)>> {
+            if at::is_swapped(&err) {
+                push(&self.failed, dest, "replaced by something else while it was restored (never followed); skipped");
+                Ok(None)
+            } else {
+                Err(io_err(err))
+            }
+        };
+        let created = match parent.stat(name).map_err(io_err)? {
+            Some(st) if file_type(&st) == FileType::Directory => false,
+            Some(_) if self.opts.overwrite == Overwrite::Never => {
+                push(&self.warnings, dest, "exists and is not a directory; skipped (--overwrite never)");
+                return Ok(None);
+            }
+            Some(_) if self.opts.dry_run => return Ok(None),
+            Some(_) => {
+                parent.remove_file(name).map_err(io_err)?;
+                parent.mkdir(name).map_err(io_err)?;
+                true
+            }
+            None if self.opts.dry_run => return Ok(None),
+            None => {
+                parent.mkdir(name).map_err(io_err)?;
+                true
+            }
+        };
+        crate::failpoint::hit("restore.dir_created");
+        match parent.open_dir(name) {
+            Ok(d) => {
+                if !created {
+                    self.clean_leftovers(&d);
+                }
+                Ok(Some((d, created)))
+            }
+            Err(err) => swapped(err),
+        }
+    }
+
+    /// Prepares the destination of a non-file entry: true when it may be created.
+    fn clear_for(&self, dir: &Dir, name: &OsStr, dest: &Path) -> Result<bool> {
+        match dir.stat(name).map_err(|e| Error::io(dest, e))? {
+            None => Ok(true),
+            Some(_) if self.opts.overwrite == Overwrite::Never => {
+                bump(&self.counts.files_skipped, 1);
+                Ok(false)
+            }
+            Some(st) if file_type(&st) == FileType::Directory => {
+                push(&self.warnings, dest, "a directory is in the way; not replaced");
+                Ok(false)
+            }
+            Some(_) if self.opts.dry_run => Ok(true),
+            Some(_) => {
+                dir.remove_file(name).map_err(|e| Error::io(dest, e))?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn restore_file(&self, e: &Entry, dir: Option<&Arc<Held>>, name: &OsStr, dest: &Path) -> Result<()> {
+        let Some(held) = dir else {
+            // A dry run below a directory that does not exist yet: all of it would be written.
+            bump(&self.counts.files_written, 1);
+            bump(&self.counts.bytes_written, e.size);
+            return Ok(());
+        };
+        let d = &held.dir;
+        if e.nlink > 1 && e.dev != 0 {
+            let mut links = lock(&self.links);
+            if links.contains_key(&(e.dev, e.inode)) {
+                drop(links);
+                held.links_pending.store(true, Ordering::SeqCst);
+                lock(&self.deferred).push(Deferred {
+                    dir: Arc::clone(held),
+                    name: name.to_os_string(),
+                    entry: e.clone(),
+                });
+                return Ok(());
+            }
+            links.insert(
+                (e.dev, e.inode),
+                LinkSource { dir: Arc::clone(held), name: name.to_os_string(), written: None },
+            );
+        }
+        self.write_file(e, d, name, dest).map(|written| {
+            if let (Some(ino), true) = (written, e.nlink > 1 && e.dev != 0) {
+                if let Some(src) = lock(&self.links).get_mut(&(e.dev, e.inode)) {
+                    src.written = Some(ino);
+                }
+            }
+        })
+    }
+
+    /// Writes one file (or leaves it as it is); the (dev, inode) written, if any.
+    fn write_file(&self, e: &Entry, d: &Dir, name: &OsStr, dest: &Path) -> Result<Option<(u64, u64)>> {
+        let io_err = |err: io::Error| Error::io(dest, err);
+        if let Some(existing) = d.stat(name).map_err(io_err)? {
+            if file_type(&existing) == FileType::Directory {
+                push(&self.warnings, dest, "a directory is in the way; file not restored");
+                return Ok(None);
+            }
+            let skip = match self.opts.overwrite {
+                Overwrite::Never => true,
+                Overwrite::Always => false,
+                Overwrite::IfChanged => {
+                    file_type(&existing) == FileType::RegularFile && self.same_content(d, name, &existing, e)
+                }
+            };
+            if skip {
+                bump(&self.counts.files_skipped, 1);
+                self.progress.inc(e.size);
+                if self.opts.overwrite == Overwrite::IfChanged && !self.opts.dry_run {
+                    // Through a descriptor opened without following: metadata only. The file
+                    // kept has the snapshot's content, so further hard links may point at it.
+                    if let Ok(Some(f)) = d.open_regular(name) {
+                        self.apply_file_meta(&f, e, dest);
+                        return Ok(Some((existing.st_dev, existing.st_ino)));
+                    }
+                }
+                return Ok(None);
+            }
+        }
+        if self.opts.dry_run {
+            bump(&self.counts.files_written, 1);
+            bump(&self.counts.bytes_written, e.size);
+            return Ok(None);
+        }
+        let (file, tmp) = d.create_temp(&self.tmp_counter).map_err(io_err)?;
+        let written = self.write_content(e, &file, dest).and_then(|()| {
+            self.apply_file_meta(&file, e, dest);
+            crate::failpoint::hit("restore.temp_written");
+            d.rename(&tmp, name).map_err(io_err)
+        });
+        if let Err(err) = written {
+            let _ = d.remove_file(&tmp);
+            return Err(err);
+        }
+        crate::failpoint::hit("restore.file_written");
+        bump(&self.counts.files_written, 1);
+        if self.opts.verify {
+            match at::hash_open_file(&file) {
+                Ok(h) if Some(h) == e.file_hash => bump(&self.counts.files_verified, 1),
+                Ok(_) => push(&self.damaged, dest, "verification failed: content differs from the stored BLAKE3"),
+                Err(err) => push(&self.damaged, dest, format!("verification failed: {err}")),
+            }
+        }
+        let st = rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?;
+        Ok(Some((st.st_dev, st.st_ino)))
+    }
+
+    /// `if-changed`: size first, then mtime, then the content's BLAKE3.
+    fn same_content(&self, d: &Dir, name: &OsStr, st: &Stat, e: &Entry) -> bool {
+        if u64::try_from(st.st_size).ok() != Some(e.size) {
+            return false;
+        }
+        if fsmeta::timestamp(st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(0)) == e.mtime {
+            return true;
+        }
+        e.file_hash.is_some()
+            && matches!(d.open_regular(name), Ok(Some(f)) if at::hash_open_file(&f).ok() == e.file_hash)
+    }
+
+    /// A chunk's bytes, which must be as long as the file's list says.
+    fn fetch(&self, c: &ChunkRef, loc: Option<&BlobLocation>) -> Result<Vec<u8>> {
+        let loc = loc.ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
+        let data = self.repo.read_located(loc)?;
+        if data.len() != c.len as usize {
+            return Err(misfit(c));
+        }
+        Ok(data)
+    }
+
+    /// Writes a file's content into its new temporary file; holes stay holes.
+    fn write_content(&self, e: &Entry, file: &File, dest: &Path) -> Result<()> {
+        let io_err = |err: io::Error| Error::io(dest, err);
+        let ids: Vec<BlobId> = e.content.iter().map(|c| BlobId::from(c.id)).collect();
+        let locations = self.repo.index.locate_many(&ids)?;
+        // A small file without holes is assembled in memory and written with one call, instead
+        // of one write per 4 KiB chunk (most files of a source tree are one to a few chunks).
+        let mut next = 0u64;
+        let dense = e.size <= SMALL_FILE
+            && e.content.iter().all(|c| {
+                let at = next;
+                next = next.saturating_add(u64::from(c.len));
+                c.offset == at
+            })
+            && next == e.size;
+        if dense {
+            let mut buf = Vec::with_capacity(e.size as usize);
+            for (c, loc) in e.content.iter().zip(&locations) {
+                buf.extend_from_slice(&self.fetch(c, loc.as_ref())?);
+            }
+            file.write_all_at(&buf, 0).map_err(io_err)?;
+            bump(&self.counts.bytes_written, e.size);
+            self.progress.inc(e.size);
+            return Ok(());
+        }
+        file.set_len(e.size).map_err(io_err)?;
+        let write = |(c, loc): (&ChunkRef, &Option<BlobLocation>)| -> Result<()> {
+            let data = self.fetch(c, loc.as_ref())?;
+            if c.offset.checked_add(u64::from(c.len)).is_none_or(|end| end > e.size) {
+                return Err(misfit(c));
+            }
+            file.write_all_at(&data, c.offset).map_err(io_err)?;
+            bump(&self.counts.bytes_written, data.len() as u64);
+            self.progress.inc(data.len() as u64);
+            Ok(())
+        };
+        if e.content.len() > 8 {
+            e.content.par_iter().zip(locations.par_iter()).try_for_each(write)
+        } else {
+            e.content.iter().zip(locations.iter()).try_for_each(write)
+        }
+    }
+
+    /// Owner (root only; others count it), then mode (chown clears setuid), extended
+    /// attributes and times, all through the open file. Failures are warnings: the data is
+    /// what matters.
+    fn apply_file_meta(&self, f: &File, e: &Entry, path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.owner_wanted(e) {
+            if let Err(err) = std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)) {
+                push(&self.warnings, path, format!("cannot set owner: {err}"));
+            }
+        }
+        if let Err(err) = f.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
+            push(&self.warnings, path, format!("cannot set mode: {err}"));
+        }
+        for (key, value) in &e.xattrs {
+            if let Err(err) = xattr::FileExt::set_xattr(f, OsStr::from_bytes(key), value) {
+                push(&self.warnings, path, format!("cannot set extended attributes: {err}"));
+                break;
+            }
+        }
+        if let Err(err) = at::set_fd_times(f, e.mtime) {
+            push(&self.warnings, path, format!("cannot set times: {err}"));
+        }
+    }
+
+    fn apply_dir_meta(&self, d: &Dir, e: &Entry) {
+        self.apply_file_meta(d.file(), e, &d.path);
+    }
+
+    /// Metadata of a symlink or special file, by name in its directory, never following it.
+    fn apply_meta_at(&self, d: &Dir, name: &OsStr, e: &Entry, path: &Path) {
+        if self.owner_wanted(e) {
+            if let Err(err) = d.chown_at(name, e.uid, e.gid) {
+                push(&self.warnings, path, format!("cannot set owner: {err}"));
+            }
+        }
+        if e.kind != EntryKind::Symlink {
+            if let Err(err) = d.chmod_special(name, e.kind, e.mode) {
+                push(&self.warnings, path, format!("cannot set mode: {err}"));
+            }
+        }
+        if !e.xattrs.is_empty() {
+            if let Err(err) = d.set_xattrs_at(name, &e.xattrs) {
+                push(&self.warnings, path, format!("cannot set extended attributes: {err}"));
+            }
+        }
+        if let Err(err) = d.times_at(name, e.mtime) {
+            push(&self.warnings, path, format!("cannot set times: {err}"));
+        }
+    }
+
+    /// True when this restore sets owners; a non-root restore counts the entries it cannot
+    /// give their owner (one summary warning).
+    fn owner_wanted(&self, e: &Entry) -> bool {
+        if self.root_user {
+            return true;
+        }
+        if e.uid != rustix::process::geteuid().as_raw() || e.gid != rustix::process::getegid().as_raw() {
+            bump(&self.counts.owner_failures, 1);
+        }
+        false
+    }
+
+    /// Links the remaining members of hard-link groups, then applies the metadata of the
+    /// directories that received them.
+    fn finish(&self) {
+        let deferred = std::mem::take(&mut *lock(&self.deferred));
+        for d in deferred {
+            let dest = d.dir.dir.child_path(&d.name);
+            if let Err(err) = self.link_member(&d, &dest) {
+                if err.is_damage() {
+                    push(&self.damaged, &dest, format!("not restored: {err}"));
+                } else {
+                    push(&self.failed, &dest, format!("not restored: {err}"));
+                }
+            }
+        }
+        let mut late = std::mem::take(&mut *lock(&self.late_dirs));
+        late.sort_by_key(|(h, _)| std::cmp::Reverse(h.dir.path.components().count()));
+        for (held, e) in &late {
+            self.apply_dir_meta(&held.dir, e);
+        }
+    }
+
+    fn link_member(&self, d: &Deferred, dest: &Path) -> Result<()> {
+        let io_err = |err: io::Error| Error::io(dest, err);
+        let e = &d.entry;
+        let (src_dir, src_name, written) = {
+            let links = lock(&self.links);
+            let Some(src) = links.get(&(e.dev, e.inode)) else {
+                return Ok(());
+            };
+            (Arc::clone(&src.dir), src.name.clone(), src.written)
+        };
+        if self.opts.dry_run {
+            bump(&self.counts.hardlinks, 1);
+            return Ok(());
+        }
+        // The first member must still be the inode this run wrote (or left unchanged).
+        let now = src_dir.dir.stat(&src_name).map_err(io_err)?;
+        let first_ok = matches!((now, written), (Some(st), Some(w)) if (st.st_dev, st.st_ino) == w);
+        if !first_ok {
+            // The first member could not be written (damage), was left with other content
+            // (`--overwrite never`), or was changed since: this one is restored on its own.
+            let mut alone = e.clone();
+            alone.nlink = 1;
+            return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
+        }
+        if let Some(st) = d.dir.dir.stat(&d.name).map_err(io_err)? {
+            let same = now.is_some_and(|f| (f.st_dev, f.st_ino) == (st.st_dev, st.st_ino));
+            if self.opts.overwrite == Overwrite::Never || same {
+                return Ok(());
+            }
+            if file_type(&st) == FileType::Directory {
+                push(&self.warnings, dest, "a directory is in the way; hard link not restored");
+                return Ok(());
+            }
+            d.dir.dir.remove_file(&d.name).map_err(io_err)?;
+        }
+        d.dir.dir.link_from(&src_dir.dir, &src_name, &d.name).map_err(io_err)?;
+        bump(&self.counts.hardlinks, 1);
+        Ok(())
+    }
+}
+
+fn misfit(c: &ChunkRef) -> Error {
+    Error::corrupt(format!("chunk {}", c.id), "does not fit the file it belongs to")
+}

@@ -1,0 +1,284 @@
+//! Restore: recreate a snapshot's source paths under a target directory.
+//!
+//! Safety (invariant 6): every entry name is checked to be one plain path component; every
+//! destination directory is opened from its parent's descriptor without following symlinks
+//! (`at.rs`), so neither a hostile repository nor another user racing the restore can send a
+//! write elsewhere; files are written to a fresh temporary file in their directory and renamed
+//! over the destination, so a symlink at the destination is replaced, not followed; hard links
+//! only point at files this run wrote or checked. Nothing is written outside the target.
+//!
+//! A file that cannot be restored (damaged data, no space, a name the target cannot hold) is
+//! listed and every other file is still restored. Temporary files of an interrupted restore are
+//! removed when a later one passes through their directory.
+
+mod at;
+mod job;
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::id::FileHash;
+use crate::progress::{Progress, Unit};
+use crate::repo::{Repo, Snapshot};
+use crate::snapshot::{Excludes, SnapshotOptions, Warning};
+
+/// When an existing file at the destination is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overwrite {
+    /// Never: existing files are left as they are.
+    Never,
+    /// When its content differs (size, then mtime, then BLAKE3 of the content).
+    #[default]
+    IfChanged,
+    /// Always.
+    Always,
+}
+
+/// What to restore and where.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// Source paths are recreated under this directory (`/` restores in place).
+    pub target: PathBuf,
+    /// Restore only these snapshot paths (and what is below them); all when empty.
+    pub includes: Vec<PathBuf>,
+    /// Glob patterns to leave out (as for snapshot excludes).
+    pub excludes: Vec<String>,
+    /// Re-read every written file and check it against its stored BLAKE3.
+    pub verify: bool,
+    /// Report what would be written, write nothing.
+    pub dry_run: bool,
+    /// Policy for existing files.
+    pub overwrite: Overwrite,
+    /// Take a snapshot of the existing files before overwriting them.
+    pub safety_snapshot: bool,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreReport {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// The target directory.
+    pub target: String,
+    /// Regular files written.
+    pub files_written: u64,
+    /// Existing files left alone (unchanged, or `--overwrite never`).
+    pub files_skipped: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Symbolic links restored.
+    pub symlinks: u64,
+    /// FIFOs and device nodes restored.
+    pub specials: u64,
+    /// Hard links recreated.
+    pub hardlinks: u64,
+    /// File content bytes written.
+    pub bytes_written: u64,
+    /// Files verified against their stored BLAKE3 (with `verify`).
+    pub files_verified: u64,
+    /// The snapshot of overwritten files, taken first.
+    pub safety_snapshot: Option<String>,
+    /// Files that could not be restored because stored data is damaged or missing.
+    pub damaged: Vec<Warning>,
+    /// Files and directories that could not be restored for another reason (no space left, a
+    /// name too long for the target, a directory replaced by another user while restoring);
+    /// everything else was still restored.
+    pub failed: Vec<Warning>,
+    /// Temporary files of an interrupted earlier restore that this one removed.
+    pub leftovers_removed: u64,
+    /// Other problems (entries skipped, metadata not settable).
+    pub warnings: Vec<Warning>,
+    /// Wall time in seconds.
+    pub duration_secs: f64,
+    /// True when nothing was written.
+    pub dry_run: bool,
+}
+
+impl RestoreReport {
+    /// True when some file could not be restored because of damage.
+    #[must_use]
+    pub fn has_damage(&self) -> bool {
+        !self.damaged.is_empty()
+    }
+
+    /// True when some file or directory was not restored, for any reason (exit code 4).
+    #[must_use]
+    pub fn is_incomplete(&self) -> bool {
+        !self.damaged.is_empty() || !self.failed.is_empty()
+    }
+}
+
+/// BLAKE3 of a file's content.
+pub fn hash_file(path: &Path) -> Result<FileHash> {
+    let f = File::open(path).at(path)?;
+    at::hash_reader(f).at(path)
+}
+
+/// An include path as the snapshot path it names: absolute, `.` dropped, and `..` taken
+/// lexically and never above `/` (as the kernel does at `/`), so `/../../etc/ssh` is
+/// `/etc/ssh` and stays inside the target.
+fn normalise_include(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+impl Repo {
+    /// Restores a snapshot (or part of it) under `opts.target`.
+    pub fn restore(
+        &self,
+        snapshot: &Snapshot,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let _session = self.session("restore")?;
+        let includes: Vec<PathBuf> = opts.includes.iter().map(|p| normalise_include(p)).collect();
+        let target = if opts.dry_run {
+            match at::Dir::open_target(&opts.target) {
+                Ok(d) => Some(d),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io(&opts.target, e)),
+            }
+        } else {
+            fs::create_dir_all(&opts.target).at(&opts.target)?;
+            Some(at::Dir::open_target(&opts.target).at(&opts.target)?)
+        };
+        let mut report = RestoreReport {
+            snapshot: snapshot.id.to_hex(),
+            target: opts.target.to_string_lossy().into_owned(),
+            dry_run: opts.dry_run,
+            ..RestoreReport::default()
+        };
+        let mut warnings = Vec::new();
+        if opts.safety_snapshot && !opts.dry_run && opts.overwrite != Overwrite::Never {
+            if let Some(t) = &target {
+                report.safety_snapshot = self.safety_snapshot(snapshot, opts, &includes, t, &mut warnings)?;
+            }
+        }
+        let job = job::Job::new(
+            self,
+            opts,
+            includes,
+            snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect(),
+            Excludes::new(&opts.excludes, None)?,
+            progress,
+        );
+        let total = job.includes.is_empty().then_some(snapshot.record.totals.bytes_total);
+        progress.start("restore", total, Unit::Bytes);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .build()
+            .map_err(|e| Error::InvalidInput(format!("cannot start worker threads: {e}")))?;
+        pool.install(|| job.run(snapshot.record.root, target))?;
+        progress.finish();
+        let c = &job.counts;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lock =
+            |m: std::sync::Mutex<Vec<Warning>>| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        warnings.extend(lock(job.warnings));
+        if g(&c.owner_failures) > 0 {
+            warnings.push(Warning {
+                path: report.target.clone(),
+                message: format!("{} entries keep this user as owner: setting owners needs root", g(&c.owner_failures)),
+            });
+        }
+        report.files_written = g(&c.files_written);
+        report.files_skipped = g(&c.files_skipped);
+        report.dirs = g(&c.dirs);
+        report.symlinks = g(&c.symlinks);
+        report.specials = g(&c.specials);
+        report.hardlinks = g(&c.hardlinks);
+        report.bytes_written = g(&c.bytes_written);
+        report.files_verified = g(&c.files_verified);
+        report.leftovers_removed = g(&c.leftovers_removed);
+        report.damaged = lock(job.damaged);
+        report.failed = lock(job.failed);
+        report.warnings = warnings;
+        report.duration_secs = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Snapshots what a restore is about to overwrite: the existing destinations of the restored
+    /// paths. `None` when nothing exists there yet. A destination reached through a symlink
+    /// below the target is left out (with a warning): the restore replaces that symlink, it
+    /// does not write through it, and the safety snapshot must not read through it either.
+    fn safety_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        opts: &RestoreOptions,
+        includes: &[PathBuf],
+        target: &at::Dir,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<Option<String>> {
+        let roots: Vec<PathBuf> = if includes.is_empty() {
+            snapshot.record.paths.iter().map(|p| normalise_include(Path::new(OsStr::from_bytes(p)))).collect()
+        } else {
+            includes.to_vec()
+        };
+        let mut existing = Vec::new();
+        for root in &roots {
+            let rel = root.strip_prefix("/").unwrap_or(root);
+            match at::exists_without_symlinks(target, rel) {
+                Ok(true) => existing.push(opts.target.join(rel)),
+                Ok(false) => {}
+                Err(e) => warnings.push(Warning {
+                    path: opts.target.join(rel).to_string_lossy().into_owned(),
+                    message: format!("not in the safety snapshot: {e}"),
+                }),
+            }
+        }
+        if existing.is_empty() {
+            return Ok(None);
+        }
+        self.writable(
+            "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
+        )?;
+        let mut so = SnapshotOptions::new(existing);
+        so.tags = vec![crate::repo::SAFETY_TAG.into()];
+        so.label = Some(format!("{}{}", crate::repo::SAFETY_LABEL_PREFIX, snapshot.id.short(8)));
+        let report = self.snapshot(&so, &crate::progress::NoProgress)?;
+        Ok(report.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_matching() {
+        let inc = vec![PathBuf::from("/etc/nginx")];
+        assert_eq!(job::wanted(&inc, Path::new("/etc")), Some(false));
+        assert_eq!(job::wanted(&inc, Path::new("/etc/nginx")), Some(true));
+        assert_eq!(job::wanted(&inc, Path::new("/etc/nginx/a.conf")), Some(true));
+        assert_eq!(job::wanted(&inc, Path::new("/etc/ssh")), None);
+        assert_eq!(job::wanted(&[], Path::new("/x")), Some(true));
+    }
+
+    #[test]
+    fn includes_never_climb_above_the_root() {
+        assert_eq!(normalise_include(Path::new("/../../etc/ssh")), Path::new("/etc/ssh"));
+        assert_eq!(normalise_include(Path::new("etc/./nginx/../ssh")), Path::new("/etc/ssh"));
+        assert_eq!(normalise_include(Path::new("/a/b/../../..")), Path::new("/"));
+    }
+}
