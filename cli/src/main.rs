@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         // The kernel's count of bytes this process read: lets tests prove, independently of
         // cairn's own counters, that a no-change snapshot reads no file contents.
         if let Ok(io) = std::fs::read_to_string("/proc/self/io") {
-            eprint!("{io}");
+            let _ = std::io::stderr().write_all(io.as_bytes());
         }
     }
     code
@@ -44,6 +44,9 @@ fn run(cli: &args::Cli) -> ExitCode {
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
+            // Reports never get here with EPIPE (output::Stdout ends the output, not the command,
+            // so the command's own exit code stands); `cat`, which streams, does, and a reader
+            // that went away mid-file is not an error.
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }

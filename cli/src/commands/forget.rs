@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, ForgetArgs};
 use crate::exit;
+use crate::output::outln;
 use crate::output::{self, local_time};
 
 #[derive(Serialize)]
@@ -71,22 +72,22 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         let mut group = None;
         for d in &report.decisions {
             if group.as_ref() != Some(&d.group) {
-                println!("group {}", d.group);
+                outln!("group {}", d.group)?;
                 group = Some(d.group.clone());
             }
             let time = when(&d.time);
             if d.keep {
-                println!("  keep   {}  {time}  ({})", &d.id[..8], d.reasons.join(", "));
+                outln!("  keep   {}  {time}  ({})", &d.id[..8], d.reasons.join(", "))?;
             } else {
-                println!("  remove {}  {time}", &d.id[..8]);
+                outln!("  remove {}  {time}", &d.id[..8])?;
             }
         }
         let verb = if args.dry_run { "would remove" } else { "removed" };
-        println!("{verb} {} snapshots", to_remove.len());
+        outln!("{verb} {} snapshots", to_remove.len())?;
         if let Some(g) = &gc {
-            super::gc::print_report(g);
+            super::gc::print_report(g)?;
         } else if !args.dry_run && !to_remove.is_empty() {
-            println!("run `cairn gc` to free their space");
+            outln!("run `cairn gc` to free their space")?;
         }
     }
     Ok(exit::OK)
