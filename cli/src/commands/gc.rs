@@ -5,8 +5,7 @@ use cairn_store::{GcOptions, GcReport, Repo};
 
 use crate::args::{Cli, GcArgs};
 use crate::exit;
-use crate::output::outln;
-use crate::output::{self, size};
+use crate::output::{self, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {

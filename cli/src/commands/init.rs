@@ -6,8 +6,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, InitArgs};
 use crate::exit;
-use crate::output;
-use crate::output::outln;
+use crate::output::{self, outln};
 
 #[derive(Serialize)]
 struct Initialised {

@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use crate::args::{CatArgs, Cli, DiffArgs, FindArgs, LogArgs, LsArgs, ManifestArgs, ShowArgs, StatsArgs};
 use crate::exit;
-use crate::output::{self, size};
-use crate::output::{errln, outln};
+use crate::output::{self, errln, outln, size};
 
 pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
     let repo = super::open(cli)?;

@@ -8,8 +8,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, ListArgs};
 use crate::exit;
-use crate::output::outln;
-use crate::output::{self, local_time, size};
+use crate::output::{self, local_time, outln, size};
 
 /// One snapshot as `list --json` prints it.
 #[derive(Serialize)]

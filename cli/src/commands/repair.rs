@@ -5,8 +5,7 @@ use cairn_store::{ConfigRepair, Repo};
 
 use crate::args::{Cli, RepairConfigArgs};
 use crate::exit;
-use crate::output;
-use crate::output::outln;
+use crate::output::{self, outln};
 use crate::progress::Bar;
 
 pub fn run_index(cli: &Cli) -> Result<u8> {

@@ -5,8 +5,7 @@ use cairn_store::{Overwrite, RestoreOptions, RestoreReport};
 
 use crate::args::{Cli, OverwriteArg, RestoreArgs};
 use crate::exit;
-use crate::output::{self, size};
-use crate::output::{errln, outln};
+use crate::output::{self, errln, outln, size};
 use crate::progress::Bar;
 
 /// Parses `--at`: RFC 3339 (with offset), or a civil date/time in the local time zone.

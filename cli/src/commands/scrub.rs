@@ -5,8 +5,7 @@ use cairn_store::{Damage, ScrubOptions, ScrubReport};
 
 use crate::args::{Cli, ScrubArgs};
 use crate::exit;
-use crate::output::outln;
-use crate::output::{self, size};
+use crate::output::{self, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {

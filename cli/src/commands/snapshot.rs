@@ -5,8 +5,7 @@ use cairn_store::{read_exclude_file, InitOptions, OpenOptions, Repo, SnapshotKin
 
 use crate::args::{Cli, Kind, SnapshotArgs};
 use crate::exit;
-use crate::output::{self, size};
-use crate::output::{errln, outln};
+use crate::output::{self, errln, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
