@@ -171,3 +171,57 @@ fn issue13_a_closed_stderr_does_not_panic_either() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("ok.txt"), "json {json}");
     }
 }
+
+/// The gc lock's file names its holder's pid once the holder has taken it.
+fn wait_for_gc_lock(repo: &Path, holder: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !fs::read_to_string(repo.join("locks/gc")).is_ok_and(|s| s.trim() == holder.to_string()) {
+        assert!(std::time::Instant::now() < deadline, "the other gc never took the gc lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn issue13_forget_gc_while_another_gc_runs_reports_the_removal_and_exits_5() {
+    let (dir, repo) = new_repo_with_packs(Some("128K"));
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng::new(10);
+    for _ in 0..4 {
+        fs::write(src.join("data"), rng.bytes(300 << 10)).unwrap();
+        cairn_json(&repo, args!["snapshot", &src], 0);
+    }
+    let ids = snapshot_ids(&repo);
+    // Another gc holds the gc lock: paused after its mark, long enough for both forgets.
+    let other = cairn_std(&repo)
+        .args(["--json", "gc"])
+        .env("CAIRN_FAILPOINTS", "gc.marked=pause@8000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_gc_lock(&repo, other.id());
+
+    let text = cairn(&repo).args(args!["forget", &ids[0], "--gc"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(5), "stdout {stdout} stderr {}", String::from_utf8_lossy(&text.stderr));
+    assert!(stdout.contains("removed 1 snapshots"), "{stdout}");
+    assert!(stdout.contains("gc deferred: another gc is running"), "{stdout}");
+
+    let json = cairn_json(&repo, args!["forget", "--keep-last", "1", "--gc"], 5);
+    let mut removed: Vec<&str> = json["removed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    removed.sort_unstable();
+    let mut expected = vec![ids[1].as_str(), ids[2].as_str()];
+    expected.sort_unstable();
+    assert_eq!(removed, expected, "{json}");
+    assert_eq!(json["gc_deferred"], true, "{json}");
+    assert!(json["gc"].is_null(), "{json}");
+    assert_eq!(snapshot_ids(&repo), vec![ids[3].clone()], "list shows only the kept snapshot");
+
+    // The other gc finishes undisturbed; then the deferred gc runs and frees the space.
+    let out = other.wait_with_output().unwrap();
+    assert!(out.status.success(), "the other gc: {}", String::from_utf8_lossy(&out.stderr));
+    let gc = cairn_json(&repo, args!["gc"], 0);
+    assert!(gc["packs_deleted"].as_u64().unwrap() > 0, "{gc}");
+    assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
+}
