@@ -225,3 +225,76 @@ fn issue13_forget_gc_while_another_gc_runs_reports_the_removal_and_exits_5() {
     assert!(gc["packs_deleted"].as_u64().unwrap() > 0, "{gc}");
     assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
 }
+
+/// `repair index` in text, asserting its exit code; returns stdout.
+fn repair_text(repo: &Path, code: i32) -> String {
+    let out = cairn(repo).args(["repair", "index"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(code), "stdout {stdout} stderr {}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Every heading (a line ending in `:`) has something under it: the next line is indented.
+fn assert_headings_have_content(stdout: &str) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.ends_with(':') {
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            assert!(next.starts_with("  "), "heading {line:?} with nothing under it:\n{stdout}");
+        }
+    }
+}
+
+fn remove_index(repo: &Path) {
+    for ext in ["", "-wal", "-shm", "-filter"] {
+        let _ = fs::remove_file(format!("{}{ext}", repo.join("index/index.sqlite").display()));
+    }
+}
+
+#[test]
+fn issue13_repair_prints_the_lost_heading_only_over_what_was_lost() {
+    // Healthy: nothing lost, no LOST heading.
+    let (_dir, repo, _src, ids) = two_snapshots();
+    let healthy = repair_text(&repo, 0);
+    assert!(!healthy.contains("LOST"), "{healthy}");
+    assert!(healthy.contains("nothing any snapshot needs is lost"), "{healthy}");
+
+    // A snapshot record damaged with no verified copy left (the index is gone too): that
+    // snapshot is lost, but no data any remaining snapshot needs.
+    let record = repo.join("snapshots").join(&ids[1]);
+    let mut bytes = fs::read(&record).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&record, &bytes).unwrap();
+    remove_index(&repo);
+    let record_lost = repair_text(&repo, 4);
+    assert_headings_have_content(&record_lost);
+    assert!(record_lost.contains(&format!("LOST: snapshot {}", &ids[1][..8])), "{record_lost}");
+    assert!(!record_lost.contains("nothing any snapshot needs is lost"), "{record_lost}");
+
+    // Data lost: the heading, with what is lost under it.
+    let (_dir, repo, _src, _ids) = two_snapshots();
+    let biggest = pack_files(&repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    fs::remove_file(biggest).unwrap();
+    let data_lost = repair_text(&repo, 4);
+    assert_headings_have_content(&data_lost);
+    assert!(data_lost.contains("LOST: data that snapshots need"), "{data_lost}");
+    assert!(data_lost.contains("needed by"), "{data_lost}");
+}
+
+#[test]
+fn issue13_a_pack_with_bytes_appended_is_not_called_truncated() {
+    let (_dir, repo, _src, _ids) = two_snapshots();
+    let pack = pack_files(&repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes.extend_from_slice(b"\0\0appended by a confused copy tool\n");
+    fs::write(&pack, &bytes).unwrap();
+    let out = cairn(&repo).args(["scrub", "--read-data"]).output().unwrap();
+    let scrub = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{scrub}");
+    assert!(scrub.contains("bytes were appended"), "{scrub}");
+    assert!(!scrub.contains("truncat"), "appended bytes are not a truncation:\n{scrub}");
+    let repair = repair_text(&repo, 0);
+    assert!(!repair.contains("truncat"), "{repair}");
+    assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
+}

@@ -36,7 +36,12 @@ pub fn run_index(cli: &Cli) -> Result<u8> {
         }
         if report.complete() {
             outln!("nothing any snapshot needs is lost")?;
-        } else {
+        }
+        // Each heading only over something to list: an empty LOST section reads as a loss.
+        for s in &report.snapshots_quarantined {
+            outln!("LOST: snapshot {} (its record is damaged and no verified copy was left)", &s[..8])?;
+        }
+        if !report.lost.is_empty() {
             outln!("LOST: data that snapshots need (a new snapshot of the same sources stores it again):")?;
             for d in &report.lost {
                 super::scrub::print_damage(d)?;
