@@ -298,3 +298,22 @@ fn issue13_a_pack_with_bytes_appended_is_not_called_truncated() {
     assert!(!repair.contains("truncat"), "{repair}");
     assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
 }
+
+#[test]
+fn issue13_a_read_data_scrub_without_a_budget_does_not_speak_of_one() {
+    let (_dir, repo, _src, _ids) = two_snapshots();
+    let pack = pack_files(&repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&pack, &bytes).unwrap();
+    let out = cairn(&repo).args(["scrub", "--read-data"]).output().unwrap();
+    let scrub = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{scrub}");
+    // Every pack was read; one did not verify. No budget was given, and another read-data
+    // scrub would find the same.
+    assert!(!scrub.contains("budget"), "{scrub}");
+    assert!(!scrub.contains("run `cairn scrub --read-data`"), "{scrub}");
+    let packs = pack_files(&repo).len();
+    assert!(scrub.contains(&format!("read back all {packs} packs in scope")), "{scrub}");
+}

@@ -22,7 +22,7 @@ pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet || !report.clean {
-        print_report(&report)?;
+        print_report(&report, args.max_duration.is_some() || args.max_bytes.is_some())?;
     }
     Ok(if !report.damage.is_empty() {
         exit::DAMAGE
@@ -43,7 +43,10 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn print_report(r: &ScrubReport) -> std::io::Result<()> {
+/// `budgeted`: the run was limited (`--max-duration`, `--max-bytes`), so it may have read only
+/// a share of the packs; without a limit it read every one, and those it could not verify are
+/// listed as damage or not checked.
+fn print_report(r: &ScrubReport, budgeted: bool) -> std::io::Result<()> {
     outln!(
         "checked {} snapshots: {} trees, {} chunk references, {} packs",
         r.snapshots_checked,
@@ -52,15 +55,26 @@ fn print_report(r: &ScrubReport) -> std::io::Result<()> {
         r.packs_in_scope
     )?;
     if r.read_data {
-        let scope = if r.all_packs_verified_this_run { "all" } else { "the budget's share of" };
-        outln!(
-            "read back {} packs ({}) this run, {scope} the packs in scope",
-            r.packs_verified,
-            size(r.bytes_verified)
-        )?;
+        if r.all_packs_verified_this_run || budgeted {
+            let scope = if r.all_packs_verified_this_run { "all" } else { "the budget's share of" };
+            outln!(
+                "read back {} packs ({}) this run, {scope} the packs in scope",
+                r.packs_verified,
+                size(r.bytes_verified)
+            )?;
+        } else {
+            outln!(
+                "read back all {} packs in scope ({}) this run: {} verified, the others did not (see below)",
+                r.packs_in_scope,
+                size(r.bytes_verified),
+                r.packs_verified
+            )?;
+        }
     }
     match (r.oldest_verification_age_secs, r.packs_never_verified) {
         (Some(a), _) => outln!("coverage: every pack verified; the oldest verification is {} old", age(a))?,
+        // This very run read every pack: advising another read-data scrub would be no help.
+        (None, n) if r.read_data && !budgeted => outln!("coverage: {n} of {} packs never verified", r.packs_in_scope)?,
         (None, n) => {
             outln!("coverage: {n} of {} packs never read back (run `cairn scrub --read-data`)", r.packs_in_scope)?
         }
