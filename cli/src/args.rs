@@ -271,7 +271,7 @@ pub struct ForgetArgs {
     /// Show what would be removed; remove nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
-    /// Run gc afterwards
+    /// Run gc afterwards (deferred, exit code 5, when another gc is running)
     #[arg(long)]
     pub gc: bool,
 }

@@ -2,7 +2,8 @@
 //! done by `cairn_store`.
 //!
 //! Exit codes: 0 success; 1 error (nothing or not everything was done); 2 usage error;
-//! 3 snapshot completed but some files could not be read; 4 damaged or missing data found.
+//! 3 snapshot completed but some files could not be read; 4 damaged or missing data found;
+//! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running).
 
 mod args;
 mod commands;
@@ -25,6 +26,10 @@ pub mod exit {
     pub const WARNINGS: u8 = 3;
     /// Damaged or missing data was found.
     pub const DAMAGE: u8 = 4;
+    /// `forget --gc`: the snapshots were forgotten (and reported), but gc did not run because
+    /// another gc (or a `repair index`) holds the gc lock; a later `cairn gc` frees the space.
+    /// Not 0: a script learns that the space is not freed yet; not 1: forget did its job.
+    pub const GC_DEFERRED: u8 = 5;
 }
 
 fn main() -> ExitCode {
@@ -34,7 +39,7 @@ fn main() -> ExitCode {
         // The kernel's count of bytes this process read: lets tests prove, independently of
         // cairn's own counters, that a no-change snapshot reads no file contents.
         if let Ok(io) = std::fs::read_to_string("/proc/self/io") {
-            eprint!("{io}");
+            let _ = std::io::stderr().write_all(io.as_bytes());
         }
     }
     code
@@ -44,6 +49,9 @@ fn run(cli: &args::Cli) -> ExitCode {
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
+            // Reports never get here with EPIPE (output::Stdout ends the output, not the command,
+            // so the command's own exit code stands); `cat`, which streams, does, and a reader
+            // that went away mid-file is not an error.
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }

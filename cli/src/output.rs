@@ -1,15 +1,79 @@
-//! Text and JSON output helpers.
+//! Text and JSON output helpers. Everything cairn prints goes through [`stdout`] (the
+//! [`outln!`] macro) or [`errln!`]: never `println!`, which panics when the reader has gone.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use serde::Serialize;
 
+/// Set once a write to stdout met EPIPE: the reader has gone for good.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// cairn's stdout. A reader that went away (`cairn snapshot SRC | head -c0`) ends the output,
+/// not the command: a report is printed after its work is done (a snapshot is committed, a
+/// pack deleted), and the exit code must still say how that work went (a scrub read by
+/// `| head` that found damage still exits 4). So EPIPE is swallowed, and every later write is
+/// dropped unseen; any other error (a full disk under `> report`) is returned.
+pub struct Stdout(io::StdoutLock<'static>);
+
+/// Locks stdout for a report (see [`Stdout`]).
+pub fn stdout() -> Stdout {
+    Stdout(io::stdout().lock())
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if STDOUT_GONE.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        match self.0.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                STDOUT_GONE.store(true, Ordering::Relaxed);
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if STDOUT_GONE.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.0.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                STDOUT_GONE.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// `println!` for reports: writes a line through [`stdout`] and evaluates to an
+/// `io::Result<()>` for `?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut $crate::output::stdout(), format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that never panics: with stderr gone there is nowhere left to say anything, and
+/// the exit code still tells how the command went.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
+pub(crate) use {errln, outln};
+
 /// Writes `value` as JSON (one document, newline-terminated) on stdout.
 pub fn json<T: Serialize>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = io::BufWriter::new(stdout());
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -44,8 +108,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = std::io::stdout().lock();
-    let line = |cells: Vec<&str>, out: &mut dyn Write| -> std::io::Result<()> {
+    let mut out = stdout();
+    let line = |cells: Vec<&str>, out: &mut dyn Write| -> io::Result<()> {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {

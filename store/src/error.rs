@@ -100,6 +100,13 @@ pub enum Error {
         /// Why, naming the object that cannot be read and what to do.
         reason: String,
     },
+    /// The gc lock is held: another gc (or a `repair index`, which takes the same lock) is
+    /// running. Nothing was changed; the caller may run gc again later.
+    #[error("another gc is running on this repository (pid {pid}); try again when it has finished")]
+    GcRunning {
+        /// The holder's process ID, as its lock file names it (empty when unreadable).
+        pid: String,
+    },
     /// The SQLite index reported an error.
     #[error("index {path}: {source}")]
     Index {

@@ -123,10 +123,7 @@ pub(crate) fn gc_lock(root: &Path) -> Result<GcLock> {
         }
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = fs::read_to_string(&path).unwrap_or_default();
-            Err(Error::InvalidInput(format!(
-                "another gc is running on this repository (pid {}); try again when it has finished",
-                holder.trim()
-            )))
+            Err(Error::GcRunning { pid: holder.trim().to_owned() })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
     }
@@ -151,7 +148,7 @@ mod tests {
         assert!(live_sessions(dir.path()).unwrap().is_empty());
         assert!(!dir.path().join("locks/session-1-2").exists());
         let g = gc_lock(dir.path()).unwrap();
-        assert!(gc_lock(dir.path()).is_err());
+        assert!(matches!(gc_lock(dir.path()), Err(Error::GcRunning { pid }) if pid == std::process::id().to_string()));
         drop(g);
         assert!(gc_lock(dir.path()).is_ok());
     }

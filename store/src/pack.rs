@@ -362,7 +362,10 @@ pub fn parse_footer(name: &str, footer: &[u8], pack_size: u64) -> Result<Footer>
         return Err(Error::corrupt(what, "too short to be a pack"));
     }
     if &footer[FOOTER_LEN - 8..] != END_MAGIC {
-        return Err(Error::corrupt(what, "no end marker (truncated?)"));
+        return Err(Error::corrupt(
+            what,
+            "no end marker at the end of the file (truncated, or bytes appended after it?)",
+        ));
     }
     let trailer_len = codec::read_u32(&footer[..4]);
     let mut checksum = [0u8; 32];

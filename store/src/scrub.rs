@@ -306,7 +306,7 @@ fn check_entries(bytes: &[u8], entries: &[PackEntry]) -> Vec<(PackEntry, String)
 /// unreferenced space. A pack that is damaged anywhere is checked by what the index reads from
 /// it, blob by blob, so that a damaged trailer or a few appended bytes never condemn frames
 /// that still verify.
-fn verify_pack(repo: &Repo, pack: PackId, bytes: &[u8]) -> Result<Verdict> {
+fn verify_pack(repo: &Repo, pack: PackId, indexed_size: u64, bytes: &[u8]) -> Result<Verdict> {
     let name = pack.to_hex();
     let whole_ok = PackId::of(bytes) == pack;
     let layout = match pack::check_pack_layout(&name, bytes) {
@@ -328,6 +328,13 @@ fn verify_pack(repo: &Repo, pack: PackId, bytes: &[u8]) -> Result<Verdict> {
     }
     let bad = check_entries(bytes, &repo.index.pack_rows(pack)?);
     let structure = match layout {
+        // The footer is read at the end of the file, so bytes appended after a whole pack hide
+        // it: say so, rather than the footer's guess (it cannot tell this from a truncation).
+        Err(_) if bytes.len() as u64 > indexed_size => Some(format!(
+            "its trailer cannot be found: {} bytes were appended after its end; `cairn repair index` \
+             rewrites the blobs that verify",
+            bytes.len() as u64 - indexed_size
+        )),
         Err(e) => {
             Some(format!("its trailer cannot be used ({e}); `cairn repair index` rewrites the blobs that verify"))
         }
@@ -577,7 +584,7 @@ impl Repo {
                 Err(e) => return Err(e),
             };
             progress.inc(bytes.len() as u64);
-            match verify_pack(self, p.id, &bytes) {
+            match verify_pack(self, p.id, p.size, &bytes) {
                 Ok(v) if v.bad.is_empty() && v.structure.is_none() => {
                     // A read-only repository cannot remember it: its coverage stays as it was.
                     if !self.read_only {

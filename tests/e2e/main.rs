@@ -4,6 +4,7 @@
 mod util;
 
 mod changing;
+mod cli_output;
 mod crash;
 mod crash_matrix;
 mod data_safety;

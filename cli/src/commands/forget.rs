@@ -6,13 +6,15 @@ use serde::Serialize;
 
 use crate::args::{Cli, ForgetArgs};
 use crate::exit;
-use crate::output::{self, local_time};
+use crate::output::{self, local_time, outln};
 
 #[derive(Serialize)]
 struct Output {
     #[serde(flatten)]
     forget: ForgetReport,
     gc: Option<cairn_store::GcReport>,
+    /// `--gc` was asked for but not run: another gc holds the gc lock (exit code 5).
+    gc_deferred: bool,
 }
 
 pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
@@ -52,14 +54,34 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         repo.forget(&to_remove)?;
         report.removed = to_remove.iter().map(|i| i.to_hex()).collect();
     }
+    // The snapshots are gone by now: whatever gc does, the user must hear what was removed.
+    // Another gc holding the lock is no failure of this command (that gc, or the next, frees
+    // the space), so it is reported beside the forget report with its own exit code.
+    let mut deferred_by = None;
     let gc = if args.gc {
-        Some(super::gc::collect(cli, &repo, args.dry_run, 10.0, std::time::Duration::from_secs(600))?)
+        match super::gc::collect(cli, &repo, args.dry_run, 10.0, std::time::Duration::from_secs(600)) {
+            Ok(r) => Some(r),
+            Err(e) => match e.downcast_ref::<cairn_store::Error>() {
+                Some(cairn_store::Error::GcRunning { pid }) => {
+                    deferred_by = Some(pid.clone());
+                    None
+                }
+                _ => {
+                    return Err(e.context(format!(
+                        "{} snapshots were {}, but the gc that was to follow failed",
+                        to_remove.len(),
+                        if args.dry_run { "judged (dry run)" } else { "removed" }
+                    )))
+                }
+            },
+        }
     } else {
         None
     };
+    let code = if deferred_by.is_some() { exit::GC_DEFERRED } else { exit::OK };
     if cli.json {
-        output::json(&Output { forget: report, gc })?;
-        return Ok(exit::OK);
+        output::json(&Output { forget: report, gc, gc_deferred: deferred_by.is_some() })?;
+        return Ok(code);
     }
     if !cli.quiet {
         let when = |rfc3339: &str| {
@@ -71,23 +93,28 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         let mut group = None;
         for d in &report.decisions {
             if group.as_ref() != Some(&d.group) {
-                println!("group {}", d.group);
+                outln!("group {}", d.group)?;
                 group = Some(d.group.clone());
             }
             let time = when(&d.time);
             if d.keep {
-                println!("  keep   {}  {time}  ({})", &d.id[..8], d.reasons.join(", "));
+                outln!("  keep   {}  {time}  ({})", &d.id[..8], d.reasons.join(", "))?;
             } else {
-                println!("  remove {}  {time}", &d.id[..8]);
+                outln!("  remove {}  {time}", &d.id[..8])?;
             }
         }
         let verb = if args.dry_run { "would remove" } else { "removed" };
-        println!("{verb} {} snapshots", to_remove.len());
+        outln!("{verb} {} snapshots", to_remove.len())?;
         if let Some(g) = &gc {
-            super::gc::print_report(g);
+            super::gc::print_report(g)?;
+        } else if let Some(pid) = &deferred_by {
+            outln!(
+                "gc deferred: another gc is running on this repository (pid {pid}); \
+                 run `cairn gc` when it has finished to free their space"
+            )?;
         } else if !args.dry_run && !to_remove.is_empty() {
-            println!("run `cairn gc` to free their space");
+            outln!("run `cairn gc` to free their space")?;
         }
     }
-    Ok(exit::OK)
+    Ok(code)
 }

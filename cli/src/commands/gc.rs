@@ -5,7 +5,7 @@ use cairn_store::{GcOptions, GcReport, Repo};
 
 use crate::args::{Cli, GcArgs};
 use crate::exit;
-use crate::output::{self, size};
+use crate::output::{self, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
@@ -14,7 +14,7 @@ pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(exit::OK)
 }
@@ -38,41 +38,42 @@ pub fn collect(
     Ok(repo.gc(&opts, &bar)?)
 }
 
-pub fn print_report(r: &GcReport) {
-    println!(
+pub fn print_report(r: &GcReport) -> std::io::Result<()> {
+    outln!(
         "{} snapshots need {} blobs; {} packs ({}) before",
         r.snapshots,
         r.reachable_blobs,
         r.packs_before,
         size(r.bytes_before)
-    );
+    )?;
     if r.dry_run {
-        println!(
+        outln!(
             "dry run: {} packs unused, {} to repack; about {} would be freed",
             r.packs_unused,
             r.packs_repacked,
             size(r.bytes_freeable)
-        );
-        return;
+        )?;
+        return Ok(());
     }
-    println!(
+    outln!(
         "deleted {} packs, repacked {} into {}, removed {} leftovers: {} freed",
         r.packs_deleted,
         r.packs_repacked,
         r.packs_written,
         r.leftovers_removed,
         size(u64::try_from(r.bytes_freed).unwrap_or(0))
-    );
+    )?;
     if r.packs_rescued > 0 {
-        println!("{} condemned packs kept: snapshots taken meanwhile need them", r.packs_rescued);
+        outln!("{} condemned packs kept: snapshots taken meanwhile need them", r.packs_rescued)?;
     }
     if r.packs_pending > 0 {
-        println!(
+        outln!(
             "{} packs left for the next gc: still in use by {} (waited {:.0} s)",
             r.packs_pending,
             r.waited_for.join(", "),
             r.waited_secs
-        );
+        )?;
     }
-    println!("took {:.2} s", r.duration_secs);
+    outln!("took {:.2} s", r.duration_secs)?;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, InitArgs};
 use crate::exit;
-use crate::output;
+use crate::output::{self, outln};
 
 #[derive(Serialize)]
 struct Initialised {
@@ -43,7 +43,7 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
-        println!("created cairn repository {} at {}", &report.repo_id[..8], report.repository);
+        outln!("created cairn repository {} at {}", &report.repo_id[..8], report.repository)?;
     }
     Ok(exit::OK)
 }

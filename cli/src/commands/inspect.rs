@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::args::{CatArgs, Cli, DiffArgs, FindArgs, LogArgs, LsArgs, ManifestArgs, ShowArgs, StatsArgs};
 use crate::exit;
-use crate::output::{self, size};
+use crate::output::{self, errln, outln, size};
 
 pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
     let repo = super::open(cli)?;
@@ -20,23 +20,23 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
         output::json(&r)?;
         return Ok(exit::OK);
     }
-    println!("snapshot   {}", r.id);
-    println!("time       {} ({})", output::local_time(snap.record.time_ns), r.time);
-    println!("host/user  {} / {}", r.host, r.user);
-    println!("paths      {}", r.paths.join(" "));
-    println!("kind       {}{}", r.kind, r.parent.as_ref().map(|p| format!(", parent {}", &p[..8])).unwrap_or_default());
+    outln!("snapshot   {}", r.id)?;
+    outln!("time       {} ({})", output::local_time(snap.record.time_ns), r.time)?;
+    outln!("host/user  {} / {}", r.host, r.user)?;
+    outln!("paths      {}", r.paths.join(" "))?;
+    outln!("kind       {}{}", r.kind, r.parent.as_ref().map(|p| format!(", parent {}", &p[..8])).unwrap_or_default())?;
     if let Some(l) = &r.label {
-        println!("label      {l}");
+        outln!("label      {l}")?;
     }
     if !r.tags.is_empty() {
-        println!("tags       {}", r.tags.join(", "));
+        outln!("tags       {}", r.tags.join(", "))?;
     }
     let t = &r.totals;
-    println!("contents   {} files, {} directories, {} symlinks, {} special", t.files, t.dirs, t.symlinks, t.specials);
-    println!("size       {} (logical)", size(t.bytes_total));
-    println!("added      {} new data, {} stored", size(t.data_added), size(t.data_stored));
-    println!("exclusive  {} (what forgetting only this snapshot would free)", size(r.exclusive_size));
-    println!("took       {:.2} s, cairn {}", r.duration_secs, r.cairn_version);
+    outln!("contents   {} files, {} directories, {} symlinks, {} special", t.files, t.dirs, t.symlinks, t.specials)?;
+    outln!("size       {} (logical)", size(t.bytes_total))?;
+    outln!("added      {} new data, {} stored", size(t.data_added), size(t.data_stored))?;
+    outln!("exclusive  {} (what forgetting only this snapshot would free)", size(r.exclusive_size))?;
+    outln!("took       {:.2} s, cairn {}", r.duration_secs, r.cairn_version)?;
     Ok(exit::OK)
 }
 
@@ -48,16 +48,16 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<u8> {
         output::json(&s)?;
         return Ok(exit::OK);
     }
-    println!("snapshots          {}", s.snapshots);
-    println!("logical size       {}", size(s.logical_size));
-    println!("unique data        {} in {} blobs ({} chunks)", size(s.unique_size), s.blobs, s.chunks);
-    println!("stored             {}", size(s.stored_size));
-    println!("dedup ratio        {:.2}x", s.dedup_ratio);
-    println!("compression ratio  {:.2}x", s.compression_ratio);
-    println!("packs              {} ({})", s.packs, size(s.packs_size));
-    println!("index              {}", size(s.index_size));
+    outln!("snapshots          {}", s.snapshots)?;
+    outln!("logical size       {}", size(s.logical_size))?;
+    outln!("unique data        {} in {} blobs ({} chunks)", size(s.unique_size), s.blobs, s.chunks)?;
+    outln!("stored             {}", size(s.stored_size))?;
+    outln!("dedup ratio        {:.2}x", s.dedup_ratio)?;
+    outln!("compression ratio  {:.2}x", s.compression_ratio)?;
+    outln!("packs              {} ({})", s.packs, size(s.packs_size))?;
+    outln!("index              {}", size(s.index_size))?;
     if let Some(age) = s.newest_snapshot_age_secs {
-        println!("newest snapshot    {age} s old");
+        outln!("newest snapshot    {age} s old")?;
     }
     Ok(exit::OK)
 }
@@ -70,7 +70,7 @@ pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
         output::json(&r)?;
         return Ok(exit::OK);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = output::stdout();
     for c in &r.changes {
         writeln!(out, "{}  {}", c.marker, c.path)?;
     }
@@ -100,7 +100,7 @@ pub fn ls(cli: &Cli, args: &LsArgs) -> Result<u8> {
         output::json(&list)?;
         return Ok(exit::OK);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = output::stdout();
     for l in &list {
         print_listing(&mut out, l, args.long)?;
     }
@@ -148,7 +148,7 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
         output::json(&found)?;
         return Ok(exit::OK);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = output::stdout();
     for f in &found {
         writeln!(
             out,
@@ -171,7 +171,7 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<u8> {
         output::json(&versions)?;
         return Ok(exit::OK);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = output::stdout();
     for v in &versions {
         let first = &v.snapshots[0][..8];
         let last = &v.snapshots[v.snapshots.len() - 1][..8];
@@ -184,6 +184,8 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<u8> {
 pub fn cat(cli: &Cli, args: &CatArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let snap = repo.resolve(&args.snapshot)?;
+    // Not output::stdout(): a file is streamed as it is decompressed, so a reader that went
+    // away (`| head`) should stop the work, not have the rest of the file decoded for nobody.
     let mut out = std::io::stdout().lock();
     match repo.cat(&snap, &args.path, &mut out) {
         Ok(_) => Ok(exit::OK),
@@ -223,14 +225,14 @@ pub fn manifest(cli: &Cli, args: &ManifestArgs) -> Result<u8> {
         }
         output::json(&lines.iter().map(|(h, p)| Line { blake3: h, path: p }).collect::<Vec<_>>())?;
     } else {
-        let mut out = std::io::stdout().lock();
+        let mut out = output::stdout();
         for (h, p) in &lines {
             writeln!(out, "{}", b3sum_line(h, p))?;
         }
     }
     // b3sum --check reads UTF-8 paths only: say which files cannot be listed.
     for s in &skipped {
-        eprintln!("cairn: manifest: {s}: name is not UTF-8; b3sum cannot check it, left out");
+        errln!("cairn: manifest: {s}: name is not UTF-8; b3sum cannot check it, left out");
     }
     Ok(exit::OK)
 }

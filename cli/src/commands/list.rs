@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, ListArgs};
 use crate::exit;
-use crate::output::{self, local_time, size};
+use crate::output::{self, local_time, outln, size};
 
 /// One snapshot as `list --json` prints it.
 #[derive(Serialize)]
@@ -95,6 +95,6 @@ pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
         })
         .collect();
     output::table(&["ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS"], &rows)?;
-    println!("{} snapshots", snaps.len());
+    outln!("{} snapshots", snaps.len())?;
     Ok(exit::OK)
 }

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use cairn_store::{OpenOptions, Repo, Warning};
 
 use crate::args::{Cli, Command};
+use crate::output::errln;
 
 /// Runs the parsed command; returns the exit code.
 pub fn run(cli: &Cli) -> Result<u8> {
@@ -76,7 +77,7 @@ pub fn print_notices(cli: &Cli, repo: &Repo) {
         return;
     }
     for n in repo.notices() {
-        eprintln!("cairn: warning: {n}");
+        errln!("cairn: warning: {n}");
     }
 }
 
@@ -87,9 +88,9 @@ pub fn print_warnings(cli: &Cli, label: &str, warnings: &[Warning]) {
     }
     let shown = if cli.verbose > 0 { warnings.len() } else { warnings.len().min(20) };
     for w in &warnings[..shown] {
-        eprintln!("{label}: {}: {}", w.path, w.message);
+        errln!("{label}: {}: {}", w.path, w.message);
     }
     if shown < warnings.len() {
-        eprintln!("{label}: ... and {} more (use -v to see all, or --json)", warnings.len() - shown);
+        errln!("{label}: ... and {} more (use -v to see all, or --json)", warnings.len() - shown);
     }
 }

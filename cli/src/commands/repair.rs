@@ -5,7 +5,7 @@ use cairn_store::{ConfigRepair, Repo};
 
 use crate::args::{Cli, RepairConfigArgs};
 use crate::exit;
-use crate::output;
+use crate::output::{self, outln};
 use crate::progress::Bar;
 
 pub fn run_index(cli: &Cli) -> Result<u8> {
@@ -16,28 +16,35 @@ pub fn run_index(cli: &Cli) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet || !report.complete() {
-        println!(
+        outln!(
             "index rebuilt: {} packs, {} blobs, {} snapshots",
-            report.packs_indexed, report.blobs_indexed, report.snapshots
-        );
+            report.packs_indexed,
+            report.blobs_indexed,
+            report.snapshots
+        )?;
         for p in &report.packs_quarantined {
-            println!("damaged pack {p} moved to quarantine/");
+            outln!("damaged pack {p} moved to quarantine/")?;
         }
         if report.blobs_salvaged > 0 || report.blobs_lost > 0 {
-            println!("from damaged packs: {} blobs salvaged, {} lost", report.blobs_salvaged, report.blobs_lost);
+            outln!("from damaged packs: {} blobs salvaged, {} lost", report.blobs_salvaged, report.blobs_lost)?;
         }
         for s in &report.snapshots_rewritten {
-            println!("snapshot record {} written again from the index's verified copy", &s[..8]);
+            outln!("snapshot record {} written again from the index's verified copy", &s[..8])?;
         }
         for s in &report.snapshots_quarantined {
-            println!("damaged snapshot record {s} moved to quarantine/");
+            outln!("damaged snapshot record {s} moved to quarantine/")?;
         }
         if report.complete() {
-            println!("nothing any snapshot needs is lost");
-        } else {
-            println!("LOST: data that snapshots need (a new snapshot of the same sources stores it again):");
+            outln!("nothing any snapshot needs is lost")?;
+        }
+        // Each heading only over something to list: an empty LOST section reads as a loss.
+        for s in &report.snapshots_quarantined {
+            outln!("LOST: snapshot {} (its record is damaged and no verified copy was left)", &s[..8])?;
+        }
+        if !report.lost.is_empty() {
+            outln!("LOST: data that snapshots need (a new snapshot of the same sources stores it again):")?;
             for d in &report.lost {
-                super::scrub::print_damage(d);
+                super::scrub::print_damage(d)?;
             }
         }
     }
@@ -58,20 +65,20 @@ pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
         output::json(&report)?;
     } else if !cli.quiet {
         match report.action {
-            "none" => println!("both copies of the config are good; nothing to do"),
-            "copied" => println!("the damaged copy of the config was written again from the good one"),
+            "none" => outln!("both copies of the config are good; nothing to do")?,
+            "copied" => outln!("the damaged copy of the config was written again from the good one")?,
             _ => {
-                println!(
+                outln!(
                     "both copies of the config were lost: a new config was written (chunks {} / {} / {} bytes{}; new repository ID {})",
                     report.chunker.min_size,
                     report.chunker.avg_size,
                     report.chunker.max_size,
                     if report.chunk_size_inferred { ", inferred from the packs" } else { "" },
                     &report.repo_id[..8]
-                );
-                println!(
+                )?;
+                outln!(
                     "every snapshot still restores; a wrong chunk size would only cost deduplication with older data"
-                );
+                )?;
             }
         }
     }

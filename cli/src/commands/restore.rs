@@ -5,7 +5,7 @@ use cairn_store::{Overwrite, RestoreOptions, RestoreReport};
 
 use crate::args::{Cli, OverwriteArg, RestoreArgs};
 use crate::exit;
-use crate::output::{self, size};
+use crate::output::{self, errln, outln, size};
 use crate::progress::Bar;
 
 /// Parses `--at`: RFC 3339 (with offset), or a civil date/time in the local time zone.
@@ -54,7 +54,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
-        print_summary(&report);
+        print_summary(&report)?;
     }
     super::print_warnings(cli, "warning", &report.warnings);
     super::print_warnings(cli, "damaged", &report.damaged);
@@ -68,30 +68,33 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
             if !report.failed.is_empty() {
                 parts.push(format!("{} for other reasons (listed above)", report.failed.len()));
             }
-            eprintln!("cairn: not everything was restored: {}; every other file was", parts.join(", "));
+            errln!("cairn: not everything was restored: {}; every other file was", parts.join(", "));
         }
         return Ok(exit::DAMAGE);
     }
     Ok(exit::OK)
 }
 
-fn print_summary(r: &RestoreReport) {
+fn print_summary(r: &RestoreReport) -> std::io::Result<()> {
     if let Some(id) = &r.safety_snapshot {
-        println!("safety snapshot {} taken of the files about to be overwritten", &id[..8]);
+        outln!("safety snapshot {} taken of the files about to be overwritten", &id[..8])?;
     }
     let verb = if r.dry_run { "would restore" } else { "restored" };
-    println!("{verb} snapshot {} into {}", &r.snapshot[..8], r.target);
-    println!(
+    outln!("{verb} snapshot {} into {}", &r.snapshot[..8], r.target)?;
+    outln!(
         "  files:   {} written, {} left as they were, {} hard links",
-        r.files_written, r.files_skipped, r.hardlinks
-    );
-    println!("  others:  {} directories, {} symlinks, {} special", r.dirs, r.symlinks, r.specials);
-    println!("  written: {}", size(r.bytes_written));
+        r.files_written,
+        r.files_skipped,
+        r.hardlinks
+    )?;
+    outln!("  others:  {} directories, {} symlinks, {} special", r.dirs, r.symlinks, r.specials)?;
+    outln!("  written: {}", size(r.bytes_written))?;
     if r.files_verified > 0 {
-        println!("  verified: {} files match their stored BLAKE3", r.files_verified);
+        outln!("  verified: {} files match their stored BLAKE3", r.files_verified)?;
     }
     if r.leftovers_removed > 0 {
-        println!("  removed: {} temporary files of an interrupted restore", r.leftovers_removed);
+        outln!("  removed: {} temporary files of an interrupted restore", r.leftovers_removed)?;
     }
-    println!("  took:    {:.2} s", r.duration_secs);
+    outln!("  took:    {:.2} s", r.duration_secs)?;
+    Ok(())
 }

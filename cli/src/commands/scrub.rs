@@ -5,7 +5,7 @@ use cairn_store::{Damage, ScrubOptions, ScrubReport};
 
 use crate::args::{Cli, ScrubArgs};
 use crate::exit;
-use crate::output::{self, size};
+use crate::output::{self, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
@@ -22,7 +22,7 @@ pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet || !report.clean {
-        print_report(&report);
+        print_report(&report, args.max_duration.is_some() || args.max_bytes.is_some())?;
     }
     Ok(if !report.damage.is_empty() {
         exit::DAMAGE
@@ -43,53 +43,71 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn print_report(r: &ScrubReport) {
-    println!(
+/// `budgeted`: the run was limited (`--max-duration`, `--max-bytes`), so it may have read only
+/// a share of the packs; without a limit it read every one, and those it could not verify are
+/// listed as damage or not checked.
+fn print_report(r: &ScrubReport, budgeted: bool) -> std::io::Result<()> {
+    outln!(
         "checked {} snapshots: {} trees, {} chunk references, {} packs",
-        r.snapshots_checked, r.trees_checked, r.chunks_checked, r.packs_in_scope
-    );
+        r.snapshots_checked,
+        r.trees_checked,
+        r.chunks_checked,
+        r.packs_in_scope
+    )?;
     if r.read_data {
-        let scope = if r.all_packs_verified_this_run { "all" } else { "the budget's share of" };
-        println!(
-            "read back {} packs ({}) this run, {scope} the packs in scope",
-            r.packs_verified,
-            size(r.bytes_verified)
-        );
+        if r.all_packs_verified_this_run || budgeted {
+            let scope = if r.all_packs_verified_this_run { "all" } else { "the budget's share of" };
+            outln!(
+                "read back {} packs ({}) this run, {scope} the packs in scope",
+                r.packs_verified,
+                size(r.bytes_verified)
+            )?;
+        } else {
+            outln!(
+                "read back all {} packs in scope ({}) this run: {} verified, the others did not (see below)",
+                r.packs_in_scope,
+                size(r.bytes_verified),
+                r.packs_verified
+            )?;
+        }
     }
     match (r.oldest_verification_age_secs, r.packs_never_verified) {
-        (Some(a), _) => println!("coverage: every pack verified; the oldest verification is {} old", age(a)),
+        (Some(a), _) => outln!("coverage: every pack verified; the oldest verification is {} old", age(a))?,
+        // This very run read every pack: advising another read-data scrub would be no help.
+        (None, n) if r.read_data && !budgeted => outln!("coverage: {n} of {} packs never verified", r.packs_in_scope)?,
         (None, n) => {
-            println!("coverage: {n} of {} packs never read back (run `cairn scrub --read-data`)", r.packs_in_scope)
+            outln!("coverage: {n} of {} packs never read back (run `cairn scrub --read-data`)", r.packs_in_scope)?
         }
     }
     let l = &r.leftovers;
     if !l.temp_files.is_empty() || !l.unindexed_packs.is_empty() || l.unreferenced_packs > 0 {
-        println!(
+        outln!(
             "leftovers (harmless; gc removes them): {} temporary files, {} unindexed packs, {} packs no snapshot needs",
             l.temp_files.len(),
             l.unindexed_packs.len(),
             l.unreferenced_packs
-        );
+        )?;
     }
     for u in &r.unreadable {
-        println!("NOT CHECKED (written by a newer cairn; upgrade to check it): {u}");
+        outln!("NOT CHECKED (written by a newer cairn; upgrade to check it): {u}")?;
     }
     let intact = r.snapshots.iter().filter(|s| s.status == "intact").count();
-    println!("intact: {intact} of {} snapshots", r.snapshots.len());
+    outln!("intact: {intact} of {} snapshots", r.snapshots.len())?;
     if r.clean {
-        println!("no damage found");
-        return;
+        outln!("no damage found")?;
+        return Ok(());
     }
     for s in r.snapshots.iter().filter(|s| s.status != "intact") {
-        println!("DAMAGED snapshot {} ({}): {} paths need damaged data", &s.id[..8], s.time, s.damaged_paths);
+        outln!("DAMAGED snapshot {} ({}): {} paths need damaged data", &s.id[..8], s.time, s.damaged_paths)?;
     }
     for d in &r.damage {
-        print_damage(d);
+        print_damage(d)?;
     }
+    Ok(())
 }
 
 /// One damaged object and what needs it.
-pub fn print_damage(d: &Damage) {
+pub fn print_damage(d: &Damage) -> std::io::Result<()> {
     let what = match (&d.blob, &d.pack, &d.snapshot) {
         (Some(b), Some(p), _) => format!("blob {} in pack {}", &b[..16], &p[..16]),
         (Some(b), None, _) => format!("blob {}", &b[..16]),
@@ -97,8 +115,9 @@ pub fn print_damage(d: &Damage) {
         (None, None, Some(s)) => format!("snapshot {}", &s[..8]),
         (None, None, None) => String::new(),
     };
-    println!("  {}: {what}: {}", d.kind, d.detail);
+    outln!("  {}: {what}: {}", d.kind, d.detail)?;
     for a in &d.affected {
-        println!("    needed by {} {}", &a.snapshot[..8], a.path);
+        outln!("    needed by {} {}", &a.snapshot[..8], a.path)?;
     }
+    Ok(())
 }

@@ -5,7 +5,7 @@ use cairn_store::{read_exclude_file, InitOptions, OpenOptions, Repo, SnapshotKin
 
 use crate::args::{Cli, Kind, SnapshotArgs};
 use crate::exit;
-use crate::output::{self, size};
+use crate::output::{self, errln, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
@@ -14,7 +14,7 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
         let repo = Repo::init(&path, &InitOptions::default())
             .with_context(|| format!("cannot create the default repository {}", path.display()))?;
         if !cli.quiet {
-            eprintln!(
+            errln!(
                 "cairn: created the default repository at {} (use --repo or CAIRN_REPO for another)",
                 path.display()
             );
@@ -47,37 +47,41 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
-        print_summary(&report);
+        print_summary(&report)?;
     }
     super::print_warnings(cli, "warning", &report.warnings);
     Ok(if report.warnings.is_empty() { exit::OK } else { exit::WARNINGS })
 }
 
-fn print_summary(r: &SnapshotReport) {
+fn print_summary(r: &SnapshotReport) -> std::io::Result<()> {
     let t = &r.totals;
     match &r.id {
-        Some(id) => println!("snapshot {} saved ({})", &id[..8], r.kind.as_str()),
-        None => println!("dry run: nothing stored ({})", r.kind.as_str()),
+        Some(id) => outln!("snapshot {} saved ({})", &id[..8], r.kind.as_str())?,
+        None => outln!("dry run: nothing stored ({})", r.kind.as_str())?,
     }
     if let Some(p) = &r.parent {
-        println!("  parent:  {}", &p[..8]);
+        outln!("  parent:  {}", &p[..8])?;
     }
-    println!(
+    outln!(
         "  files:   {} new, {} changed, {} unchanged ({} in all)",
-        t.files_new, t.files_changed, t.files_unchanged, t.files
-    );
-    println!("  others:  {} directories, {} symlinks, {} special", t.dirs, t.symlinks, t.specials);
-    println!("  read:    {} of {}", size(t.bytes_read), size(t.bytes_total));
-    println!(
+        t.files_new,
+        t.files_changed,
+        t.files_unchanged,
+        t.files
+    )?;
+    outln!("  others:  {} directories, {} symlinks, {} special", t.dirs, t.symlinks, t.specials)?;
+    outln!("  read:    {} of {}", size(t.bytes_read), size(t.bytes_total))?;
+    outln!(
         "  added:   {} of new data, {} stored after dedup and compression",
         size(t.data_added),
         size(t.data_stored)
-    );
-    println!("  took:    {:.2} s", r.duration_secs);
+    )?;
+    outln!("  took:    {:.2} s", r.duration_secs)?;
     if !r.warnings.is_empty() {
-        println!("  warnings: {} (files left out or stored as read; see below)", r.warnings.len());
+        outln!("  warnings: {} (files left out or stored as read; see below)", r.warnings.len())?;
     }
     if let Some(id) = &r.id {
-        println!("  id:      {id}");
+        outln!("  id:      {id}")?;
     }
+    Ok(())
 }
