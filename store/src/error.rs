@@ -102,10 +102,12 @@ pub enum Error {
     },
     /// The gc lock is held: another gc (or a `repair index`, which takes the same lock) is
     /// running. Nothing was changed; the caller may run gc again later.
-    #[error("another gc is running on this repository (pid {pid}); try again when it has finished")]
+    #[error("another {holder} is running on this repository (pid {pid}) and holds the gc lock; try again when it has finished")]
     GcRunning {
         /// The holder's process ID, as its lock file names it (empty when unreadable).
         pid: String,
+        /// What the holder is doing (`gc` or `repair index`), as its lock file says.
+        holder: String,
     },
     /// The SQLite index reported an error.
     #[error("index {path}: {source}")]

@@ -163,7 +163,7 @@ impl Repo {
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let started = Instant::now();
         self.writable("gc")?;
-        let _lock = lock::gc_lock(self.root())?;
+        let _lock = lock::gc_lock(self.root(), "gc")?;
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
         let on_disk_at_start: Vec<(String, u64)> = self.backend.list(FileKind::Pack)?;

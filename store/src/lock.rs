@@ -104,8 +104,9 @@ pub struct GcLock {
     _file: File,
 }
 
-/// Takes the gc lock, or says who holds it.
-pub(crate) fn gc_lock(root: &Path) -> Result<GcLock> {
+/// Takes the gc lock for `what` (`gc`, `repair index`), or says who holds it. The lock file
+/// holds the holder's process ID and what it is doing, for that message.
+pub(crate) fn gc_lock(root: &Path, what: &str) -> Result<GcLock> {
     let path = locks_dir(root)?.join("gc");
     let mut file = OpenOptions::new()
         .read(true)
@@ -118,12 +119,13 @@ pub(crate) fn gc_lock(root: &Path) -> Result<GcLock> {
     match file.try_lock() {
         Ok(()) => {
             file.set_len(0).at(&path)?;
-            writeln!(file, "{}", std::process::id()).at(&path)?;
+            writeln!(file, "{} {what}", std::process::id()).at(&path)?;
             Ok(GcLock { _file: file })
         }
         Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
-            Err(Error::GcRunning { pid: holder.trim().to_owned() })
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let (pid, holder) = text.trim().split_once(' ').unwrap_or((text.trim(), "gc"));
+            Err(Error::GcRunning { pid: pid.to_owned(), holder: holder.to_owned() })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
     }
@@ -147,9 +149,10 @@ mod tests {
         fs::write(dir.path().join("locks/session-1-2"), "snapshot 1 2\n").unwrap();
         assert!(live_sessions(dir.path()).unwrap().is_empty());
         assert!(!dir.path().join("locks/session-1-2").exists());
-        let g = gc_lock(dir.path()).unwrap();
-        assert!(matches!(gc_lock(dir.path()), Err(Error::GcRunning { pid }) if pid == std::process::id().to_string()));
+        let g = gc_lock(dir.path(), "repair index").unwrap();
+        assert!(matches!(gc_lock(dir.path(), "gc"),
+            Err(Error::GcRunning { pid, holder }) if pid == std::process::id().to_string() && holder == "repair index"));
         drop(g);
-        assert!(gc_lock(dir.path()).is_ok());
+        assert!(gc_lock(dir.path(), "gc").is_ok());
     }
 }

@@ -214,7 +214,7 @@ impl Repo {
         crate::backend::create_repo_dir(root, &dir)?;
         // No gc while the index is rebuilt: it would judge packs by the old index while this
         // one is built from them.
-        let _gc = crate::lock::gc_lock(root)?;
+        let _gc = crate::lock::gc_lock(root, "repair index")?;
         // A repair on a full disk may use the space reserve (reserve.rs).
         crate::reserve::release_if_short(root);
         let fresh = dir.join("index.sqlite.rebuild");

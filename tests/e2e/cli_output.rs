@@ -175,7 +175,7 @@ fn issue13_a_closed_stderr_does_not_panic_either() {
 /// The gc lock's file names its holder's pid once the holder has taken it.
 fn wait_for_gc_lock(repo: &Path, holder: u32) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !fs::read_to_string(repo.join("locks/gc")).is_ok_and(|s| s.trim() == holder.to_string()) {
+    while !fs::read_to_string(repo.join("locks/gc")).is_ok_and(|s| s.trim() == format!("{holder} gc")) {
         assert!(std::time::Instant::now() < deadline, "the other gc never took the gc lock");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -62,8 +62,8 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         match super::gc::collect(cli, &repo, args.dry_run, 10.0, std::time::Duration::from_secs(600)) {
             Ok(r) => Some(r),
             Err(e) => match e.downcast_ref::<cairn_store::Error>() {
-                Some(cairn_store::Error::GcRunning { pid }) => {
-                    deferred_by = Some(pid.clone());
+                Some(cairn_store::Error::GcRunning { pid, holder }) => {
+                    deferred_by = Some((pid.clone(), holder.clone()));
                     None
                 }
                 _ => {
@@ -107,9 +107,9 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         outln!("{verb} {} snapshots", to_remove.len())?;
         if let Some(g) = &gc {
             super::gc::print_report(g)?;
-        } else if let Some(pid) = &deferred_by {
+        } else if let Some((pid, holder)) = &deferred_by {
             outln!(
-                "gc deferred: another gc is running on this repository (pid {pid}); \
+                "gc deferred: another {holder} is running on this repository (pid {pid}); \
                  run `cairn gc` when it has finished to free their space"
             )?;
         } else if !args.dry_run && !to_remove.is_empty() {
