@@ -20,3 +20,4 @@ mod property;
 mod restore_options;
 mod roundtrip;
 mod snapshot_options;
+mod source_safety;
