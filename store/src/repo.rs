@@ -209,19 +209,29 @@ impl Repo {
         if path.join("config").exists() {
             return Err(Error::InvalidInput(format!("{} is already a cairn repository", path.display())));
         }
+        let modes = if opts.group_readable {
+            crate::backend::Modes::group_readable()
+        } else {
+            crate::backend::Modes::private()
+        };
         if path.exists() {
             let mut rd = fs::read_dir(path).at(path)?;
             if rd.next().is_some() {
                 return Err(Error::NotEmpty(path.to_path_buf()));
             }
         } else {
-            fs::create_dir_all(path).at(path)?;
+            // Parents are made as the umask says (they are the user's directories); the root
+            // gets the repository's mode (docs/FORMAT.md), set after creation because the umask
+            // may take bits from `DirBuilder::mode` (group-readable under umask 077).
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).at(parent)?;
+            }
+            {
+                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+                fs::DirBuilder::new().mode(modes.dir).create(path).at(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(modes.dir)).at(path)?;
+            }
         }
-        let modes = if opts.group_readable {
-            crate::backend::Modes::group_readable()
-        } else {
-            crate::backend::Modes::private()
-        };
         let local = LocalBackend::with_modes(path, modes);
         local.create_layout()?;
         let config = RepoConfig {

@@ -9,10 +9,11 @@
 //! writer has made every pack durable and indexed (invariant 1).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, Metadata};
+use std::ffi::{CStr, CString};
+use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -21,12 +22,13 @@ use std::time::Instant;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::Serialize;
 
 use crate::backend::FileKind;
 use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, Result};
-use crate::fsmeta::{self, Names};
+use crate::fsmeta::{self, Meta, Names};
 use crate::id::{BlobId, ChunkId, FileHash, SnapshotId, TreeId};
 use crate::pack::{self, BlobKind, PackWriter, SealedFrame, FRAME_TARGET};
 use crate::progress::{Progress, Unit};
@@ -63,6 +65,9 @@ pub struct SnapshotOptions {
     pub host: Option<String>,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
+    /// Store a source path that is a symlink as the link instead of following it: a restore's
+    /// safety snapshot must not read through a link the restore is about to replace.
+    pub no_follow_sources: bool,
 }
 
 impl SnapshotOptions {
@@ -110,6 +115,9 @@ pub struct SnapshotReport {
     pub dry_run: bool,
     /// Files left out or stored with a caveat.
     pub warnings: Vec<Warning>,
+    /// What is worth knowing but left nothing out that was asked for: a source given as a
+    /// symlink and followed, the repository met under another path and skipped.
+    pub notes: Vec<Warning>,
 }
 
 #[derive(Default)]
@@ -158,8 +166,8 @@ enum Node {
     Inner(std::collections::BTreeMap<Vec<u8>, Node>),
 }
 
-/// Makes a path absolute and removes `.` and `..` lexically (no symlink is resolved: a source
-/// that is a symlink is stored as the symlink, as restic and tar do).
+/// Makes a path absolute and removes `.` and `..` lexically: the snapshot keeps the path as
+/// given (a source that is a symlink is followed when it is read, but stored under its own path).
 fn normalise(path: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(path).at(path)?;
     let mut out = PathBuf::from("/");
@@ -252,10 +260,14 @@ struct Run<'a> {
     progress: &'a dyn Progress,
     excludes: Excludes,
     one_file_system: bool,
+    follow_sources: bool,
     full: bool,
     names: Names,
     counters: Counters,
     warnings: Mutex<Vec<Warning>>,
+    notes: Mutex<Vec<Warning>>,
+    /// (st_dev, st_ino) of the repository's root: never entered, by whatever path it is met.
+    repo_id: Option<(u64, u64)>,
     /// Blobs sent to the writer but not yet indexed (cleared as packs are indexed).
     pending: Mutex<HashSet<BlobId>>,
     sender: Option<SyncSender<SealedFrame>>,
@@ -285,6 +297,12 @@ struct Gather {
 type Timestamp2 = (crate::tree::Timestamp, crate::tree::Timestamp);
 
 impl Run<'_> {
+    fn note(&self, path: &Path, message: impl Into<String>) {
+        let n = Warning { path: path.to_string_lossy().into_owned(), message: message.into() };
+        log::info!("{}: {}", n.path, n.message);
+        self.notes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(n);
+    }
+
     fn warn(&self, path: &Path, message: impl Into<String>) {
         let w = Warning { path: path.to_string_lossy().into_owned(), message: message.into() };
         log::warn!("{}: {}", w.path, w.message);
@@ -411,9 +429,12 @@ impl Run<'_> {
         self.chunkers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(c);
     }
 
-    /// The tree of the virtual directories above the source paths.
+    /// The tree of the directories above the source paths, each opened relative to the one
+    /// above it. The path as given names directories: a symlink on the way is followed, as the
+    /// kernel follows it for any path (its entry gets the metadata of the directory it leads to).
     fn inner_tree(
         &self,
+        dir: BorrowedFd<'_>,
         path: &Path,
         children: &std::collections::BTreeMap<Vec<u8>, Node>,
         parent: Option<&Tree>,
@@ -422,18 +443,24 @@ impl Run<'_> {
             .par_iter()
             .map(|(name, node)| {
                 let child_path = path.join(std::ffi::OsStr::from_bytes(name));
+                let cname = CString::new(name.clone())
+                    .map_err(|_| Error::InvalidInput(format!("{} has a NUL byte", child_path.display())))?;
                 let parent_entry = parent.and_then(|t| t.get(name));
-                let meta = fs::symlink_metadata(&child_path).at(&child_path)?;
                 match node {
-                    Node::Source => self.entry(&child_path, name, &meta, parent_entry, meta.dev()),
+                    Node::Source => {
+                        let at = At { dir, name: &cname, path: &child_path, follow: false };
+                        let (at, meta) = self.source_root(at)?;
+                        self.entry(at, name, &meta, parent_entry, meta.dev)
+                    }
                     Node::Inner(grand) => {
+                        let fd = rustix::fs::openat(dir, cname.as_c_str(), DIR_FLAGS, Mode::empty())
+                            .map_err(|e| Error::io(&child_path, e.into()))?;
+                        let meta = fstat(&fd).map_err(|e| Error::io(&child_path, e))?;
                         let mut entry = Entry::new(name.clone(), EntryKind::Dir);
-                        if !meta.is_dir() {
-                            return Err(Error::InvalidInput(format!("{} is not a directory", child_path.display())));
-                        }
-                        fsmeta::fill(&mut entry, &meta, &child_path, &self.names, None);
+                        fsmeta::fill(&mut entry, &meta, || fsmeta::xattrs_of_fd(fd.as_fd()), &self.names, None);
                         let sub = self.parent_subtree(parent_entry);
-                        entry.subtree = Some(self.inner_tree(&child_path, grand, sub.as_ref().map(|(_, t)| t))?);
+                        entry.subtree =
+                            Some(self.inner_tree(fd.as_fd(), &child_path, grand, sub.as_ref().map(|(_, t)| t))?);
                         Ok(Some(entry))
                     }
                 }
@@ -442,47 +469,75 @@ impl Run<'_> {
         self.store_tree(Tree { entries: entries.into_iter().flatten().collect() })
     }
 
+    /// A source path as given: a symlink is followed (restic does the same), so that
+    /// `cairn snapshot /opt/app` with `/opt/app -> /srv/app-v2` stores the target's contents
+    /// under `/opt/app`, as a directory with the target's metadata; a note says so. Symlinks
+    /// below a source are never followed. A link whose target cannot be reached is stored as
+    /// the link.
+    fn source_root<'a>(&self, at: At<'a>) -> Result<(At<'a>, Meta)> {
+        let meta = stat_at(at).map_err(|e| Error::io(at.path, e))?; // a missing source is an error
+        if meta.file_type() != rustix::fs::FileType::Symlink || !self.follow_sources {
+            return Ok((at, meta));
+        }
+        let target = rustix::fs::readlinkat(at.dir, at.name, Vec::new())
+            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let follow = At { follow: true, ..at };
+        match stat_at(follow) {
+            Ok(m) => {
+                self.note(at.path, format!("a symlink to {target}: followed, its target is stored under this path"));
+                Ok((follow, m))
+            }
+            Err(e) => {
+                self.note(at.path, format!("a symlink to {target}, which cannot be reached ({e}): stored as the link"));
+                Ok((at, meta))
+            }
+        }
+    }
+
     fn parent_subtree(&self, parent_entry: Option<&Entry>) -> Option<(TreeId, Tree)> {
         let id = parent_entry.filter(|e| e.kind == EntryKind::Dir)?.subtree?;
         // A parent tree that cannot be read only costs change detection, never correctness.
         self.repo.load_tree(id).ok().map(|t| (id, t))
     }
 
-    /// One directory's tree. `parent_id` names `parent` when it is known.
-    fn dir_tree(&self, path: &Path, parent: Option<&Tree>, parent_id: Option<TreeId>, dev: u64) -> Result<TreeId> {
-        // Each child is stat'ed through its directory entry (fstatat on the open directory), not
-        // by a path walked from the root again.
-        let mut names: Vec<(Vec<u8>, fs::DirEntry)> = match fs::read_dir(path) {
-            Ok(rd) => rd
-                .filter_map(|e| match e {
-                    Ok(e) => Some((e.file_name().as_bytes().to_vec(), e)),
-                    Err(err) => {
-                        self.warn(path, format!("cannot list directory entry: {err}"));
-                        None
-                    }
-                })
-                .collect(),
-            Err(e) => {
-                self.warn(path, format!("cannot read directory: {e}"));
-                Vec::new()
+    /// One directory's tree, read through its open descriptor: each child is stat'ed, opened
+    /// and read relative to it, so no path longer than one name is ever handed to the kernel
+    /// (a tree deeper than PATH_MAX is walked like any other) and a directory renamed or
+    /// replaced meanwhile cannot redirect the walk. `parent_id` names `parent` when it is known.
+    fn dir_tree(
+        &self,
+        dir: BorrowedFd<'_>,
+        path: &Path,
+        parent: Option<&Tree>,
+        parent_id: Option<TreeId>,
+        dev: u64,
+    ) -> Result<TreeId> {
+        let mut names = match list_dir(dir) {
+            Ok(names) => names,
+            Err((names, e)) => {
+                self.warn(path, format!("cannot list the whole directory: {e}"));
+                names
             }
         };
-        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let entries: Vec<Option<Entry>> = names
             .par_iter()
-            .map(|(name, dirent)| {
-                let child = path.join(std::ffi::OsStr::from_bytes(name));
-                if self.excludes.excluded(&child, name) {
+            .map(|name| {
+                let bytes = name.as_bytes();
+                let child = path.join(std::ffi::OsStr::from_bytes(bytes));
+                if self.excludes.excluded(&child, bytes) {
                     return Ok(None);
                 }
-                let meta = match dirent.metadata() {
+                let at = At { dir, name, path: &child, follow: false };
+                let meta = match stat_at(at) {
                     Ok(m) => m,
                     Err(e) => {
                         self.warn(&child, format!("vanished or unreadable: {e}"));
                         return Ok(None);
                     }
                 };
-                self.entry(&child, name, &meta, parent.and_then(|t| t.get(name)), dev)
+                self.entry(at, bytes, &meta, parent.and_then(|t| t.get(bytes)), dev)
             })
             .collect::<Result<_>>()?;
         let tree = Tree { entries: entries.into_iter().flatten().collect() };
@@ -496,58 +551,79 @@ impl Run<'_> {
         self.store_tree(tree)
     }
 
-    /// The entry for one path (recursing into directories).
-    fn entry(
-        &self,
-        path: &Path,
-        name: &[u8],
-        meta: &Metadata,
-        parent: Option<&Entry>,
-        dev: u64,
-    ) -> Result<Option<Entry>> {
+    /// The entry for one name (recursing into directories).
+    fn entry(&self, at: At<'_>, name: &[u8], meta: &Meta, parent: Option<&Entry>, dev: u64) -> Result<Option<Entry>> {
         let Some(kind) = fsmeta::kind_of(meta) else {
-            log::debug!("{}: socket skipped", path.display());
+            log::debug!("{}: socket skipped", at.path.display());
             return Ok(None);
         };
         let mut entry = Entry::new(name.to_vec(), kind);
-        fsmeta::fill(&mut entry, meta, path, &self.names, parent);
         match kind {
             EntryKind::Dir => {
-                Counters::add(&self.counters.dirs, 1);
-                let sub = self.parent_subtree(parent);
-                entry.subtree = Some(if self.one_file_system && meta.dev() != dev {
-                    self.store_tree(Tree::default())? // a mount point: kept, not entered
-                } else {
-                    self.dir_tree(path, sub.as_ref().map(|(_, t)| t), sub.as_ref().map(|(id, _)| *id), meta.dev())?
-                });
-            }
-            EntryKind::File => {
-                self.progress.item(&path.to_string_lossy());
-                Counters::add(&self.counters.bytes_total, entry.size);
-                if !self.file_content(path, &mut entry, parent)? {
+                // The path check in `Excludes` misses the repository reached by another path (a
+                // bind mount, a symlinked source); its identity does not.
+                if self.repo_id == Some((meta.dev, meta.ino)) {
+                    self.note(at.path, "the repository itself, reached under this path: left out");
                     return Ok(None);
                 }
-                Counters::add(&self.counters.files, 1);
-            }
-            EntryKind::Symlink => {
-                Counters::add(&self.counters.symlinks, 1);
-                match fs::read_link(path) {
-                    Ok(t) => entry.target = t.as_os_str().as_bytes().to_vec(),
+                Counters::add(&self.counters.dirs, 1);
+                let sub = self.parent_subtree(parent);
+                if self.one_file_system && meta.dev != dev {
+                    // A mount point: kept, not entered.
+                    fsmeta::fill(&mut entry, meta, || xattrs_at(at), &self.names, parent);
+                    entry.subtree = Some(self.store_tree(Tree::default())?);
+                    return Ok(Some(entry));
+                }
+                match open_dir_at(at) {
+                    Ok(fd) => {
+                        // The directory as opened is the one described and read (it may have been
+                        // replaced since it was listed).
+                        let meta = fstat(&fd).unwrap_or(*meta);
+                        fsmeta::fill(&mut entry, &meta, || fsmeta::xattrs_of_fd(fd.as_fd()), &self.names, parent);
+                        let (sub_tree, sub_id) = (sub.as_ref().map(|(_, t)| t), sub.as_ref().map(|(id, _)| *id));
+                        entry.subtree = Some(self.dir_tree(fd.as_fd(), at.path, sub_tree, sub_id, meta.dev)?);
+                    }
                     Err(e) => {
-                        self.warn(path, format!("cannot read symlink: {e}"));
-                        return Ok(None);
+                        self.warn(at.path, format!("cannot read directory: {e}"));
+                        fsmeta::fill(&mut entry, meta, || xattrs_at(at), &self.names, parent);
+                        entry.subtree = Some(self.store_tree(Tree::default())?);
                     }
                 }
             }
-            _ => Counters::add(&self.counters.specials, 1),
+            EntryKind::File => {
+                fsmeta::fill(&mut entry, meta, || xattrs_at(at), &self.names, parent);
+                self.progress.item(&at.path.to_string_lossy());
+                if !self.file_content(at, &mut entry, parent)? {
+                    return Ok(None);
+                }
+                // Counted once stored, so the totals describe what the snapshot holds.
+                Counters::add(&self.counters.files, 1);
+                Counters::add(&self.counters.bytes_total, entry.size);
+            }
+            EntryKind::Symlink => {
+                fsmeta::fill(&mut entry, meta, || xattrs_at(at), &self.names, parent);
+                match rustix::fs::readlinkat(at.dir, at.name, Vec::new()) {
+                    Ok(t) => entry.target = t.into_bytes(),
+                    Err(e) => {
+                        self.warn(at.path, format!("cannot read symlink: {}", io::Error::from(e)));
+                        return Ok(None);
+                    }
+                }
+                Counters::add(&self.counters.symlinks, 1);
+            }
+            _ => {
+                fsmeta::fill(&mut entry, meta, || xattrs_at(at), &self.names, parent);
+                Counters::add(&self.counters.specials, 1);
+            }
         }
         Ok(Some(entry))
     }
 
     /// Fills a file entry's content: from the parent when its metadata is unchanged, else by
-    /// reading it. False when the file could not be read (a warning was recorded).
-    fn file_content(&self, path: &Path, entry: &mut Entry, parent: Option<&Entry>) -> Result<bool> {
-        if let Some(p) = parent.filter(|p| p.kind == EntryKind::File) {
+    /// reading it. False when the file could not be read (a warning was recorded; it is then
+    /// counted neither as new nor as changed).
+    fn file_content(&self, at: At<'_>, entry: &mut Entry, parent: Option<&Entry>) -> Result<bool> {
+        let counter = if let Some(p) = parent.filter(|p| p.kind == EntryKind::File) {
             let same =
                 p.size == entry.size && p.mtime == entry.mtime && p.ctime == entry.ctime && p.inode == entry.inode;
             if same && !self.full && (self.trusted_parent || self.all_present(&p.content)?) {
@@ -556,10 +632,10 @@ impl Run<'_> {
                 Counters::add(&self.counters.files_unchanged, 1);
                 return Ok(true);
             }
-            Counters::add(&self.counters.files_changed, 1);
+            &self.counters.files_changed
         } else {
-            Counters::add(&self.counters.files_new, 1);
-        }
+            &self.counters.files_new
+        };
         let key = (entry.dev, entry.inode);
         if entry.nlink > 1 {
             let links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -567,18 +643,20 @@ impl Run<'_> {
                 if *times == (entry.mtime, entry.ctime) {
                     entry.content.clone_from(content);
                     entry.file_hash = *hash;
+                    Counters::add(counter, 1);
                     return Ok(true);
                 }
             }
         }
-        match self.read_file(path, entry) {
+        match self.read_file(at, entry) {
             Ok(()) => {}
             Err(ReadError::Warn(msg)) => {
-                self.warn(path, msg);
+                self.warn(at.path, msg);
                 return Ok(false);
             }
             Err(ReadError::Fatal(e)) => return Err(e),
         }
+        Counters::add(counter, 1);
         if entry.nlink > 1 {
             self.links
                 .lock()
@@ -599,47 +677,47 @@ impl Run<'_> {
 
     /// Reads a file, retrying once when it changes under us. The stored chunks and the file hash
     /// always come from the same bytes, so what is stored matches its hash even then.
-    fn read_file(&self, path: &Path, entry: &mut Entry) -> Result<(), ReadError> {
+    fn read_file(&self, at: At<'_>, entry: &mut Entry) -> Result<(), ReadError> {
         for attempt in 0..2 {
-            let file = open_source(path).map_err(|e| ReadError::Warn(format!("cannot open: {e}")))?;
-            let before = file.metadata().map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
-            // The path must still name a regular file, and (on the first attempt) the one that
+            let file = open_file_at(at).map_err(|e| ReadError::Warn(format!("cannot open: {e}")))?;
+            let before = fstat(&file).map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
+            // The name must still be a regular file, and (on the first attempt) the one that
             // was listed; a retry reads whatever replaced it.
-            if !before.is_file() || (attempt == 0 && before.ino() != entry.inode) {
+            if !before.is_file() || (attempt == 0 && before.ino != entry.inode) {
                 if attempt == 0 && before.is_file() {
                     continue;
                 }
                 return Err(ReadError::Warn("replaced by something else while being read; not stored".into()));
             }
             // Metadata is taken from the open file, so that it describes the bytes we read.
-            fsmeta::fill(entry, &before, path, &self.names, None);
+            fsmeta::fill(entry, &before, || fsmeta::xattrs_of_fd(file.as_fd()), &self.names, None);
             crate::failpoint::hit("snapshot.file_read");
             let (content, hash) = self.chunk_file(&file, &before)?;
-            let after = file.metadata().map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
-            let now = fs::symlink_metadata(path).ok();
-            let stable = after.len() == before.len()
-                && after.mtime() == before.mtime()
-                && after.mtime_nsec() == before.mtime_nsec()
-                && after.ctime() == before.ctime()
-                && after.ctime_nsec() == before.ctime_nsec()
-                && now.is_some_and(|m| m.ino() == before.ino());
+            let after = fstat(&file).map_err(|e| ReadError::Warn(format!("cannot stat: {e}")))?;
+            let now = stat_at(at).ok();
+            let stable = after.size == before.size
+                && after.mtime == before.mtime
+                && after.ctime == before.ctime
+                && now.is_some_and(|m| m.ino == before.ino);
             entry.content = content;
             entry.file_hash = Some(hash);
             if stable {
                 return Ok(());
             }
             if attempt == 1 {
-                self.warn(path, "changed while being read (twice); stored as read, which may mix old and new content");
+                self.warn(
+                    at.path,
+                    "changed while being read (twice); stored as read, which may mix old and new content",
+                );
             }
         }
         Ok(())
     }
 
     /// Chunks, hashes and stores an open file; sparse files by their data segments only.
-    fn chunk_file(&self, file: &File, meta: &Metadata) -> Result<(Vec<ChunkRef>, FileHash), ReadError> {
-        let size = meta.len();
-        let segments =
-            if meta.blocks().saturating_mul(512) < size { data_segments(file, size) } else { vec![(0, size)] };
+    fn chunk_file(&self, file: &File, meta: &Meta) -> Result<(Vec<ChunkRef>, FileHash), ReadError> {
+        let size = meta.size;
+        let segments = if meta.blocks.saturating_mul(512) < size { data_segments(file, size) } else { vec![(0, size)] };
         let mut chunker = self.take_chunker();
         let mut hasher = blake3::Hasher::new();
         let mut content = Vec::new();
@@ -711,17 +789,87 @@ fn hash_zeros(hasher: &mut blake3::Hasher, mut n: u64) {
     }
 }
 
-/// Opens a source file without following a symlink and, where allowed, without updating its
-/// access time.
-fn open_source(path: &Path) -> io::Result<File> {
-    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-    let noatime = rustix::fs::OFlags::NOATIME.bits() as i32;
-    match fs::OpenOptions::new().read(true).custom_flags(nofollow | noatime).open(path) {
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
-            fs::OpenOptions::new().read(true).custom_flags(nofollow).open(path)
-        }
-        other => other,
+/// Where an entry is found: a name in an open directory. The full path is only a label, for
+/// messages, excludes and progress; it may be longer than any path the kernel takes.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a CStr,
+    path: &'a Path,
+    /// Follow a final symlink: only for a source path given as a symlink.
+    follow: bool,
+}
+
+/// How every directory of the walk is opened: `O_NOFOLLOW` is added below a source, so a symlink
+/// that replaced a directory after it was listed is never entered.
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
+fn nofollow(at: At<'_>) -> OFlags {
+    if at.follow {
+        OFlags::empty()
+    } else {
+        OFlags::NOFOLLOW
     }
+}
+
+fn stat_at(at: At<'_>) -> io::Result<Meta> {
+    let flags = if at.follow { AtFlags::empty() } else { AtFlags::SYMLINK_NOFOLLOW };
+    Ok(Meta::from(&rustix::fs::statat(at.dir, at.name, flags)?))
+}
+
+fn fstat(fd: impl AsFd) -> io::Result<Meta> {
+    Ok(Meta::from(&rustix::fs::fstat(fd)?))
+}
+
+fn open_dir_at(at: At<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(at.dir, at.name, DIR_FLAGS | nofollow(at), Mode::empty())?)
+}
+
+/// Opens a source file without following a symlink (unless `at` says so) and, where allowed,
+/// without updating its access time.
+fn open_file_at(at: At<'_>) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | nofollow(at);
+    match rustix::fs::openat(at.dir, at.name, flags | OFlags::NOATIME, Mode::empty()) {
+        // O_NOATIME is allowed only to the file's owner (or root).
+        Err(rustix::io::Errno::PERM) => Ok(rustix::fs::openat(at.dir, at.name, flags, Mode::empty())?.into()),
+        other => Ok(other?.into()),
+    }
+}
+
+/// The extended attributes of the entry `at` names (following it when `at` does).
+fn xattrs_at(at: At<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if at.follow {
+        // A followed source root: a path given on the command line, short enough to use.
+        let Ok(names) = xattr::list_deref(at.path) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(Vec<u8>, Vec<u8>)> = names
+            .filter_map(|n| Some((n.as_bytes().to_vec(), xattr::get_deref(at.path, &n).ok().flatten()?)))
+            .collect();
+        v.sort();
+        return v;
+    }
+    fsmeta::xattrs_at(at.dir, at.name, at.path)
+}
+
+/// The names in an open directory (without `.` and `..`), read with `getdents64` on the
+/// descriptor. On an error part way, the names read so far and the error.
+fn list_dir(dir: BorrowedFd<'_>) -> Result<Vec<CString>, (Vec<CString>, io::Error)> {
+    let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
+    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
+    let mut names = Vec::new();
+    while let Some(e) = entries.next() {
+        match e {
+            Ok(e) => {
+                let n = e.file_name();
+                if n != c"." && n != c".." {
+                    names.push(n.to_owned());
+                }
+            }
+            Err(e) => return Err((names, e.into())),
+        }
+    }
+    Ok(names)
 }
 
 /// The data ranges of a sparse file, from SEEK_DATA / SEEK_HOLE; the whole file when the
@@ -834,10 +982,16 @@ impl Repo {
             progress,
             excludes: Excludes::new(&opts.excludes, repo_root)?,
             one_file_system: opts.one_file_system,
+            follow_sources: !opts.no_follow_sources,
             full: opts.kind == SnapshotKind::Full,
             names: Names::default(),
             counters: Counters::default(),
             warnings: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
+            repo_id: rustix::fs::stat(self.root()).ok().map(|st| {
+                let m = Meta::from(&st);
+                (m.dev, m.ino)
+            }),
             pending: Mutex::new(HashSet::new()),
             sender: None,
             chunkers: Mutex::new(Vec::new()),
@@ -881,6 +1035,7 @@ impl Repo {
         };
         progress.finish();
         let warnings = run.warnings.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let notes = run.notes.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         let record = SnapshotRecord {
             time_ns: i64::try_from(time.as_nanosecond()).unwrap_or(i64::MAX),
             host,
@@ -912,6 +1067,7 @@ impl Repo {
             duration_secs: started.elapsed().as_secs_f64(),
             dry_run: opts.dry_run,
             warnings,
+            notes,
         })
     }
 
@@ -927,12 +1083,13 @@ impl Repo {
 }
 
 fn walk_root(run: &Run<'_>, paths: &[PathBuf], parent: Option<&Tree>) -> Result<TreeId> {
+    let root = rustix::fs::open("/", DIR_FLAGS, Mode::empty()).map_err(|e| Error::io(Path::new("/"), e.into()))?;
     match build_nodes(paths) {
         Node::Source => {
-            let meta = fs::symlink_metadata("/").at("/")?;
-            run.dir_tree(Path::new("/"), parent, None, meta.dev())
+            let meta = fstat(&root).at("/")?;
+            run.dir_tree(root.as_fd(), Path::new("/"), parent, None, meta.dev)
         }
-        Node::Inner(children) => run.inner_tree(Path::new("/"), &children, parent),
+        Node::Inner(children) => run.inner_tree(root.as_fd(), Path::new("/"), &children, parent),
     }
 }
 

@@ -22,3 +22,4 @@ mod restore_options;
 mod restore_safety;
 mod roundtrip;
 mod snapshot_options;
+mod source_safety;

@@ -295,7 +295,7 @@ fn issue13_an_include_with_dot_dot_stays_inside_the_target_and_so_does_its_safet
 
 /// Reads the file at `rel` below `base` one component at a time (the whole path may be longer
 /// than PATH_MAX, which no single call accepts).
-fn read_deep(base: &Path, rel: &Path) -> Vec<u8> {
+pub fn read_deep(base: &Path, rel: &Path) -> Vec<u8> {
     use rustix::fs::{openat, Mode, OFlags, CWD};
     let mut fd = openat(CWD, base, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
     let names: Vec<_> = rel.iter().collect();
@@ -336,4 +336,32 @@ fn issue13_a_restore_deeper_than_path_max_restores_every_file() {
     assert_eq!(r["files_verified"].as_u64(), Some(1), "{r}");
     let restored_top = restored(&target, &top);
     assert_eq!(read_deep(&restored_top, &rel.join("leaf.conf")), b"deep = true\n");
+}
+
+#[test]
+fn issue13_a_safety_snapshot_stores_a_symlink_in_the_way_as_the_link_not_what_it_points_at() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("app");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("app.conf"), "a = 1\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    // In the target, the source path is a symlink to a private directory of someone else's.
+    let victim = dir.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("private.key"), "never into the repository\n").unwrap();
+    let target = dir.path().join("target");
+    let dest = restored(&target, &src);
+    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&victim, &dest).unwrap();
+
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    assert!(fs::symlink_metadata(&dest).unwrap().is_dir(), "the link is replaced by the snapshot's directory");
+    assert_eq!(fs::read_to_string(dest.join("app.conf")).unwrap(), "a = 1\n");
+    assert!(victim.join("private.key").exists() && !victim.join("app.conf").exists(), "the victim is untouched");
+    let safety = r["safety_snapshot"].as_str().expect("the link was in the way: a safety snapshot");
+    let back = dir.path().join("back");
+    cairn_json(&repo, args!["restore", safety, "--target", &back], 0);
+    let kept = restored(&back, &dest);
+    assert!(fs::symlink_metadata(&kept).unwrap().file_type().is_symlink(), "the safety snapshot holds the link");
+    assert_eq!(fs::read_link(&kept).unwrap(), victim);
 }

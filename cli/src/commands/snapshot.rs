@@ -49,6 +49,7 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     } else if !cli.quiet {
         print_summary(&report)?;
     }
+    super::print_warnings(cli, "note", &report.notes);
     super::print_warnings(cli, "warning", &report.warnings);
     Ok(if report.warnings.is_empty() { exit::OK } else { exit::WARNINGS })
 }

@@ -254,6 +254,7 @@ impl Repo {
             "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
         )?;
         let mut so = SnapshotOptions::new(existing);
+        so.no_follow_sources = true;
         so.tags = vec![crate::repo::SAFETY_TAG.into()];
         so.label = Some(format!("{}{}", crate::repo::SAFETY_LABEL_PREFIX, snapshot.id.short(8)));
         let report = self.snapshot(&so, &crate::progress::NoProgress)?;
