@@ -629,7 +629,14 @@ impl Repo {
                         damage.insert(e.id, finding(Some(pack), Some(e), "bad blob", detail));
                     }
                     if let Some(detail) = v.structure {
-                        problems.push(pack_damage("damaged pack", pack, detail));
+                        // One finding a pack: the size check may have named it already (bytes
+                        // appended); the read gives the fuller account.
+                        let hex = pack.to_hex();
+                        match problems.iter_mut().find(|d| d.kind == "damaged pack" && d.pack.as_deref() == Some(&hex))
+                        {
+                            Some(d) => d.detail = detail,
+                            None => problems.push(pack_damage("damaged pack", pack, detail)),
+                        }
                     }
                 }
                 Err(detail) => {

@@ -294,6 +294,11 @@ fn issue13_a_pack_with_bytes_appended_is_not_called_truncated() {
     assert_eq!(out.status.code(), Some(4), "{scrub}");
     assert!(scrub.contains("bytes were appended"), "{scrub}");
     assert!(!scrub.contains("truncat"), "appended bytes are not a truncation:\n{scrub}");
+    // One finding for the one damaged pack, not one from the size check and one from the read.
+    let r = cairn_json(&repo, args!["scrub", "--read-data"], 4);
+    let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    let about: Vec<_> = r["damage"].as_array().unwrap().iter().filter(|d| d["pack"] == name.as_str()).collect();
+    assert_eq!(about.len(), 1, "{r}");
     let repair = repair_text(&repo, 0);
     assert!(!repair.contains("truncat"), "{repair}");
     assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
