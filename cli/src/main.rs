@@ -34,6 +34,7 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    raise_open_file_limit();
     let code = run(&cli);
     if std::env::var_os("CAIRN_IO_STATS").is_some() {
         // The kernel's count of bytes this process read: lets tests prove, independently of
@@ -65,4 +66,15 @@ fn run(cli: &args::Cli) -> ExitCode {
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Lifts the soft limit of open files to the hard one, as Go programs (restic) do at start:
+/// snapshot and restore hold a descriptor per directory level and per directory that receives
+/// hard links, and 1024, a common soft default, is too few for deep or link-heavy trees.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
 }

@@ -56,6 +56,7 @@ mod salvage;
 mod scrub;
 mod snapshot;
 mod tree;
+mod workers;
 
 pub use backend::{Backend, FileKind, LocalBackend, MemoryBackend, Modes};
 pub use chunker::{boundaries, Chunker};

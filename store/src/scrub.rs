@@ -435,10 +435,7 @@ impl Repo {
             let wanted: HashSet<&SnapshotId> = opts.snapshots.iter().collect();
             all.iter().filter(|s| wanted.contains(&s.id)).collect()
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .build()
-            .map_err(|e| Error::InvalidInput(format!("cannot start worker threads: {e}")))?;
+        let pool = crate::workers::pool(opts.threads)?;
         let walk = Walk {
             repo: self,
             visited: Mutex::new(HashSet::new()),

@@ -1009,10 +1009,7 @@ impl Repo {
                 None => false,
             },
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .build()
-            .map_err(|e| Error::InvalidInput(format!("cannot start worker threads: {e}")))?;
+        let pool = crate::workers::pool(opts.threads)?;
         progress.start("snapshot", None, Unit::Bytes);
         let root = if opts.dry_run {
             let root = pool.install(|| walk_root(&run, &paths, parent_root.as_ref()))?;

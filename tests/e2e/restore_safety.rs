@@ -100,7 +100,7 @@ fn issue13_a_directory_swapped_for_a_symlink_mid_restore_is_never_followed() {
 
     let target = dir.path().join("target");
     let sub = restored(&target, &src).join("sub");
-    let mut child = std::process::Command::new(cairn_bin())
+    let child = std::process::Command::new(cairn_bin())
         .env("CAIRN_REPO", &repo)
         .env("CAIRN_FAILPOINTS", "restore.file_written=pause@150")
         .args(["--json", "restore", &id, "--target"])
@@ -228,6 +228,8 @@ fn issue13_a_full_target_costs_only_the_files_that_do_not_fit() {
     assert!(failed[0]["path"].as_str().unwrap().ends_with("/big.bin"), "{r}");
     assert!(failed[0]["message"].as_str().unwrap().contains("space"), "{r}");
     assert_eq!(r["files_written"].as_u64(), Some(30), "{r}");
+    let small: u64 = (0..30).map(|i| fs::metadata(src.join(format!("small{i:02}.conf"))).unwrap().len()).sum();
+    assert_eq!(r["bytes_written"].as_u64(), Some(small), "only what is in place counts: {r}");
     let got = files_below(&restored(&mnt, &src));
     assert_eq!(got.len(), 30, "every small file is restored, and no temporary is left: {got:?}");
 }
@@ -364,4 +366,213 @@ fn issue13_a_safety_snapshot_stores_a_symlink_in_the_way_as_the_link_not_what_it
     let kept = restored(&back, &dest);
     assert!(fs::symlink_metadata(&kept).unwrap().file_type().is_symlink(), "the safety snapshot holds the link");
     assert_eq!(fs::read_link(&kept).unwrap(), victim);
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&fs::symlink_metadata(p).unwrap().permissions()) & 0o7777
+}
+
+#[test]
+fn issue13_a_file_replaced_with_the_same_size_and_mtime_never_gets_the_snapshots_setuid_owner() {
+    if !is_root() {
+        return eprintln!("skipped: needs root");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (dir, repo) = new_repo();
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, Some(65534), Some(65534)).unwrap();
+    fs::write(shared.join("helper"), "ORIGINAL-HELPER\n").unwrap();
+    fs::set_permissions(shared.join("helper"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let id = snapshot_id(&repo, &shared, args![]);
+    // The other user swaps in their own content, same size, same mtime, their own file.
+    let mtime = fs::metadata(shared.join("helper")).unwrap().modified().unwrap();
+    fs::remove_file(shared.join("helper")).unwrap();
+    fs::write(shared.join("helper"), "EVIL-CONTENTS!!\n").unwrap();
+    std::os::unix::fs::chown(shared.join("helper"), Some(65534), Some(65534)).unwrap();
+    fs::File::options().write(true).open(shared.join("helper")).unwrap().set_modified(mtime).unwrap();
+
+    cairn_json(&repo, args!["restore", &id, "--target", "/", "--no-safety-snapshot"], 0);
+    let m = fs::metadata(shared.join("helper")).unwrap();
+    assert_eq!(fs::read_to_string(shared.join("helper")).unwrap(), "ORIGINAL-HELPER\n", "content restored");
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o4755));
+}
+
+#[test]
+fn issue13_a_hard_link_in_the_target_to_a_file_outside_it_is_replaced_not_given_metadata() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), "hello\n").unwrap();
+    fs::set_permissions(src.join("d/f"), std::os::unix::fs::PermissionsExt::from_mode(0o604)).unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let victim = dir.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("secret"), "hello\n").unwrap();
+    fs::set_permissions(victim.join("secret"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let before = describe(&victim);
+    let target = dir.path().join("target");
+    let dest = restored(&target, &src).join("d/f");
+    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    fs::hard_link(victim.join("secret"), &dest).unwrap();
+
+    cairn_json(&repo, args!["restore", &id, "--target", &target, "--no-safety-snapshot"], 0);
+    assert_same(&before, &describe(&victim), "the file outside the target");
+    assert_eq!(mode_of(&victim.join("secret")), 0o600);
+    assert_eq!(mode_of(&dest), 0o604);
+    assert_eq!(fs::read_to_string(&dest).unwrap(), "hello\n");
+}
+
+#[test]
+fn issue13_what_stands_in_place_of_a_directory_above_the_restored_paths_is_never_removed() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("app");
+    fs::create_dir_all(src.join("config")).unwrap();
+    fs::write(src.join("config/a.conf"), "a\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    // In the target, a directory above the snapshot's source path is a file, and in another
+    // target a symlink to the real data (a "moved to a bigger disk" /opt).
+    let t1 = dir.path().join("t1");
+    let above = restored(&t1, &src).parent().unwrap().to_path_buf();
+    fs::create_dir_all(above.parent().unwrap()).unwrap();
+    fs::write(&above, "IMPORTANT USER DATA\n").unwrap();
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &t1], 4);
+    assert_eq!(fs::read_to_string(&above).unwrap(), "IMPORTANT USER DATA\n", "{r}");
+    assert!(r["failed"].as_array().unwrap().iter().any(|f| Path::new(f["path"].as_str().unwrap()) == above), "{r}");
+
+    let t2 = dir.path().join("t2");
+    let data = dir.path().join("data");
+    let above2 = restored(&t2, &src).parent().unwrap().to_path_buf();
+    fs::create_dir_all(above2.parent().unwrap()).unwrap();
+    fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(&data, &above2).unwrap();
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &t2, "--include", src.join("config")], 4);
+    assert!(fs::symlink_metadata(&above2).unwrap().file_type().is_symlink(), "the symlink stays: {r}");
+    assert!(fs::read_dir(&data).unwrap().next().is_none(), "nothing written through it");
+}
+
+#[test]
+fn issue13_a_directory_in_the_way_of_a_file_is_a_failure_with_exit_4() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "file\n").unwrap();
+    fs::write(src.join("g"), "other\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("target");
+    fs::create_dir_all(restored(&target, &src).join("f/inner")).unwrap();
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target], 4);
+    assert_eq!(r["failed"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(fs::read_to_string(restored(&target, &src).join("g")).unwrap(), "other\n");
+}
+
+#[test]
+fn issue13_a_killed_restore_leaves_no_setuid_temporary_and_the_rerun_sets_every_mode() {
+    if !is_root() {
+        return eprintln!("skipped: needs root");
+    }
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("srv");
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::write(src.join("bin/tool"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("bin/tool"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("target");
+    let out = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .env("CAIRN_FAILPOINTS", "restore.temp_written=kill@1")
+        .args(["-q", "restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9));
+    for f in files_below(&target) {
+        assert_eq!(mode_of(&target.join(&f)) & 0o6000, 0, "a set-id file left behind: {f:?}");
+    }
+    cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    assert_eq!(mode_of(&restored(&target, &src).join("bin/tool")), 0o4755);
+    // The directories above the source that the killed run made carry the snapshot's modes.
+    assert_eq!(mode_of(&restored(&target, dir.path())), 0o751);
+}
+
+#[test]
+fn issue13_many_directories_with_hard_links_and_a_low_open_file_limit_restore_fully() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("common"), "shared by all\n").unwrap();
+    for i in 0..300 {
+        let d = src.join(format!("d{i:03}"));
+        fs::create_dir(&d).unwrap();
+        fs::hard_link(src.join("common"), d.join("link")).unwrap();
+    }
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("target");
+    // A soft limit of 64 open files (the hard one as it is: cairn lifts the soft one).
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(4096);
+    assert!(hard > 400, "this test needs a hard limit of open files above 400");
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--nofile=64:{hard}"))
+        .arg(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .args(["--json", "restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_same(&describe(&src), &describe(&restored(&target, &src)), "300 linked directories");
+}
+
+#[test]
+fn issue13_a_tree_600_levels_deep_snapshots_and_restores() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    let mut deep = src.clone();
+    let mut rel = std::path::PathBuf::new();
+    fs::create_dir(&src).unwrap();
+    // Made one level at a time relative to the last (the whole path is far past PATH_MAX).
+    use rustix::fs::{mkdirat, openat, Mode, OFlags, CWD};
+    let mut fd = openat(CWD, &src, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..600 {
+        mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
+        fd = openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        rel.push("d");
+        deep.push("d");
+    }
+    let leaf = openat(&fd, "leaf", OFlags::WRONLY | OFlags::CREATE, Mode::from_bits_truncate(0o644)).unwrap();
+    std::io::Write::write_all(&mut std::fs::File::from(leaf), b"at the bottom\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("target");
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    assert_eq!(r["files_written"].as_u64(), Some(1), "{r}");
+    assert_eq!(read_deep(&restored(&target, &src), &rel.join("leaf")), b"at the bottom\n");
+    // Let the temporary directory's removal work by path-length-safe means: remove_dir_all
+    // uses descriptors too.
+    drop(dir);
+}
+
+#[test]
+fn issue13_a_dry_run_counts_hard_links_as_the_real_run_does() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("one"), "12345").unwrap();
+    for i in 0..20 {
+        fs::hard_link(src.join("one"), src.join(format!("sub/l{i}"))).unwrap();
+    }
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("target");
+    let counts =
+        |r: &serde_json::Value| (r["files_written"].as_u64(), r["hardlinks"].as_u64(), r["bytes_written"].as_u64());
+    let dry = cairn_json(&repo, args!["restore", &id, "--target", &target, "--dry-run"], 0);
+    assert!(!target.exists(), "a dry run writes nothing");
+    let real = cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    assert_eq!(counts(&dry), counts(&real), "into a new target: {dry} / {real}");
+    assert_eq!(counts(&real), (Some(1), Some(20), Some(5)));
+    let dry = cairn_json(&repo, args!["restore", &id, "--target", &target, "--dry-run"], 0);
+    let real = cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    assert_eq!(counts(&dry), counts(&real), "over the finished restore: {dry} / {real}");
+    assert_same(&describe(&src), &describe(&restored(&target, &src)), "after the rerun");
 }

@@ -152,39 +152,28 @@ impl Dir {
         Ok((FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then(|| File::from(fd)))
     }
 
-    /// Owner of `name` itself (a symlink is not followed).
-    pub(crate) fn chown_at(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
-        rustix::fs::chownat(
-            &self.fd,
-            name,
-            Some(rustix::fs::Uid::from_raw(uid)),
-            Some(rustix::fs::Gid::from_raw(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(io)
-    }
-
-    /// Times of `name` itself (a symlink is not followed).
-    pub(crate) fn times_at(&self, name: &OsStr, t: Timestamp) -> io::Result<()> {
-        rustix::fs::utimensat(&self.fd, name, &times(t), AtFlags::SYMLINK_NOFOLLOW).map_err(io)
-    }
-
-    /// Mode of the special file `name`: opened `O_PATH | O_NOFOLLOW`, checked to be the kind
-    /// just made, and changed through its `/proc/self/fd` link, which names that very inode
-    /// (`fchmodat` would follow a symlink swapped in meanwhile).
-    pub(crate) fn chmod_special(&self, name: &OsStr, kind: EntryKind, mode: u32) -> io::Result<()> {
+    /// Opens the symlink or special file `name` just made, as `O_PATH | O_NOFOLLOW`, and checks
+    /// that it is still of the kind made: its metadata is then set through that descriptor, so
+    /// a regular file another user swaps in meanwhile never gets the snapshot's owner or mode.
+    pub(crate) fn open_made(&self, name: &OsStr, kind: EntryKind) -> io::Result<Made> {
         let fd = rustix::fs::openat(&self.fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .map_err(io)?;
         let st = rustix::fs::fstat(&fd).map_err(io)?;
         let want = match kind {
             EntryKind::Fifo => FileType::Fifo,
             EntryKind::CharDevice => FileType::CharacterDevice,
-            _ => FileType::BlockDevice,
+            EntryKind::BlockDevice => FileType::BlockDevice,
+            _ => FileType::Symlink,
         };
         if FileType::from_raw_mode(st.st_mode) != want {
-            return Err(io::Error::other("replaced while it was restored; mode not set"));
+            return Err(io::Error::other("replaced by something else while it was restored; its metadata is not set"));
         }
-        rustix::fs::chmodat(CWD, proc_path(&fd), Mode::from_bits_truncate(mode), AtFlags::empty()).map_err(io)
+        Ok(Made { fd, symlink: want == FileType::Symlink })
+    }
+
+    /// Times of `name` itself (a symlink is not followed).
+    pub(crate) fn times_at(&self, name: &OsStr, t: Timestamp) -> io::Result<()> {
+        rustix::fs::utimensat(&self.fd, name, &times(t), AtFlags::SYMLINK_NOFOLLOW).map_err(io)
     }
 
     /// Sets extended attributes on `name` itself (a symlink or special file), through this
@@ -203,7 +192,8 @@ impl Dir {
     }
 
     /// Removes the temporary files an interrupted restore left here: regular files named
-    /// `.cairn-restore.<pid>.<n>` whose process is gone. Returns how many.
+    /// `.cairn-restore.<pid>.<n>` whose process is gone and that belong to this user (a
+    /// restore makes them as itself). Returns how many.
     pub(crate) fn remove_leftovers(&self) -> io::Result<u64> {
         let mut removed = 0;
         let mut names = Vec::new();
@@ -215,7 +205,11 @@ impl Dir {
             }
         }
         for name in names {
-            if self.stat(&name)?.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
+            let me = rustix::process::geteuid().as_raw();
+            if self
+                .stat(&name)?
+                .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_uid == me)
+            {
                 self.remove_file(&name)?;
                 removed += 1;
             }
@@ -248,6 +242,35 @@ pub(crate) fn exists_without_symlinks(dir: &Dir, rel: &Path) -> io::Result<bool>
         here = Some(cur.open_dir(name)?);
     }
     Ok(here.as_ref().unwrap_or(dir).stat(last)?.is_some())
+}
+
+/// A symlink or special file this restore made, held by an `O_PATH` descriptor.
+pub(crate) struct Made {
+    fd: rustix::fd::OwnedFd,
+    symlink: bool,
+}
+
+impl Made {
+    /// Owner, through the descriptor (`AT_EMPTY_PATH`: the inode itself, never a name).
+    pub(crate) fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        rustix::fs::chownat(
+            &self.fd,
+            "",
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH,
+        )
+        .map_err(io)
+    }
+
+    /// Mode of a special file, through its `/proc/self/fd` link, which names that very inode
+    /// (`fchmod` does not take an `O_PATH` descriptor). Symlinks have no mode of their own.
+    pub(crate) fn chmod(&self, mode: u32) -> io::Result<()> {
+        if self.symlink {
+            return Ok(());
+        }
+        rustix::fs::chmodat(CWD, proc_path(&self.fd), Mode::from_bits_truncate(mode), AtFlags::empty()).map_err(io)
+    }
 }
 
 /// The process ID in a temporary file's name, when `name` is one.

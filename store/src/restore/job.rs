@@ -94,6 +94,8 @@ pub(super) struct Job<'a> {
     /// An error that stops the whole restore (the index failing), first one wins.
     pub(super) fatal: Mutex<Option<Error>>,
     links: Mutex<HashMap<(u64, u64), LinkSource>>,
+    /// Hard-link groups met in a dry run below directories that do not exist yet.
+    dry_links: Mutex<std::collections::HashSet<(u64, u64)>>,
     deferred: Mutex<Vec<Deferred>>,
     /// Directories whose metadata waits for the hard links made into them.
     late_dirs: Mutex<Vec<(Arc<Held>, Entry)>>,
@@ -149,6 +151,7 @@ impl<'a> Job<'a> {
             warnings: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
+            dry_links: Mutex::new(std::collections::HashSet::new()),
             deferred: Mutex::new(Vec::new()),
             late_dirs: Mutex::new(Vec::new()),
             tmp_counter: AtomicU64::new(0),
@@ -159,8 +162,8 @@ impl<'a> Job<'a> {
     /// and the directories waiting for them.
     pub(super) fn run(&self, root: TreeId, target: Option<Dir>) -> Result<()> {
         let target = target.map(|dir| Arc::new(Held { dir, links_pending: AtomicBool::new(false) }));
-        if let Some(t) = &target {
-            self.clean_leftovers(&t.dir);
+        if let Some(t) = target.as_ref().filter(|_| self.sources.iter().any(|s| s == Path::new("/"))) {
+            self.clean_leftovers(&t.dir); // the target itself is restored only for a snapshot of `/`
         }
         self.restore_tree(root, Path::new("/"), target.as_ref());
         if let Some(e) = lock(&self.fatal).take() {
@@ -186,9 +189,9 @@ impl<'a> Job<'a> {
         if matches!(err, Error::Index { .. }) {
             lock(&self.fatal).get_or_insert(err);
         } else if err.is_damage() {
-            push(&self.damaged, &dest, format!("not restored: {err}"));
+            push(&self.damaged, &dest, reason(&err));
         } else {
-            push(&self.failed, &dest, format!("not restored: {err}"));
+            push(&self.failed, &dest, reason(&err));
         }
     }
 
@@ -250,8 +253,12 @@ impl<'a> Job<'a> {
         let io_err = |err: io::Error| Error::io(&dest, err);
         match e.kind {
             EntryKind::Dir => {
+                // A directory only on the way to what is restored (above the source paths, or
+                // above an include) keeps its own metadata unless this restore created it:
+                // restoring /etc/nginx in place must not reset /etc.
+                let on_the_way = !all || self.above_sources(snap_path);
                 let opened = match dir {
-                    Some(d) => self.ensure_dir(&d.dir, name, &dest)?,
+                    Some(d) => self.ensure_dir(&d.dir, name, &dest, e, on_the_way)?,
                     None => None,
                 };
                 if dir.is_some() && opened.is_none() && !self.opts.dry_run {
@@ -263,10 +270,6 @@ impl<'a> Job<'a> {
                 if let Some(sub) = e.subtree {
                     self.restore_tree(sub, snap_path, child.as_ref());
                 }
-                // A directory only on the way to what is restored (above the source paths, or
-                // above an include) keeps its own metadata unless this restore created it:
-                // restoring /etc/nginx in place must not reset /etc.
-                let on_the_way = !all || self.above_sources(snap_path);
                 if let Some(child) = child {
                     if !self.opts.dry_run && (!on_the_way || created) {
                         if child.links_pending.load(Ordering::SeqCst) {
@@ -320,22 +323,32 @@ impl<'a> Job<'a> {
     }
 
     /// Opens `name` in `parent` as a real directory, creating it when missing. Something else
-    /// in its place is removed when the policy allows overwriting; otherwise the entry is
-    /// skipped. `Some((dir, created))`, or `None` when skipped (or, in a dry run, missing).
-    fn ensure_dir(&self, parent: &Dir, name: &OsStr, dest: &Path) -> Result<Option<(Dir, bool)>> {
+    /// in its place is removed when the policy allows overwriting and the directory is one
+    /// that is restored (the safety snapshot holds what was there); above what is restored it
+    /// is never removed: that would lose a file or a symlinked `/opt` nobody asked to restore.
+    /// `Some((dir, created))`, or `None` when skipped (or, in a dry run, missing).
+    fn ensure_dir(
+        &self,
+        parent: &Dir,
+        name: &OsStr,
+        dest: &Path,
+        e: &Entry,
+        on_the_way: bool,
+    ) -> Result<Option<(Dir, bool)>> {
         let io_err = |err: io::Error| Error::io(dest, err);
-        let swapped = |err: io::Error| -> Result<Option<(Dir, bool)>> {
-            if at::is_swapped(&err) {
-                push(&self.failed, dest, "replaced by something else while it was restored (never followed); skipped");
-                Ok(None)
-            } else {
-                Err(io_err(err))
-            }
-        };
         let created = match parent.stat(name).map_err(io_err)? {
             Some(st) if file_type(&st) == FileType::Directory => false,
+            Some(_) if on_the_way => {
+                push(
+                    &self.failed,
+                    dest,
+                    "not a directory, and above what is restored: left as it is, nothing below it restored \
+                     (restore into another --target, or move it away)",
+                );
+                return Ok(None);
+            }
             Some(_) if self.opts.overwrite == Overwrite::Never => {
-                push(&self.warnings, dest, "exists and is not a directory; skipped (--overwrite never)");
+                push(&self.failed, dest, "exists and is not a directory; skipped (--overwrite never)");
                 return Ok(None);
             }
             Some(_) if self.opts.dry_run => return Ok(None),
@@ -351,14 +364,45 @@ impl<'a> Job<'a> {
             }
         };
         crate::failpoint::hit("restore.dir_created");
-        match parent.open_dir(name) {
-            Ok(d) => {
-                if !created {
-                    self.clean_leftovers(&d);
-                }
-                Ok(Some((d, created)))
+        let d = match parent.open_dir(name) {
+            Ok(d) => d,
+            Err(err) if at::is_swapped(&err) => {
+                push(&self.failed, dest, "replaced by something else while it was restored (never followed); skipped");
+                return Ok(None);
             }
-            Err(err) => swapped(err),
+            Err(err) => return Err(io_err(err)),
+        };
+        // A directory this restore made is its own: one that another user put in its place
+        // between mkdir and open (theirs, so they could read what is written into it) is not.
+        if created && !self.opts.dry_run {
+            let st = rustix::fs::fstat(d.file()).map_err(|e| io_err(e.into()))?;
+            if st.st_uid != rustix::process::geteuid().as_raw() {
+                push(&self.failed, dest, "replaced by another user's directory while it was restored; skipped");
+                return Ok(None);
+            }
+        }
+        if !on_the_way || created {
+            if self.root_user {
+                // Its owner and mode before anything is written into it, so that a directory
+                // another user owns does not expose what a root restore puts there; and a
+                // directory made on the way gets its mode even if the restore is killed.
+                // Times follow when everything below it is done.
+                self.secure_dir(&d, e);
+            }
+            if !on_the_way && !created {
+                self.clean_leftovers(&d);
+            }
+        }
+        Ok(Some((d, created)))
+    }
+
+    fn secure_dir(&self, d: &Dir, e: &Entry) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(err) = std::os::unix::fs::fchown(d.file(), Some(e.uid), Some(e.gid)) {
+            push(&self.warnings, &d.path, format!("cannot set owner: {err}"));
+        }
+        if let Err(err) = d.file().set_permissions(std::fs::Permissions::from_mode(e.mode)) {
+            push(&self.warnings, &d.path, format!("cannot set mode: {err}"));
         }
     }
 
@@ -371,7 +415,7 @@ impl<'a> Job<'a> {
                 Ok(false)
             }
             Some(st) if file_type(&st) == FileType::Directory => {
-                push(&self.warnings, dest, "a directory is in the way; not replaced");
+                push(&self.failed, dest, "a directory is in the way; not replaced");
                 Ok(false)
             }
             Some(_) if self.opts.dry_run => Ok(true),
@@ -384,9 +428,14 @@ impl<'a> Job<'a> {
 
     fn restore_file(&self, e: &Entry, dir: Option<&Arc<Held>>, name: &OsStr, dest: &Path) -> Result<()> {
         let Some(held) = dir else {
-            // A dry run below a directory that does not exist yet: all of it would be written.
-            bump(&self.counts.files_written, 1);
-            bump(&self.counts.bytes_written, e.size);
+            // A dry run below a directory that does not exist yet: all of it would be written,
+            // the further members of a hard-link group as links.
+            if e.nlink > 1 && e.dev != 0 && !lock(&self.dry_links).insert((e.dev, e.inode)) {
+                bump(&self.counts.hardlinks, 1);
+            } else {
+                bump(&self.counts.files_written, 1);
+                bump(&self.counts.bytes_written, e.size);
+            }
             return Ok(());
         };
         let d = &held.dir;
@@ -416,33 +465,29 @@ impl<'a> Job<'a> {
         })
     }
 
-    /// Writes one file (or leaves it as it is); the (dev, inode) written, if any.
+    /// Writes one file (or leaves it as it is); the (dev, inode) now holding the snapshot's
+    /// content there, if any.
     fn write_file(&self, e: &Entry, d: &Dir, name: &OsStr, dest: &Path) -> Result<Option<(u64, u64)>> {
         let io_err = |err: io::Error| Error::io(dest, err);
         if let Some(existing) = d.stat(name).map_err(io_err)? {
             if file_type(&existing) == FileType::Directory {
-                push(&self.warnings, dest, "a directory is in the way; file not restored");
+                push(&self.failed, dest, "a directory is in the way; file not restored");
                 return Ok(None);
             }
-            let skip = match self.opts.overwrite {
-                Overwrite::Never => true,
-                Overwrite::Always => false,
-                Overwrite::IfChanged => {
-                    file_type(&existing) == FileType::RegularFile && self.same_content(d, name, &existing, e)
+            match self.opts.overwrite {
+                Overwrite::Never => {
+                    bump(&self.counts.files_skipped, 1);
+                    self.progress.inc(e.size);
+                    return Ok(None);
                 }
-            };
-            if skip {
-                bump(&self.counts.files_skipped, 1);
-                self.progress.inc(e.size);
-                if self.opts.overwrite == Overwrite::IfChanged && !self.opts.dry_run {
-                    // Through a descriptor opened without following: metadata only. The file
-                    // kept has the snapshot's content, so further hard links may point at it.
-                    if let Ok(Some(f)) = d.open_regular(name) {
-                        self.apply_file_meta(&f, e, dest);
-                        return Ok(Some((existing.st_dev, existing.st_ino)));
+                Overwrite::IfChanged if file_type(&existing) == FileType::RegularFile => {
+                    if let Some(kept) = self.keep_if_same(e, d, name, dest) {
+                        bump(&self.counts.files_skipped, 1);
+                        self.progress.inc(e.size);
+                        return Ok(Some(kept));
                     }
                 }
-                return Ok(None);
+                _ => {}
             }
         }
         if self.opts.dry_run {
@@ -451,38 +496,75 @@ impl<'a> Job<'a> {
             return Ok(None);
         }
         let (file, tmp) = d.create_temp(&self.tmp_counter).map_err(io_err)?;
-        let written = self.write_content(e, &file, dest).and_then(|()| {
-            self.apply_file_meta(&file, e, dest);
-            crate::failpoint::hit("restore.temp_written");
-            d.rename(&tmp, name).map_err(io_err)
-        });
-        if let Err(err) = written {
-            let _ = d.remove_file(&tmp);
-            return Err(err);
-        }
-        crate::failpoint::hit("restore.file_written");
-        bump(&self.counts.files_written, 1);
-        if self.opts.verify {
-            match at::hash_open_file(&file) {
-                Ok(h) if Some(h) == e.file_hash => bump(&self.counts.files_verified, 1),
-                Ok(_) => push(&self.damaged, dest, "verification failed: content differs from the stored BLAKE3"),
-                Err(err) => push(&self.damaged, dest, format!("verification failed: {err}")),
+        let verified = self.write_content(e, &file, dest).and_then(|()| {
+            // Checked before it replaces anything: a file that fails its hash is never put in place.
+            if !self.opts.verify {
+                return Ok(false);
             }
+            match at::hash_open_file(&file) {
+                Ok(h) if Some(h) == e.file_hash => Ok(true),
+                Ok(_) => Err(Error::HashMismatch {
+                    what: "restored file (its stored BLAKE3 differs)",
+                    id: dest.display().to_string(),
+                }),
+                Err(err) => Err(io_err(err)),
+            }
+        });
+        let placed = verified.and_then(|verified| {
+            // setuid/setgid only once the file is in place: a killed restore never leaves a
+            // set-id copy under a temporary name.
+            self.apply_file_meta(&file, e, dest, e.mode & !0o6000);
+            crate::failpoint::hit("restore.temp_written");
+            d.rename(&tmp, name).map_err(io_err).map(|()| verified)
+        });
+        let verified = match placed {
+            Ok(v) => v,
+            Err(err) => {
+                let _ = d.remove_file(&tmp);
+                return Err(err);
+            }
+        };
+        crate::failpoint::hit("restore.file_written");
+        if e.mode & 0o6000 != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
+                push(&self.warnings, dest, format!("cannot set mode: {err}"));
+            }
+        }
+        bump(&self.counts.files_written, 1);
+        bump(&self.counts.bytes_written, e.size);
+        if verified {
+            bump(&self.counts.files_verified, 1);
         }
         let st = rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?;
         Ok(Some((st.st_dev, st.st_ino)))
     }
 
-    /// `if-changed`: size first, then mtime, then the content's BLAKE3.
-    fn same_content(&self, d: &Dir, name: &OsStr, st: &Stat, e: &Entry) -> bool {
-        if u64::try_from(st.st_size).ok() != Some(e.size) {
-            return false;
+    /// `if-changed`: the existing file is kept when it has the snapshot's content. It is opened
+    /// once (never through a symlink) and judged, and its metadata set, through that one
+    /// descriptor. Size and mtime vouch for the content only when owner and mode match too;
+    /// before a kept file gets another owner or mode its content is hashed, so a file another
+    /// user replaced (keeping size and mtime) never becomes theirs-with-root's-setuid. A file
+    /// with other hard links is never kept: its inode may be shared with a file outside the
+    /// target, which must not get the snapshot's metadata.
+    fn keep_if_same(&self, e: &Entry, d: &Dir, name: &OsStr, dest: &Path) -> Option<(u64, u64)> {
+        let f = d.open_regular(name).ok()??;
+        let st = rustix::fs::fstat(&f).ok()?;
+        if st.st_nlink > 1 || u64::try_from(st.st_size).ok() != Some(e.size) {
+            return None;
         }
-        if fsmeta::timestamp(st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(0)) == e.mtime {
-            return true;
+        let owner_same = !self.root_user || (st.st_uid == e.uid && st.st_gid == e.gid);
+        let meta_same = owner_same && st.st_mode & 0o7777 == e.mode & 0o7777;
+        let mtime_same = fsmeta::timestamp(st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(0)) == e.mtime;
+        let content_same =
+            (meta_same && mtime_same) || (e.file_hash.is_some() && at::hash_open_file(&f).ok() == e.file_hash);
+        if !content_same {
+            return None;
         }
-        e.file_hash.is_some()
-            && matches!(d.open_regular(name), Ok(Some(f)) if at::hash_open_file(&f).ok() == e.file_hash)
+        if !self.opts.dry_run {
+            self.apply_file_meta(&f, e, dest, e.mode);
+        }
+        Some((st.st_dev, st.st_ino))
     }
 
     /// A chunk's bytes, which must be as long as the file's list says.
@@ -516,7 +598,6 @@ impl<'a> Job<'a> {
                 buf.extend_from_slice(&self.fetch(c, loc.as_ref())?);
             }
             file.write_all_at(&buf, 0).map_err(io_err)?;
-            bump(&self.counts.bytes_written, e.size);
             self.progress.inc(e.size);
             return Ok(());
         }
@@ -527,7 +608,6 @@ impl<'a> Job<'a> {
                 return Err(misfit(c));
             }
             file.write_all_at(&data, c.offset).map_err(io_err)?;
-            bump(&self.counts.bytes_written, data.len() as u64);
             self.progress.inc(data.len() as u64);
             Ok(())
         };
@@ -541,14 +621,14 @@ impl<'a> Job<'a> {
     /// Owner (root only; others count it), then mode (chown clears setuid), extended
     /// attributes and times, all through the open file. Failures are warnings: the data is
     /// what matters.
-    fn apply_file_meta(&self, f: &File, e: &Entry, path: &Path) {
+    fn apply_file_meta(&self, f: &File, e: &Entry, path: &Path, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
         if self.owner_wanted(e) {
             if let Err(err) = std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)) {
                 push(&self.warnings, path, format!("cannot set owner: {err}"));
             }
         }
-        if let Err(err) = f.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
+        if let Err(err) = f.set_permissions(std::fs::Permissions::from_mode(mode)) {
             push(&self.warnings, path, format!("cannot set mode: {err}"));
         }
         for (key, value) in &e.xattrs {
@@ -563,20 +643,23 @@ impl<'a> Job<'a> {
     }
 
     fn apply_dir_meta(&self, d: &Dir, e: &Entry) {
-        self.apply_file_meta(d.file(), e, &d.path);
+        self.apply_file_meta(d.file(), e, &d.path, e.mode);
     }
 
-    /// Metadata of a symlink or special file, by name in its directory, never following it.
+    /// Metadata of a symlink or special file just made: owner and mode through an `O_PATH`
+    /// descriptor checked to be what was made, times and attributes by name without following.
     fn apply_meta_at(&self, d: &Dir, name: &OsStr, e: &Entry, path: &Path) {
+        let made = match d.open_made(name, e.kind) {
+            Ok(m) => m,
+            Err(err) => return push(&self.failed, path, err.to_string()),
+        };
         if self.owner_wanted(e) {
-            if let Err(err) = d.chown_at(name, e.uid, e.gid) {
+            if let Err(err) = made.chown(e.uid, e.gid) {
                 push(&self.warnings, path, format!("cannot set owner: {err}"));
             }
         }
-        if e.kind != EntryKind::Symlink {
-            if let Err(err) = d.chmod_special(name, e.kind, e.mode) {
-                push(&self.warnings, path, format!("cannot set mode: {err}"));
-            }
+        if let Err(err) = made.chmod(e.mode) {
+            push(&self.warnings, path, format!("cannot set mode: {err}"));
         }
         if !e.xattrs.is_empty() {
             if let Err(err) = d.set_xattrs_at(name, &e.xattrs) {
@@ -607,11 +690,8 @@ impl<'a> Job<'a> {
         for d in deferred {
             let dest = d.dir.dir.child_path(&d.name);
             if let Err(err) = self.link_member(&d, &dest) {
-                if err.is_damage() {
-                    push(&self.damaged, &dest, format!("not restored: {err}"));
-                } else {
-                    push(&self.failed, &dest, format!("not restored: {err}"));
-                }
+                let list = if err.is_damage() { &self.damaged } else { &self.failed };
+                push(list, &dest, reason(&err));
             }
         }
         let mut late = std::mem::take(&mut *lock(&self.late_dirs));
@@ -631,12 +711,19 @@ impl<'a> Job<'a> {
             };
             (Arc::clone(&src.dir), src.name.clone(), src.written)
         };
-        if self.opts.dry_run {
-            bump(&self.counts.hardlinks, 1);
-            return Ok(());
-        }
         // The first member must still be the inode this run wrote (or left unchanged).
         let now = src_dir.dir.stat(&src_name).map_err(io_err)?;
+        if self.opts.dry_run {
+            // As the real run would: a link is made unless the first member is kept and this
+            // member already is that very file.
+            let kept = matches!((now, written), (Some(st), Some(w)) if (st.st_dev, st.st_ino) == w);
+            let here = d.dir.dir.stat(&d.name).map_err(io_err)?;
+            let same = kept && here.zip(now).is_some_and(|(h, f)| (h.st_dev, h.st_ino) == (f.st_dev, f.st_ino));
+            if !same {
+                bump(&self.counts.hardlinks, 1);
+            }
+            return Ok(());
+        }
         let first_ok = matches!((now, written), (Some(st), Some(w)) if (st.st_dev, st.st_ino) == w);
         if !first_ok {
             // The first member could not be written (damage), was left with other content
@@ -651,7 +738,7 @@ impl<'a> Job<'a> {
                 return Ok(());
             }
             if file_type(&st) == FileType::Directory {
-                push(&self.warnings, dest, "a directory is in the way; hard link not restored");
+                push(&self.failed, dest, "a directory is in the way; hard link not restored");
                 return Ok(());
             }
             d.dir.dir.remove_file(&d.name).map_err(io_err)?;
@@ -659,6 +746,14 @@ impl<'a> Job<'a> {
         d.dir.dir.link_from(&src_dir.dir, &src_name, &d.name).map_err(io_err)?;
         bump(&self.counts.hardlinks, 1);
         Ok(())
+    }
+}
+
+/// What went wrong with an entry, without its path again (the list names the path).
+fn reason(err: &Error) -> String {
+    match err {
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -185,10 +185,7 @@ impl Repo {
         );
         let total = job.includes.is_empty().then_some(snapshot.record.totals.bytes_total);
         progress.start("restore", total, Unit::Bytes);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .build()
-            .map_err(|e| Error::InvalidInput(format!("cannot start worker threads: {e}")))?;
+        let pool = crate::workers::pool(opts.threads)?;
         pool.install(|| job.run(snapshot.record.root, target))?;
         progress.finish();
         let c = &job.counts;
