@@ -84,9 +84,17 @@ pub fn frame(magic: &[u8; MAGIC_LEN], version: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks a framed file and returns `(version, body)`.
+/// Checks a framed file and returns `(version, body)`. The checksum is checked before the
+/// version: every version's frame ends with the BLAKE3 of what precedes it (docs/FORMAT.md),
+/// so a file whose checksum fails is damaged, whatever its version field says, and a flipped
+/// version byte in one config copy is mended from the other instead of locking the user out.
 pub fn unframe<'a>(what: &str, bytes: &'a [u8], magic: &[u8; MAGIC_LEN], supported: u32) -> Result<(u32, &'a [u8])> {
-    let version = check_header(what, bytes, magic, supported)?;
+    if bytes.len() < HEADER_LEN {
+        return Err(Error::corrupt(what, "shorter than its header"));
+    }
+    if &bytes[..MAGIC_LEN] != magic {
+        return Err(Error::corrupt(what, "wrong magic bytes"));
+    }
     if bytes.len() < HEADER_LEN + 32 {
         return Err(Error::corrupt(what, "truncated"));
     }
@@ -94,6 +102,7 @@ pub fn unframe<'a>(what: &str, bytes: &'a [u8], magic: &[u8; MAGIC_LEN], support
     if blake3::hash(content).as_bytes() != sum {
         return Err(Error::corrupt(what, "checksum mismatch"));
     }
+    let version = check_header(what, bytes, magic, supported)?;
     Ok((version, &content[HEADER_LEN..]))
 }
 

@@ -109,6 +109,13 @@ pub enum Error {
         /// What the holder is doing (`gc` or `repair index`), as its lock file says.
         holder: String,
     },
+    /// Another command holds what this one needs alone (`repair index` and everything else);
+    /// nothing was changed.
+    #[error("{reason}; nothing was changed")]
+    Busy {
+        /// Who holds it and what to do.
+        reason: String,
+    },
     /// The SQLite index reported an error.
     #[error("index {path}: {source}")]
     Index {

@@ -99,6 +99,65 @@ pub(crate) fn live_sessions(root: &Path) -> Result<Vec<SessionInfo>> {
     Ok(out)
 }
 
+/// A hold on `locks/index`: shared by every open repository, exclusive for `repair index`,
+/// which replaces the index file (and removes its WAL) under every connection; a process that
+/// had it open across the swap would read or write a WAL that no longer belongs to the file.
+/// Released when dropped or when the process dies.
+pub struct IndexUse {
+    _file: File,
+}
+
+fn index_lock_file(root: &Path) -> Option<File> {
+    let path = root.join("locks").join("index");
+    let created = locks_dir(root).ok().and_then(|_| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(crate::backend::Modes::of(root).file)
+            .open(&path)
+            .ok()
+    });
+    // A repository this user cannot write (read-only media) cannot be repaired either: its
+    // readers need no hold when the file cannot be made.
+    created.or_else(|| File::open(&path).ok())
+}
+
+/// Takes the shared hold of an open repository; refuses while `repair index` runs.
+pub(crate) fn share_index(root: &Path) -> Result<Option<IndexUse>> {
+    let Some(file) = index_lock_file(root) else { return Ok(None) };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(Some(IndexUse { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
+            reason: "`cairn repair index` is rebuilding this repository's index; try again when it has finished".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(root.join("locks/index"), e)),
+    }
+}
+
+/// Takes the hold alone, for `repair index`; refuses while any other command has the
+/// repository open, naming the sessions it can see.
+pub(crate) fn own_index(root: &Path) -> Result<IndexUse> {
+    let file = index_lock_file(root).ok_or_else(|| {
+        Error::io(root.join("locks/index"), std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(IndexUse { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let who: Vec<String> = live_sessions(root)?.iter().map(|s| format!("{} (pid {})", s.kind, s.pid)).collect();
+            let who = if who.is_empty() { "another cairn command".to_owned() } else { who.join(", ") };
+            Err(Error::Busy {
+                reason: format!(
+                    "{who} has this repository open; `repair index` replaces the index and needs it alone: \
+                     try again when it has finished"
+                ),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(root.join("locks/index"), e)),
+    }
+}
+
 /// The exclusive gc lock; released when dropped (or when the process dies).
 pub struct GcLock {
     _file: File,

@@ -9,7 +9,7 @@ use crate::id::{SnapshotId, TreeId};
 
 const MAGIC: &[u8; 8] = b"CAIRNSNP";
 const TOMBSTONE_MAGIC: &[u8; 8] = b"CAIRNFGT";
-/// Newest tombstone format this build writes (a tombstone is only ever tested for existence).
+/// Newest tombstone format this build writes (a tombstone's body, a time, is never needed).
 pub const TOMBSTONE_VERSION: u32 = 1;
 /// Newest snapshot record format this build reads and the one it writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -124,6 +124,16 @@ impl SnapshotRecord {
     #[must_use]
     pub fn tombstone(time_ns: i64) -> Vec<u8> {
         codec::frame(TOMBSTONE_MAGIC, TOMBSTONE_VERSION, &codec::encode(&time_ns))
+    }
+
+    /// True when `bytes` are a tombstone (its magic and checksum verify; a newer version's is
+    /// one too): an empty or garbled file in `forgotten/` is not, and forgets nothing.
+    #[must_use]
+    pub fn is_tombstone(bytes: &[u8]) -> bool {
+        matches!(
+            codec::unframe("tombstone", bytes, TOMBSTONE_MAGIC, TOMBSTONE_VERSION),
+            Ok(_) | Err(Error::UnsupportedVersion { .. })
+        )
     }
 
     /// Source paths as text (lossy), for display.

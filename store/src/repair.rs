@@ -212,6 +212,9 @@ impl Repo {
     pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
         let dir = root.join("index");
         crate::backend::create_repo_dir(root, &dir)?;
+        // Alone: the index file is replaced under every connection, and a forget or snapshot
+        // running beside the rebuild would be judged by evidence read before it.
+        let alone = crate::lock::own_index(root)?;
         // No gc while the index is rebuilt: it would judge packs by the old index while this
         // one is built from them.
         let _gc = crate::lock::gc_lock(root, "repair index")?;
@@ -249,6 +252,7 @@ impl Repo {
         // missing, the next writer would build one.
         let _ = fs::rename(format!("{}-filter", fresh.display()), format!("{}-filter", live.display()));
         crate::backend::sync_dir(&dir)?;
+        drop(alone); // the new index is in force; others may open it (this process too)
         let repo = Self::open(root, &crate::repo::OpenOptions::default())?;
         // The damaged packs go only now: the index in force no longer names them, and every
         // blob in them that verified is in a new pack it does name.
@@ -397,7 +401,7 @@ impl Repo {
         let mut out = Records::default();
         // Files, tombstones, rows: the order of `Repo::reconcile_snapshots`.
         let files = self.backend.list(FileKind::Snapshot)?;
-        let tombs: HashSet<String> = self.backend.list(FileKind::Tombstone)?.into_iter().map(|(n, _)| n).collect();
+        let tombs: HashSet<String> = self.tombstones()?.0.iter().map(SnapshotId::to_hex).collect();
         let copies: HashMap<SnapshotId, Vec<u8>> = evidence
             .and_then(|old| old.snapshots().ok())
             .unwrap_or_default()

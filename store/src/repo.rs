@@ -101,6 +101,9 @@ pub struct Repo {
     /// What a read-only open could not write into the index: record files it does not hold
     /// (added to the list) and snapshots being forgotten (left out of it).
     pub(crate) overlay: (Vec<Snapshot>, HashSet<SnapshotId>),
+    /// The shared hold on the index that every open repository keeps (`repair index` swaps
+    /// the index file only when nobody holds it).
+    pub(crate) index_use: Option<crate::lock::IndexUse>,
 }
 
 fn index_path(root: &Path) -> PathBuf {
@@ -266,6 +269,7 @@ impl Repo {
             notices: Vec::new(),
             read_only: false,
             overlay: (Vec::new(), HashSet::new()),
+            index_use: None,
         }
     }
 
@@ -285,6 +289,9 @@ impl Repo {
     /// the index is only a cache (invariant 3). When the repository cannot be written, it is
     /// opened read-only instead, and nothing is written at all.
     pub(crate) fn open_inner(root: &Path, backend: Arc<dyn Backend>, opts: &OpenOptions) -> Result<Self> {
+        // Before the index is touched: a `repair index` swapping it under us must not start,
+        // and one that is running makes this open wait for nothing and say so.
+        let index_use = crate::lock::share_index(root)?;
         if opts.use_reserve && !opts.read_only && crate::reserve::release_if_short(root) {
             log::warn!("the disk is nearly full: the space reserve was given back so that this command can run");
         }
@@ -311,6 +318,7 @@ impl Repo {
         let (config, mut notices) = load_config(root, backend.as_ref(), !read_only)?;
         let mut repo = Self::assemble(root, backend, index, config);
         repo.read_only = read_only;
+        repo.index_use = index_use;
         if !read_only {
             let lost = !existed || (repo.index.is_empty()? && !repo.backend.list(FileKind::Snapshot)?.is_empty());
             if lost && !repo.backend.list(FileKind::Pack)?.is_empty() {
@@ -413,7 +421,16 @@ impl Repo {
         // removes the file and removes the tombstone after the row, so a row whose file was
         // forgotten always shows its tombstone here (the same order as `live_snapshots`).
         let files = ids_of(self.backend.list(FileKind::Snapshot)?);
-        let tombs = ids_of(self.backend.list(FileKind::Tombstone)?);
+        let (tombs, damaged) = self.tombstones()?;
+        for id in damaged {
+            notices.push(format!(
+                "forgotten/{} is not a tombstone (damaged or written by something else): snapshot {} is \
+                 kept; `cairn forget {}` forgets it, or remove that file",
+                id.to_hex(),
+                id.short(8),
+                id.short(8)
+            ));
+        }
         let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
         for id in &tombs {
             let name = id.to_hex();
@@ -464,9 +481,28 @@ impl Repo {
     /// A snapshot whose tombstone is there is being forgotten and does not count. Refuses when
     /// a record file cannot be read and the index holds no verified copy of it: deleting data
     /// then could destroy what that snapshot needs (a newer cairn's record, say).
+    /// The snapshots being forgotten: the tombstones that verify, and the names in
+    /// `forgotten/` that are not tombstones (acted on by nobody: a garbled file must never
+    /// make a snapshot whose record verifies go away).
+    pub(crate) fn tombstones(&self) -> Result<(HashSet<SnapshotId>, Vec<SnapshotId>)> {
+        let mut valid = HashSet::new();
+        let mut damaged = Vec::new();
+        for id in ids_of(self.backend.list(FileKind::Tombstone)?) {
+            match self.backend.get(FileKind::Tombstone, &id.to_hex()) {
+                Ok(bytes) if SnapshotRecord::is_tombstone(&bytes) => {
+                    valid.insert(id);
+                }
+                Ok(_) => damaged.push(id),
+                Err(e) if missing(&e) => {} // the forget finished meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((valid, damaged))
+    }
+
     pub(crate) fn live_snapshots(&self) -> Result<Vec<Snapshot>> {
         let files = self.backend.list(FileKind::Snapshot)?;
-        let tombs = ids_of(self.backend.list(FileKind::Tombstone)?);
+        let tombs = self.tombstones()?.0;
         let rows: HashMap<SnapshotId, Vec<u8>> =
             self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
         let mut out = Vec::new();

@@ -671,7 +671,7 @@ impl Repo {
         let mut out = RecordCheck::default();
         // The same order as `Repo::reconcile_snapshots`: files, tombstones, rows.
         let files = self.backend.list(FileKind::Snapshot)?;
-        let tombs: HashSet<String> = self.backend.list(FileKind::Tombstone)?.into_iter().map(|(n, _)| n).collect();
+        let tombs: HashSet<String> = self.tombstones()?.0.iter().map(SnapshotId::to_hex).collect();
         let rows: HashMap<SnapshotId, Vec<u8>> =
             self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
         let mut seen = HashSet::new();

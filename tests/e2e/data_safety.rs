@@ -605,3 +605,94 @@ fn issue13_a_tree_pack_with_no_trailer_and_no_index_is_found_again_by_its_frames
     assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
     assert_restores(&f, "tree pack scanned");
 }
+
+/// Waits until `path` exists (a paused command has reached its fail-point's neighbourhood).
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn issue13_repair_index_runs_alone_and_nothing_opens_the_index_it_is_replacing() {
+    let f = fixture();
+    // A snapshot in progress: repair refuses, changing nothing.
+    let snap = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &f.repo)
+        .env("CAIRN_FAILPOINTS", "snapshot.file_read=pause@150")
+        .args(["-q", "snapshot", "--kind", "full"])
+        .arg(&f.src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sessions = || {
+        fs::read_dir(f.repo.join("locks"))
+            .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("session-")))
+            .unwrap_or(false)
+    };
+    wait_for("the snapshot's session", sessions);
+    let out = cairn(&f.repo).args(["repair", "index"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("snapshot (pid") && err.contains("nothing was changed"), "{err}");
+    assert!(snap.wait_with_output().unwrap().status.success());
+
+    // A repair in progress: everything else waits for nothing and says why; nothing forgotten
+    // meanwhile can come back.
+    let repair = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &f.repo)
+        .env("CAIRN_FAILPOINTS", "repair.before_swap=pause@3000")
+        .args(["-q", "repair", "index"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the rebuild file", || f.repo.join("index/index.sqlite.rebuild").exists());
+    for argv in [vec!["list"], vec!["forget", "--keep-last", "1"], vec!["scrub"]] {
+        let out = cairn(&f.repo).args(&argv).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{argv:?} beside a repair");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("repair index` is rebuilding"), "{argv:?}");
+    }
+    let done = repair.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let list = cairn_json(&f.repo, args!["list"], 0);
+    assert_eq!(list.as_array().unwrap().len(), 3, "the two snapshots and the one taken above: {list}");
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    assert_restores(&f, "after repair beside other commands");
+}
+
+#[test]
+fn issue13_a_flipped_version_byte_in_the_config_copy_is_damage_not_a_newer_format() {
+    let f = fixture();
+    let copy = f.repo.join("config.copy");
+    let good = fs::read(&copy).unwrap();
+    for bad in [3u8, 0u8] {
+        let mut bytes = good.clone();
+        bytes[8] = bad;
+        fs::write(&copy, &bytes).unwrap();
+        let out = cairn(&f.repo).args(["--json", "list"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("config.copy"), "the user is told");
+        assert_eq!(fs::read(&copy).unwrap(), good, "the copy is written again from the config");
+    }
+    assert_restores(&f, "after the config copy was mended");
+}
+
+#[test]
+fn issue13_a_garbled_file_in_forgotten_never_forgets_a_snapshot_whose_record_verifies() {
+    let f = fixture();
+    fs::create_dir_all(f.repo.join("forgotten")).unwrap();
+    for garbage in [&b""[..], b"not a tombstone at all\n"] {
+        fs::write(f.repo.join("forgotten").join(&f.snaps[0]), garbage).unwrap();
+        let out = cairn(&f.repo).args(["--json", "list"]).output().unwrap();
+        assert!(out.status.success());
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 2, "the snapshot is kept: {list}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not a tombstone"), "and the user told");
+        cairn_json(&f.repo, args!["gc", "--max-unused", "0"], 0);
+        assert_restores(&f, "after gc beside a garbled tombstone");
+    }
+}

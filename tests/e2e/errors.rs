@@ -40,10 +40,16 @@ fn a_missing_source_path_fails_and_records_nothing() {
 #[test]
 fn a_newer_format_is_refused_clearly() {
     let (_dir, repo) = new_repo();
-    let config = repo.join("config");
-    let mut bytes = fs::read(&config).unwrap();
+    // What a newer cairn writes: version 9 in a frame whose BLAKE3 verifies, in both copies
+    // (a version byte flipped without its checksum is damage, mended from the other copy).
+    let mut bytes = fs::read(repo.join("config")).unwrap();
     bytes[8] = 9; // version field (u32 LE after the 8-byte magic)
-    fs::write(&config, bytes).unwrap();
+    let n = bytes.len() - 32;
+    let sum = *blake3::hash(&bytes[..n]).as_bytes();
+    bytes[n..].copy_from_slice(&sum);
+    for name in ["config", "config.copy"] {
+        fs::write(repo.join(name), &bytes).unwrap();
+    }
     let out = cairn(&repo).arg("list").assert().code(1);
     assert!(stderr_of(&out).contains("format version 9"), "{}", stderr_of(&out));
 }
