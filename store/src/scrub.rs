@@ -288,13 +288,15 @@ fn check_entries(bytes: &[u8], entries: &[PackEntry]) -> Vec<(PackEntry, String)
             let stored = bytes.get(start..start.saturating_add(e.stored_len as usize)).unwrap_or(&[]);
             frame = Some((e.offset, pack::open_frame(e, stored)));
         }
-        let result = match &frame {
-            Some((_, Ok(f))) => pack::blob_from_frame(e, f).map(|_| ()),
-            Some((_, Err(err))) => Err(Error::HashMismatch { what: "blob", id: err.to_string() }),
+        // The frame's own error says what is wrong with it (wrapping it in a hash mismatch
+        // named after the message read "blob blob ... fails its hash check" twice over).
+        let result: std::result::Result<(), String> = match &frame {
+            Some((_, Ok(f))) => pack::blob_from_frame(e, f).map(|_| ()).map_err(|err| err.to_string()),
+            Some((_, Err(err))) => Err(err.to_string()),
             None => Ok(()),
         };
-        if let Err(err) = result {
-            bad.push((*e, err.to_string()));
+        if let Err(detail) = result {
+            bad.push((*e, detail));
         }
     }
     bad

@@ -311,6 +311,8 @@ fn issue13_a_read_data_scrub_without_a_budget_does_not_speak_of_one() {
     let mut bytes = fs::read(&pack).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
+    // And four bytes of the first frame overwritten (a frame that no longer decodes whole).
+    bytes[200..204].copy_from_slice(b"XXXX");
     fs::write(&pack, &bytes).unwrap();
     let out = cairn(&repo).args(["scrub", "--read-data"]).output().unwrap();
     let scrub = String::from_utf8_lossy(&out.stdout);
@@ -318,6 +320,9 @@ fn issue13_a_read_data_scrub_without_a_budget_does_not_speak_of_one() {
     // Every pack was read; one did not verify. No budget was given, and another read-data
     // scrub would find the same.
     assert!(!scrub.contains("budget"), "{scrub}");
+    // Each finding says what is wrong once, not wrapped in itself.
+    assert!(!scrub.contains("blob blob"), "{scrub}");
+    assert!(scrub.lines().all(|l| l.matches("fails its hash check").count() <= 1), "{scrub}");
     assert!(!scrub.contains("run `cairn scrub --read-data`"), "{scrub}");
     let packs = pack_files(&repo).len();
     assert!(scrub.contains(&format!("read back all {packs} packs in scope")), "{scrub}");
