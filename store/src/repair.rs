@@ -359,7 +359,10 @@ impl Repo {
         // What damaged packs held may be gone: parents must be checked chunk by chunk again.
         self.index.bump_generation()?;
         // Name what is gone: a structural scrub over every snapshot.
-        let scrub = self.scrub(&ScrubOptions::default(), &NoProgress)?;
+        let scrub = self.scrub(
+            &ScrubOptions { leaving: report.packs_quarantined.clone(), ..ScrubOptions::default() },
+            &NoProgress,
+        )?;
         report.lost = scrub.damage.into_iter().filter(|d| d.blob.is_some()).collect();
         Ok(report)
     }

@@ -58,6 +58,9 @@ pub struct ScrubOptions {
     pub snapshots: Vec<SnapshotId>,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
+    /// Packs on their way to quarantine (a repair's closing scrub): what only they hold is
+    /// lost, not "unindexed".
+    pub(crate) leaving: Vec<String>,
 }
 
 /// A file (or directory) of a snapshot that needs a damaged blob.
@@ -497,7 +500,7 @@ impl Repo {
         let affected = self.affected_paths(&current, &damage)?;
         let mut damage = damage;
         damage.retain(|blob, f| f.pack.is_some() || affected.get(blob).is_some_and(|a| !a.is_empty()));
-        let damage = self.explain_unindexed(damage, &report.leftovers.unindexed_packs)?;
+        let damage = self.explain_unindexed(damage, &report.leftovers.unindexed_packs, &opts.leaving)?;
         let mut per_snapshot: HashMap<String, u64> = HashMap::new();
         for list in affected.values() {
             for a in list {
@@ -764,11 +767,14 @@ impl Repo {
     /// index rebuilt without it), or one whose rows it lost. Then it is the index that is
     /// wrong, and saying so keeps the user from taking intact data for lost. Only run when
     /// something is unplaced: it reads every pack's trailer.
-    fn explain_unindexed(&self, mut damage: DamageMap, unindexed: &[String]) -> Result<DamageMap> {
+    fn explain_unindexed(&self, mut damage: DamageMap, unindexed: &[String], leaving: &[String]) -> Result<DamageMap> {
         if damage.values().all(|f| f.pack.is_some()) {
             return Ok(damage);
         }
         for (name, size) in self.backend.list(FileKind::Pack)? {
+            if leaving.contains(&name) {
+                continue; // damaged, and quarantined once the repair is in force
+            }
             let Ok(entries) = self.pack_trailer(&name, size) else { continue };
             let known = !unindexed.contains(&name);
             for e in entries {

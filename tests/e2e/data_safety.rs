@@ -696,3 +696,22 @@ fn issue13_a_garbled_file_in_forgotten_never_forgets_a_snapshot_whose_record_ver
         assert_restores(&f, "after gc beside a garbled tombstone");
     }
 }
+
+#[test]
+fn issue13_what_repair_could_not_salvage_is_called_lost_not_unindexed() {
+    let f = fixture();
+    let pack = biggest_pack(&f.repo);
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[200..204].copy_from_slice(b"XXXX"); // inside the first frame; trailer intact
+    fs::write(&pack, &bytes).unwrap();
+    let rep = cairn_json(&f.repo, args!["repair", "index"], 4);
+    let lost = rep["lost"].as_array().unwrap();
+    assert!(!lost.is_empty(), "{rep}");
+    for d in lost {
+        assert_ne!(d["kind"], "unindexed blob", "the repair just indexed everything that verifies: {d}");
+        assert!(!d["detail"].as_str().unwrap().contains("repair index"), "no advice to run what just ran: {d}");
+    }
+    let scrub = cairn_json(&f.repo, args!["scrub"], 4);
+    let kinds = damage_kinds(&scrub);
+    assert!(kinds.iter().all(|k| k == "missing blob"), "{kinds:?}");
+}
