@@ -225,8 +225,12 @@ impl Repo {
         let live = dir.join("index.sqlite");
         let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(LocalBackend::new(root));
         let (config, notices) = crate::repo::load_config(root, backend.as_ref(), true)?;
-        // The old index, if it opens at all, is evidence; it is never written to.
-        let evidence = Index::open_read_only(&live).ok();
+        // The old index, if it opens at all, is evidence; it is never written to. One that says
+        // it belongs to another repository (copied over by mistake) is no evidence of this one:
+        // its records would be written here as snapshots whose data is elsewhere.
+        let evidence = Index::open_read_only(&live)
+            .ok()
+            .filter(|old| old.repo_id().ok().flatten().is_none_or(|id| id == config.repo_id));
         let built = Index::open(&fresh).and_then(|index| {
             let mut building = Self::assemble(root, backend, index, config);
             building.notices = notices;

@@ -320,6 +320,7 @@ impl Repo {
         repo.read_only = read_only;
         repo.index_use = index_use;
         if !read_only {
+            repo.index.set_repo_id(&repo.config.repo_id)?;
             let lost = !existed || (repo.index.is_empty()? && !repo.backend.list(FileKind::Snapshot)?.is_empty());
             if lost && !repo.backend.list(FileKind::Pack)?.is_empty() {
                 notices.push(format!(

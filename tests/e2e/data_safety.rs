@@ -715,3 +715,26 @@ fn issue13_what_repair_could_not_salvage_is_called_lost_not_unindexed() {
     let kinds = damage_kinds(&scrub);
     assert!(kinds.iter().all(|k| k == "missing blob"), "{kinds:?}");
 }
+
+#[test]
+fn issue13_an_index_copied_from_another_repository_is_no_evidence_for_repair() {
+    let f = fixture();
+    let other = fixture();
+    for ext in ["", "-wal", "-shm", "-filter"] {
+        let _ = fs::remove_file(format!("{}{ext}", f.repo.join("index/index.sqlite").display()));
+    }
+    for ext in ["", "-filter"] {
+        let from = format!("{}{ext}", other.repo.join("index/index.sqlite").display());
+        let _ = fs::copy(&from, format!("{}{ext}", f.repo.join("index/index.sqlite").display()));
+    }
+    let records = |r: &Path| fs::read_dir(r.join("snapshots")).unwrap().count();
+    let before = records(&f.repo);
+    cairn_json(&f.repo, args!["repair", "index"], 0);
+    assert_eq!(records(&f.repo), before, "no record of the other repository is written here");
+    let list = cairn_json(&f.repo, args!["list"], 0);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(f.snaps.iter().all(|s| ids.contains(&s.as_str())), "{list}");
+    assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    assert_restores(&f, "after repair with a foreign index");
+}

@@ -556,6 +556,24 @@ impl Index {
             .collect()
     }
 
+    /// The repository this index was made for (its config's ID), when it says; indexes made
+    /// before the key existed do not.
+    pub(crate) fn repo_id(&self) -> Result<Option<String>> {
+        self.with(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'repo_id'", [], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        })
+    }
+
+    /// Records the repository this index belongs to, once (a blob: the column's integer
+    /// affinity must not turn an all-digit ID into a number).
+    pub(crate) fn set_repo_id(&self, id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('repo_id', ?1)", [id.as_bytes()]).map(|_| ())
+        })
+    }
+
     /// IDs of the snapshots in the index (to reconcile with the snapshot files).
     pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
         Ok(self.snapshots()?.into_iter().map(|r| r.id).collect())
