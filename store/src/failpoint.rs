@@ -63,6 +63,7 @@ pub const POINTS: &[&str] = &[
     "restore.dir_created",
     "restore.temp_written",
     "restore.file_written",
+    "restore.before_link",
     "forget.tombstone_written",
     "forget.record_removed",
     "gc.marked",

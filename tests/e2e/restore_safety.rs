@@ -576,3 +576,47 @@ fn issue13_a_dry_run_counts_hard_links_as_the_real_run_does() {
     assert_eq!(counts(&dry), counts(&real), "over the finished restore: {dry} / {real}");
     assert_same(&describe(&src), &describe(&restored(&target, &src)), "after the rerun");
 }
+
+#[test]
+fn issue13_a_first_hard_link_member_swapped_before_linking_is_never_linked_to() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("x")).unwrap();
+    fs::create_dir_all(src.join("y")).unwrap();
+    fs::write(src.join("x/a"), "from the snapshot\n").unwrap();
+    fs::hard_link(src.join("x/a"), src.join("y/b")).unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "somebody else's file\n").unwrap();
+    let target = dir.path().join("target");
+    let (a, b) = (restored(&target, &src).join("x/a"), restored(&target, &src).join("y/b"));
+    let child = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .env("CAIRN_FAILPOINTS", "restore.before_link=pause@1500")
+        .args(["--json", "restore", &id, "--target"])
+        .arg(&target)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The member written first is in place; the other waits to be linked to it. Swap the
+    // first for another name of the victim.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let first = loop {
+        if let Some(p) = [&a, &b].into_iter().find(|p| p.is_file()) {
+            break p.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing written");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    fs::remove_file(&first).unwrap();
+    fs::hard_link(&victim, &first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let other = if first == a { &b } else { &a };
+    assert_eq!(fs::read_to_string(other).unwrap(), "from the snapshot\n", "linked to the swapped-in file");
+    assert_ne!(fs::metadata(other).unwrap().ino(), fs::metadata(&victim).unwrap().ino());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "somebody else's file\n");
+}

@@ -133,9 +133,33 @@ impl Dir {
         rustix::fs::mknodat(&self.fd, name, ft, Mode::from_bits_truncate(mode & 0o777), rdev).map_err(io)
     }
 
-    /// Hard-links `from_name` of `from` as `name` here (`linkat` without following).
-    pub(crate) fn link_from(&self, from: &Dir, from_name: &OsStr, name: &OsStr) -> io::Result<()> {
-        rustix::fs::linkat(&from.fd, from_name, &self.fd, name, AtFlags::empty()).map_err(io)
+    /// Hard-links the inode `want` (dev, inode), found as `from_name` in `from`, as `name`
+    /// here. The source is opened `O_PATH | O_NOFOLLOW` and checked to be that inode, then
+    /// linked through its `/proc/self/fd` name: whatever is swapped in under `from_name`
+    /// meanwhile, the link is to the file this restore wrote. `false` when it is not there.
+    pub(crate) fn link_verified(
+        &self,
+        from: &Dir,
+        from_name: &OsStr,
+        want: (u64, u64),
+        name: &OsStr,
+    ) -> io::Result<bool> {
+        let fd = match rustix::fs::openat(
+            &from.fd,
+            from_name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(io)?;
+        if (st.st_dev, st.st_ino) != want || FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(false);
+        }
+        rustix::fs::linkat(CWD, proc_path(&fd), &self.fd, name, AtFlags::SYMLINK_FOLLOW).map_err(io)?;
+        Ok(true)
     }
 
     /// Opens the existing regular file `name` for reading, never through a symlink, and never
