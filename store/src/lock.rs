@@ -107,21 +107,24 @@ pub struct IndexUse {
     _file: File,
 }
 
+/// Opens (creating it when missing) the lock file `locks/<name>`, readable and writable.
+fn lock_file(root: &Path, name: &str) -> Result<File> {
+    let path = locks_dir(root)?.join(name);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::backend::Modes::of(root).file)
+        .open(&path)
+        .at(&path)
+}
+
 fn index_lock_file(root: &Path) -> Option<File> {
-    let path = root.join("locks").join("index");
-    let created = locks_dir(root).ok().and_then(|_| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(crate::backend::Modes::of(root).file)
-            .open(&path)
-            .ok()
-    });
+    let created = lock_file(root, "index").ok();
     // A repository this user cannot write (read-only media) cannot be repaired either: its
     // readers need no hold when the file cannot be made.
-    created.or_else(|| File::open(&path).ok())
+    created.or_else(|| File::open(root.join("locks").join("index")).ok())
 }
 
 /// Takes the shared hold of an open repository; refuses while `repair index` runs.
@@ -166,15 +169,8 @@ pub struct GcLock {
 /// Takes the gc lock for `what` (`gc`, `repair index`), or says who holds it. The lock file
 /// holds the holder's process ID and what it is doing, for that message.
 pub(crate) fn gc_lock(root: &Path, what: &str) -> Result<GcLock> {
-    let path = locks_dir(root)?.join("gc");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(crate::backend::Modes::of(root).file)
-        .open(&path)
-        .at(&path)?;
+    let path = root.join("locks").join("gc");
+    let mut file = lock_file(root, "gc")?;
     match file.try_lock() {
         Ok(()) => {
             file.set_len(0).at(&path)?;

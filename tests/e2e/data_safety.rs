@@ -185,12 +185,8 @@ fn issue13_a_vanished_record_is_kept_reported_and_written_again() {
 #[test]
 fn issue13_a_forget_killed_after_its_tombstone_is_finished_not_reported() {
     let f = fixture();
-    let out = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &f.repo)
-        .env("CAIRN_FAILPOINTS", "forget.record_removed=kill@1")
-        .args(["-q", "forget", &f.snaps[0]])
-        .output()
-        .unwrap();
+    let out =
+        cairn_failing(&f.repo, "forget.record_removed=kill@1").args(["-q", "forget", &f.snaps[0]]).output().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9));
     let listed = cairn_json(&f.repo, args!["list"], 0);
@@ -606,22 +602,11 @@ fn issue13_a_tree_pack_with_no_trailer_and_no_index_is_found_again_by_its_frames
     assert_restores(&f, "tree pack scanned");
 }
 
-/// Waits until `path` exists (a paused command has reached its fail-point's neighbourhood).
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn issue13_repair_index_runs_alone_and_nothing_opens_the_index_it_is_replacing() {
     let f = fixture();
     // A snapshot in progress: repair refuses, changing nothing.
-    let snap = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &f.repo)
-        .env("CAIRN_FAILPOINTS", "snapshot.file_read=pause@150")
+    let snap = cairn_failing(&f.repo, "snapshot.file_read=pause@150")
         .args(["-q", "snapshot", "--kind", "full"])
         .arg(&f.src)
         .stdout(std::process::Stdio::null())
@@ -633,7 +618,7 @@ fn issue13_repair_index_runs_alone_and_nothing_opens_the_index_it_is_replacing()
             .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("session-")))
             .unwrap_or(false)
     };
-    wait_for("the snapshot's session", sessions);
+    wait_until("the snapshot's session", sessions);
     let out = cairn(&f.repo).args(["repair", "index"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -642,15 +627,13 @@ fn issue13_repair_index_runs_alone_and_nothing_opens_the_index_it_is_replacing()
 
     // A repair in progress: everything else waits for nothing and says why; nothing forgotten
     // meanwhile can come back.
-    let repair = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &f.repo)
-        .env("CAIRN_FAILPOINTS", "repair.before_swap=pause@3000")
+    let repair = cairn_failing(&f.repo, "repair.before_swap=pause@3000")
         .args(["-q", "repair", "index"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the rebuild file", || f.repo.join("index/index.sqlite.rebuild").exists());
+    wait_until("the rebuild file", || f.repo.join("index/index.sqlite.rebuild").exists());
     for argv in [vec!["list"], vec!["forget", "--keep-last", "1"], vec!["scrub"]] {
         let out = cairn(&f.repo).args(&argv).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{argv:?} beside a repair");

@@ -100,25 +100,16 @@ fn issue13_a_directory_swapped_for_a_symlink_mid_restore_is_never_followed() {
 
     let target = dir.path().join("target");
     let sub = restored(&target, &src).join("sub");
-    let child = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .env("CAIRN_FAILPOINTS", "restore.file_written=pause@150")
+    let child = cairn_failing(&repo, "restore.file_written=pause@150")
         .args(["--json", "restore", &id, "--target"])
         .arg(&target)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // As soon as the first file of sub/ is in place, the "other user" moves the directory away
     // and puts a symlink to the victim in its place; most files are still to be written.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if sub.is_dir() && files_below(&sub).iter().any(|p| p.to_string_lossy().starts_with('f')) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the restore never wrote into sub/");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until("a file in sub/", || {
+        sub.is_dir() && files_below(&sub).iter().any(|p| p.to_string_lossy().starts_with('f'))
+    });
     fs::rename(&sub, sub.with_file_name("sub.moved")).unwrap();
     std::os::unix::fs::symlink(&victim, &sub).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -143,20 +134,12 @@ fn issue13_a_directory_swapped_right_after_it_was_made_is_skipped_not_followed()
     fs::create_dir(&victim).unwrap();
     let target = dir.path().join("target");
     let sub = restored(&target, &src).join("sub");
-    let child = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .env("CAIRN_FAILPOINTS", "restore.dir_created=pause@400")
+    let child = cairn_failing(&repo, "restore.dir_created=pause@400")
         .args(["--json", "restore", &id, "--target"])
         .arg(&target)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !sub.is_dir() {
-        assert!(std::time::Instant::now() < deadline, "sub/ never made");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until("sub/ made", || sub.is_dir());
     fs::rename(&sub, sub.with_file_name("sub.moved")).unwrap();
     std::os::unix::fs::symlink(&victim, &sub).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -245,9 +228,7 @@ fn issue13_a_rerun_removes_an_interrupted_restores_temporaries() {
     let target = dir.path().join("target");
 
     // A restore killed between writing a temporary file and renaming it into place.
-    let out = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .env("CAIRN_FAILPOINTS", "restore.temp_written=kill@1")
+    let out = cairn_failing(&repo, "restore.temp_written=kill@1")
         .args(["-q", "restore", &id, "--target"])
         .arg(&target)
         .output()
@@ -479,9 +460,7 @@ fn issue13_a_killed_restore_leaves_no_setuid_temporary_and_the_rerun_sets_every_
     fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
     let id = snapshot_id(&repo, &src, args![]);
     let target = dir.path().join("target");
-    let out = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .env("CAIRN_FAILPOINTS", "restore.temp_written=kill@1")
+    let out = cairn_failing(&repo, "restore.temp_written=kill@1")
         .args(["-q", "restore", &id, "--target"])
         .arg(&target)
         .output()
@@ -591,25 +570,15 @@ fn issue13_a_first_hard_link_member_swapped_before_linking_is_never_linked_to() 
     fs::write(&victim, "somebody else's file\n").unwrap();
     let target = dir.path().join("target");
     let (a, b) = (restored(&target, &src).join("x/a"), restored(&target, &src).join("y/b"));
-    let child = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .env("CAIRN_FAILPOINTS", "restore.before_link=pause@1500")
+    let child = cairn_failing(&repo, "restore.before_link=pause@1500")
         .args(["--json", "restore", &id, "--target"])
         .arg(&target)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // The member written first is in place; the other waits to be linked to it. Swap the
     // first for another name of the victim.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let first = loop {
-        if let Some(p) = [&a, &b].into_iter().find(|p| p.is_file()) {
-            break p.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "nothing written");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    };
+    wait_until("the first member", || a.is_file() || b.is_file());
+    let first = if a.is_file() { a.clone() } else { b.clone() };
     std::thread::sleep(std::time::Duration::from_millis(200));
     fs::remove_file(&first).unwrap();
     fs::hard_link(&victim, &first).unwrap();

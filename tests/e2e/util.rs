@@ -23,6 +23,29 @@ pub fn cairn(repo: &Path) -> Command {
     cmd
 }
 
+/// A `cairn` process aimed at `repo` with fail-points armed (`CAIRN_FAILPOINTS`, for
+/// example `restore.file_written=pause@150`), its output captured: to spawn and race.
+pub fn cairn_failing(repo: &Path, failpoints: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(cairn_bin());
+    cmd.env("CAIRN_REPO", repo)
+        .env("CAIRN_FAILPOINTS", failpoints)
+        .env_remove("CAIRN_IO_STATS")
+        .env("TZ", "UTC")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Waits until `cond` holds (a racing process has reached the moment a test wants), failing
+/// the test after 30 s.
+pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Runs cairn with `--json` and parses stdout; asserts the exit code.
 pub fn cairn_json(repo: &Path, args: &[&OsStr], code: i32) -> serde_json::Value {
     let out = cairn(repo).arg("--json").args(args).output().expect("run cairn");
