@@ -721,3 +721,25 @@ fn issue13_an_index_copied_from_another_repository_is_no_evidence_for_repair() {
     assert_eq!(cairn_json(&f.repo, args!["scrub", "--read-data"], 0)["clean"], true);
     assert_restores(&f, "after repair with a foreign index");
 }
+
+#[test]
+fn issue13_a_missing_tree_pack_is_damage_named_by_restore_not_an_abort() {
+    let f = fixture();
+    let tree_packs: Vec<_> = pack_files(&f.repo)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let entries = cairn_store::decode::check_pack(&name, &fs::read(p).unwrap()).unwrap();
+            entries.iter().all(|e| e.kind == cairn_store::BlobKind::Tree)
+        })
+        .collect();
+    assert!(!tree_packs.is_empty());
+    for p in &tree_packs {
+        fs::remove_file(p).unwrap();
+    }
+    let target = f.root.join("lost-trees");
+    let r = cairn_json(&f.repo, args!["restore", &f.snaps[1], "--target", &target], 4);
+    let damaged = r["damaged"].as_array().unwrap();
+    assert!(!damaged.is_empty(), "{r}");
+    assert!(damaged.iter().all(|d| d["message"].as_str().unwrap().contains("missing")), "{r}");
+}
