@@ -250,7 +250,6 @@ impl<'a> Job<'a> {
     fn restore_entry(&self, e: &Entry, snap_path: &Path, all: bool, dir: Option<&Arc<Held>>) -> Result<()> {
         let name = OsStr::from_bytes(&e.name);
         let dest = self.dest_of(snap_path);
-        let io_err = |err: io::Error| Error::io(&dest, err);
         match e.kind {
             EntryKind::Dir => {
                 // A directory only on the way to what is restored (above the source paths, or
@@ -284,42 +283,43 @@ impl<'a> Job<'a> {
             _ if !all => Ok(()), // not below an include
             EntryKind::File => self.restore_file(e, dir, name, &dest),
             EntryKind::Symlink => {
-                let Some(d) = dir.map(|d| &d.dir) else {
-                    bump(&self.counts.symlinks, 1);
-                    return Ok(());
-                };
-                if !self.clear_for(d, name, &dest)? {
-                    return Ok(());
-                }
-                bump(&self.counts.symlinks, 1);
-                if self.opts.dry_run {
-                    return Ok(());
-                }
-                d.symlink(&e.target, name).map_err(io_err)?;
-                self.apply_meta_at(d, name, e, &dest);
-                Ok(())
+                self.make_entry(e, dir, name, &dest, &self.counts.symlinks, |d| d.symlink(&e.target, name))
             }
             EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
                 if e.kind != EntryKind::Fifo && !self.root_user {
                     push(&self.warnings, &dest, "device node not restored (needs root)");
                     return Ok(());
                 }
-                let Some(d) = dir.map(|d| &d.dir) else {
-                    bump(&self.counts.specials, 1);
-                    return Ok(());
-                };
-                if !self.clear_for(d, name, &dest)? {
-                    return Ok(());
-                }
-                bump(&self.counts.specials, 1);
-                if self.opts.dry_run {
-                    return Ok(());
-                }
-                d.mknod(name, e.kind, e.mode, e.rdev).map_err(io_err)?;
-                self.apply_meta_at(d, name, e, &dest);
-                Ok(())
+                self.make_entry(e, dir, name, &dest, &self.counts.specials, |d| d.mknod(name, e.kind, e.mode, e.rdev))
             }
         }
+    }
+
+    /// Makes a symlink or special file with `make` (once what is in its place may go), then
+    /// its metadata; counted in `counter`, also in a dry run.
+    fn make_entry(
+        &self,
+        e: &Entry,
+        dir: Option<&Arc<Held>>,
+        name: &OsStr,
+        dest: &Path,
+        counter: &AtomicU64,
+        make: impl FnOnce(&Dir) -> io::Result<()>,
+    ) -> Result<()> {
+        let Some(d) = dir.map(|d| &d.dir) else {
+            bump(counter, 1);
+            return Ok(());
+        };
+        if !self.clear_for(d, name, dest)? {
+            return Ok(());
+        }
+        bump(counter, 1);
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        make(d).map_err(|err| Error::io(dest, err))?;
+        self.apply_meta_at(d, name, e, dest);
+        Ok(())
     }
 
     /// Opens `name` in `parent` as a real directory, creating it when missing. Something else
