@@ -372,8 +372,10 @@ impl Repo {
     }
 
     /// Indexes what snapshots wrote while the repair read: packs and records that appeared
-    /// after the listing. (A pack a snapshot makes durable between this and the swap is left
-    /// unindexed: scrub then blames the index for its blobs, and gc indexes it again.)
+    /// after the listing. A repair now runs alone (`locks/index`), so only a build older than
+    /// that lock can still write meanwhile; this keeps its work indexed. (A pack made durable
+    /// between this and the swap is left unindexed: scrub then blames the index for its
+    /// blobs, and gc indexes it again.)
     fn catch_up(&self, damaged: &[String], now: i64) -> Result<()> {
         let indexed: HashSet<PackId> = self.index.packs()?.into_iter().map(|p| p.id).collect();
         for (name, size) in self.backend.list(FileKind::Pack)? {
