@@ -96,14 +96,15 @@ fn snapshots(c: &mut Criterion) {
         b.iter_batched(
             || tempfile::tempdir().unwrap(),
             |dir| {
-                let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
+                let repo =
+                    Repo::init(&cairn_store::Location::local(dir.path().join("r")), &InitOptions::default()).unwrap();
                 black_box(repo.snapshot(&SnapshotOptions::new(vec![src.path().to_path_buf()]), &NoProgress).unwrap());
             },
             BatchSize::PerIteration,
         );
     });
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
+    let repo = Repo::init(&cairn_store::Location::local(dir.path().join("r")), &InitOptions::default()).unwrap();
     let opts = SnapshotOptions::new(vec![src.path().to_path_buf()]);
     repo.snapshot(&opts, &NoProgress).unwrap();
     g.bench_function("no_change", |b| b.iter(|| black_box(repo.snapshot(&opts, &NoProgress).unwrap())));

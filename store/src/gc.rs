@@ -27,7 +27,7 @@ use crate::backend::FileKind;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::MarkSet;
-use crate::lock::{self, now_ns};
+use crate::lock::now_ns;
 use crate::pack::{self, PackWriter, FOOTER_LEN};
 use crate::progress::{Progress, Unit};
 use crate::repo::{now_secs, Repo, Snapshot};
@@ -163,7 +163,7 @@ impl Repo {
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let started = Instant::now();
         self.writable("gc")?;
-        let _lock = lock::gc_lock(self.root(), "gc")?;
+        let _lock = self.locks.gc_lock("gc")?;
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
         let on_disk_at_start: Vec<(String, u64)> = self.backend.list(FileKind::Pack)?;
@@ -174,7 +174,7 @@ impl Repo {
         for (name, _) in on_disk_at_start.iter().filter(|(n, _)| !indexed_at_start.contains(n)) {
             self.refuse_newer_pack(name)?;
         }
-        let mark = MarkSet::create(&self.scratch_dir().join(format!("gc-mark-{}.sqlite", std::process::id())))?;
+        let mark = MarkSet::create(&self.scratch_path(&format!("gc-mark-{}.sqlite", std::process::id())))?;
         let snaps = self.live_snapshots()?;
         self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
@@ -226,7 +226,7 @@ impl Repo {
         let latest_condemnation = now_ns();
         loop {
             let older: Vec<_> =
-                lock::live_sessions(self.root())?.into_iter().filter(|s| s.started_ns < latest_condemnation).collect();
+                self.locks.live_sessions()?.into_iter().filter(|s| s.started_ns < latest_condemnation).collect();
             for s in &older {
                 let who = format!("{} {}", s.kind, s.pid);
                 if !report.waited_for.contains(&who) {
@@ -239,7 +239,7 @@ impl Repo {
             std::thread::sleep(Duration::from_millis(100));
         }
         report.waited_secs = wait_started.elapsed().as_secs_f64();
-        let oldest_live = lock::live_sessions(self.root())?.iter().map(|s| s.started_ns).min();
+        let oldest_live = self.locks.live_sessions()?.iter().map(|s| s.started_ns).min();
 
         // Snapshots committed meanwhile may need condemned blobs: mark them too.
         let seen: HashSet<SnapshotId> = snaps.iter().map(|s| s.id).collect();

@@ -238,7 +238,7 @@ impl Repo {
     fn scratch(&self, what: &str) -> Result<MarkSet> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        MarkSet::create(&self.scratch_dir().join(format!("cairn-{what}-{}-{n}.sqlite", std::process::id())))
+        MarkSet::create(&self.scratch_path(&format!("cairn-{what}-{}-{n}.sqlite", std::process::id())))
     }
 
     /// The record of a snapshot, with its exclusive size.
@@ -289,9 +289,7 @@ impl Repo {
         };
         s.dedup_ratio = if s.unique_size > 0 { s.logical_size as f64 / s.unique_size as f64 } else { 0.0 };
         s.compression_ratio = if s.stored_size > 0 { s.unique_size as f64 / s.stored_size as f64 } else { 0.0 };
-        for name in ["index.sqlite", "index.sqlite-wal"] {
-            s.index_size += std::fs::metadata(self.root().join("index").join(name)).map(|m| m.len()).unwrap_or(0);
-        }
+        s.index_size = self.state.index_size();
         let newest = scope.iter().map(|s| s.record.time_ns).max();
         s.newest_snapshot_age_secs = newest.map(|t| u64::try_from(now_secs() - t / 1_000_000_000).unwrap_or(0));
         Ok(s)

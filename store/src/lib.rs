@@ -9,14 +9,14 @@
 //! records ([`Repo::rebuild_index`]).
 //!
 //! ```
-//! use cairn_store::{NoProgress, Repo, InitOptions, RestoreOptions, SnapshotOptions};
+//! use cairn_store::{InitOptions, Location, NoProgress, Repo, RestoreOptions, SnapshotOptions};
 //! # fn main() -> Result<(), cairn_store::Error> {
 //! let dir = tempfile::tempdir().unwrap();
 //! let src = dir.path().join("src");
 //! std::fs::create_dir_all(src.join("conf")).unwrap();
 //! std::fs::write(src.join("conf/app.toml"), b"port = 8080\n").unwrap();
 //!
-//! let repo = Repo::init(&dir.path().join("repo"), &InitOptions::default())?;
+//! let repo = Repo::init(&Location::local(dir.path().join("repo")), &InitOptions::default())?;
 //! let report = repo.snapshot(&SnapshotOptions::new(vec![src.clone()]), &NoProgress)?;
 //! assert_eq!(report.totals.files, 1);
 //!
@@ -33,6 +33,7 @@
 //! prints; long operations report through [`Progress`].
 
 mod backend;
+mod catalog;
 mod chunker;
 mod codec;
 mod config;
@@ -55,10 +56,11 @@ mod retention;
 mod salvage;
 mod scrub;
 mod snapshot;
+mod state;
 mod tree;
 mod workers;
 
-pub use backend::{Backend, FileKind, LocalBackend, MemoryBackend, Modes};
+pub use backend::{Backend, FileKind, LocalBackend, Location, MemoryBackend, Modes, Storage};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use error::{Error, Result};
@@ -66,6 +68,7 @@ pub use failpoint::POINTS as FAILPOINTS;
 pub use gc::{emptied_groups, ForgetReport, GcOptions, GcReport};
 pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
 pub use inspect::{kind_name, listing, Change, DiffReport, Listing, ShowReport, Stats, Version, Visit};
+pub use lock::{FlockLocks, Hold, Locks, SessionInfo};
 pub use pack::{check_pack, open_blob, seal_frame, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, Unit};
 pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
@@ -75,6 +78,7 @@ pub use restore::{hash_file, Overwrite, RestoreOptions, RestoreReport};
 pub use retention::{apply as apply_policy, Decision, GroupBy, KeepPolicy};
 pub use scrub::{Affected, Damage, Leftovers, ScrubOptions, ScrubReport, SnapshotStatus};
 pub use snapshot::{read_exclude_file, SnapshotOptions, SnapshotReport, Warning};
+pub use state::StateDir;
 pub use tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
 
 /// Decoders of on-disk bytes, exposed for the fuzz targets.

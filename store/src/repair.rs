@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{Backend, FileKind, LocalBackend};
+use crate::backend::{Backend, FileKind, Location, Storage};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::Index;
@@ -151,10 +151,10 @@ impl Repo {
     /// inferred from the largest chunks in the packs when not given (a wrong one costs only
     /// deduplication against older data, never a byte of it). A config of a newer format is
     /// refused, never replaced.
-    pub fn repair_config(root: &Path, opts: &ConfigRepair) -> Result<ConfigRepairReport> {
+    pub fn repair_config(location: &Location, opts: &ConfigRepair) -> Result<ConfigRepairReport> {
         use crate::backend::CONFIG_COPY;
         use crate::config::{ChunkerParams, RepoConfig};
-        let backend = LocalBackend::new(root);
+        let backend = location.storage().backend;
         let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
         let (main, copy) = (read("config"), read(CONFIG_COPY));
         for r in [&main, &copy] {
@@ -181,11 +181,11 @@ impl Repo {
             (Err(_), Err(_)) => {}
         }
         if backend.list(FileKind::Pack)?.is_empty() && backend.list(FileKind::Snapshot)?.is_empty() {
-            return Err(Error::NotARepository(root.to_path_buf()));
+            return Err(Error::NotARepository(location.to_string().into()));
         }
         let (avg, inferred) = match opts.chunk_size {
             Some(avg) => (avg, false),
-            None => (infer_chunk_size(&backend)?, true),
+            None => (infer_chunk_size(backend.as_ref())?, true),
         };
         let chunker = ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg.saturating_mul(8) };
         chunker.validate()?;
@@ -209,22 +209,26 @@ impl Repo {
     /// never leaves a partial index that looks whole: the old one stays until the new one is
     /// ready, and running the repair again starts over. A repair that refuses (a newer format)
     /// or fails leaves the repository as it found it, without a half-built index file.
-    pub fn repair_index(root: &Path, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
-        let dir = root.join("index");
-        crate::backend::create_repo_dir(root, &dir)?;
+    pub fn repair_index(location: &Location, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
+        Self::repair_index_storage(location.storage(), progress)
+    }
+
+    /// `repair_index` of a repository in storage the caller assembled (a test's backend).
+    pub fn repair_index_storage(storage: Storage, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
+        storage.state.create()?;
         // Alone: the index file is replaced under every connection, and a forget or snapshot
         // running beside the rebuild would be judged by evidence read before it.
-        let alone = crate::lock::own_index(root)?;
+        let alone = storage.state.own_index(storage.locks.as_ref())?;
         // No gc while the index is rebuilt: it would judge packs by the old index while this
         // one is built from them.
-        let _gc = crate::lock::gc_lock(root, "repair index")?;
+        let _gc = storage.locks.gc_lock("repair index")?;
         // A repair on a full disk may use the space reserve (reserve.rs).
-        crate::reserve::release_if_short(root);
-        let fresh = dir.join("index.sqlite.rebuild");
+        crate::reserve::release_if_short(&storage.state);
+        let fresh = storage.state.rebuild_path();
         remove_db(&fresh)?;
-        let live = dir.join("index.sqlite");
-        let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(LocalBackend::new(root));
-        let (config, notices) = crate::repo::load_config(root, backend.as_ref(), true)?;
+        let live = storage.state.index_path();
+        let again = storage.clone(); // to open the repository anew once the index is swapped
+        let (config, notices) = crate::repo::load_config(&storage.location, storage.backend.as_ref(), true)?;
         // The old index, if it opens at all, is evidence; it is never written to. One that says
         // it belongs to another repository (copied over by mistake) is no evidence of this one:
         // its records would be written here as snapshots whose data is elsewhere.
@@ -232,7 +236,7 @@ impl Repo {
             .ok()
             .filter(|old| old.repo_id().ok().flatten().is_none_or(|id| id == config.repo_id));
         let built = Index::open(&fresh).and_then(|index| {
-            let mut building = Self::assemble(root, backend, index, config);
+            let mut building = Self::assemble(storage, index, config);
             building.notices = notices;
             let report = building.rebuild_verified(evidence.as_ref(), progress)?;
             Ok((building, report))
@@ -255,9 +259,9 @@ impl Repo {
         // The new index's blob filter comes along (its token is in the new index); were it
         // missing, the next writer would build one.
         let _ = fs::rename(format!("{}-filter", fresh.display()), format!("{}-filter", live.display()));
-        crate::backend::sync_dir(&dir)?;
+        crate::backend::sync_dir(again.state.dir())?;
         drop(alone); // the new index is in force; others may open it (this process too)
-        let repo = Self::open(root, &crate::repo::OpenOptions::default())?;
+        let repo = Self::open_storage(again, &crate::repo::OpenOptions::default())?;
         // The damaged packs go only now: the index in force no longer names them, and every
         // blob in them that verified is in a new pack it does name.
         for name in &report.packs_quarantined {
@@ -536,7 +540,7 @@ impl Repo {
 /// The average chunk size a repository was made with, from its packs: no chunk is longer than
 /// eight times the average, and files larger than that have chunks near it, so the longest
 /// chunk in (up to) a few hundred packs, rounded up to a power of two, is eight averages.
-fn infer_chunk_size(backend: &LocalBackend) -> Result<u32> {
+fn infer_chunk_size(backend: &dyn Backend) -> Result<u32> {
     let mut longest = 0u32;
     for (name, _) in backend.list(FileKind::Pack)?.into_iter().take(400) {
         let Ok(bytes) = backend.get(FileKind::Pack, &name) else { continue };

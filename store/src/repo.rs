@@ -1,7 +1,7 @@
 //! The repository handle: one `Repo` per open repository, shared by all operations.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, FileKind, LocalBackend, CONFIG_COPY};
+use crate::backend::{Backend, FileKind, Location, Modes, Storage, CONFIG_COPY};
 use crate::config::{ChunkerParams, RepoConfig};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::{BlobLocation, Index};
+use crate::lock::{Hold, Locks};
 use crate::pack::{self, FOOTER_LEN};
 use crate::record::SnapshotRecord;
+use crate::state::{IndexUse, StateDir};
 use crate::tree::{Entry, Tree};
 
 /// How `Repo::init` sets up a repository.
@@ -89,8 +91,12 @@ pub struct RebuildReport {
 
 /// An open repository.
 pub struct Repo {
-    pub(crate) root: PathBuf,
+    pub(crate) location: Location,
     pub(crate) backend: Arc<dyn Backend>,
+    /// This machine's rebuildable state: the index, scratch files, the reserve.
+    pub(crate) state: StateDir,
+    /// Sessions and the gc lock.
+    pub(crate) locks: Arc<dyn Locks>,
     pub(crate) index: Index,
     pub(crate) config: RepoConfig,
     /// What opening found that the user should hear about (a damaged config copy, a record
@@ -103,11 +109,7 @@ pub struct Repo {
     pub(crate) overlay: (Vec<Snapshot>, HashSet<SnapshotId>),
     /// The shared hold on the index that every open repository keeps (`repair index` swaps
     /// the index file only when nobody holds it).
-    pub(crate) index_use: Option<crate::lock::IndexUse>,
-}
-
-fn index_path(root: &Path) -> PathBuf {
-    root.join("index").join("index.sqlite")
+    pub(crate) index_use: Option<IndexUse>,
 }
 
 thread_local! {
@@ -136,11 +138,6 @@ fn read_only_without_index(path: &Path) -> Error {
     ))
 }
 
-/// The IDs among listed names (others are ignored, as everywhere).
-fn ids_of(listed: Vec<(String, u64)>) -> HashSet<SnapshotId> {
-    listed.into_iter().filter_map(|(name, _)| name.parse().ok()).collect()
-}
-
 /// True for a file that is not there (removed between a listing and the read).
 pub(crate) fn missing(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
@@ -151,7 +148,7 @@ pub(crate) fn missing(e: &Error) -> bool {
 /// first again from the copy), and writes the copy when it is missing or damaged: each copy
 /// is checked by its own checksum, so a good one is as good as the other. A config of a newer
 /// format is refused, never replaced by an older copy.
-pub(crate) fn load_config(root: &Path, backend: &dyn Backend, mend: bool) -> Result<(RepoConfig, Vec<String>)> {
+pub(crate) fn load_config(location: &Location, backend: &dyn Backend, mend: bool) -> Result<(RepoConfig, Vec<String>)> {
     let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
     let (main, copy) = (read("config"), read(CONFIG_COPY));
     let mut notices = Vec::new();
@@ -184,7 +181,7 @@ pub(crate) fn load_config(root: &Path, backend: &dyn Backend, mend: bool) -> Res
             });
             c
         }
-        (Err(e), Err(_)) if missing(&e) => return Err(Error::NotARepository(root.to_path_buf())),
+        (Err(e), Err(_)) if missing(&e) => return Err(Error::NotARepository(location.to_string().into())),
         (Err(e), Err(f)) => {
             return Err(Error::corrupt(
                 "repository config",
@@ -206,37 +203,16 @@ pub(crate) fn now_secs() -> i64 {
 }
 
 impl Repo {
-    /// Creates a repository in `path`, which must not exist or be an empty directory.
-    pub fn init(path: &Path, opts: &InitOptions) -> Result<Self> {
+    /// Creates a repository at `location` (a local folder must not exist, or be empty).
+    pub fn init(location: &Location, opts: &InitOptions) -> Result<Self> {
         opts.chunker.validate()?;
-        if path.join("config").exists() {
-            return Err(Error::InvalidInput(format!("{} is already a cairn repository", path.display())));
-        }
-        let modes = if opts.group_readable {
-            crate::backend::Modes::group_readable()
-        } else {
-            crate::backend::Modes::private()
-        };
-        if path.exists() {
-            let mut rd = fs::read_dir(path).at(path)?;
-            if rd.next().is_some() {
-                return Err(Error::NotEmpty(path.to_path_buf()));
-            }
-        } else {
-            // Parents are made as the umask says (they are the user's directories); the root
-            // gets the repository's mode (docs/FORMAT.md), set after creation because the umask
-            // may take bits from `DirBuilder::mode` (group-readable under umask 077).
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).at(parent)?;
-            }
-            {
-                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-                fs::DirBuilder::new().mode(modes.dir).create(path).at(path)?;
-                fs::set_permissions(path, fs::Permissions::from_mode(modes.dir)).at(path)?;
-            }
-        }
-        let local = LocalBackend::with_modes(path, modes);
-        local.create_layout()?;
+        let modes = if opts.group_readable { Modes::group_readable() } else { Modes::private() };
+        Self::init_storage(location.create(modes)?, opts)
+    }
+
+    /// Creates a repository in storage the caller assembled (a test's backend).
+    pub fn init_storage(storage: Storage, opts: &InitOptions) -> Result<Self> {
+        opts.chunker.validate()?;
         let config = RepoConfig {
             repo_id: new_repo_id(),
             created: now_secs(),
@@ -244,26 +220,30 @@ impl Repo {
             compression_level: opts.compression_level,
             pack_size: opts.pack_size,
         };
-        let index = Index::open(&index_path(path))?;
-        // The config is written last (its copy first): a directory without it is not (yet) a
+        storage.state.create()?;
+        let index_path = storage.state.index_path();
+        let index = Index::open(&index_path)?;
+        // The config is written last (its copy first): a place without it is not (yet) a
         // repository.
         let bytes = config.encode();
-        local.put(FileKind::Config, CONFIG_COPY, &bytes)?;
-        local.put(FileKind::Config, "config", &bytes)?;
+        storage.backend.put(FileKind::Config, CONFIG_COPY, &bytes)?;
+        storage.backend.put(FileKind::Config, "config", &bytes)?;
         {
             // The index was created before the config that carries the repository's modes.
             use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(index_path(path), fs::Permissions::from_mode(modes.file));
+            let _ = fs::set_permissions(&index_path, fs::Permissions::from_mode(storage.state.modes().file));
         }
-        crate::reserve::top_up(path, crate::reserve::size_for(0), modes.file);
-        Ok(Self::assemble(path, Arc::new(local), index, config))
+        crate::reserve::top_up(&storage.state, crate::reserve::size_for(0));
+        Ok(Self::assemble(storage, index, config))
     }
 
     /// A handle with nothing found yet and full rights.
-    pub(crate) fn assemble(root: &Path, backend: Arc<dyn Backend>, index: Index, config: RepoConfig) -> Self {
+    pub(crate) fn assemble(storage: Storage, index: Index, config: RepoConfig) -> Self {
         Self {
-            root: root.to_path_buf(),
-            backend,
+            location: storage.location,
+            backend: storage.backend,
+            state: storage.state,
+            locks: storage.locks,
             index,
             config,
             notices: Vec::new(),
@@ -273,29 +253,24 @@ impl Repo {
         }
     }
 
-    /// Opens the repository in `path`.
-    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self> {
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
-        Self::open_inner(path, backend, opts)
+    /// Opens the repository at `location`.
+    pub fn open(location: &Location, opts: &OpenOptions) -> Result<Self> {
+        Self::open_storage(location.storage(), opts)
     }
 
-    /// Opens a repository stored in `backend`, with its index under `root`/index.
-    pub fn open_with(root: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::open_inner(root, backend, &OpenOptions::default())
-    }
-
-    /// Opens. An index that is lost (deleted, or emptied: a 0-byte file, or one that holds no
-    /// pack and no snapshot while record files exist) is rebuilt from the pack trailers, since
-    /// the index is only a cache (invariant 3). When the repository cannot be written, it is
-    /// opened read-only instead, and nothing is written at all.
-    pub(crate) fn open_inner(root: &Path, backend: Arc<dyn Backend>, opts: &OpenOptions) -> Result<Self> {
+    /// Opens a repository in storage the caller assembled (a test's backend). An index that
+    /// is lost (deleted, or emptied: a 0-byte file, or one that holds no pack and no snapshot
+    /// while record files exist) is rebuilt from the pack trailers, since the index is only a
+    /// cache (invariant 3). When the repository cannot be written, it is opened read-only
+    /// instead, and nothing is written at all.
+    pub fn open_storage(storage: Storage, opts: &OpenOptions) -> Result<Self> {
         // Before the index is touched: a `repair index` swapping it under us must not start,
         // and one that is running makes this open wait for nothing and say so.
-        let index_use = crate::lock::share_index(root)?;
-        if opts.use_reserve && !opts.read_only && crate::reserve::release_if_short(root) {
+        let index_use = storage.state.share_index()?;
+        if opts.use_reserve && !opts.read_only && crate::reserve::release_if_short(&storage.state) {
             log::warn!("the disk is nearly full: the space reserve was given back so that this command can run");
         }
-        let path = index_path(root);
+        let path = storage.state.index_path();
         let emptied = fs::metadata(&path).is_ok_and(|m| m.len() == 0);
         if emptied && !opts.read_only {
             crate::repair::remove_db(&path)?;
@@ -304,7 +279,7 @@ impl Repo {
         let writable = if opts.read_only {
             Err(Error::InvalidInput("read-only open".into()))
         } else {
-            crate::backend::create_repo_dir(root, &root.join("index")).and_then(|()| Index::open(&path))
+            storage.state.create().and_then(|()| Index::open(&path))
         };
         let (index, read_only) = match writable {
             Ok(index) => (index, false),
@@ -315,8 +290,8 @@ impl Repo {
             },
             Err(e) => return Err(e),
         };
-        let (config, mut notices) = load_config(root, backend.as_ref(), !read_only)?;
-        let mut repo = Self::assemble(root, backend, index, config);
+        let (config, mut notices) = load_config(&storage.location, storage.backend.as_ref(), !read_only)?;
+        let mut repo = Self::assemble(storage, index, config);
         repo.read_only = read_only;
         repo.index_use = index_use;
         if !read_only {
@@ -350,21 +325,17 @@ impl Repo {
 
     /// Registers a session of `kind` (gc waits for sessions, docs/GC.md); none in a read-only
     /// repository, where nothing can be written, not even a lock file.
-    pub(crate) fn session(&self, kind: &str) -> Result<Option<crate::lock::Session>> {
+    pub(crate) fn session(&self, kind: &str) -> Result<Option<Hold>> {
         if self.read_only {
             return Ok(None);
         }
-        crate::lock::start_session(self.root(), kind).map(Some)
+        self.locks.start_session(kind).map(Some)
     }
 
-    /// Where scratch files (mark sets) go: beside the index, or in the system's temporary
-    /// folder when the repository is read-only.
-    pub(crate) fn scratch_dir(&self) -> PathBuf {
-        if self.read_only {
-            std::env::temp_dir()
-        } else {
-            self.root.join("index")
-        }
+    /// A scratch file (a mark set): beside the index, or in the system's temporary folder when
+    /// the repository is read-only.
+    pub(crate) fn scratch_path(&self, name: &str) -> PathBuf {
+        self.state.scratch(name, self.read_only)
     }
 
     /// Fails when the repository was opened read-only, naming what needed to write.
@@ -384,18 +355,14 @@ impl Repo {
             return;
         }
         if let Ok(blobs) = self.index.blob_count() {
-            crate::reserve::top_up(
-                &self.root,
-                crate::reserve::size_for(blobs),
-                crate::backend::Modes::of(&self.root).file,
-            );
+            crate::reserve::top_up(&self.state, crate::reserve::size_for(blobs));
         }
     }
 
-    /// The repository's folder.
+    /// Where the repository is.
     #[must_use]
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The config fixed at `init`.
@@ -408,205 +375,6 @@ impl Repo {
     #[must_use]
     pub fn notices(&self) -> &[String] {
         &self.notices
-    }
-
-    /// Brings the index's snapshot rows in line with the record files, the truth: a record
-    /// that is durable but not indexed (a run killed between writing and indexing it) is
-    /// added; a forget that did not finish (its tombstone is there) is finished. A row whose
-    /// record file is gone without a tombstone was not forgotten: it is kept, and reported, so
-    /// that `repair index` can write the file again from the row's verified copy. Cheap: two
-    /// directory listings. Returns what the user should be told.
-    fn reconcile_snapshots(&mut self) -> Result<Vec<String>> {
-        let mut notices = Vec::new();
-        // Files first, then tombstones, then rows: a forget writes its tombstone before it
-        // removes the file and removes the tombstone after the row, so a row whose file was
-        // forgotten always shows its tombstone here (the same order as `live_snapshots`).
-        let files = ids_of(self.backend.list(FileKind::Snapshot)?);
-        let (tombs, damaged) = self.tombstones()?;
-        for id in damaged {
-            notices.push(format!(
-                "forgotten/{} is not a tombstone (damaged or written by something else): snapshot {} is \
-                 kept; `cairn forget {}` forgets it, or remove that file",
-                id.to_hex(),
-                id.short(8),
-                id.short(8)
-            ));
-        }
-        let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
-        for id in &tombs {
-            let name = id.to_hex();
-            if self.read_only {
-                self.overlay.1.insert(*id); // what the next writable open finishes
-                continue;
-            }
-            if files.contains(id) {
-                self.backend.remove(FileKind::Snapshot, &name)?;
-            }
-            if known.contains(id) {
-                self.index.delete_snapshot(*id)?;
-            }
-            self.backend.remove(FileKind::Tombstone, &name)?;
-        }
-        for id in files.iter().filter(|id| !tombs.contains(id) && !known.contains(id)) {
-            let name = id.to_hex();
-            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(*id, &b)?, b))) {
-                Ok((record, _)) if self.read_only => self.overlay.0.push(Snapshot { id: *id, record }),
-                Ok((rec, bytes)) => {
-                    self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
-                }
-                Err(e @ Error::UnsupportedVersion { .. }) => notices.push(format!(
-                    "snapshot {} cannot be read by this cairn ({e}); it is not listed, and gc and repair \
-                     refuse to run until cairn is upgraded",
-                    id.short(8)
-                )),
-                Err(e) if missing(&e) => {} // forgotten since the listing
-                Err(e) => notices.push(format!(
-                    "snapshot record {name} is damaged ({e}) and not indexed; `cairn scrub` reports it, \
-                     and gc refuses to run until `cairn repair index` has dealt with it"
-                )),
-            }
-        }
-        for id in known.iter().filter(|id| !files.contains(id) && !tombs.contains(id)) {
-            notices.push(format!(
-                "the record file of snapshot {} is missing (it was not forgotten); the index still holds a \
-                 verified copy: run `cairn repair index` to write it again",
-                id.short(8)
-            ));
-        }
-        notices.sort();
-        Ok(notices)
-    }
-
-    /// Every snapshot that exists, for deciding which data is needed (gc): each record file
-    /// (the truth), and each record the index holds whose file vanished without a tombstone.
-    /// A snapshot whose tombstone is there is being forgotten and does not count. Refuses when
-    /// a record file cannot be read and the index holds no verified copy of it: deleting data
-    /// then could destroy what that snapshot needs (a newer cairn's record, say).
-    /// The snapshots being forgotten: the tombstones that verify, and the names in
-    /// `forgotten/` that are not tombstones (acted on by nobody: a garbled file must never
-    /// make a snapshot whose record verifies go away).
-    pub(crate) fn tombstones(&self) -> Result<(HashSet<SnapshotId>, Vec<SnapshotId>)> {
-        let mut valid = HashSet::new();
-        let mut damaged = Vec::new();
-        for id in ids_of(self.backend.list(FileKind::Tombstone)?) {
-            match self.backend.get(FileKind::Tombstone, &id.to_hex()) {
-                Ok(bytes) if SnapshotRecord::is_tombstone(&bytes) => {
-                    valid.insert(id);
-                }
-                Ok(_) => damaged.push(id),
-                Err(e) if missing(&e) => {} // the forget finished meanwhile
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((valid, damaged))
-    }
-
-    pub(crate) fn live_snapshots(&self) -> Result<Vec<Snapshot>> {
-        let files = self.backend.list(FileKind::Snapshot)?;
-        let tombs = self.tombstones()?.0;
-        let rows: HashMap<SnapshotId, Vec<u8>> =
-            self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        for (name, _) in files {
-            let Ok(id) = name.parse::<SnapshotId>() else { continue };
-            seen.insert(id);
-            if tombs.contains(&id) {
-                continue;
-            }
-            let record = match self.backend.get(FileKind::Snapshot, &name).and_then(|b| SnapshotRecord::open(id, &b)) {
-                Ok(r) => r,
-                Err(e) if missing(&e) => continue, // forgotten since the listing
-                Err(e) => match rows.get(&id).map(|b| SnapshotRecord::open(id, b)) {
-                    // A damaged file whose verified copy the index holds: the copy says what it needs.
-                    Some(Ok(r)) if !matches!(e, Error::UnsupportedVersion { .. }) => r,
-                    _ => {
-                        return Err(Error::Refused {
-                            reason: format!(
-                                "snapshot record {name} cannot be read ({e}), so what it needs is unknown; \
-                                 upgrade cairn if a newer one wrote it, else run `cairn repair index`"
-                            ),
-                        })
-                    }
-                },
-            };
-            out.push(Snapshot { id, record });
-        }
-        for (id, bytes) in &rows {
-            if !seen.contains(id) && !tombs.contains(id) {
-                out.push(Snapshot { id: *id, record: SnapshotRecord::open(*id, bytes)? });
-            }
-        }
-        out.sort_by_key(|s| (s.record.time_ns, s.id));
-        Ok(out)
-    }
-
-    /// Every snapshot, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let mut out = Vec::new();
-        for row in self.index.snapshots()? {
-            if self.overlay.1.contains(&row.id) {
-                continue;
-            }
-            let record = match SnapshotRecord::open(row.id, &row.record) {
-                Ok(r) => r,
-                // The index's copy is damaged: the record file is the truth, when it is good.
-                Err(e) => match self.backend.get(FileKind::Snapshot, &row.id.to_hex()) {
-                    Ok(bytes) => SnapshotRecord::open(row.id, &bytes).map_err(|_| e)?,
-                    Err(_) => return Err(e),
-                },
-            };
-            out.push(Snapshot { id: row.id, record });
-        }
-        if !self.overlay.0.is_empty() {
-            out.extend(self.overlay.0.iter().cloned());
-            out.sort_by_key(|s| (s.record.time_ns, s.id));
-        }
-        Ok(out)
-    }
-
-    /// Finds a snapshot by full ID, unique ID prefix, `latest`, or label (the newest with it).
-    /// `latest` is the newest snapshot that is not a restore's safety snapshot: running the same
-    /// in-place `restore latest` twice must not put back what the first one replaced. A
-    /// reference that is both a label and the start of another snapshot's ID is refused.
-    pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
-        let all = self.snapshots()?;
-        if spec == "latest" {
-            return all.into_iter().rev().find(|s| !s.is_safety()).ok_or_else(|| {
-                Error::NoSuchSnapshot("latest (safety snapshots are left out: name one by ID or label)".into())
-            });
-        }
-        let lower = spec.to_ascii_lowercase();
-        let hex = !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_hexdigit());
-        let mut by_id: Vec<&Snapshot> =
-            if hex { all.iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect() } else { Vec::new() };
-        if let Some(labelled) = all.iter().rev().find(|s| s.record.label.as_deref() == Some(spec)) {
-            by_id.retain(|s| s.id != labelled.id);
-            if by_id.is_empty() {
-                return Ok(labelled.clone());
-            }
-            return Err(Error::LabelOrId {
-                spec: spec.to_owned(),
-                labelled: labelled.id.short(8),
-                ids: by_id.iter().map(|s| s.id.short(8)).collect::<Vec<_>>().join(", "),
-            });
-        }
-        match by_id.len() {
-            0 => Err(Error::NoSuchSnapshot(spec.to_owned())),
-            1 => Ok(by_id[0].clone()),
-            count => Err(Error::AmbiguousSnapshot { prefix: spec.to_owned(), count }),
-        }
-    }
-
-    /// The newest snapshot taken at or before `time_ns` (point-in-time restore), leaving out
-    /// restores' safety snapshots as `latest` does.
-    pub fn resolve_at(&self, time_ns: i64) -> Result<Snapshot> {
-        self.snapshots()?.into_iter().rfind(|s| s.record.time_ns <= time_ns && !s.is_safety()).ok_or_else(|| {
-            Error::NoSuchSnapshot(format!(
-                "at or before {}",
-                jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
-            ))
-        })
     }
 
     /// Reads a blob back, checking it against its ID. The last frame each thread decoded is

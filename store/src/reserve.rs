@@ -11,17 +11,14 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::state::StateDir;
 
 /// Size of the reserve of an empty repository.
 const BASE: u64 = 4 << 20;
 /// The most it ever holds.
 const CAP: u64 = 256 << 20;
-
-/// The reserve file of the repository at `root`.
-pub(crate) fn path(root: &Path) -> PathBuf {
-    root.join("index").join("reserve")
-}
 
 /// The reserve a repository of `blobs` indexed blobs keeps.
 pub(crate) fn size_for(blobs: u64) -> u64 {
@@ -36,23 +33,24 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 /// Gives the reserve back when the disk is nearly full (less free than the reserve holds, or
 /// than a base reserve when there is none); true when it did.
-pub(crate) fn release_if_short(root: &Path) -> bool {
-    let file = path(root);
+pub(crate) fn release_if_short(state: &StateDir) -> bool {
+    let file = state.reserve_path();
     let held = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-    let short = free_bytes(&root.join("index")).is_some_and(|free| free < held.max(BASE));
+    let short = free_bytes(state.dir()).is_some_and(|free| free < held.max(BASE));
     short && held > 0 && fs::remove_file(&file).is_ok()
 }
 
 /// Grows the reserve to `want` bytes when there is room to spare (four times `want` free).
 /// Best effort: any failure leaves what there was.
-pub(crate) fn top_up(root: &Path, want: u64, mode: u32) {
-    let file = path(root);
+pub(crate) fn top_up(state: &StateDir, want: u64) {
+    let file = state.reserve_path();
+    let mode = state.modes().file;
     let held = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     // Grow in steps of a MiB or more, so that a snapshot does not touch it every time.
     if held >= want || (held > 0 && want - held < 1 << 20) {
         return;
     }
-    if free_bytes(&root.join("index")).is_none_or(|free| free < want.saturating_mul(4)) {
+    if free_bytes(state.dir()).is_none_or(|free| free < want.saturating_mul(4)) {
         return;
     }
     let grow = || -> std::io::Result<()> {
@@ -87,14 +85,14 @@ mod tests {
         assert_eq!(size_for(1_000_000), BASE + 64_000_000);
         assert_eq!(size_for(u64::MAX), CAP);
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("index")).unwrap();
-        top_up(dir.path(), BASE, 0o600);
-        let meta = fs::metadata(path(dir.path())).unwrap();
+        let state = StateDir::new(dir.path(), &dir.path().join("hold"), crate::backend::Modes::private());
+        top_up(&state, BASE);
+        let meta = fs::metadata(state.reserve_path()).unwrap();
         assert_eq!(meta.len(), BASE);
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() * 512 >= BASE, "allocated, not sparse");
         // Plenty of space here: nothing is released.
-        assert!(!release_if_short(dir.path()));
-        assert!(path(dir.path()).exists());
+        assert!(!release_if_short(&state));
+        assert!(state.reserve_path().exists());
     }
 }

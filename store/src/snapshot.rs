@@ -976,7 +976,9 @@ impl Repo {
         let host = opts.host.clone().unwrap_or_else(host_name);
         let parent = self.parent_for(&host, &raw_paths, opts.kind)?;
         let parent_root = parent.as_ref().and_then(|p| self.load_tree(p.record.root).ok());
-        let repo_root = fs::canonicalize(self.root()).ok();
+        // A repository inside a source is never snapshotted into itself.
+        let local_root = self.location.as_local();
+        let repo_root = local_root.and_then(|r| fs::canonicalize(r).ok());
         let mut run = Run {
             repo: self,
             progress,
@@ -988,7 +990,7 @@ impl Repo {
             counters: Counters::default(),
             warnings: Mutex::new(Vec::new()),
             notes: Mutex::new(Vec::new()),
-            repo_id: rustix::fs::stat(self.root()).ok().map(|st| {
+            repo_id: local_root.and_then(|r| rustix::fs::stat(r).ok()).map(|st| {
                 let m = Meta::from(&st);
                 (m.dev, m.ino)
             }),

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_store::{
-    Backend, FileKind, InitOptions, MemoryBackend, NoProgress, Repo, Result, ScrubOptions, SnapshotOptions,
+    Backend, FileKind, InitOptions, Location, MemoryBackend, NoProgress, OpenOptions, Repo, Result, ScrubOptions,
+    SnapshotOptions, Storage,
 };
 
 /// Keeps the first `keep` writes; later ones "succeed" and vanish.
@@ -72,7 +73,7 @@ fn a_snapshot_cut_off_after_any_number_of_writes_leaves_a_consistent_repository(
     let config = {
         let mut o = InitOptions::default();
         o.pack_size = 64 << 10; // many packs: many cut points
-        Repo::init(&dir.path().join("template"), &o).unwrap();
+        Repo::init(&Location::local(dir.path().join("template")), &o).unwrap();
         std::fs::read(dir.path().join("template/config")).unwrap()
     };
     let mut total = None;
@@ -82,14 +83,18 @@ fn a_snapshot_cut_off_after_any_number_of_writes_leaves_a_consistent_repository(
         store.put(FileKind::Config, "config", &config).unwrap();
         let lossy = Arc::new(LosesLaterWrites { inner: Arc::clone(&store), keep: n, writes: AtomicUsize::new(0) });
         let live = dir.path().join(format!("live-{n}"));
-        let repo = Repo::open_with(&live, lossy.clone()).unwrap();
+        let repo = Repo::open_storage(Storage::local_with(&live, lossy.clone()), &OpenOptions::default()).unwrap();
         repo.snapshot(&SnapshotOptions::new(vec![src.clone()]), &NoProgress).unwrap();
         let writes = lossy.writes.load(Ordering::SeqCst);
         total.get_or_insert(writes);
         drop(repo);
 
         // After the power loss: a fresh machine sees only what was kept (and no index).
-        let after = Repo::open_with(&dir.path().join(format!("after-{n}")), store.clone()).unwrap();
+        let after = Repo::open_storage(
+            Storage::local_with(&dir.path().join(format!("after-{n}")), store.clone()),
+            &OpenOptions::default(),
+        )
+        .unwrap();
         let snaps = after.snapshots().unwrap();
         assert!(snaps.len() <= 1);
         if n >= writes {

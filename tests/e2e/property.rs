@@ -62,7 +62,7 @@ proptest! {
 
         let mut roots = Vec::new();
         for threads in [1usize, 2] {
-            let repo = Repo::init(&work.path().join(format!("repo{threads}")), &InitOptions::default()).unwrap();
+            let repo = Repo::init(&cairn_store::Location::local(work.path().join(format!("repo{threads}"))), &InitOptions::default()).unwrap();
             let mut opts = SnapshotOptions::new(vec![src.clone()]);
             opts.threads = threads;
             opts.host = Some("prop".into());

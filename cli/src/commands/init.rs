@@ -33,7 +33,8 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
         avg_size: args.chunk_size,
         max_size: args.chunk_size * 8,
     };
-    let repo = Repo::init(&path, &opts).with_context(|| format!("cannot create repository {}", path.display()))?;
+    let repo = Repo::init(&cairn_store::Location::local(&path), &opts)
+        .with_context(|| format!("cannot create repository {}", path.display()))?;
     let report = Initialised {
         repository: path.display().to_string(),
         repo_id: repo.config().repo_id.clone(),

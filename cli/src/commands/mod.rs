@@ -54,7 +54,7 @@ pub fn repo_path(cli: &Cli) -> Result<(PathBuf, bool)> {
 /// Opens the repository named by the global options.
 pub fn open(cli: &Cli) -> Result<Repo> {
     let (path, _) = repo_path(cli)?;
-    let repo = Repo::open(&path, &OpenOptions::default())
+    let repo = Repo::open(&cairn_store::Location::local(&path), &OpenOptions::default())
         .with_context(|| format!("cannot open repository {}", path.display()))?;
     print_notices(cli, &repo);
     Ok(repo)
@@ -66,7 +66,8 @@ pub fn open_to_free_space(cli: &Cli) -> Result<Repo> {
     let (path, _) = repo_path(cli)?;
     let mut opts = OpenOptions::default();
     opts.use_reserve = true;
-    let repo = Repo::open(&path, &opts).with_context(|| format!("cannot open repository {}", path.display()))?;
+    let repo = Repo::open(&cairn_store::Location::local(&path), &opts)
+        .with_context(|| format!("cannot open repository {}", path.display()))?;
     print_notices(cli, &repo);
     Ok(repo)
 }

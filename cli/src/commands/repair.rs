@@ -11,8 +11,8 @@ use crate::progress::Bar;
 pub fn run_index(cli: &Cli) -> Result<u8> {
     let (path, _) = super::repo_path(cli)?;
     let bar = Bar::new(!cli.quiet && !cli.json);
-    let (_repo, report) =
-        Repo::repair_index(&path, &bar).with_context(|| format!("cannot repair {}", path.display()))?;
+    let (_repo, report) = Repo::repair_index(&cairn_store::Location::local(&path), &bar)
+        .with_context(|| format!("cannot repair {}", path.display()))?;
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet || !report.complete() {
@@ -60,7 +60,8 @@ pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
     opts.chunk_size = args.chunk_size;
     opts.pack_size = args.pack_size.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
     opts.compression_level = args.compression;
-    let report = Repo::repair_config(&path, &opts).with_context(|| format!("cannot repair {}", path.display()))?;
+    let report = Repo::repair_config(&cairn_store::Location::local(&path), &opts)
+        .with_context(|| format!("cannot repair {}", path.display()))?;
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {

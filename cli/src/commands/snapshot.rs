@@ -1,7 +1,9 @@
 //! `cairn snapshot`
 
 use anyhow::{Context, Result};
-use cairn_store::{read_exclude_file, InitOptions, OpenOptions, Repo, SnapshotKind, SnapshotOptions, SnapshotReport};
+use cairn_store::{
+    read_exclude_file, InitOptions, Location, OpenOptions, Repo, SnapshotKind, SnapshotOptions, SnapshotReport,
+};
 
 use crate::args::{Cli, Kind, SnapshotArgs};
 use crate::exit;
@@ -10,8 +12,9 @@ use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     let (path, is_default) = super::repo_path(cli)?;
-    let repo = if is_default && !path.join("config").exists() {
-        let repo = Repo::init(&path, &InitOptions::default())
+    let location = Location::local(&path);
+    let repo = if is_default && !location.holds_repository().unwrap_or(false) {
+        let repo = Repo::init(&location, &InitOptions::default())
             .with_context(|| format!("cannot create the default repository {}", path.display()))?;
         if !cli.quiet {
             errln!(
@@ -21,7 +24,7 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
         }
         repo
     } else {
-        let repo = Repo::open(&path, &OpenOptions::default())
+        let repo = Repo::open(&location, &OpenOptions::default())
             .with_context(|| format!("cannot open repository {}", path.display()))?;
         super::print_notices(cli, &repo);
         repo

@@ -116,9 +116,14 @@ impl LocalBackend {
 }
 
 /// Creates a folder (and its parents) of the repository at `root`, with its folder mode.
-pub(crate) fn create_repo_dir(root: &Path, dir: &Path) -> Result<()> {
+fn create_repo_dir(root: &Path, dir: &Path) -> Result<()> {
+    create_dir_with(dir, Modes::of(root))
+}
+
+/// Creates a folder (and its parents) with the folder mode of `modes`.
+pub(crate) fn create_dir_with(dir: &Path, modes: Modes) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(Modes::of(root).dir).create(dir).at(dir)
+    fs::DirBuilder::new().recursive(true).mode(modes.dir).create(dir).at(dir)
 }
 
 fn set_dir_mode(dir: &Path, modes: Modes) -> Result<()> {

@@ -6,10 +6,12 @@
 //! content hashes, so `put` of an existing name is a no-op, never an overwrite.
 
 mod local;
+mod location;
 mod memory;
 
-pub(crate) use local::{create_repo_dir, sync_dir};
+pub(crate) use local::{create_dir_with, sync_dir};
 pub use local::{LocalBackend, Modes};
+pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
 
 use crate::error::Result;

@@ -1,0 +1,217 @@
+//! The catalog of snapshots: which exist, which are being forgotten, and how a name a user
+//! gives (an ID, a prefix, `latest`, a label, a time) picks one. The record files are the
+//! truth; the index holds a verified copy of each for listing without reading them all.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::backend::FileKind;
+use crate::error::{Error, Result};
+use crate::id::SnapshotId;
+use crate::record::SnapshotRecord;
+use crate::repo::{missing, Repo, Snapshot};
+
+/// The IDs among listed names (others are ignored, as everywhere).
+fn ids_of(listed: Vec<(String, u64)>) -> HashSet<SnapshotId> {
+    listed.into_iter().filter_map(|(name, _)| name.parse().ok()).collect()
+}
+
+impl Repo {
+    /// Brings the index's snapshot rows in line with the record files, the truth: a record
+    /// that is durable but not indexed (a run killed between writing and indexing it) is
+    /// added; a forget that did not finish (its tombstone is there) is finished. A row whose
+    /// record file is gone without a tombstone was not forgotten: it is kept, and reported, so
+    /// that `repair index` can write the file again from the row's verified copy. Cheap: two
+    /// directory listings. Returns what the user should be told.
+    pub(crate) fn reconcile_snapshots(&mut self) -> Result<Vec<String>> {
+        let mut notices = Vec::new();
+        // Files first, then tombstones, then rows: a forget writes its tombstone before it
+        // removes the file and removes the tombstone after the row, so a row whose file was
+        // forgotten always shows its tombstone here (the same order as `live_snapshots`).
+        let files = ids_of(self.backend.list(FileKind::Snapshot)?);
+        let (tombs, damaged) = self.tombstones()?;
+        for id in damaged {
+            notices.push(format!(
+                "forgotten/{} is not a tombstone (damaged or written by something else): snapshot {} is \
+                 kept; `cairn forget {}` forgets it, or remove that file",
+                id.to_hex(),
+                id.short(8),
+                id.short(8)
+            ));
+        }
+        let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
+        for id in &tombs {
+            let name = id.to_hex();
+            if self.read_only {
+                self.overlay.1.insert(*id); // what the next writable open finishes
+                continue;
+            }
+            if files.contains(id) {
+                self.backend.remove(FileKind::Snapshot, &name)?;
+            }
+            if known.contains(id) {
+                self.index.delete_snapshot(*id)?;
+            }
+            self.backend.remove(FileKind::Tombstone, &name)?;
+        }
+        for id in files.iter().filter(|id| !tombs.contains(id) && !known.contains(id)) {
+            let name = id.to_hex();
+            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(*id, &b)?, b))) {
+                Ok((record, _)) if self.read_only => self.overlay.0.push(Snapshot { id: *id, record }),
+                Ok((rec, bytes)) => {
+                    self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
+                }
+                Err(e @ Error::UnsupportedVersion { .. }) => notices.push(format!(
+                    "snapshot {} cannot be read by this cairn ({e}); it is not listed, and gc and repair \
+                     refuse to run until cairn is upgraded",
+                    id.short(8)
+                )),
+                Err(e) if missing(&e) => {} // forgotten since the listing
+                Err(e) => notices.push(format!(
+                    "snapshot record {name} is damaged ({e}) and not indexed; `cairn scrub` reports it, \
+                     and gc refuses to run until `cairn repair index` has dealt with it"
+                )),
+            }
+        }
+        for id in known.iter().filter(|id| !files.contains(id) && !tombs.contains(id)) {
+            notices.push(format!(
+                "the record file of snapshot {} is missing (it was not forgotten); the index still holds a \
+                 verified copy: run `cairn repair index` to write it again",
+                id.short(8)
+            ));
+        }
+        notices.sort();
+        Ok(notices)
+    }
+
+    /// Every snapshot that exists, for deciding which data is needed (gc): each record file
+    /// (the truth), and each record the index holds whose file vanished without a tombstone.
+    /// A snapshot whose tombstone is there is being forgotten and does not count. Refuses when
+    /// a record file cannot be read and the index holds no verified copy of it: deleting data
+    /// then could destroy what that snapshot needs (a newer cairn's record, say).
+    /// The snapshots being forgotten: the tombstones that verify, and the names in
+    /// `forgotten/` that are not tombstones (acted on by nobody: a garbled file must never
+    /// make a snapshot whose record verifies go away).
+    pub(crate) fn tombstones(&self) -> Result<(HashSet<SnapshotId>, Vec<SnapshotId>)> {
+        let mut valid = HashSet::new();
+        let mut damaged = Vec::new();
+        for id in ids_of(self.backend.list(FileKind::Tombstone)?) {
+            match self.backend.get(FileKind::Tombstone, &id.to_hex()) {
+                Ok(bytes) if SnapshotRecord::is_tombstone(&bytes) => {
+                    valid.insert(id);
+                }
+                Ok(_) => damaged.push(id),
+                Err(e) if missing(&e) => {} // the forget finished meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((valid, damaged))
+    }
+
+    pub(crate) fn live_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let files = self.backend.list(FileKind::Snapshot)?;
+        let tombs = self.tombstones()?.0;
+        let rows: HashMap<SnapshotId, Vec<u8>> =
+            self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (name, _) in files {
+            let Ok(id) = name.parse::<SnapshotId>() else { continue };
+            seen.insert(id);
+            if tombs.contains(&id) {
+                continue;
+            }
+            let record = match self.backend.get(FileKind::Snapshot, &name).and_then(|b| SnapshotRecord::open(id, &b)) {
+                Ok(r) => r,
+                Err(e) if missing(&e) => continue, // forgotten since the listing
+                Err(e) => match rows.get(&id).map(|b| SnapshotRecord::open(id, b)) {
+                    // A damaged file whose verified copy the index holds: the copy says what it needs.
+                    Some(Ok(r)) if !matches!(e, Error::UnsupportedVersion { .. }) => r,
+                    _ => {
+                        return Err(Error::Refused {
+                            reason: format!(
+                                "snapshot record {name} cannot be read ({e}), so what it needs is unknown; \
+                                 upgrade cairn if a newer one wrote it, else run `cairn repair index`"
+                            ),
+                        })
+                    }
+                },
+            };
+            out.push(Snapshot { id, record });
+        }
+        for (id, bytes) in &rows {
+            if !seen.contains(id) && !tombs.contains(id) {
+                out.push(Snapshot { id: *id, record: SnapshotRecord::open(*id, bytes)? });
+            }
+        }
+        out.sort_by_key(|s| (s.record.time_ns, s.id));
+        Ok(out)
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for row in self.index.snapshots()? {
+            if self.overlay.1.contains(&row.id) {
+                continue;
+            }
+            let record = match SnapshotRecord::open(row.id, &row.record) {
+                Ok(r) => r,
+                // The index's copy is damaged: the record file is the truth, when it is good.
+                Err(e) => match self.backend.get(FileKind::Snapshot, &row.id.to_hex()) {
+                    Ok(bytes) => SnapshotRecord::open(row.id, &bytes).map_err(|_| e)?,
+                    Err(_) => return Err(e),
+                },
+            };
+            out.push(Snapshot { id: row.id, record });
+        }
+        if !self.overlay.0.is_empty() {
+            out.extend(self.overlay.0.iter().cloned());
+            out.sort_by_key(|s| (s.record.time_ns, s.id));
+        }
+        Ok(out)
+    }
+
+    /// Finds a snapshot by full ID, unique ID prefix, `latest`, or label (the newest with it).
+    /// `latest` is the newest snapshot that is not a restore's safety snapshot: running the same
+    /// in-place `restore latest` twice must not put back what the first one replaced. A
+    /// reference that is both a label and the start of another snapshot's ID is refused.
+    pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
+        let all = self.snapshots()?;
+        if spec == "latest" {
+            return all.into_iter().rev().find(|s| !s.is_safety()).ok_or_else(|| {
+                Error::NoSuchSnapshot("latest (safety snapshots are left out: name one by ID or label)".into())
+            });
+        }
+        let lower = spec.to_ascii_lowercase();
+        let hex = !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_hexdigit());
+        let mut by_id: Vec<&Snapshot> =
+            if hex { all.iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect() } else { Vec::new() };
+        if let Some(labelled) = all.iter().rev().find(|s| s.record.label.as_deref() == Some(spec)) {
+            by_id.retain(|s| s.id != labelled.id);
+            if by_id.is_empty() {
+                return Ok(labelled.clone());
+            }
+            return Err(Error::LabelOrId {
+                spec: spec.to_owned(),
+                labelled: labelled.id.short(8),
+                ids: by_id.iter().map(|s| s.id.short(8)).collect::<Vec<_>>().join(", "),
+            });
+        }
+        match by_id.len() {
+            0 => Err(Error::NoSuchSnapshot(spec.to_owned())),
+            1 => Ok(by_id[0].clone()),
+            count => Err(Error::AmbiguousSnapshot { prefix: spec.to_owned(), count }),
+        }
+    }
+
+    /// The newest snapshot taken at or before `time_ns` (point-in-time restore), leaving out
+    /// restores' safety snapshots as `latest` does.
+    pub fn resolve_at(&self, time_ns: i64) -> Result<Snapshot> {
+        self.snapshots()?.into_iter().rfind(|s| s.record.time_ns <= time_ns && !s.is_safety()).ok_or_else(|| {
+            Error::NoSuchSnapshot(format!(
+                "at or before {}",
+                jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
+            ))
+        })
+    }
+}

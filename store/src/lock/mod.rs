@@ -1,0 +1,66 @@
+//! Mutual exclusion between the processes (and, later, machines) that share a repository.
+//!
+//! gc's safety argument (docs/GC.md) needs two things from this seam: the *sessions* that are
+//! running (every snapshot, restore and scrub holds one while it may use objects gc could
+//! delete, with the time it started), and one *gc lock* that two collectors never hold at once.
+//! [`FlockLocks`] gives both with `flock` on files beside a local repository: the kernel drops
+//! a dead process's locks, so a crash never leaves a lock to clear by hand. A store with no
+//! `flock` and no rename (an object store) implements the same trait with lease objects that
+//! carry a heartbeat and are judged stale by age; docs/GC.md ("Locks on an object store")
+//! writes down that design and why gc stays safe with it.
+
+mod flock;
+
+pub(crate) use flock::lock_file;
+pub use flock::FlockLocks;
+
+use crate::error::Result;
+
+/// A lock or session held until dropped (or until its process dies).
+pub struct Hold {
+    _inner: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Hold {
+    /// Wraps whatever keeps the lock alive (a locked file, a lease's heartbeat thread).
+    pub fn new(inner: impl std::any::Any + Send + Sync) -> Self {
+        Self { _inner: Box::new(inner) }
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+/// A session another process holds.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// snapshot, restore, scrub, ...
+    pub kind: String,
+    /// Process ID.
+    pub pid: u32,
+    /// Start time, ns since the epoch.
+    pub started_ns: i64,
+}
+
+/// The sessions and the gc lock of one repository.
+///
+/// Contract, which gc relies on: a session returned by `start_session` is visible to
+/// `live_sessions` from the moment `start_session` returns until the hold is dropped, with a
+/// start time no later than that moment; a session whose holder died stops being listed
+/// (at once for `flock`, after the lease's stale age for lease objects); `gc_lock` is held by
+/// at most one holder at a time and says who holds it when refused (`Error::GcRunning`).
+pub trait Locks: Send + Sync {
+    /// Starts a session of `kind` (snapshot, restore, scrub); it ends when the hold is dropped.
+    fn start_session(&self, kind: &str) -> Result<Hold>;
+    /// The sessions alive now; what dead holders left behind is cleared on the way.
+    fn live_sessions(&self) -> Result<Vec<SessionInfo>>;
+    /// Takes the gc lock for `what` (`gc`, `repair index`), or fails with `Error::GcRunning`.
+    fn gc_lock(&self, what: &str) -> Result<Hold>;
+}
+
+pub(crate) fn now_ns() -> i64 {
+    i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
+}
