@@ -72,9 +72,8 @@ fn text(rng: &mut Rng, vocab: &[String], len: usize) -> Vec<u8> {
         col += w.len() + 1;
         if col > 70 || rng.below(12) == 0 {
             out.push(b'\n');
-            for _ in 0..rng.below(3) {
-                out.push(b'\t');
-            }
+            let tabs = rng.below(3) as usize;
+            out.extend(std::iter::repeat_n(b'\t', tabs));
             col = 0;
         } else {
             out.push(b' ');

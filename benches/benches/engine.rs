@@ -2,6 +2,9 @@
 //! (through whole snapshots, since the index is not public API).
 //! Run: `cargo bench -p cairn-benches --bench engine`.
 
+// Benchmark setup unwraps: a failure aborts the measurement, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::path::Path;
 

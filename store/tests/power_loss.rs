@@ -4,6 +4,9 @@
 //! survived names only objects that survived (the record is written last, invariant 1), and the
 //! index rebuilds from what is there (invariant 3). The redb `crash_consistency` style.
 
+// The simulated backend and its helpers unwrap: a panic fails the test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

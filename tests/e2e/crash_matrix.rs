@@ -57,8 +57,9 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
         .unwrap_or_else(|| vec![1, 2]);
 
     // (command, fail-points it passes, setup run on the copy first)
+    type Case<'a> = (Vec<String>, &'a [&'a str], Option<&'a [&'a str]>);
     let forget = ["forget", "--keep-last", "1"];
-    let cases: Vec<(Vec<String>, &[&str], Option<&[&str]>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec!["snapshot".into(), src.to_string_lossy().into()],
             &[

@@ -1,6 +1,9 @@
 //! End-to-end tests of the `cairn` binary on generated trees. One test binary, modules sharing
 //! `util` (ripgrep's layout).
 
+// Helpers outside `#[test]` functions (util, generators) unwrap too: a panic fails the test.
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
 mod changing;

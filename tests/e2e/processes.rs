@@ -40,12 +40,12 @@ fn concurrent_snapshots_gc_scrub_and_restore_all_succeed_without_lock_errors() {
     // Two gc runs at once: one refuses cleanly; nothing else may fail.
     let other: Vec<&String> = errors.iter().filter(|e| !e.contains("another gc is running")).collect();
     assert!(other.is_empty(), "{other:#?}");
-    let list = cairn_json(&repo, args!["list"], 0);
+    let list = cairn_json(repo, args!["list"], 0);
     assert_eq!(list.as_array().unwrap().len(), 7, "base and six concurrent snapshots");
-    assert_eq!(cairn_json(&repo, args!["scrub", "--read-data"], 0)["clean"], true);
+    assert_eq!(cairn_json(repo, args!["scrub", "--read-data"], 0)["clean"], true);
     let t = dir.path().join("out");
-    cairn_json(&repo, args!["restore", base["id"].as_str().unwrap(), "--target", &t], 0);
-    assert_same(&want_a, &describe(&restored(&t, &a)), "base after the storm");
+    cairn_json(repo, args!["restore", base["id"].as_str().unwrap(), "--target", &t], 0);
+    assert_same(&want_a, &describe(&restored(&t, a)), "base after the storm");
 }
 
 #[test]

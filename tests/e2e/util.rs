@@ -288,13 +288,13 @@ pub fn generate(root: &Path, seed: u64, scale: usize) {
     sparse.set_len(16 << 20).expect("extend sparse");
     drop(sparse);
     // FIFO and (as root) device nodes.
-    rustix::fs::mknodat(rustix::fs::CWD, &root.join("fifo"), rustix::fs::FileType::Fifo, 0o640.into(), 0)
+    rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), rustix::fs::FileType::Fifo, 0o640.into(), 0)
         .expect("mkfifo");
     if is_root() {
         let dev = rustix::fs::makedev(1, 3);
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("chardev"),
+            root.join("chardev"),
             rustix::fs::FileType::CharacterDevice,
             0o600.into(),
             dev,
@@ -302,7 +302,7 @@ pub fn generate(root: &Path, seed: u64, scale: usize) {
         .expect("mknod");
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("blockdev"),
+            root.join("blockdev"),
             rustix::fs::FileType::BlockDevice,
             0o600.into(),
             rustix::fs::makedev(7, 200),
