@@ -1,0 +1,156 @@
+//! The engine over backends other than the local folder: what the end-to-end tests do through
+//! the binary (snapshot, incremental snapshot, restore, scrub, forget, gc, repair), done here
+//! through the library on an in-memory backend, so that nothing in the engine leans on the
+//! repository being a local folder. The state (index) and locks live in a scratch folder, as
+//! they will for a repository in an object store.
+
+// The helpers unwrap: a panic fails the test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_store::{
+    Backend, FileKind, FlockLocks, GcOptions, InitOptions, Location, MemoryBackend, Modes, NoProgress, OpenOptions,
+    Repo, RestoreOptions, ScrubOptions, SnapshotOptions, StateDir, Storage,
+};
+
+/// A backend under test, with a name for failure messages.
+type Make = (&'static str, fn() -> Arc<dyn Backend>);
+
+fn backends() -> Vec<Make> {
+    vec![("memory", || Arc::new(MemoryBackend::default()))]
+}
+
+/// State and locks of the repository in `scratch`, objects in `backend`.
+fn storage(scratch: &Path, backend: &Arc<dyn Backend>) -> Storage {
+    let state = scratch.join("state");
+    Storage::new(
+        Arc::clone(backend),
+        StateDir::new(&state, &state.join("index.lock"), Modes::private()),
+        Arc::new(FlockLocks::new(&scratch.join("locks"), Modes::private())),
+        // Named for messages only: nothing is stored under it.
+        Location::local(scratch.join("elsewhere")),
+    )
+}
+
+/// A tree with small and large files (several chunks, several packs), a subfolder, an empty
+/// folder, a symlink and distinct modes.
+fn source(root: &Path) -> PathBuf {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("etc/app")).unwrap();
+    fs::create_dir_all(src.join("empty")).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..24u64 {
+        let len = if i % 6 == 0 { 3 << 20 } else { 1 + i as usize * 977 };
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let path = src.join(if i % 3 == 0 { "etc/app" } else { "." }).join(format!("f{i}"));
+        fs::write(&path, data).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(if i % 2 == 0 { 0o640 } else { 0o755 })).unwrap();
+    }
+    std::os::unix::fs::symlink("etc/app/f0", src.join("link")).unwrap();
+    src
+}
+
+/// Every entry under `root`: kind, mode, size, mtime, contents or link target.
+fn describe(root: &Path) -> BTreeMap<PathBuf, (String, u32, i64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let (kind, body) = if meta.is_symlink() {
+                ("link", fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                ("dir", Vec::new())
+            } else {
+                ("file", fs::read(&path).unwrap())
+            };
+            let mtime = if meta.is_dir() { 0 } else { meta.mtime() }; // a folder's changes as it is filled
+            out.insert(rel, (kind.to_owned(), meta.mode(), mtime, body));
+        }
+    }
+    out
+}
+
+fn restore_latest(repo: &Repo, target: &Path) -> PathBuf {
+    let snap = repo.resolve("latest").unwrap();
+    let mut opts = RestoreOptions::default();
+    opts.target = target.to_path_buf();
+    let report = repo.restore(&snap, &opts, &NoProgress).unwrap();
+    assert!(!report.is_incomplete(), "{report:?}");
+    target.to_path_buf()
+}
+
+fn assert_clean(repo: &Repo, name: &str) {
+    let mut opts = ScrubOptions::default();
+    opts.read_data = true;
+    let report = repo.scrub(&opts, &NoProgress).unwrap();
+    assert!(report.clean, "{name}: {:?}", report.damage);
+}
+
+#[test]
+fn snapshot_restore_scrub_gc_and_repair_run_over_every_backend() {
+    for (name, make) in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        let backend = make();
+        let mut init = InitOptions::default();
+        init.pack_size = 1 << 20; // several packs, so that gc has some to judge
+        let repo = Repo::init_storage(storage(dir.path(), &backend), &init).unwrap();
+        let first = repo.snapshot(&SnapshotOptions::new(vec![src.clone()]), &NoProgress).unwrap();
+        assert_eq!(first.totals.files, 24, "{name}");
+
+        // A change, then an incremental snapshot that stores only it.
+        fs::write(src.join("f1"), b"changed\n").unwrap();
+        fs::remove_file(src.join("f2")).unwrap();
+        let second = repo.snapshot(&SnapshotOptions::new(vec![src.clone()]), &NoProgress).unwrap();
+        let t = &second.totals;
+        assert!(t.files == 23 && t.files_changed == 1 && t.data_added < 64 << 10, "{name}: {t:?}");
+        assert!(backend.list(FileKind::Pack).unwrap().len() >= 3, "{name}");
+
+        let out = restore_latest(&repo, &dir.path().join("out"));
+        let restored = out.join(src.strip_prefix("/").unwrap());
+        assert_eq!(describe(&restored), describe(&src), "{name}: restored tree differs");
+        assert_clean(&repo, name);
+        drop(repo);
+
+        // Opened again from the objects alone: a lost state folder is rebuilt from them.
+        fs::remove_dir_all(dir.path().join("state")).unwrap();
+        let repo = Repo::open_storage(storage(dir.path(), &backend), &OpenOptions::default()).unwrap();
+        assert_eq!(repo.snapshots().unwrap().len(), 2, "{name}");
+
+        // Forget the first snapshot and collect: the big files it alone held were changed
+        // only in small ones, so gc frees little, but it must delete nothing still needed.
+        let oldest = repo.snapshots().unwrap()[0].id;
+        repo.forget(&[oldest]).unwrap();
+        let mut gc = GcOptions::default();
+        gc.max_unused = 0.0;
+        let report = repo.gc(&gc, &NoProgress).unwrap();
+        assert!(report.packs_repacked + report.packs_unused >= 1, "{name}: {report:?}");
+        assert_clean(&repo, name);
+        let again = restore_latest(&repo, &dir.path().join("out2"));
+        assert_eq!(describe(&again.join(src.strip_prefix("/").unwrap())), describe(&src), "{name}: after gc");
+        drop(repo);
+
+        // And the index rebuilt by repair verifies every pack it reads.
+        let (repo, report) = Repo::repair_index_storage(storage(dir.path(), &backend), &NoProgress).unwrap();
+        assert!(report.complete(), "{name}: {report:?}");
+        assert_eq!(repo.snapshots().unwrap().len(), 1, "{name}");
+        assert_clean(&repo, name);
+        assert!(!dir.path().join("elsewhere").exists(), "{name}: the engine wrote beside its backend");
+    }
+}
