@@ -329,7 +329,12 @@ impl Repo {
         if self.read_only {
             return Ok(None);
         }
-        self.locks.start_session(kind).map(Some)
+        let session = self.locks.start_session(kind)?;
+        // Condemnations made by a collector on another machine count from now on (docs/GC.md).
+        for (pack, at_ns) in self.locks.published_condemned()? {
+            self.index.condemn(pack, at_ns)?;
+        }
+        Ok(Some(session))
     }
 
     /// A scratch file (a mark set): beside the index, or in the system's temporary folder when

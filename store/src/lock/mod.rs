@@ -15,6 +15,7 @@ pub(crate) use flock::lock_file;
 pub use flock::FlockLocks;
 
 use crate::error::Result;
+use crate::id::PackId;
 
 /// A lock or session held until dropped (or until its process dies).
 pub struct Hold {
@@ -59,6 +60,25 @@ pub trait Locks: Send + Sync {
     fn live_sessions(&self) -> Result<Vec<SessionInfo>>;
     /// Takes the gc lock for `what` (`gc`, `repair index`), or fails with `Error::GcRunning`.
     fn gc_lock(&self, what: &str) -> Result<Hold>;
+
+    /// Makes packs gc has condemned (with the time) known to every writer, before gc waits
+    /// for the sessions older than the condemnation. With `flock` every writer is on this
+    /// machine and reads the one index, where gc has already set `condemned_at`: nothing more
+    /// to publish. Lease locks write them into the repository (docs/GC.md).
+    fn publish_condemned(&self, _packs: &[(PackId, i64)]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Takes back the condemnation of a pack gc rescued (a snapshot turned out to need it).
+    fn withdraw_condemned(&self, _pack: PackId) -> Result<()> {
+        Ok(())
+    }
+
+    /// The condemnations published by collectors elsewhere, which a writer loads into its
+    /// index when it starts a session, before it deduplicates against anything.
+    fn published_condemned(&self) -> Result<Vec<(PackId, i64)>> {
+        Ok(Vec::new())
+    }
 }
 
 pub(crate) fn now_ns() -> i64 {
