@@ -37,7 +37,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a value, requiring that every byte is consumed.
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| Error::corrupt(what, format!("undecodable: {e}")))?;
+        .map_err(|source| Error::Undecodable { what: what.to_owned(), source })?;
     if used != bytes.len() {
         return Err(Error::corrupt(what, format!("{} trailing bytes", bytes.len() - used)));
     }

@@ -27,6 +27,16 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// Bytes of a repository file do not decode as the format says (bincode's own reason is
+    /// the source).
+    #[error("{what} is corrupt: undecodable: {source}")]
+    Undecodable {
+        /// What was being read.
+        what: String,
+        /// What the decoder found.
+        #[source]
+        source: bincode::error::DecodeError,
+    },
     /// A file was written by a newer (or unknown) format version.
     #[error(
         "{what} has format version {found}; this cairn reads versions up to {supported} \
@@ -90,6 +100,32 @@ pub enum Error {
         /// The (short) IDs that start with it, comma-separated.
         ids: String,
     },
+    /// A command that writes was given a repository opened read-only.
+    #[error(
+        "{what} needs to write to the repository, which is open read-only (read-only media, no \
+         write permission, or a full disk)"
+    )]
+    ReadOnly {
+        /// The command or step that needed to write.
+        what: String,
+    },
+    /// The index cannot be opened read-only, and a read-only repository cannot rebuild it.
+    #[error(
+        "the index {} cannot be opened read-only (missing or damaged), and a read-only repository \
+         cannot rebuild it: run `cairn repair index` where the repository can be written",
+        path.display()
+    )]
+    IndexUnavailable {
+        /// The index file.
+        path: PathBuf,
+    },
+    /// The worker threads of a snapshot, restore or scrub could not be started.
+    #[error("cannot start worker threads: {source}")]
+    Workers {
+        /// rayon's reason.
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
     /// An argument from the caller is unusable.
     #[error("{0}")]
     InvalidInput(String),
@@ -140,7 +176,10 @@ impl Error {
     /// as opposed to errors of the environment or of the caller.
     #[must_use]
     pub fn is_damage(&self) -> bool {
-        matches!(self, Self::Corrupt { .. } | Self::HashMismatch { .. } | Self::Missing { .. })
+        matches!(
+            self,
+            Self::Corrupt { .. } | Self::Undecodable { .. } | Self::HashMismatch { .. } | Self::Missing { .. }
+        )
     }
 }
 

@@ -198,7 +198,7 @@ impl Repo {
         };
         // Validated as any config read back is.
         let bytes = config.encode();
-        RepoConfig::decode(&bytes).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        RepoConfig::decode(&bytes)?;
         backend.put(FileKind::Config, CONFIG_COPY, &bytes)?;
         backend.put(FileKind::Config, "config", &bytes)?;
         Ok(done("rebuilt", &config, inferred))

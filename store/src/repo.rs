@@ -131,11 +131,7 @@ fn cannot_write(e: &Error) -> bool {
 }
 
 fn read_only_without_index(path: &Path) -> Error {
-    Error::InvalidInput(format!(
-        "the index {} cannot be opened read-only (missing or damaged), and a read-only repository \
-         cannot rebuild it: run `cairn repair index` where the repository can be written",
-        path.display()
-    ))
+    Error::IndexUnavailable { path: path.to_path_buf() }
 }
 
 /// True for a file that is not there (removed between a listing and the read).
@@ -171,7 +167,7 @@ pub(crate) fn load_config(location: &Location, backend: &dyn Backend, mend: bool
             let mended = if mend {
                 backend.put(FileKind::Config, "config", &c.encode())
             } else {
-                Err(Error::InvalidInput("the repository is open read-only".into()))
+                Err(Error::ReadOnly { what: "mending the config".into() })
             };
             notices.push(match mended {
                 Ok(()) => format!("the repository config was damaged ({e}); written again from its copy {CONFIG_COPY}"),
@@ -277,7 +273,7 @@ impl Repo {
         }
         let existed = path.exists();
         let writable = if opts.read_only {
-            Err(Error::InvalidInput("read-only open".into()))
+            Err(Error::ReadOnly { what: "opening the index for writing".into() })
         } else {
             storage.state.create().and_then(|()| Index::open(&path))
         };
@@ -346,10 +342,7 @@ impl Repo {
     /// Fails when the repository was opened read-only, naming what needed to write.
     pub(crate) fn writable(&self, what: &str) -> Result<()> {
         if self.read_only {
-            return Err(Error::InvalidInput(format!(
-                "{what} needs to write to the repository, which is open read-only (read-only media, no \
-                 write permission, or a full disk)"
-            )));
+            return Err(Error::ReadOnly { what: what.to_owned() });
         }
         Ok(())
     }

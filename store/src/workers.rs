@@ -13,5 +13,5 @@ pub(crate) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
         .num_threads(threads)
         .stack_size(STACK)
         .build()
-        .map_err(|e| Error::InvalidInput(format!("cannot start worker threads: {e}")))
+        .map_err(|source| Error::Workers { source })
 }
