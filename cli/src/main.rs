@@ -7,6 +7,7 @@
 
 mod args;
 mod commands;
+mod logging;
 mod output;
 mod progress;
 mod units;
@@ -34,6 +35,7 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    logging::init(cli.verbose, cli.quiet);
     raise_open_file_limit();
     let code = run(&cli);
     if std::env::var_os("CAIRN_IO_STATS").is_some() {
@@ -56,7 +58,7 @@ fn run(cli: &args::Cli) -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "cairn: error: {err:#}");
+            log::error!("{err:#}");
             let damage =
                 err.chain().any(|c| c.downcast_ref::<cairn_store::Error>().is_some_and(cairn_store::Error::is_damage));
             ExitCode::from(if damage { exit::DAMAGE } else { exit::ERROR })

@@ -19,6 +19,7 @@ mod hostile;
 mod incremental;
 mod inspect;
 mod integrity;
+mod logging;
 mod processes;
 mod property;
 mod restore_options;

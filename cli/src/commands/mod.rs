@@ -56,7 +56,7 @@ pub fn open(cli: &Cli) -> Result<Repo> {
     let (path, _) = repo_path(cli)?;
     let repo = Repo::open(&cairn_store::Location::local(&path), &OpenOptions::default())
         .with_context(|| format!("cannot open repository {}", path.display()))?;
-    print_notices(cli, &repo);
+    print_notices(&repo);
     Ok(repo)
 }
 
@@ -68,17 +68,15 @@ pub fn open_to_free_space(cli: &Cli) -> Result<Repo> {
     opts.use_reserve = true;
     let repo = Repo::open(&cairn_store::Location::local(&path), &opts)
         .with_context(|| format!("cannot open repository {}", path.display()))?;
-    print_notices(cli, &repo);
+    print_notices(&repo);
     Ok(repo)
 }
 
-/// What opening the repository found that the user should hear about, on stderr.
-pub fn print_notices(cli: &Cli, repo: &Repo) {
-    if cli.quiet {
-        return;
-    }
+/// What opening the repository found that the user should hear about: warnings, so that -q
+/// silences them and the journal files them as such.
+pub fn print_notices(repo: &Repo) {
     for n in repo.notices() {
-        errln!("cairn: warning: {n}");
+        log::warn!("{n}");
     }
 }
 

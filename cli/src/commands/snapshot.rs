@@ -26,7 +26,7 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     } else {
         let repo = Repo::open(&location, &OpenOptions::default())
             .with_context(|| format!("cannot open repository {}", path.display()))?;
-        super::print_notices(cli, &repo);
+        super::print_notices(&repo);
         repo
     };
     let mut opts = SnapshotOptions::new(args.paths.clone());

@@ -1,0 +1,110 @@
+//! What the store logs reaches stderr, at the levels -v and -q choose, one line per event with
+//! its priority under systemd, and never twice beside the report that lists it.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Output;
+
+use crate::args;
+use crate::util::*;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A repository whose config copy cannot be written again: opening it logs a warning.
+fn repo_with_an_unwritable_config_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (dir, repo) = new_repo();
+    fs::remove_file(repo.join("config.copy")).unwrap();
+    fs::create_dir_all(repo.join("config.copy").join("in-the-way")).unwrap();
+    (dir, repo)
+}
+
+#[test]
+fn a_warning_the_store_logs_is_printed_and_quiet_silences_it() {
+    let (_dir, repo) = repo_with_an_unwritable_config_copy();
+    let out = cairn(&repo).arg("list").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).lines().any(|l| l.starts_with("cairn: warning: cannot write config.copy")),
+        "{}",
+        stderr(&out)
+    );
+    let out = cairn(&repo).args(["-q", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stderr(&out), "", "-q prints nothing but errors");
+}
+
+/// `cairn list` on `repo` with `JOURNAL_STREAM` set and stderr appended to `log`.
+fn list_into(repo: &std::path::Path, stream: &str, log: &std::path::Path) -> Output {
+    let err = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", repo)
+        .env("TZ", "UTC")
+        .env("JOURNAL_STREAM", stream)
+        .arg("list")
+        .stderr(err)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn under_the_journal_every_event_is_one_line_with_its_priority() {
+    let (dir, repo) = repo_with_an_unwritable_config_copy();
+    let log = dir.path().join("journal");
+    let meta = fs::File::create(&log).unwrap().metadata().unwrap();
+    // systemd names the stream stderr is connected to; a file stands in for its socket.
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let out = list_into(&repo, &stream, &log);
+    assert_eq!(out.status.code(), Some(0));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("<4>cairn: warning: cannot write config.copy")), "{text}");
+    assert!(text.lines().all(|l| l.starts_with("<4>cairn: warning: ")), "{text}");
+
+    let out = list_into(&dir.path().join("nothing here"), &stream, &log);
+    assert_eq!(out.status.code(), Some(1));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.lines().last().unwrap().starts_with("<3>cairn: error: cannot open repository"), "{text}");
+
+    // The variable alone, inherited by a process whose stderr went elsewhere, is no journal.
+    let out = cairn(&repo).env("JOURNAL_STREAM", &stream).arg("list").output().unwrap();
+    assert!(stderr(&out).lines().all(|l| l.starts_with("cairn: warning: ")), "{}", stderr(&out));
+}
+
+#[test]
+fn a_snapshot_note_is_said_once_even_with_verbose() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    let out = cairn(&repo).args(args!["-v", "snapshot", &link]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stderr(&out).lines().filter(|l| l.contains("a symlink to")).count();
+    assert_eq!(said, 1, "{}", stderr(&out));
+}
+
+#[test]
+fn a_snapshot_warning_is_said_once() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("locked.txt"), b"secret\n").unwrap();
+    fs::set_permissions(src.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = if is_root() {
+        // Root reads everything: run cairn as nobody, owning the repository and the tree.
+        for e in walkdir::WalkDir::new(dir.path()) {
+            std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
+        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(cairn_bin());
+        c
+    } else {
+        std::process::Command::new(cairn_bin())
+    };
+    let out = cmd.env("CAIRN_REPO", &repo).env("HOME", dir.path()).args(args!["snapshot", &src]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let said = stderr(&out).lines().filter(|l| l.contains("locked.txt")).count();
+    assert_eq!(said, 1, "{}", stderr(&out));
+}
