@@ -51,30 +51,32 @@ pub fn repo_path(cli: &Cli) -> Result<(PathBuf, bool)> {
     Ok((base.join("cairn").join("repo"), true))
 }
 
-/// Opens the repository named by the global options.
-pub fn open(cli: &Cli) -> Result<Repo> {
+/// Opens the repository named by the global options. Every command that opens one comes
+/// here, so that how a repository is located and opened is decided in one place.
+pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
     let (path, _) = repo_path(cli)?;
-    let repo = Repo::open(&cairn_store::Location::local(&path), &OpenOptions::default())
+    let repo = Repo::open(&cairn_store::Location::local(&path), opts)
         .with_context(|| format!("cannot open repository {}", path.display()))?;
     print_notices(&repo);
     Ok(repo)
+}
+
+/// Opens the repository for a command that only reads or adds.
+pub fn open(cli: &Cli) -> Result<Repo> {
+    open_repo(cli, &OpenOptions::default())
 }
 
 /// Opens the repository for a command that frees space (`forget`, `gc`): on a nearly full
 /// disk it may use the space the repository keeps in reserve for that.
 pub fn open_to_free_space(cli: &Cli) -> Result<Repo> {
-    let (path, _) = repo_path(cli)?;
     let mut opts = OpenOptions::default();
     opts.use_reserve = true;
-    let repo = Repo::open(&cairn_store::Location::local(&path), &opts)
-        .with_context(|| format!("cannot open repository {}", path.display()))?;
-    print_notices(&repo);
-    Ok(repo)
+    open_repo(cli, &opts)
 }
 
 /// What opening the repository found that the user should hear about: warnings, so that -q
 /// silences them and the journal files them as such.
-pub fn print_notices(repo: &Repo) {
+fn print_notices(repo: &Repo) {
     for n in repo.notices() {
         log::warn!("{n}");
     }

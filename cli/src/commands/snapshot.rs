@@ -24,10 +24,7 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
         }
         repo
     } else {
-        let repo = Repo::open(&location, &OpenOptions::default())
-            .with_context(|| format!("cannot open repository {}", path.display()))?;
-        super::print_notices(&repo);
-        repo
+        super::open_repo(cli, &OpenOptions::default())?
     };
     let mut opts = SnapshotOptions::new(args.paths.clone());
     opts.kind = match args.kind {
