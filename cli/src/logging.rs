@@ -92,7 +92,10 @@ fn stderr_is_journal() -> bool {
     let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
         return false;
     };
-    names_stream(&value.to_string_lossy(), u64::from(stat.st_dev), u64::from(stat.st_ino))
+    // Not u64 on every target.
+    #[allow(clippy::useless_conversion)]
+    let (dev, ino) = (u64::from(stat.st_dev), u64::from(stat.st_ino));
+    names_stream(&value.to_string_lossy(), dev, ino)
 }
 
 /// `JOURNAL_STREAM` is `DEVICE:INODE` in decimal.

@@ -8,6 +8,7 @@
 mod args;
 mod commands;
 mod logging;
+mod lower;
 mod output;
 mod progress;
 mod units;

@@ -34,7 +34,31 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((value * factor) as u64)
 }
 
+/// `bytes` as [`parse_size`] reads it back exactly, in the largest binary unit that divides
+/// it: 16 MiB is `16M`.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if bytes != 0 && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Whole seconds as [`parse_duration`] reads them back, in the largest unit that divides them:
+/// 600 s is `10m`. What is below a second is dropped (no default has any).
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs != 0 && secs % len == 0 {
+            return format!("{}{unit}", secs / len);
+        }
+    }
+    format!("{secs}s")
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -50,5 +74,21 @@ mod tests {
         assert_eq!(parse_size("3MB").unwrap(), 3_000_000);
         assert_eq!(parse_size("42").unwrap(), 42);
         assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn formatted_sizes_and_durations_read_back() {
+        assert_eq!(format_size(16 << 20), "16M");
+        assert_eq!(format_size(1536), "1536");
+        assert_eq!(format_size(0), "0");
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(0)), "0s");
+        for bytes in [0, 1, 1024, 64 << 10, 16 << 20, 3 << 30, 5 << 40, (1 << 20) + 1] {
+            assert_eq!(parse_size(&format_size(bytes)).unwrap(), bytes);
+        }
+        for secs in [0, 1, 59, 60, 3600, 5400, 86_400, 2 * 86_400 + 1] {
+            assert_eq!(parse_duration(&format_duration(Duration::from_secs(secs))).unwrap(), Duration::from_secs(secs));
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! `cairn forget`
 
 use anyhow::{bail, Result};
-use cairn_store::{apply_policy, emptied_groups, ForgetReport, GroupBy, KeepPolicy, SnapshotId};
+use cairn_store::{apply_policy, emptied_groups, ForgetReport, SnapshotId};
 use serde::Serialize;
 
 use crate::args::{Cli, ForgetArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, local_time, outln};
 
 #[derive(Serialize)]
@@ -19,21 +20,12 @@ struct Output {
 
 pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
     let repo = super::open_to_free_space(cli)?;
-    let mut policy = KeepPolicy::default();
-    policy.last = args.keep_last;
-    policy.hourly = args.keep_hourly;
-    policy.daily = args.keep_daily;
-    policy.weekly = args.keep_weekly;
-    policy.monthly = args.keep_monthly;
-    policy.yearly = args.keep_yearly;
-    policy.within = args.keep_within;
-    policy.tags.clone_from(&args.keep_tags);
-    policy.include_labeled = args.include_labeled;
+    let policy = lower::keep_policy(args);
     let mut report = ForgetReport { dry_run: args.dry_run, ..ForgetReport::default() };
     let to_remove: Vec<SnapshotId> = match (args.ids.is_empty(), policy.is_empty()) {
         (false, true) => args.ids.iter().map(|s| repo.resolve(s).map(|s| s.id)).collect::<Result<_, _>>()?,
         (true, false) => {
-            let group_by = GroupBy::parse(&args.group_by).map_err(anyhow::Error::msg)?;
+            let group_by = lower::group_by(args)?;
             let snaps = repo.snapshots()?;
             report.decisions = apply_policy(&policy, group_by, &snaps, &jiff::tz::TimeZone::system());
             let emptied = emptied_groups(&report.decisions);
@@ -59,7 +51,7 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
     // the space), so it is reported beside the forget report with its own exit code.
     let mut deferred_by = None;
     let gc = if args.gc {
-        match super::gc::collect(cli, &repo, args.dry_run, 10.0, std::time::Duration::from_secs(600)) {
+        match super::gc::collect(cli, &repo, &lower::forget_gc_options(args)) {
             Ok(r) => Some(r),
             Err(e) => match e.downcast_ref::<cairn_store::Error>() {
                 Some(cairn_store::Error::GcRunning { pid, holder }) => {

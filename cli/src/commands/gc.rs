@@ -1,16 +1,17 @@
 //! `cairn gc`
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use cairn_store::{GcOptions, GcReport, Repo};
 
 use crate::args::{Cli, GcArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
     let repo = super::open_to_free_space(cli)?;
-    let report = collect(cli, &repo, args.dry_run, args.max_unused, args.max_wait)?;
+    let report = collect(cli, &repo, &lower::gc_options(args)?)?;
     if cli.json {
         output::json(&report)?;
     } else if !cli.quiet {
@@ -19,23 +20,10 @@ pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// Runs gc with the given settings (also used by `forget --gc`).
-pub fn collect(
-    cli: &Cli,
-    repo: &Repo,
-    dry_run: bool,
-    max_unused: f64,
-    max_wait: std::time::Duration,
-) -> Result<GcReport> {
-    if !(0.0..=100.0).contains(&max_unused) {
-        bail!("--max-unused is a percentage from 0 to 100");
-    }
-    let mut opts = GcOptions::default();
-    opts.dry_run = dry_run;
-    opts.max_unused = max_unused / 100.0;
-    opts.max_wait = max_wait;
+/// Runs gc with a progress bar (also used by `forget --gc`).
+pub fn collect(cli: &Cli, repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     let bar = Bar::new(!cli.quiet && !cli.json);
-    Ok(repo.gc(&opts, &bar)?)
+    Ok(repo.gc(opts, &bar)?)
 }
 
 pub fn print_report(r: &GcReport) -> std::io::Result<()> {

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use cairn_store::{OpenOptions, Repo, Warning};
 
 use crate::args::{Cli, Command};
+use crate::lower;
 use crate::output::errln;
 
 /// Runs the parsed command; returns the exit code.
@@ -63,15 +64,12 @@ pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
 
 /// Opens the repository for a command that only reads or adds.
 pub fn open(cli: &Cli) -> Result<Repo> {
-    open_repo(cli, &OpenOptions::default())
+    open_repo(cli, &lower::open_options())
 }
 
-/// Opens the repository for a command that frees space (`forget`, `gc`): on a nearly full
-/// disk it may use the space the repository keeps in reserve for that.
+/// Opens the repository for a command that frees space (`forget`, `gc`).
 pub fn open_to_free_space(cli: &Cli) -> Result<Repo> {
-    let mut opts = OpenOptions::default();
-    opts.use_reserve = true;
-    open_repo(cli, &opts)
+    open_repo(cli, &lower::open_options_to_free_space())
 }
 
 /// What opening the repository found that the user should hear about: warnings, so that -q

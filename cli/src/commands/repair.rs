@@ -1,10 +1,11 @@
 //! `cairn repair index`
 
 use anyhow::{Context, Result};
-use cairn_store::{ConfigRepair, Repo};
+use cairn_store::Repo;
 
 use crate::args::{Cli, RepairConfigArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, outln};
 use crate::progress::Bar;
 
@@ -53,13 +54,7 @@ pub fn run_index(cli: &Cli) -> Result<u8> {
 
 pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
     let (path, _) = super::repo_path(cli)?;
-    if args.chunk_size.is_some_and(|c| !c.is_power_of_two() || !(1024..=4 << 20).contains(&c)) {
-        anyhow::bail!("--chunk-size must be a power of two from 1024 to 4194304");
-    }
-    let mut opts = ConfigRepair::default();
-    opts.chunk_size = args.chunk_size;
-    opts.pack_size = args.pack_size.map(|p| u32::try_from(p).unwrap_or(u32::MAX));
-    opts.compression_level = args.compression;
+    let opts = lower::config_repair(args)?;
     let report = Repo::repair_config(&cairn_store::Location::local(&path), &opts)
         .with_context(|| format!("cannot repair {}", path.display()))?;
     if cli.json {

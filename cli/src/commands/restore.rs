@@ -1,10 +1,11 @@
 //! `cairn restore`
 
 use anyhow::{bail, Context, Result};
-use cairn_store::{Overwrite, RestoreOptions, RestoreReport};
+use cairn_store::RestoreReport;
 
-use crate::args::{Cli, OverwriteArg, RestoreArgs};
+use crate::args::{Cli, RestoreArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, errln, outln, size};
 use crate::progress::Bar;
 
@@ -35,18 +36,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         (Some(spec), None) => repo.resolve(spec)?,
         (None, None) => bail!("name a snapshot or give --at TIME"),
     };
-    let mut opts = RestoreOptions::default();
-    opts.target.clone_from(&args.target);
-    opts.includes.clone_from(&args.includes);
-    opts.excludes.clone_from(&args.excludes);
-    opts.verify = args.verify;
-    opts.dry_run = args.dry_run;
-    opts.overwrite = match args.overwrite {
-        OverwriteArg::Never => Overwrite::Never,
-        OverwriteArg::IfChanged => Overwrite::IfChanged,
-        OverwriteArg::Always => Overwrite::Always,
-    };
-    opts.safety_snapshot = !args.no_safety_snapshot;
+    let opts = lower::restore_options(args);
     let bar = Bar::new(!cli.quiet && !cli.json);
     let report = repo
         .restore(&snapshot, &opts, &bar)

@@ -1,22 +1,18 @@
 //! `cairn scrub`
 
 use anyhow::Result;
-use cairn_store::{Damage, ScrubOptions, ScrubReport};
+use cairn_store::{Damage, ScrubReport};
 
 use crate::args::{Cli, ScrubArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, outln, size};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let mut opts = ScrubOptions::default();
-    opts.read_data = args.read_data;
-    opts.max_duration = args.max_duration;
-    opts.max_bytes = args.max_bytes;
-    for spec in &args.snapshots {
-        opts.snapshots.push(repo.resolve(spec)?.id);
-    }
+    let only = args.snapshots.iter().map(|spec| repo.resolve(spec).map(|s| s.id)).collect::<Result<_, _>>()?;
+    let opts = lower::scrub_options(args, only);
     let bar = Bar::new(!cli.quiet && !cli.json);
     let report = repo.scrub(&opts, &bar)?;
     if cli.json {

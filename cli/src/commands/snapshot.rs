@@ -1,12 +1,11 @@
 //! `cairn snapshot`
 
 use anyhow::{Context, Result};
-use cairn_store::{
-    read_exclude_file, InitOptions, Location, OpenOptions, Repo, SnapshotKind, SnapshotOptions, SnapshotReport,
-};
+use cairn_store::{InitOptions, Location, Repo, SnapshotReport};
 
-use crate::args::{Cli, Kind, SnapshotArgs};
+use crate::args::{Cli, SnapshotArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, errln, outln, size};
 use crate::progress::Bar;
 
@@ -24,24 +23,9 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
         }
         repo
     } else {
-        super::open_repo(cli, &OpenOptions::default())?
+        super::open(cli)?
     };
-    let mut opts = SnapshotOptions::new(args.paths.clone());
-    opts.kind = match args.kind {
-        Kind::Incremental => SnapshotKind::Incremental,
-        Kind::Differential => SnapshotKind::Differential,
-        Kind::Full => SnapshotKind::Full,
-    };
-    opts.label.clone_from(&args.label);
-    opts.tags.clone_from(&args.tags);
-    opts.excludes.clone_from(&args.excludes);
-    for f in &args.exclude_file {
-        opts.excludes
-            .extend(read_exclude_file(f).with_context(|| format!("cannot read exclude file {}", f.display()))?);
-    }
-    opts.one_file_system = args.one_file_system;
-    opts.dry_run = args.dry_run;
-    opts.host.clone_from(&args.host);
+    let opts = lower::snapshot_options(args)?;
     let bar = Bar::new(!cli.quiet && !cli.json);
     let report = repo.snapshot(&opts, &bar).context("snapshot failed; no snapshot was recorded")?;
     if cli.json {
