@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::args::Cli;
+
 /// Set once a write to stdout met EPIPE: the reader has gone for good.
 static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 
@@ -68,8 +70,33 @@ macro_rules! errln {
 
 pub(crate) use {errln, outln};
 
+/// Whether `-q` silences the text of a report (never its JSON: asked for, it is printed).
+#[derive(Clone, Copy)]
+pub enum Quiet {
+    /// The text only tells what the exit code already says (a snapshot was saved): -q drops it.
+    Silences,
+    /// The text is what was asked for (a listing, a diff), or news the exit code does not
+    /// carry in full (which data is damaged): printed even with -q.
+    Ignored,
+}
+
+/// Prints a command's report on stdout: as JSON with `--json`, else as `text` renders it.
+pub fn report<T, E>(cli: &Cli, value: &T, quiet: Quiet, text: impl FnOnce(&T) -> Result<(), E>) -> Result<()>
+where
+    T: Serialize + ?Sized,
+    E: Into<anyhow::Error>,
+{
+    if cli.json {
+        return json(value);
+    }
+    if cli.quiet && matches!(quiet, Quiet::Silences) {
+        return Ok(());
+    }
+    text(value).map_err(Into::into)
+}
+
 /// Writes `value` as JSON (one document, newline-terminated) on stdout.
-pub fn json<T: Serialize>(value: &T) -> Result<()> {
+fn json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
     let mut out = io::BufWriter::new(stdout());
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::args::{Cli, ForgetArgs};
 use crate::exit;
 use crate::lower;
-use crate::output::{self, local_time, outln};
+use crate::output::{self, local_time, outln, Quiet};
 
 #[derive(Serialize)]
 struct Output {
@@ -71,11 +71,8 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         None
     };
     let code = if deferred_by.is_some() { exit::GC_DEFERRED } else { exit::OK };
-    if cli.json {
-        output::json(&Output { forget: report, gc, gc_deferred: deferred_by.is_some() })?;
-        return Ok(code);
-    }
-    if !cli.quiet {
+    let out = Output { forget: report, gc, gc_deferred: deferred_by.is_some() };
+    output::report(cli, &out, Quiet::Silences, |o| {
         let when = |rfc3339: &str| {
             rfc3339
                 .parse::<jiff::Timestamp>()
@@ -83,7 +80,7 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
                 .unwrap_or_default()
         };
         let mut group = None;
-        for d in &report.decisions {
+        for d in &o.forget.decisions {
             if group.as_ref() != Some(&d.group) {
                 outln!("group {}", d.group)?;
                 group = Some(d.group.clone());
@@ -97,7 +94,7 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         }
         let verb = if args.dry_run { "would remove" } else { "removed" };
         outln!("{verb} {} snapshots", to_remove.len())?;
-        if let Some(g) = &gc {
+        if let Some(g) = &o.gc {
             super::gc::print_report(g)?;
         } else if let Some((pid, holder)) = &deferred_by {
             outln!(
@@ -107,6 +104,7 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
         } else if !args.dry_run && !to_remove.is_empty() {
             outln!("run `cairn gc` to free their space")?;
         }
-    }
+        Ok::<_, std::io::Error>(())
+    })?;
     Ok(code)
 }

@@ -6,17 +6,13 @@ use cairn_store::{GcOptions, GcReport, Repo};
 use crate::args::{Cli, GcArgs};
 use crate::exit;
 use crate::lower;
-use crate::output::{self, outln, size};
+use crate::output::{self, outln, size, Quiet};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
     let repo = super::open_to_free_space(cli)?;
     let report = collect(cli, &repo, &lower::gc_options(args)?)?;
-    if cli.json {
-        output::json(&report)?;
-    } else if !cli.quiet {
-        print_report(&report)?;
-    }
+    output::report(cli, &report, Quiet::Silences, print_report)?;
     Ok(exit::OK)
 }
 

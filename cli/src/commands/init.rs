@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::args::{Cli, InitArgs};
 use crate::exit;
 use crate::lower;
-use crate::output::{self, outln};
+use crate::output::{self, outln, Quiet};
 
 #[derive(Serialize)]
 struct Initialised {
@@ -28,10 +28,8 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
         chunker: repo.config().chunker,
         compression_level: repo.config().compression_level,
     };
-    if cli.json {
-        output::json(&report)?;
-    } else if !cli.quiet {
-        outln!("created cairn repository {} at {}", &report.repo_id[..8], report.repository)?;
-    }
+    output::report(cli, &report, Quiet::Silences, |r| {
+        outln!("created cairn repository {} at {}", &r.repo_id[..8], r.repository)
+    })?;
     Ok(exit::OK)
 }

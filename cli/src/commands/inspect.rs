@@ -4,22 +4,22 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use cairn_store::{Listing, Snapshot, Visit};
+use cairn_store::{Listing, ShowReport, Snapshot, Stats, Visit};
 use globset::Glob;
 use serde::Serialize;
 
 use crate::args::{CatArgs, Cli, DiffArgs, FindArgs, LogArgs, LsArgs, ManifestArgs, ShowArgs, StatsArgs};
 use crate::exit;
-use crate::output::{self, errln, outln, size};
+use crate::output::{self, errln, outln, size, Quiet};
 
 pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let snap = repo.resolve(&args.snapshot)?;
-    let r = repo.show(&snap)?;
-    if cli.json {
-        output::json(&r)?;
-        return Ok(exit::OK);
-    }
+    output::report(cli, &repo.show(&snap)?, Quiet::Ignored, |r| print_show(r, &snap))?;
+    Ok(exit::OK)
+}
+
+fn print_show(r: &ShowReport, snap: &Snapshot) -> std::io::Result<()> {
     outln!("snapshot   {}", r.id)?;
     outln!("time       {} ({})", output::local_time(snap.record.time_ns), r.time)?;
     outln!("host/user  {} / {}", r.host, r.user)?;
@@ -37,17 +37,17 @@ pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
     outln!("added      {} new data, {} stored", size(t.data_added), size(t.data_stored))?;
     outln!("exclusive  {} (what forgetting only this snapshot would free)", size(r.exclusive_size))?;
     outln!("took       {:.2} s, cairn {}", r.duration_secs, r.cairn_version)?;
-    Ok(exit::OK)
+    Ok(())
 }
 
 pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let only: Vec<Snapshot> = args.snapshots.iter().map(|s| repo.resolve(s)).collect::<Result<_, _>>()?;
-    let s = repo.stats(&only)?;
-    if cli.json {
-        output::json(&s)?;
-        return Ok(exit::OK);
-    }
+    output::report(cli, &repo.stats(&only)?, Quiet::Ignored, print_stats)?;
+    Ok(exit::OK)
+}
+
+fn print_stats(s: &Stats) -> std::io::Result<()> {
     outln!("snapshots          {}", s.snapshots)?;
     outln!("logical size       {}", size(s.logical_size))?;
     outln!("unique data        {} in {} blobs ({} chunks)", size(s.unique_size), s.blobs, s.chunks)?;
@@ -59,22 +59,19 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> Result<u8> {
     if let Some(age) = s.newest_snapshot_age_secs {
         outln!("newest snapshot    {age} s old")?;
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let (a, b) = (repo.resolve(&args.a)?, repo.resolve(&args.b)?);
-    let r = repo.diff(&a, &b, &args.paths)?;
-    if cli.json {
-        output::json(&r)?;
-        return Ok(exit::OK);
-    }
-    let mut out = output::stdout();
-    for c in &r.changes {
-        writeln!(out, "{}  {}", c.marker, c.path)?;
-    }
-    writeln!(out, "{} added, {} removed, {} modified, {} metadata only", r.added, r.removed, r.modified, r.metadata)?;
+    output::report(cli, &repo.diff(&a, &b, &args.paths)?, Quiet::Ignored, |r| {
+        let mut out = output::stdout();
+        for c in &r.changes {
+            writeln!(out, "{}  {}", c.marker, c.path)?;
+        }
+        writeln!(out, "{} added, {} removed, {} modified, {} metadata only", r.added, r.removed, r.modified, r.metadata)
+    })?;
     Ok(exit::OK)
 }
 
@@ -96,14 +93,10 @@ pub fn ls(cli: &Cli, args: &LsArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let snap = repo.resolve(&args.snapshot)?;
     let list = repo.ls(&snap, args.path.as_deref().unwrap_or(Path::new("/")), args.recursive)?;
-    if cli.json {
-        output::json(&list)?;
-        return Ok(exit::OK);
-    }
-    let mut out = output::stdout();
-    for l in &list {
-        print_listing(&mut out, l, args.long)?;
-    }
+    output::report(cli, &list, Quiet::Ignored, |list| {
+        let mut out = output::stdout();
+        list.iter().try_for_each(|l| print_listing(&mut out, l, args.long))
+    })?;
     Ok(exit::OK)
 }
 
@@ -144,40 +137,43 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
             Ok(Visit::Enter)
         })?;
     }
-    if cli.json {
-        output::json(&found)?;
-        return Ok(exit::OK);
-    }
-    let mut out = output::stdout();
-    for f in &found {
-        writeln!(
-            out,
-            "{}  {}  {:>12}  {}  {}",
-            &f.snapshot[..8],
-            f.time,
-            f.entry.size,
-            f.entry.mtime.get(..19).unwrap_or(""),
-            f.entry.path
-        )?;
-    }
-    writeln!(out, "{} matches in {} snapshots", found.len(), snaps.len())?;
+    output::report(cli, &found, Quiet::Ignored, |found| {
+        let mut out = output::stdout();
+        for f in found {
+            writeln!(
+                out,
+                "{}  {}  {:>12}  {}  {}",
+                &f.snapshot[..8],
+                f.time,
+                f.entry.size,
+                f.entry.mtime.get(..19).unwrap_or(""),
+                f.entry.path
+            )?;
+        }
+        writeln!(out, "{} matches in {} snapshots", found.len(), snaps.len())
+    })?;
     Ok(exit::OK)
 }
 
 pub fn log(cli: &Cli, args: &LogArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let versions = repo.log(&args.path)?;
-    if cli.json {
-        output::json(&versions)?;
-        return Ok(exit::OK);
-    }
-    let mut out = output::stdout();
-    for v in &versions {
-        let first = &v.snapshots[0][..8];
-        let last = &v.snapshots[v.snapshots.len() - 1][..8];
-        let id = if v.kind == "absent" { "(absent)".to_owned() } else { v.version[..16].to_owned() };
-        writeln!(out, "{id}  {:<7} {:>12}  in {} snapshots ({first} .. {last})", v.kind, v.size, v.snapshots.len())?;
-    }
+    output::report(cli, &versions, Quiet::Ignored, |versions| {
+        let mut out = output::stdout();
+        for v in versions {
+            let first = &v.snapshots[0][..8];
+            let last = &v.snapshots[v.snapshots.len() - 1][..8];
+            let id = if v.kind == "absent" { "(absent)".to_owned() } else { v.version[..16].to_owned() };
+            writeln!(
+                out,
+                "{id}  {:<7} {:>12}  in {} snapshots ({first} .. {last})",
+                v.kind,
+                v.size,
+                v.snapshots.len()
+            )?;
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
     Ok(exit::OK)
 }
 
@@ -193,6 +189,13 @@ pub fn cat(cli: &Cli, args: &CatArgs) -> Result<u8> {
         Err(cairn_store::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
         Err(e) => Err(e.into()),
     }
+}
+
+/// One file of `manifest --json`.
+#[derive(Serialize)]
+struct Line<'a> {
+    blake3: &'a str,
+    path: &'a str,
 }
 
 /// b3sum's format: a line starting with `\\` has `\\` and newline escaped in its path.
@@ -217,19 +220,11 @@ pub fn manifest(cli: &Cli, args: &ManifestArgs) -> Result<u8> {
             Err(_) => skipped.push(String::from_utf8_lossy(path).into_owned()),
         }
     }
-    if cli.json {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            blake3: &'a str,
-            path: &'a str,
-        }
-        output::json(&lines.iter().map(|(h, p)| Line { blake3: h, path: p }).collect::<Vec<_>>())?;
-    } else {
+    let lines: Vec<Line<'_>> = lines.iter().map(|(h, p)| Line { blake3: h, path: p }).collect();
+    output::report(cli, &lines, Quiet::Ignored, |lines| {
         let mut out = output::stdout();
-        for (h, p) in &lines {
-            writeln!(out, "{}", b3sum_line(h, p))?;
-        }
-    }
+        lines.iter().try_for_each(|l| writeln!(out, "{}", b3sum_line(l.blake3, l.path)))
+    })?;
     // b3sum --check reads UTF-8 paths only: say which files cannot be listed.
     for s in &skipped {
         errln!("cairn: manifest: {s}: name is not UTF-8; b3sum cannot check it, left out");

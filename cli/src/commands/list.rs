@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, ListArgs};
 use crate::exit;
-use crate::output::{self, local_time, outln, size};
+use crate::output::{self, local_time, outln, size, Quiet};
 
 /// One snapshot as `list --json` prints it.
 #[derive(Serialize)]
@@ -69,13 +69,11 @@ pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
         let skip = snaps.len().saturating_sub(n);
         snaps.drain(..skip);
     }
-    if cli.json {
-        output::json(&snaps.iter().map(listed).collect::<Vec<_>>())?;
-        return Ok(exit::OK);
-    }
-    if cli.quiet {
-        return Ok(exit::OK);
-    }
+    output::report(cli, &snaps.iter().map(listed).collect::<Vec<_>>(), Quiet::Silences, |_| table(&snaps))?;
+    Ok(exit::OK)
+}
+
+fn table(snaps: &[Snapshot]) -> Result<()> {
     let rows: Vec<Vec<String>> = snaps
         .iter()
         .map(|s| {
@@ -96,5 +94,5 @@ pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
         .collect();
     output::table(&["ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS"], &rows)?;
     outln!("{} snapshots", snaps.len())?;
-    Ok(exit::OK)
+    Ok(())
 }

@@ -1,12 +1,12 @@
 //! `cairn repair index`
 
 use anyhow::{Context, Result};
-use cairn_store::Repo;
+use cairn_store::{RepairReport, Repo};
 
 use crate::args::{Cli, RepairConfigArgs};
 use crate::exit;
 use crate::lower;
-use crate::output::{self, outln};
+use crate::output::{self, outln, Quiet};
 use crate::progress::Bar;
 
 pub fn run_index(cli: &Cli) -> Result<u8> {
@@ -14,42 +14,45 @@ pub fn run_index(cli: &Cli) -> Result<u8> {
     let bar = Bar::new(!cli.quiet && !cli.json);
     let (_repo, report) = Repo::repair_index(&cairn_store::Location::local(&path), &bar)
         .with_context(|| format!("cannot repair {}", path.display()))?;
-    if cli.json {
-        output::json(&report)?;
-    } else if !cli.quiet || !report.complete() {
-        outln!(
-            "index rebuilt: {} packs, {} blobs, {} snapshots",
-            report.packs_indexed,
-            report.blobs_indexed,
-            report.snapshots
-        )?;
-        for p in &report.packs_quarantined {
-            outln!("damaged pack {p} moved to quarantine/")?;
-        }
-        if report.blobs_salvaged > 0 || report.blobs_lost > 0 {
-            outln!("from damaged packs: {} blobs salvaged, {} lost", report.blobs_salvaged, report.blobs_lost)?;
-        }
-        for s in &report.snapshots_rewritten {
-            outln!("snapshot record {} written again from the index's verified copy", &s[..8])?;
-        }
-        for s in &report.snapshots_quarantined {
-            outln!("damaged snapshot record {s} moved to quarantine/")?;
-        }
-        if report.complete() {
-            outln!("nothing any snapshot needs is lost")?;
-        }
-        // Each heading only over something to list: an empty LOST section reads as a loss.
-        for s in &report.snapshots_quarantined {
-            outln!("LOST: snapshot {} (its record is damaged and no verified copy was left)", &s[..8])?;
-        }
-        if !report.lost.is_empty() {
-            outln!("LOST: data that snapshots need (a new snapshot of the same sources stores it again):")?;
-            for d in &report.lost {
-                super::scrub::print_damage(d)?;
-            }
+    // -q keeps a repair quiet only when nothing was lost.
+    let quiet = if report.complete() { Quiet::Silences } else { Quiet::Ignored };
+    output::report(cli, &report, quiet, print_index_report)?;
+    Ok(if report.complete() { exit::OK } else { exit::DAMAGE })
+}
+
+fn print_index_report(report: &RepairReport) -> std::io::Result<()> {
+    outln!(
+        "index rebuilt: {} packs, {} blobs, {} snapshots",
+        report.packs_indexed,
+        report.blobs_indexed,
+        report.snapshots
+    )?;
+    for p in &report.packs_quarantined {
+        outln!("damaged pack {p} moved to quarantine/")?;
+    }
+    if report.blobs_salvaged > 0 || report.blobs_lost > 0 {
+        outln!("from damaged packs: {} blobs salvaged, {} lost", report.blobs_salvaged, report.blobs_lost)?;
+    }
+    for s in &report.snapshots_rewritten {
+        outln!("snapshot record {} written again from the index's verified copy", &s[..8])?;
+    }
+    for s in &report.snapshots_quarantined {
+        outln!("damaged snapshot record {s} moved to quarantine/")?;
+    }
+    if report.complete() {
+        outln!("nothing any snapshot needs is lost")?;
+    }
+    // Each heading only over something to list: an empty LOST section reads as a loss.
+    for s in &report.snapshots_quarantined {
+        outln!("LOST: snapshot {} (its record is damaged and no verified copy was left)", &s[..8])?;
+    }
+    if !report.lost.is_empty() {
+        outln!("LOST: data that snapshots need (a new snapshot of the same sources stores it again):")?;
+        for d in &report.lost {
+            super::scrub::print_damage(d)?;
         }
     }
-    Ok(if report.complete() { exit::OK } else { exit::DAMAGE })
+    Ok(())
 }
 
 pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
@@ -57,9 +60,7 @@ pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
     let opts = lower::config_repair(args)?;
     let report = Repo::repair_config(&cairn_store::Location::local(&path), &opts)
         .with_context(|| format!("cannot repair {}", path.display()))?;
-    if cli.json {
-        output::json(&report)?;
-    } else if !cli.quiet {
+    output::report(cli, &report, Quiet::Silences, |report| {
         match report.action {
             "none" => outln!("both copies of the config are good; nothing to do")?,
             "copied" => outln!("the damaged copy of the config was written again from the good one")?,
@@ -77,6 +78,7 @@ pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
                 )?;
             }
         }
-    }
+        Ok::<_, std::io::Error>(())
+    })?;
     Ok(exit::OK)
 }

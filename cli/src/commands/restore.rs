@@ -6,7 +6,7 @@ use cairn_store::RestoreReport;
 use crate::args::{Cli, RestoreArgs};
 use crate::exit;
 use crate::lower;
-use crate::output::{self, errln, outln, size};
+use crate::output::{self, errln, outln, size, Quiet};
 use crate::progress::Bar;
 
 /// Parses `--at`: RFC 3339 (with offset), or a civil date/time in the local time zone.
@@ -41,11 +41,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     let report = repo
         .restore(&snapshot, &opts, &bar)
         .with_context(|| format!("restore of {} into {} failed", snapshot.id.short(8), args.target.display()))?;
-    if cli.json {
-        output::json(&report)?;
-    } else if !cli.quiet {
-        print_summary(&report)?;
-    }
+    output::report(cli, &report, Quiet::Silences, print_summary)?;
     super::print_warnings(cli, "warning", &report.warnings);
     super::print_warnings(cli, "damaged", &report.damaged);
     super::print_warnings(cli, "not restored", &report.failed);

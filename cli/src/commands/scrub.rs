@@ -6,7 +6,7 @@ use cairn_store::{Damage, ScrubReport};
 use crate::args::{Cli, ScrubArgs};
 use crate::exit;
 use crate::lower;
-use crate::output::{self, outln, size};
+use crate::output::{self, outln, size, Quiet};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
@@ -15,11 +15,10 @@ pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
     let opts = lower::scrub_options(args, only);
     let bar = Bar::new(!cli.quiet && !cli.json);
     let report = repo.scrub(&opts, &bar)?;
-    if cli.json {
-        output::json(&report)?;
-    } else if !cli.quiet || !report.clean {
-        print_report(&report, args.max_duration.is_some() || args.max_bytes.is_some())?;
-    }
+    let budgeted = args.max_duration.is_some() || args.max_bytes.is_some();
+    // -q keeps a scrub quiet only while it finds nothing.
+    let quiet = if report.clean { Quiet::Silences } else { Quiet::Ignored };
+    output::report(cli, &report, quiet, |r| print_report(r, budgeted))?;
     Ok(if !report.damage.is_empty() {
         exit::DAMAGE
     } else if !report.unreadable.is_empty() {

@@ -6,7 +6,7 @@ use cairn_store::{InitOptions, Location, Repo, SnapshotReport};
 use crate::args::{Cli, SnapshotArgs};
 use crate::exit;
 use crate::lower;
-use crate::output::{self, errln, outln, size};
+use crate::output::{self, errln, outln, size, Quiet};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
@@ -28,11 +28,7 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     let opts = lower::snapshot_options(args)?;
     let bar = Bar::new(!cli.quiet && !cli.json);
     let report = repo.snapshot(&opts, &bar).context("snapshot failed; no snapshot was recorded")?;
-    if cli.json {
-        output::json(&report)?;
-    } else if !cli.quiet {
-        print_summary(&report)?;
-    }
+    output::report(cli, &report, Quiet::Silences, print_summary)?;
     super::print_warnings(cli, "note", &report.notes);
     super::print_warnings(cli, "warning", &report.warnings);
     Ok(if report.warnings.is_empty() { exit::OK } else { exit::WARNINGS })
