@@ -7,6 +7,8 @@ use std::time::Duration;
 use cairn_store::{Progress, Unit};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::args::Cli;
+
 /// Draws the store's progress on stderr.
 pub struct Bar {
     enabled: bool,
@@ -14,8 +16,10 @@ pub struct Bar {
 }
 
 impl Bar {
-    /// A bar that draws only when `wanted` and stderr is a terminal.
-    pub fn new(wanted: bool) -> Self {
+    /// A bar for a command run with these global flags: drawn only on a terminal, and not
+    /// under -q or --json (whose readers want nothing but the result).
+    pub fn for_cli(cli: &Cli) -> Self {
+        let wanted = !cli.quiet && !cli.json;
         Self { enabled: wanted && std::io::stderr().is_terminal(), bar: Mutex::new(None) }
     }
 

@@ -18,7 +18,7 @@ pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
 
 /// Runs gc with a progress bar (also used by `forget --gc`).
 pub fn collect(cli: &Cli, repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
-    let bar = Bar::new(!cli.quiet && !cli.json);
+    let bar = Bar::for_cli(cli);
     Ok(repo.gc(opts, &bar)?)
 }
 

@@ -11,7 +11,7 @@ use crate::progress::Bar;
 
 pub fn run_index(cli: &Cli) -> Result<u8> {
     let (path, _) = super::repo_path(cli)?;
-    let bar = Bar::new(!cli.quiet && !cli.json);
+    let bar = Bar::for_cli(cli);
     let (_repo, report) = Repo::repair_index(&cairn_store::Location::local(&path), &bar)
         .with_context(|| format!("cannot repair {}", path.display()))?;
     // -q keeps a repair quiet only when nothing was lost.

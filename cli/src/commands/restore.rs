@@ -37,7 +37,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         (None, None) => bail!("name a snapshot or give --at TIME"),
     };
     let opts = lower::restore_options(args);
-    let bar = Bar::new(!cli.quiet && !cli.json);
+    let bar = Bar::for_cli(cli);
     let report = repo
         .restore(&snapshot, &opts, &bar)
         .with_context(|| format!("restore of {} into {} failed", snapshot.id.short(8), args.target.display()))?;

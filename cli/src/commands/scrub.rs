@@ -13,7 +13,7 @@ pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let only = args.snapshots.iter().map(|spec| repo.resolve(spec).map(|s| s.id)).collect::<Result<_, _>>()?;
     let opts = lower::scrub_options(args, only);
-    let bar = Bar::new(!cli.quiet && !cli.json);
+    let bar = Bar::for_cli(cli);
     let report = repo.scrub(&opts, &bar)?;
     let budgeted = args.max_duration.is_some() || args.max_bytes.is_some();
     // -q keeps a scrub quiet only while it finds nothing.

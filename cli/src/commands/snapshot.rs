@@ -26,7 +26,7 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
         super::open(cli)?
     };
     let opts = lower::snapshot_options(args)?;
-    let bar = Bar::new(!cli.quiet && !cli.json);
+    let bar = Bar::for_cli(cli);
     let report = repo.snapshot(&opts, &bar).context("snapshot failed; no snapshot was recorded")?;
     output::report(cli, &report, Quiet::Silences, print_summary)?;
     super::print_warnings(cli, "note", &report.notes);
