@@ -259,7 +259,6 @@ pub fn group_by(args: &ForgetArgs) -> Result<GroupBy> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -38,7 +38,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// it: 16 MiB is `16M`.
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if bytes != 0 && bytes % (1 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -50,7 +50,7 @@ pub fn format_size(bytes: u64) -> String {
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
     for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs != 0 && secs % len == 0 {
+        if secs != 0 && secs.is_multiple_of(len) {
             return format!("{}{unit}", secs / len);
         }
     }
@@ -58,7 +58,6 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
