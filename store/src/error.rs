@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::backend::FileKind;
+
 /// Result alias for the store.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -152,6 +154,11 @@ pub enum Error {
         /// Who holds it and what to do.
         reason: String,
     },
+    /// A backend could not do what was asked; its kind tells the engine whether the object is
+    /// absent, whether trying again may help, or neither. Shown as the object's location and
+    /// the underlying error, as an I/O error on a path is.
+    #[error(transparent)]
+    Backend(Box<BackendError>),
     /// The SQLite index reported an error.
     #[error("index {path}: {source}")]
     Index {
@@ -172,6 +179,36 @@ impl Error {
         Self::Corrupt { what: what.into(), detail: detail.into() }
     }
 
+    /// True when a backend (or the file system) says the object or file asked for is not
+    /// there. Not damage by itself: a listing may be older than the read (gc or forget removed
+    /// the file meanwhile); the caller knows whether the object should have been there.
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::Backend(b) => b.kind == BackendErrorKind::NotFound,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+
+    /// True when a backend says that trying the same call again may succeed (a timeout, a
+    /// busy server, an interrupted call).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Backend(b) if b.kind == BackendErrorKind::Transient)
+    }
+
+    /// The operating-system error underneath, when there is one (an I/O error on a path, or a
+    /// local backend's): what tells "may not write here" from other failures.
+    #[must_use]
+    pub fn os_error(&self) -> Option<&std::io::Error> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            Self::Backend(b) => b.source.downcast_ref::<std::io::Error>(),
+            _ => None,
+        }
+    }
+
     /// True for errors that mean stored data is damaged or missing (exit code 4 territory),
     /// as opposed to errors of the environment or of the caller.
     #[must_use]
@@ -180,6 +217,75 @@ impl Error {
             self,
             Self::Corrupt { .. } | Self::Undecodable { .. } | Self::HashMismatch { .. } | Self::Missing { .. }
         )
+    }
+}
+
+/// What a backend's failure means for the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The object does not exist (a local `ENOENT`, an HTTP 404).
+    NotFound,
+    /// Trying the same call again may succeed: a timeout, an interrupted or would-block call, a
+    /// busy or throttling server (HTTP 503, 429), a connection reset.
+    Transient,
+    /// Anything else: trying again fails the same way (no permission, a full disk, a broken
+    /// disk, a bad request).
+    Permanent,
+}
+
+/// A failed backend call: what it means ([`BackendErrorKind`]), which object it was about, and
+/// the backend's own error as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {source}")]
+#[non_exhaustive]
+pub struct BackendError {
+    /// What the failure means for the caller.
+    pub kind: BackendErrorKind,
+    /// The object the call was about (none for a listing).
+    pub object: Option<(FileKind, String)>,
+    /// Where the backend keeps it, as the user knows it: a path for the local directory, a
+    /// key or URL for an object store.
+    pub location: String,
+    /// The backend's own error (an `io::Error` for the local directory).
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BackendError {
+    /// An error of `kind` at `location`.
+    pub fn new(
+        kind: BackendErrorKind,
+        location: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { kind, object: None, location: location.into(), source: source.into() }
+    }
+
+    /// An operating-system error, its kind read from the error: a missing file is
+    /// [`BackendErrorKind::NotFound`]; an interrupted, would-block or timed-out call
+    /// [`BackendErrorKind::Transient`]; anything else [`BackendErrorKind::Permanent`].
+    pub fn from_io(location: impl Into<String>, source: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match source.kind() {
+            K::NotFound => BackendErrorKind::NotFound,
+            K::Interrupted | K::WouldBlock | K::TimedOut => BackendErrorKind::Transient,
+            _ => BackendErrorKind::Permanent,
+        };
+        Self::new(kind, location, source)
+    }
+
+    /// Names the object the call was about.
+    #[must_use]
+    pub fn about(mut self, kind: FileKind, name: &str) -> Self {
+        self.object = Some((kind, name.to_owned()));
+        self
+    }
+}
+
+impl From<BackendError> for Error {
+    fn from(e: BackendError) -> Self {
+        Self::Backend(Box::new(e))
     }
 }
 

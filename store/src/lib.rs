@@ -63,7 +63,7 @@ mod workers;
 pub use backend::{Backend, FileKind, LocalBackend, Location, MemoryBackend, Modes, Storage};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
-pub use error::{Error, Result};
+pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use failpoint::POINTS as FAILPOINTS;
 pub use gc::{emptied_groups, ForgetReport, GcOptions, GcReport};
 pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};

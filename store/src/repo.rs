@@ -122,7 +122,9 @@ thread_local! {
 fn cannot_write(e: &Error) -> bool {
     use rusqlite::ErrorCode as C;
     match e {
-        Error::Io { source, .. } => matches!(source.raw_os_error(), Some(13 | 30 | 28 | 1 | 122)),
+        Error::Io { .. } | Error::Backend(_) => {
+            e.os_error().is_some_and(|source| matches!(source.raw_os_error(), Some(13 | 30 | 28 | 1 | 122)))
+        }
         Error::Index { source: rusqlite::Error::SqliteFailure(f, _), .. } => {
             matches!(f.code, C::ReadOnly | C::CannotOpen | C::DiskFull | C::SystemIoFailure | C::PermissionDenied)
         }
@@ -136,8 +138,7 @@ fn read_only_without_index(path: &Path) -> Error {
 
 /// True for a file that is not there (removed between a listing and the read).
 pub(crate) fn missing(e: &Error) -> bool {
-    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-        || matches!(e, Error::Missing { .. })
+    e.is_not_found() || matches!(e, Error::Missing { .. })
 }
 
 /// Reads the config, from its copy when the first is damaged or gone (and then writes the
