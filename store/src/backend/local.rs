@@ -8,6 +8,10 @@
 //! REPO/tmp/            files being written (name.pid.n.tmp); renamed into place when durable
 //! REPO/index/          the SQLite index (not managed by the backend)
 //! ```
+//!
+//! Every error of a backend call is an [`Error::Backend`] naming the path, with the OS error as
+//! its source (shown exactly as an I/O error on that path would be); the helpers below speak
+//! `Error::Io`, and each trait method turns that into the typed error once, at its end.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{is_id_name, Backend, FileKind, CONFIG_COPY};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{BackendError, Error, IoContext, Result};
 
 /// Open pack handles kept for ranged reads (restore reads many small ranges of few packs).
 const HANDLE_CACHE: usize = 64;
@@ -101,6 +105,10 @@ impl LocalBackend {
         }
     }
 
+    fn forget_handle(&self, path: &Path) {
+        self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(path);
+    }
+
     fn handle(&self, path: &Path) -> Result<Arc<File>> {
         let mut cache = self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = cache.get(path) {
@@ -136,8 +144,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
-impl Backend for LocalBackend {
-    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+impl LocalBackend {
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         let dest = self.path(kind, name);
         if kind != FileKind::Config && dest.exists() {
             return Ok(()); // content-addressed: same name, same bytes
@@ -179,31 +187,7 @@ impl Backend for LocalBackend {
         result
     }
 
-    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        let path = self.path(kind, name);
-        fs::read(&path).at(&path)
-    }
-
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let path = self.path(kind, name);
-        let file = self.handle(&path)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| {
-            if e.kind() == ErrorKind::UnexpectedEof {
-                Error::corrupt(format!("{}", path.display()), format!("shorter than {} bytes", offset + len as u64))
-            } else {
-                Error::io(&path, e)
-            }
-        })?;
-        Ok(buf)
-    }
-
-    fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
-        let path = self.path(kind, name);
-        Ok(fs::metadata(&path).at(&path)?.len())
-    }
-
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+    fn scan(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         let mut scan = |dir: &Path| -> Result<()> {
             let rd = match fs::read_dir(dir) {
@@ -248,21 +232,11 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
-    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
-        let path = self.path(kind, name);
-        self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&path);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&path, e)),
-        }
-    }
-
-    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
+    fn rename_to_quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
         let from = self.path(kind, name);
         let dir = self.root.join("quarantine");
         create_repo_dir(&self.root, &dir)?;
-        self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&from);
+        self.forget_handle(&from);
         let to = dir.join(name);
         match fs::rename(&from, &to) {
             Ok(()) => sync_dir(&dir).and_then(|()| sync_dir(from.parent().unwrap_or(&self.root))),
@@ -271,19 +245,7 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn remove_temporary(&self, name: &str) -> Result<()> {
-        if name.contains('/') || name.starts_with('.') {
-            return Ok(()); // never a path outside tmp/
-        }
-        let path = self.root.join("tmp").join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&path, e)),
-        }
-    }
-
-    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+    fn list_temporaries(&self) -> Result<Vec<(String, u64)>> {
         let dir = self.root.join("tmp");
         let mut out = Vec::new();
         if let Ok(rd) = fs::read_dir(&dir) {
@@ -293,5 +255,88 @@ impl Backend for LocalBackend {
             }
         }
         Ok(out)
+    }
+}
+
+/// Reads `len` bytes at `offset` of an open file; a file too short for it is damage.
+fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset).map_err(|e| {
+        if e.kind() == ErrorKind::UnexpectedEof {
+            Error::corrupt(format!("{}", path.display()), format!("shorter than {} bytes", offset + len as u64))
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    Ok(buf)
+}
+
+/// Removes a file; one that is already gone is fine.
+fn remove_path(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Turns the `Error::Io` of a backend call into the typed backend error (the same text: the
+/// path, then the OS error); damage and other errors pass as they are.
+fn typed<T>(result: Result<T>, object: Option<(FileKind, &str)>) -> Result<T> {
+    result.map_err(|e| match e {
+        Error::Io { path, source } => {
+            let err = BackendError::from_io(path.display().to_string(), source);
+            match object {
+                Some((kind, name)) => err.about(kind, name).into(),
+                None => err.into(),
+            }
+        }
+        other => other,
+    })
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        typed(self.write(kind, name, data), Some((kind, name)))
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(kind, name);
+        typed(fs::read(&path).at(&path), Some((kind, name)))
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(kind, name);
+        typed(self.handle(&path).and_then(|file| read_at(&file, &path, offset, len)), Some((kind, name)))
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+        let path = self.path(kind, name);
+        typed(fs::metadata(&path).at(&path).map(|m| m.len()), Some((kind, name)))
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        typed(self.scan(kind), None)
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        let path = self.path(kind, name);
+        self.forget_handle(&path);
+        typed(remove_path(&path), Some((kind, name)))
+    }
+
+    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
+        typed(self.rename_to_quarantine(kind, name), Some((kind, name)))
+    }
+
+    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+        typed(self.list_temporaries(), None)
+    }
+
+    fn remove_temporary(&self, name: &str) -> Result<()> {
+        if name.contains('/') || name.starts_with('.') {
+            return Ok(()); // never a path outside tmp/
+        }
+        typed(remove_path(&self.root.join("tmp").join(name)), None)
     }
 }

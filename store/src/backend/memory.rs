@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{is_id_name, Backend, FileKind};
+use super::{is_id_name, not_found, Backend, FileKind};
 use crate::error::{Error, Result};
 
 /// Files in a map.
@@ -22,8 +22,8 @@ fn key(kind: FileKind, name: &str) -> (u8, String) {
     (k, name.to_owned())
 }
 
-fn missing(name: &str) -> Error {
-    Error::io(name, std::io::Error::from(std::io::ErrorKind::NotFound))
+fn missing(kind: FileKind, name: &str) -> Error {
+    not_found(kind, name, name)
 }
 
 impl MemoryBackend {
@@ -39,12 +39,12 @@ impl Backend for MemoryBackend {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        self.with(|m| m.get(&key(kind, name)).cloned()).ok_or_else(|| missing(name))
+        self.with(|m| m.get(&key(kind, name)).cloned()).ok_or_else(|| missing(kind, name))
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.with(|m| {
-            let data = m.get(&key(kind, name)).ok_or_else(|| missing(name))?;
+            let data = m.get(&key(kind, name)).ok_or_else(|| missing(kind, name))?;
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             data.get(start..start.saturating_add(len))
                 .map(<[u8]>::to_vec)
@@ -53,7 +53,7 @@ impl Backend for MemoryBackend {
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
-        self.with(|m| m.get(&key(kind, name)).map(|d| d.len() as u64)).ok_or_else(|| missing(name))
+        self.with(|m| m.get(&key(kind, name)).map(|d| d.len() as u64)).ok_or_else(|| missing(kind, name))
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {

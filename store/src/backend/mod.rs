@@ -4,6 +4,12 @@
 //! Contract: `put` returns only once the file is durable under its final name (written, synced,
 //! renamed, directory synced); a reader never sees a partial file under a final name. Names are
 //! content hashes, so `put` of an existing name is a no-op, never an overwrite.
+//!
+//! Errors are [`Error::Backend`](crate::Error::Backend) with a
+//! [`BackendErrorKind`](crate::BackendErrorKind): `NotFound` for a missing object, `Transient`
+//! when the same call may succeed later, `Permanent` otherwise. A range past the end of an
+//! object is damage (`Error::Corrupt`), not a backend error: the object the index describes is
+//! shorter than it should be.
 
 mod local;
 mod location;
@@ -14,7 +20,7 @@ pub use local::{LocalBackend, Modes};
 pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The kinds of file a repository holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,6 +61,13 @@ pub trait Backend: Send + Sync {
     fn remove_temporary(&self, _name: &str) -> Result<()> {
         Ok(())
     }
+}
+
+/// The error for an object that is not there, for backends without an OS error of their own.
+pub(crate) fn not_found(kind: FileKind, location: &str, name: &str) -> Error {
+    crate::error::BackendError::from_io(location, std::io::Error::from(std::io::ErrorKind::NotFound))
+        .about(kind, name)
+        .into()
 }
 
 /// The name of the config's second copy (`FileKind::Config`); the first is `config`. Both
