@@ -4,15 +4,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::backend::FileKind;
+use crate::backend::{FileKind, ObjectInfo};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::record::SnapshotRecord;
 use crate::repo::{missing, Repo, Snapshot};
 
 /// The IDs among listed names (others are ignored, as everywhere).
-fn ids_of(listed: Vec<(String, u64)>) -> HashSet<SnapshotId> {
-    listed.into_iter().filter_map(|(name, _)| name.parse().ok()).collect()
+fn ids_of(listed: Vec<ObjectInfo>) -> HashSet<SnapshotId> {
+    listed.into_iter().filter_map(|o| o.name.parse().ok()).collect()
 }
 
 impl Repo {
@@ -114,7 +114,7 @@ impl Repo {
             self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        for (name, _) in files {
+        for ObjectInfo { name, .. } in files {
             let Ok(id) = name.parse::<SnapshotId>() else { continue };
             seen.insert(id);
             if tombs.contains(&id) {

@@ -166,7 +166,8 @@ impl Repo {
         let _lock = self.locks.gc_lock("gc")?;
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
-        let on_disk_at_start: Vec<(String, u64)> = self.backend.list(FileKind::Pack)?;
+        let on_disk_at_start: Vec<(String, u64)> =
+            self.backend.list(FileKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
         let indexed_at_start: HashSet<String> = self.index.packs()?.into_iter().map(|p| p.id.to_hex()).collect();
         // Packs the index does not know are deleted at the end as leftovers of killed runs, or
         // indexed when a snapshot needs them: refuse now if one is of a format this build
@@ -278,9 +279,9 @@ impl Repo {
                 }
             }
         }
-        for (name, _) in self.backend.temporaries()? {
-            if temp_owner_is_dead(&name) {
-                self.backend.remove_temporary(&name)?;
+        for temp in self.backend.temporaries()? {
+            if temp_owner_is_dead(&temp.name) {
+                self.backend.remove_temporary(&temp.name)?;
                 report.leftovers_removed += 1;
             }
         }

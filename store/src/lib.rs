@@ -60,7 +60,7 @@ mod state;
 mod tree;
 mod workers;
 
-pub use backend::{Backend, FileKind, LocalBackend, Location, MemoryBackend, Modes, Storage};
+pub use backend::{Backend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo, Storage};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use error::{BackendError, BackendErrorKind, Error, Result};

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{Backend, FileKind, Location, Storage};
+use crate::backend::{Backend, FileKind, Location, ObjectInfo, Storage};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::Index;
@@ -278,10 +278,10 @@ impl Repo {
         let records = self.sort_records(evidence)?;
 
         let packs = self.backend.list(FileKind::Pack)?;
-        progress.start("repair: reading packs", Some(packs.iter().map(|p| p.1).sum()), Unit::Bytes);
+        progress.start("repair: reading packs", Some(packs.iter().map(|p| p.size).sum()), Unit::Bytes);
         let damaged: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let blobs = std::sync::atomic::AtomicU64::new(0);
-        packs.par_iter().with_max_len(1).try_for_each(|(name, size)| -> Result<()> {
+        packs.par_iter().with_max_len(1).try_for_each(|ObjectInfo { name, size, .. }| -> Result<()> {
             let bytes = match self.backend.get(FileKind::Pack, name) {
                 Ok(b) => b,
                 Err(e) if missing(&e) => return Ok(()),
@@ -382,7 +382,7 @@ impl Repo {
     /// blobs, and gc indexes it again.)
     fn catch_up(&self, damaged: &[String], now: i64) -> Result<()> {
         let indexed: HashSet<PackId> = self.index.packs()?.into_iter().map(|p| p.id).collect();
-        for (name, size) in self.backend.list(FileKind::Pack)? {
+        for ObjectInfo { name, size, .. } in self.backend.list(FileKind::Pack)? {
             let Ok(id) = name.parse::<PackId>() else { continue };
             if indexed.contains(&id) || damaged.contains(&name) {
                 continue;
@@ -393,7 +393,7 @@ impl Repo {
             }
         }
         let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
-        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+        for ObjectInfo { name, .. } in self.backend.list(FileKind::Snapshot)? {
             let Ok(id) = name.parse::<SnapshotId>() else { continue };
             if known.contains(&id) {
                 continue;
@@ -423,7 +423,7 @@ impl Repo {
             .map(|row| (row.id, row.record))
             .collect();
         let mut seen = HashSet::new();
-        for (name, _) in &files {
+        for ObjectInfo { name, .. } in &files {
             let Ok(id) = name.parse::<SnapshotId>() else { continue };
             seen.insert(id);
             if tombs.contains(name) {
@@ -542,7 +542,7 @@ impl Repo {
 /// chunk in (up to) a few hundred packs, rounded up to a power of two, is eight averages.
 fn infer_chunk_size(backend: &dyn Backend) -> Result<u32> {
     let mut longest = 0u32;
-    for (name, _) in backend.list(FileKind::Pack)?.into_iter().take(400) {
+    for ObjectInfo { name, .. } in backend.list(FileKind::Pack)?.into_iter().take(400) {
         let Ok(bytes) = backend.get(FileKind::Pack, &name) else { continue };
         let entries = pack::check_pack(&name, &bytes).unwrap_or_else(|_| salvage::trailer_entries(&bytes));
         longest =

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, FileKind, Location, Modes, Storage, CONFIG_COPY};
+use crate::backend::{Backend, FileKind, Location, Modes, ObjectInfo, Storage, CONFIG_COPY};
 use crate::config::{ChunkerParams, RepoConfig};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
@@ -463,7 +463,7 @@ impl Repo {
         let mut report = RebuildReport::default();
         self.index.clear()?;
         let now = now_secs();
-        for (name, size) in self.backend.list(FileKind::Pack)? {
+        for ObjectInfo { name, size, .. } in self.backend.list(FileKind::Pack)? {
             match self.pack_trailer(&name, size) {
                 Ok(entries) => {
                     let Ok(id) = name.parse() else { continue };
@@ -474,7 +474,7 @@ impl Repo {
                 Err(e) => report.damaged.push(format!("pack {name}: {e}")),
             }
         }
-        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+        for ObjectInfo { name, .. } in self.backend.list(FileKind::Snapshot)? {
             let Ok(id) = name.parse::<SnapshotId>() else {
                 continue;
             };

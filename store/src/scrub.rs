@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::FileKind;
+use crate::backend::{FileKind, ObjectInfo};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::PackRow;
@@ -389,7 +389,8 @@ impl Repo {
         // this run's view (a pack is durable before its rows), and one deleted meanwhile by gc
         // is caught by the confirmation at the end (its rows go before its file).
         let indexed = self.index.packs()?;
-        let on_disk: HashMap<String, u64> = self.backend.list(FileKind::Pack)?.into_iter().collect();
+        let on_disk: HashMap<String, u64> =
+            self.backend.list(FileKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
         let indexed_names: HashSet<String> = indexed.iter().map(|p| p.id.to_hex()).collect();
         let mut missing_packs = HashSet::new();
         for p in &indexed {
@@ -430,7 +431,7 @@ impl Repo {
         report.leftovers.unindexed_packs =
             on_disk.keys().filter(|n| !indexed_names.contains(*n)).cloned().collect::<Vec<_>>();
         report.leftovers.unindexed_packs.sort();
-        report.leftovers.temp_files = self.backend.temporaries()?.into_iter().map(|(n, _)| n).collect();
+        report.leftovers.temp_files = self.backend.temporaries()?.into_iter().map(|t| t.name).collect();
 
         // Every tree of every snapshot in scope.
         let all = self.snapshots()?;
@@ -680,7 +681,7 @@ impl Repo {
         let rows: HashMap<SnapshotId, Vec<u8>> =
             self.index.snapshots()?.into_iter().map(|r| (r.id, r.record)).collect();
         let mut seen = HashSet::new();
-        for (name, _) in &files {
+        for ObjectInfo { name, .. } in &files {
             let Ok(id) = name.parse::<SnapshotId>() else { continue };
             seen.insert(id);
             if tombs.contains(name) {
@@ -730,7 +731,8 @@ impl Repo {
     fn confirm(&self, damage: DamageMap, mut problems: Vec<Damage>) -> Result<(DamageMap, Vec<Damage>)> {
         let packs_now: HashMap<String, u64> =
             self.index.packs()?.into_iter().map(|p| (p.id.to_hex(), p.size)).collect();
-        let disk_now: HashMap<String, u64> = self.backend.list(FileKind::Pack)?.into_iter().collect();
+        let disk_now: HashMap<String, u64> =
+            self.backend.list(FileKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
         problems.retain(|d| {
             let Some(p) = &d.pack else { return true };
             let Some(&indexed) = packs_now.get(p) else { return false };
@@ -771,7 +773,7 @@ impl Repo {
         if damage.values().all(|f| f.pack.is_some()) {
             return Ok(damage);
         }
-        for (name, size) in self.backend.list(FileKind::Pack)? {
+        for ObjectInfo { name, size, .. } in self.backend.list(FileKind::Pack)? {
             if leaving.contains(&name) {
                 continue; // damaged, and quarantined once the repair is in force
             }

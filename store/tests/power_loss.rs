@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_store::{
-    Backend, FileKind, InitOptions, Location, MemoryBackend, NoProgress, OpenOptions, Repo, Result, ScrubOptions,
-    SnapshotOptions, Storage,
+    Backend, FileKind, InitOptions, Location, MemoryBackend, NoProgress, ObjectInfo, OpenOptions, Repo, Result,
+    ScrubOptions, SnapshotOptions, Storage,
 };
 
 /// Keeps the first `keep` writes; later ones "succeed" and vanish.
@@ -39,7 +39,7 @@ impl Backend for LosesLaterWrites {
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.inner.size(kind, name)
     }
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         self.inner.list(kind)
     }
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{is_id_name, Backend, FileKind, CONFIG_COPY};
+use super::{epoch_ns, is_id_name, Backend, FileKind, ObjectInfo, CONFIG_COPY};
 use crate::error::{BackendError, Error, IoContext, Result};
 
 /// Open pack handles kept for ranged reads (restore reads many small ranges of few packs).
@@ -187,7 +187,7 @@ impl LocalBackend {
         result
     }
 
-    fn scan(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+    fn scan(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
         let mut scan = |dir: &Path| -> Result<()> {
             let rd = match fs::read_dir(dir) {
@@ -202,7 +202,7 @@ impl LocalBackend {
                 if is_id_name(name) {
                     if let Ok(meta) = entry.metadata() {
                         if meta.is_file() {
-                            out.push((name.to_owned(), meta.len()));
+                            out.push(ObjectInfo::new(name, meta.len(), meta.modified().ok().and_then(epoch_ns)));
                         }
                     }
                 }
@@ -228,7 +228,7 @@ impl LocalBackend {
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -245,13 +245,17 @@ impl LocalBackend {
         }
     }
 
-    fn list_temporaries(&self) -> Result<Vec<(String, u64)>> {
+    fn list_temporaries(&self) -> Result<Vec<ObjectInfo>> {
         let dir = self.root.join("tmp");
         let mut out = Vec::new();
         if let Ok(rd) = fs::read_dir(&dir) {
             for entry in rd.flatten() {
-                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((entry.file_name().to_string_lossy().into_owned(), size));
+                let meta = entry.metadata().ok();
+                out.push(ObjectInfo::new(
+                    entry.file_name().to_string_lossy(),
+                    meta.as_ref().map_or(0, fs::Metadata::len),
+                    meta.and_then(|m| m.modified().ok()).and_then(epoch_ns),
+                ));
             }
         }
         Ok(out)
@@ -315,7 +319,7 @@ impl Backend for LocalBackend {
         typed(fs::metadata(&path).at(&path).map(|m| m.len()), Some((kind, name)))
     }
 
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         typed(self.scan(kind), None)
     }
 
@@ -329,7 +333,7 @@ impl Backend for LocalBackend {
         typed(self.rename_to_quarantine(kind, name), Some((kind, name)))
     }
 
-    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+    fn temporaries(&self) -> Result<Vec<ObjectInfo>> {
         typed(self.list_temporaries(), None)
     }
 

@@ -2,14 +2,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
-use super::{is_id_name, not_found, Backend, FileKind};
+use super::{epoch_ns, is_id_name, not_found, Backend, FileKind, ObjectInfo};
 use crate::error::{Error, Result};
+
+/// A stored file: its bytes and when it was put (ns since the Unix epoch).
+struct Stored {
+    data: Vec<u8>,
+    modified: Option<i64>,
+}
 
 /// Files in a map.
 #[derive(Default)]
 pub struct MemoryBackend {
-    files: Mutex<BTreeMap<(u8, String), Vec<u8>>>,
+    files: Mutex<BTreeMap<(u8, String), Stored>>,
 }
 
 fn key(kind: FileKind, name: &str) -> (u8, String) {
@@ -26,25 +33,35 @@ fn missing(kind: FileKind, name: &str) -> Error {
     not_found(kind, name, name)
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl MemoryBackend {
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(u8, String), Vec<u8>>) -> T) -> T {
-        f(&mut self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(u8, String), Stored>) -> T) -> T {
+        f(&mut lock(&self.files))
     }
 }
 
 impl Backend for MemoryBackend {
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        self.with(|m| m.insert(key(kind, name), data.to_vec()));
+        let stored = Stored { data: data.to_vec(), modified: epoch_ns(SystemTime::now()) };
+        self.with(|m| {
+            // Content-addressed, as on disk: an existing name keeps its bytes (and its time).
+            if kind == FileKind::Config || !m.contains_key(&key(kind, name)) {
+                m.insert(key(kind, name), stored);
+            }
+        });
         Ok(())
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        self.with(|m| m.get(&key(kind, name)).cloned()).ok_or_else(|| missing(kind, name))
+        self.with(|m| m.get(&key(kind, name)).map(|s| s.data.clone())).ok_or_else(|| missing(kind, name))
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         self.with(|m| {
-            let data = m.get(&key(kind, name)).ok_or_else(|| missing(kind, name))?;
+            let data = &m.get(&key(kind, name)).ok_or_else(|| missing(kind, name))?.data;
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             data.get(start..start.saturating_add(len))
                 .map(<[u8]>::to_vec)
@@ -53,15 +70,15 @@ impl Backend for MemoryBackend {
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
-        self.with(|m| m.get(&key(kind, name)).map(|d| d.len() as u64)).ok_or_else(|| missing(kind, name))
+        self.with(|m| m.get(&key(kind, name)).map(|s| s.data.len() as u64)).ok_or_else(|| missing(kind, name))
     }
 
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         let k = key(kind, "").0;
         Ok(self.with(|m| {
             m.iter()
                 .filter(|((kk, name), _)| *kk == k && is_id_name(name))
-                .map(|((_, name), d)| (name.clone(), d.len() as u64))
+                .map(|((_, name), s)| ObjectInfo::new(name.clone(), s.data.len() as u64, s.modified))
                 .collect()
         }))
     }

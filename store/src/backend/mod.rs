@@ -20,6 +20,8 @@ pub use local::{LocalBackend, Modes};
 pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::error::{Error, Result};
 
 /// The kinds of file a repository holds.
@@ -37,6 +39,27 @@ pub enum FileKind {
     Tombstone,
 }
 
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ObjectInfo {
+    /// Its name (for packs and snapshots: 64 hex digits).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written, in nanoseconds since the Unix epoch, as the backend's clock
+    /// says (a file's mtime, an object's `Last-Modified`); `None` when the backend cannot say.
+    pub modified: Option<i64>,
+}
+
+impl ObjectInfo {
+    /// An entry of a listing.
+    #[must_use]
+    pub fn new(name: impl Into<String>, size: u64, modified: Option<i64>) -> Self {
+        Self { name: name.into(), size, modified }
+    }
+}
+
 /// Storage for repository files.
 pub trait Backend: Send + Sync {
     /// Stores `data` durably under `name` (see the module contract).
@@ -47,20 +70,26 @@ pub trait Backend: Send + Sync {
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// The size of a file.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
-    /// Names and sizes of the files of a kind; names that are not 64 hex digits are skipped.
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// The files of a kind, sorted by name, with sizes and modification times; names that are
+    /// not 64 hex digits are skipped (the config, whose names are fixed, lists nothing).
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>>;
     /// Removes a file; removing a missing file is not an error.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
     /// Moves a damaged file out of the way (kept for inspection, never read again).
     fn quarantine(&self, kind: FileKind, name: &str) -> Result<()>;
-    /// Leftover temporary files of interrupted writes (name, size), for scrub and gc.
-    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+    /// Leftover temporary files of interrupted writes (with sizes and times), for scrub and gc.
+    fn temporaries(&self) -> Result<Vec<ObjectInfo>> {
         Ok(Vec::new())
     }
     /// Removes a leftover temporary file (named as `temporaries` lists it).
     fn remove_temporary(&self, _name: &str) -> Result<()> {
         Ok(())
     }
+}
+
+/// A time as nanoseconds since the Unix epoch (`None` before it or past 2262).
+pub(crate) fn epoch_ns(t: SystemTime) -> Option<i64> {
+    t.duration_since(UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_nanos()).ok())
 }
 
 /// The error for an object that is not there, for backends without an OS error of their own.
