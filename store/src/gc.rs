@@ -279,8 +279,9 @@ impl Repo {
                 }
             }
         }
+        let now = now_ns();
         for temp in self.backend.temporaries()? {
-            if temp_owner_is_dead(&temp.name) {
+            if self.backend.is_abandoned(&temp, now) {
                 self.backend.remove_temporary(&temp.name)?;
                 report.leftovers_removed += 1;
             }
@@ -409,16 +410,6 @@ enum Unindexed {
     Removed,
     Adopted,
     Unreadable(String),
-}
-
-/// Temporary files are named `<name>.<pid>.<n>.tmp`: removable once that process is gone.
-fn temp_owner_is_dead(name: &str) -> bool {
-    let pid = name.rsplit('.').nth(2).and_then(|p| p.parse::<i32>().ok());
-    match pid.and_then(rustix::process::Pid::from_raw) {
-        Some(pid) if pid.as_raw_nonzero().get() == i32::try_from(std::process::id()).unwrap_or(0) => false,
-        Some(pid) => rustix::process::test_kill_process(pid).is_err(),
-        None => true,
-    }
 }
 
 /// Keeps the number of groups the policy would empty, for the CLI's refusal.

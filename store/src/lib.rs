@@ -60,7 +60,9 @@ mod state;
 mod tree;
 mod workers;
 
-pub use backend::{Backend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo, Storage};
+pub use backend::{
+    Backend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo, Storage, TEMPORARY_GRACE,
+};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use error::{BackendError, BackendErrorKind, Error, Result};

@@ -5,6 +5,7 @@
 //! REPO/packs/<2 hex>/<64 hex>
 //! REPO/snapshots/<64 hex>
 //! REPO/forgotten/<64 hex>  tombstones of snapshots being forgotten
+//! REPO/quarantine/<64 hex>  damaged files moved out of the way
 //! REPO/tmp/            files being written (name.pid.n.tmp); renamed into place when durable
 //! REPO/index/          the SQLite index (not managed by the backend)
 //! ```
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{epoch_ns, is_id_name, Backend, FileKind, ObjectInfo, CONFIG_COPY};
+use super::{epoch_ns, is_id_name, older_than, Backend, FileKind, ObjectInfo, CONFIG_COPY, TEMPORARY_GRACE};
 use crate::error::{BackendError, Error, IoContext, Result};
 
 /// Open pack handles kept for ranged reads (restore reads many small ranges of few packs).
@@ -102,6 +103,7 @@ impl LocalBackend {
             FileKind::Pack => self.root.join("packs").join(name.get(..2).unwrap_or("xx")).join(name),
             FileKind::Snapshot => self.root.join("snapshots").join(name),
             FileKind::Tombstone => self.root.join("forgotten").join(name),
+            FileKind::Quarantine => self.root.join("quarantine").join(name),
         }
     }
 
@@ -213,6 +215,7 @@ impl LocalBackend {
             FileKind::Config => {}
             FileKind::Snapshot => scan(&self.root.join("snapshots"))?,
             FileKind::Tombstone => scan(&self.root.join("forgotten"))?,
+            FileKind::Quarantine => scan(&self.root.join("quarantine"))?,
             FileKind::Pack => {
                 let packs = self.root.join("packs");
                 let shards = match fs::read_dir(&packs) {
@@ -237,7 +240,7 @@ impl LocalBackend {
         let dir = self.root.join("quarantine");
         create_repo_dir(&self.root, &dir)?;
         self.forget_handle(&from);
-        let to = dir.join(name);
+        let to = self.path(FileKind::Quarantine, name);
         match fs::rename(&from, &to) {
             Ok(()) => sync_dir(&dir).and_then(|()| sync_dir(from.parent().unwrap_or(&self.root))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -299,6 +302,11 @@ fn typed<T>(result: Result<T>, object: Option<(FileKind, &str)>) -> Result<T> {
     })
 }
 
+/// The process that wrote a temporary, from its name (`<name>.<pid>.<n>.tmp`).
+fn temp_writer(name: &str) -> Option<rustix::process::Pid> {
+    name.rsplit('.').nth(2).and_then(|p| p.parse::<i32>().ok()).and_then(rustix::process::Pid::from_raw)
+}
+
 impl Backend for LocalBackend {
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         typed(self.write(kind, name, data), Some((kind, name)))
@@ -329,12 +337,30 @@ impl Backend for LocalBackend {
         typed(remove_path(&path), Some((kind, name)))
     }
 
+    /// A rename, not the trait's copy and delete: one atomic step on a local disk.
     fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
         typed(self.rename_to_quarantine(kind, name), Some((kind, name)))
     }
 
     fn temporaries(&self) -> Result<Vec<ObjectInfo>> {
         typed(self.list_temporaries(), None)
+    }
+
+    /// Judged by the writer's process, which a local temporary's name carries: the process
+    /// that made it may still be writing to it only while it runs, so a temporary of a
+    /// process that is gone is abandoned at once, and one of a live process (this one among
+    /// them) never is, however old (a stopped or very slow writer keeps it). A process ID
+    /// reused by another process keeps a leftover until that one ends. A name without a
+    /// process ID was not made by this backend; it is judged by age, as any backend's
+    /// temporaries are.
+    fn is_abandoned(&self, temp: &ObjectInfo, now_ns: i64) -> bool {
+        match temp_writer(&temp.name) {
+            Some(pid) if pid.as_raw_nonzero().get() == i32::try_from(std::process::id()).unwrap_or(0) => false,
+            // Only "no such process" means gone: a process of another user answers "not
+            // permitted", and is alive.
+            Some(pid) => rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH),
+            None => older_than(temp, now_ns, TEMPORARY_GRACE),
+        }
     }
 
     fn remove_temporary(&self, name: &str) -> Result<()> {

@@ -1,4 +1,6 @@
-//! An in-memory backend for tests. `put` is atomic: a file exists whole or not at all.
+//! An in-memory backend for tests. `put` is atomic: a file exists whole or not at all, so it
+//! leaves no temporaries behind (tests that need a leftover of an interrupted write make one
+//! with [`MemoryBackend::leave_temporary`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -17,6 +19,7 @@ struct Stored {
 #[derive(Default)]
 pub struct MemoryBackend {
     files: Mutex<BTreeMap<(u8, String), Stored>>,
+    temporaries: Mutex<BTreeMap<String, Stored>>,
 }
 
 fn key(kind: FileKind, name: &str) -> (u8, String) {
@@ -25,6 +28,7 @@ fn key(kind: FileKind, name: &str) -> (u8, String) {
         FileKind::Pack => 1,
         FileKind::Snapshot => 2,
         FileKind::Tombstone => 3,
+        FileKind::Quarantine => 4,
     };
     (k, name.to_owned())
 }
@@ -40,6 +44,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl MemoryBackend {
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(u8, String), Stored>) -> T) -> T {
         f(&mut lock(&self.files))
+    }
+
+    /// Leaves a temporary as a write interrupted by a crash would, last written at
+    /// `modified_ns` (ns since the Unix epoch): what `temporaries` then lists.
+    pub fn leave_temporary(&self, name: &str, data: &[u8], modified_ns: i64) {
+        lock(&self.temporaries).insert(name.to_owned(), Stored { data: data.to_vec(), modified: Some(modified_ns) });
     }
 }
 
@@ -83,12 +93,20 @@ impl Backend for MemoryBackend {
         }))
     }
 
-    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
-        self.remove(kind, name)
-    }
-
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
         self.with(|m| m.remove(&key(kind, name)));
+        Ok(())
+    }
+
+    fn temporaries(&self) -> Result<Vec<ObjectInfo>> {
+        Ok(lock(&self.temporaries)
+            .iter()
+            .map(|(name, s)| ObjectInfo::new(name.clone(), s.data.len() as u64, s.modified))
+            .collect())
+    }
+
+    fn remove_temporary(&self, name: &str) -> Result<()> {
+        lock(&self.temporaries).remove(name);
         Ok(())
     }
 }

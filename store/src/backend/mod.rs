@@ -1,31 +1,42 @@
 //! Where repository files live. The engine sees only this trait; the local directory is the
 //! default, the in-memory one serves tests, and an object store can be added behind it.
 //!
-//! Contract: `put` returns only once the file is durable under its final name (written, synced,
-//! renamed, directory synced); a reader never sees a partial file under a final name. Names are
-//! content hashes, so `put` of an existing name is a no-op, never an overwrite.
+//! The trait asks only for what an object store (S3 and its kin) can do: whole-object put, get
+//! and ranged get, list, delete. There is no rename and no process ID in the contract;
+//! quarantine is a copy then a delete, and leftover temporaries are judged by their age. A
+//! backend may do better in its own implementation (the local directory renames, and knows
+//! which process wrote a temporary), but the engine never relies on it.
 //!
-//! Errors are [`Error::Backend`](crate::Error::Backend) with a
-//! [`BackendErrorKind`](crate::BackendErrorKind): `NotFound` for a missing object, `Transient`
-//! when the same call may succeed later, `Permanent` otherwise. A range past the end of an
-//! object is damage (`Error::Corrupt`), not a backend error: the object the index describes is
-//! shorter than it should be.
+//! Contract:
+//! - `put` returns only once the object is durable under its final name (for the local
+//!   directory: written, synced, renamed, directory synced); a reader never sees a partial
+//!   object under a final name.
+//! - Names are content hashes, so `put` of an existing name is a no-op, never an overwrite
+//!   (the config, the one file that is not named by its hash, is rewritten whole). Removing
+//!   or quarantining what is already gone is no error either, so every call is safe to
+//!   repeat.
+//! - Errors are [`Error::Backend`](crate::Error::Backend) with a
+//!   [`BackendErrorKind`](crate::BackendErrorKind): `NotFound` for a missing object,
+//!   `Transient` when the same call may succeed later, `Permanent` otherwise. A range past the
+//!   end of an object is damage (`Error::Corrupt`), not a backend error: the object the index
+//!   describes is shorter than it should be.
 
 mod local;
 mod location;
 mod memory;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(crate) use local::{create_dir_with, sync_dir};
 pub use local::{LocalBackend, Modes};
 pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::error::{Error, Result};
 
 /// The kinds of file a repository holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FileKind {
     /// The repository config (one file, named `config`).
     Config,
@@ -37,6 +48,9 @@ pub enum FileKind {
     /// the record is removed, so that a record file that is gone can be told apart from one
     /// that was forgotten (docs/FORMAT.md, "Forgetting").
     Tombstone,
+    /// Damaged files moved out of the way by [`Backend::quarantine`], under the name they had:
+    /// kept for inspection, never read by the engine.
+    Quarantine,
 }
 
 /// One object of a listing.
@@ -60,13 +74,17 @@ impl ObjectInfo {
     }
 }
 
+/// How old a leftover temporary must be before a backend that cannot tell whether its writer
+/// is alive judges it abandoned (see [`Backend::is_abandoned`]).
+pub const TEMPORARY_GRACE: Duration = Duration::from_secs(3600);
+
 /// Storage for repository files.
 pub trait Backend: Send + Sync {
     /// Stores `data` durably under `name` (see the module contract).
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
     /// Reads a whole file.
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
-    /// Reads `len` bytes at `offset`; a short file is an error.
+    /// Reads `len` bytes at `offset`; a short file is damage (`Error::Corrupt`).
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// The size of a file.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
@@ -75,16 +93,53 @@ pub trait Backend: Send + Sync {
     fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>>;
     /// Removes a file; removing a missing file is not an error.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
-    /// Moves a damaged file out of the way (kept for inspection, never read again).
-    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()>;
-    /// Leftover temporary files of interrupted writes (with sizes and times), for scrub and gc.
+    /// Moves a damaged file out of the way, to [`FileKind::Quarantine`] under the same name
+    /// (kept for inspection, never read again); quarantining a missing file is not an error.
+    ///
+    /// The default copies, then removes: a crash between the two leaves the original in place
+    /// and a copy in quarantine, and running it again finishes the job (the copy's `put` is a
+    /// no-op). A backend that can move a file (the local directory renames) does that instead.
+    fn quarantine(&self, kind: FileKind, name: &str) -> Result<()> {
+        let data = match self.get(kind, name) {
+            Ok(data) => data,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.put(FileKind::Quarantine, name, &data)?;
+        self.remove(kind, name)
+    }
+    /// Temporaries of writes, leftovers of interrupted ones and those of writes in flight alike
+    /// (scrub lists them; gc removes the ones [`Backend::is_abandoned`] calls abandoned). A
+    /// backend whose puts are atomic and leave nothing behind has none.
     fn temporaries(&self) -> Result<Vec<ObjectInfo>> {
         Ok(Vec::new())
     }
-    /// Removes a leftover temporary file (named as `temporaries` lists it).
+    /// True when a temporary (as `temporaries` listed it) belongs to no write in flight and may
+    /// be removed; `now_ns` is the caller's clock, in nanoseconds since the Unix epoch.
+    ///
+    /// The default judges by age: a temporary last written more than [`TEMPORARY_GRACE`] ago
+    /// is abandoned, one of unknown age never is. Age is safe because a write in flight keeps
+    /// its temporary young (it is created when the `put` starts, and a `put` of one bounded
+    /// pack takes seconds, not an hour; the hour also absorbs skew between the caller's clock
+    /// and an object store's), and because removing the temporary of a write that is somehow
+    /// still running can only make that `put` fail: nothing ever appears partial under a final
+    /// name (the local rename, or an upload's completion, finds its temporary gone). A backend
+    /// that knows more (the local directory knows the writer's process) may judge better.
+    fn is_abandoned(&self, temp: &ObjectInfo, now_ns: i64) -> bool {
+        older_than(temp, now_ns, TEMPORARY_GRACE)
+    }
+    /// Removes a leftover temporary (named as `temporaries` lists it); removing a missing one
+    /// is not an error.
     fn remove_temporary(&self, _name: &str) -> Result<()> {
         Ok(())
     }
+}
+
+/// True when `info` was last written more than `grace` before `now_ns` (never when its age is
+/// unknown).
+pub(crate) fn older_than(info: &ObjectInfo, now_ns: i64, grace: Duration) -> bool {
+    let grace = i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX);
+    info.modified.is_some_and(|m| now_ns.saturating_sub(m) > grace)
 }
 
 /// A time as nanoseconds since the Unix epoch (`None` before it or past 2262).
