@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::backend::{FileKind, ObjectInfo};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
-use crate::index::PackRow;
+use crate::index::{BlobLocation, PackRow};
 use crate::pack;
 use crate::pack::PackEntry;
 use crate::progress::{Progress, Unit};
@@ -745,24 +745,50 @@ impl Repo {
         let ids: Vec<BlobId> = damage.keys().copied().collect();
         let now = self.index.locate_many(&ids)?;
         let mut out = DamageMap::new();
+        let mut moved: BTreeMap<PackId, Vec<(BlobId, BlobLocation)>> = BTreeMap::new();
         for ((blob, f), loc) in damage.into_iter().zip(now) {
             match loc {
                 Some(l) if Some(l.pack) == f.pack && f.entry.is_none_or(|e| e == l.entry) => {
                     out.insert(blob, f);
                 }
-                Some(l) => match self.read_located(&l) {
-                    Ok(_) => {} // found intact where the index places it now
-                    Err(e) if is_damage(&e) => {
-                        out.insert(blob, finding(Some(l.pack), Some(l.entry), "bad blob", e.to_string()));
-                    }
-                    Err(e) => return Err(e),
-                },
+                Some(l) => moved.entry(l.pack).or_default().push((blob, l)),
                 None => {
                     out.insert(blob, Finding { pack: None, entry: None, ..f });
                 }
             }
         }
+        for (pack, blobs) in moved {
+            for ((blob, l), read) in blobs.iter().zip(self.read_again(pack, &blobs)?) {
+                match read {
+                    Ok(()) => {} // found intact where the index places it now
+                    Err(e) if is_damage(&e) => {
+                        out.insert(*blob, finding(Some(l.pack), Some(l.entry), "bad blob", e.to_string()));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         Ok((out, problems))
+    }
+
+    /// Reads blobs of one pack again, each with its own verdict. A gc that repacked them while
+    /// the scrub read put them in the same new pack, so they are fetched with one request (one
+    /// round trip to an object store, not one per blob); when the pack fails that as a whole
+    /// (short or gone), each is read on its own, so that each is judged by its own frame.
+    fn read_again(&self, pack: PackId, blobs: &[(BlobId, BlobLocation)]) -> Result<Vec<Result<()>>> {
+        let ranges: Vec<(u64, usize)> =
+            blobs.iter().map(|(_, l)| (l.entry.offset, l.entry.stored_len as usize)).collect();
+        match self.backend.get_ranges(FileKind::Pack, &pack.to_hex(), &ranges) {
+            Ok(frames) => Ok(blobs
+                .iter()
+                .zip(frames)
+                .map(|((_, l), stored)| {
+                    pack::open_frame(&l.entry, &stored).and_then(|f| pack::blob_from_frame(&l.entry, &f)).map(|_| ())
+                })
+                .collect()),
+            Err(e) if is_damage(&e) => Ok(blobs.iter().map(|(_, l)| self.read_located(l).map(|_| ())).collect()),
+            Err(e) => Err(e),
+        }
     }
 
     /// A blob the index does not place may still be in a pack: one the index does not know (an
@@ -867,4 +893,72 @@ fn pack_damage(kind: &str, pack: PackId, detail: String) -> Damage {
 struct RecordCheck {
     damage: Vec<Damage>,
     unreadable: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InitOptions, Location, NoProgress, SnapshotOptions};
+
+    #[test]
+    fn blobs_of_one_pack_are_read_again_together_each_with_its_own_verdict() -> Result<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..24 {
+            let data: Vec<u8> = (0..30_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 32) as u8
+                })
+                .collect();
+            std::fs::write(src.join(format!("f{i}")), data).expect("write");
+        }
+        let root = dir.path().join("repo");
+        let repo = Repo::init(&Location::local(&root), &InitOptions::default())?;
+        repo.snapshot(&SnapshotOptions::new(vec![src]), &NoProgress)?;
+        let pack = repo.index.packs()?.into_iter().max_by_key(|p| p.size).expect("a pack");
+        let blobs: Vec<(BlobId, BlobLocation)> = repo
+            .index
+            .pack_rows(pack.id)?
+            .into_iter()
+            .map(|e| (e.id, BlobLocation { pack: pack.id, entry: e }))
+            .collect();
+        let frames: HashSet<u64> = blobs.iter().map(|(_, l)| l.entry.offset).collect();
+        assert!(frames.len() >= 3, "{} frames", frames.len());
+        assert!(repo.read_again(pack.id, &blobs)?.iter().all(Result::is_ok));
+
+        // A flipped byte in one frame fails the blob it lies in, and none of another frame.
+        let hex = pack.id.to_hex();
+        let path = root.join("packs").join(&hex[..2]).join(&hex);
+        let mut bytes = std::fs::read(&path).expect("read pack");
+        let (victim_id, victim) = blobs[blobs.len() / 2];
+        let victim = victim.entry;
+        bytes[victim.offset as usize + victim.frame_offset as usize] ^= 0x10;
+        std::fs::write(&path, &bytes).expect("damage pack");
+        for ((id, l), read) in blobs.iter().zip(repo.read_again(pack.id, &blobs)?) {
+            if *id == victim_id {
+                assert!(read.as_ref().err().is_some_and(is_damage), "{read:?}");
+            } else if l.entry.offset != victim.offset {
+                assert!(read.is_ok(), "{l:?}: {read:?}");
+            }
+        }
+
+        // Gone: every blob is missing, which is damage.
+        repo.backend.remove(FileKind::Pack, &hex)?;
+        assert!(repo.read_again(pack.id, &blobs)?.iter().all(|r| r.as_ref().err().is_some_and(is_damage)));
+
+        // Cut short before the damaged frame: the batch fails as a whole, and each blob is
+        // judged by its own frame (those before the cut still read).
+        bytes.truncate(victim.offset as usize);
+        std::fs::write(&path, &bytes).expect("write a short pack");
+        for ((_, l), read) in blobs.iter().zip(repo.read_again(pack.id, &blobs)?) {
+            let past = l.entry.offset + u64::from(l.entry.stored_len) > victim.offset;
+            assert_eq!(read.as_ref().err().is_some_and(is_damage), past, "{l:?}: {read:?}");
+        }
+        Ok(())
+    }
 }

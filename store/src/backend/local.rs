@@ -322,6 +322,16 @@ impl Backend for LocalBackend {
         typed(self.handle(&path).and_then(|file| read_at(&file, &path, offset, len)), Some((kind, name)))
     }
 
+    fn get_ranges(&self, kind: FileKind, name: &str, ranges: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
+        // One handle for all of them: a local read costs no round trip, so each range is read
+        // on its own (a spanning read would read the gaps too).
+        let path = self.path(kind, name);
+        let read = self
+            .handle(&path)
+            .and_then(|file| ranges.iter().map(|&(offset, len)| read_at(&file, &path, offset, len)).collect());
+        typed(read, Some((kind, name)))
+    }
+
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         let path = self.path(kind, name);
         typed(fs::metadata(&path).at(&path).map(|m| m.len()), Some((kind, name)))

@@ -86,6 +86,16 @@ pub trait Backend: Send + Sync {
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// Reads `len` bytes at `offset`; a short file is damage (`Error::Corrupt`).
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Reads several `(offset, len)` ranges of one file, in the order given (they may overlap
+    /// or repeat); one short range makes the whole call damage, as `get_range` would.
+    ///
+    /// The caller batches what it needs of one file, so that a backend with a high latency per
+    /// request pays it once: an object store fetches one range spanning them (when they lie
+    /// close together) or sends one multi-range request; the local directory reads them through
+    /// one open handle. The default reads them one by one.
+    fn get_ranges(&self, kind: FileKind, name: &str, ranges: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
+        ranges.iter().map(|&(offset, len)| self.get_range(kind, name, offset, len)).collect()
+    }
     /// The size of a file.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
     /// The files of a kind, sorted by name, with sizes and modification times; names that are
