@@ -24,6 +24,8 @@
 mod local;
 mod location;
 mod memory;
+#[cfg(test)]
+mod tests;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,210 @@
+//! The backend contract, checked the same way on every backend.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::{epoch_ns, Backend, FileKind, LocalBackend, MemoryBackend, ObjectInfo, CONFIG_COPY, TEMPORARY_GRACE};
+use crate::error::{BackendErrorKind, Error, Result};
+
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+fn id(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+fn now_ns() -> i64 {
+    epoch_ns(SystemTime::now()).unwrap_or(0)
+}
+
+fn names(list: &[ObjectInfo]) -> Vec<&str> {
+    list.iter().map(|o| o.name.as_str()).collect()
+}
+
+/// The error's backend kind and object, when it is a backend error.
+fn backend_kind(e: &Error) -> Option<(BackendErrorKind, Option<(FileKind, String)>)> {
+    match e {
+        Error::Backend(b) => Some((b.kind, b.object.clone())),
+        _ => None,
+    }
+}
+
+fn assert_not_found(result: Result<impl std::fmt::Debug>, kind: FileKind, name: &str) {
+    let e = result.expect_err("a missing object is an error");
+    assert!(e.is_not_found() && !e.is_transient() && !e.is_damage(), "{e:?}");
+    assert_eq!(backend_kind(&e), Some((BackendErrorKind::NotFound, Some((kind, name.to_owned())))), "{e:?}");
+}
+
+/// Makes a leftover temporary named `name`, last written at `modified_ns`.
+type Leave<'a> = &'a dyn Fn(&str, i64);
+
+/// The whole contract, on an empty backend.
+fn contract(b: &dyn Backend, leave: Leave<'_>) -> Result<()> {
+    let started = now_ns();
+    let (one, two, rec) = (id(1), id(2), id(3));
+
+    // Not found, for every read, typed as such.
+    assert_not_found(b.get(FileKind::Pack, &one), FileKind::Pack, &one);
+    assert_not_found(b.get_range(FileKind::Pack, &one, 0, 1), FileKind::Pack, &one);
+    assert_not_found(b.get_ranges(FileKind::Pack, &one, &[(0, 1)]), FileKind::Pack, &one);
+    assert_not_found(b.size(FileKind::Pack, &one), FileKind::Pack, &one);
+    assert_not_found(b.get(FileKind::Config, "config"), FileKind::Config, "config");
+
+    // Put and get; a second put of a name is a no-op, except for the config.
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    b.put(FileKind::Pack, &one, &data)?;
+    assert_eq!(b.get(FileKind::Pack, &one)?, data);
+    b.put(FileKind::Pack, &one, b"other bytes")?;
+    assert_eq!(b.get(FileKind::Pack, &one)?, data, "an existing name keeps its bytes");
+    b.put(FileKind::Config, "config", b"first")?;
+    b.put(FileKind::Config, "config", b"second")?;
+    b.put(FileKind::Config, CONFIG_COPY, b"copy")?;
+    assert_eq!(b.get(FileKind::Config, "config")?, b"second");
+    assert_eq!(b.get(FileKind::Config, CONFIG_COPY)?, b"copy");
+    assert_eq!(b.size(FileKind::Pack, &one)?, 10_000);
+
+    // Ranges, one and several (in the order asked, overlapping and repeated).
+    assert_eq!(b.get_range(FileKind::Pack, &one, 100, 50)?, &data[100..150]);
+    assert_eq!(b.get_range(FileKind::Pack, &one, 9_990, 10)?, &data[9_990..]);
+    let ranges = [(9_000, 1_000), (0, 10), (100, 50), (120, 50), (100, 50), (5, 0)];
+    let got = b.get_ranges(FileKind::Pack, &one, &ranges)?;
+    let want: Vec<&[u8]> = ranges.iter().map(|&(o, l)| &data[o as usize..o as usize + l]).collect();
+    assert_eq!(got, want);
+    assert!(b.get_ranges(FileKind::Pack, &one, &[])?.is_empty());
+    // A range past the end is damage: the object is shorter than what named the range.
+    let short = b.get_range(FileKind::Pack, &one, 9_990, 11).expect_err("short");
+    assert!(short.is_damage() && !short.is_not_found(), "{short:?}");
+    let short = b.get_ranges(FileKind::Pack, &one, &[(0, 1), (9_999, 2)]).expect_err("short");
+    assert!(short.is_damage(), "{short:?}");
+
+    // Listings: sorted names, sizes, and when each was written; other names are skipped.
+    b.put(FileKind::Pack, &two, b"small")?;
+    b.put(FileKind::Snapshot, &rec, b"record")?;
+    b.put(FileKind::Snapshot, "not-an-id", b"x")?;
+    let packs = b.list(FileKind::Pack)?;
+    assert_eq!(names(&packs), [one.as_str(), two.as_str()]);
+    assert_eq!(packs.iter().map(|o| o.size).collect::<Vec<_>>(), [10_000, 5]);
+    let after = now_ns();
+    for o in &packs {
+        // File systems stamp with a coarse clock: allow it a little behind ours.
+        let m = o.modified.expect("a listing says when each object was written");
+        assert!(m >= started - 1_000_000_000 && m <= after + 1_000_000_000, "{o:?} written {started}..{after}");
+    }
+    assert_eq!(names(&b.list(FileKind::Snapshot)?), [rec.as_str()]);
+    assert!(b.list(FileKind::Config)?.is_empty());
+    assert!(b.list(FileKind::Tombstone)?.is_empty());
+
+    // Remove; removing what is gone is fine.
+    b.remove(FileKind::Pack, &two)?;
+    assert_not_found(b.get(FileKind::Pack, &two), FileKind::Pack, &two);
+    b.remove(FileKind::Pack, &two)?;
+    assert_eq!(names(&b.list(FileKind::Pack)?), [one.as_str()]);
+
+    // Quarantine keeps the bytes under the same name, out of the way; again is fine.
+    assert!(b.list(FileKind::Quarantine)?.is_empty());
+    b.quarantine(FileKind::Snapshot, &rec)?;
+    assert_not_found(b.get(FileKind::Snapshot, &rec), FileKind::Snapshot, &rec);
+    assert!(b.list(FileKind::Snapshot)?.is_empty());
+    assert_eq!(b.get(FileKind::Quarantine, &rec)?, b"record");
+    assert_eq!(names(&b.list(FileKind::Quarantine)?), [rec.as_str()]);
+    b.quarantine(FileKind::Snapshot, &rec)?;
+    b.quarantine(FileKind::Pack, &two)?;
+
+    // Temporaries: all are listed; only one older than the grace is abandoned.
+    let now = now_ns();
+    leave("old-write.tmp", now - 2 * HOUR_NS);
+    leave("fresh-write.tmp", now);
+    let mut temps = b.temporaries()?;
+    temps.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(names(&temps), ["fresh-write.tmp", "old-write.tmp"]);
+    assert!(temps.iter().all(|t| t.size == 7), "{temps:?}");
+    assert!(!b.is_abandoned(&temps[0], now), "a temporary written just now may be a write in flight");
+    assert!(b.is_abandoned(&temps[1], now), "one untouched for two hours is a leftover");
+    b.remove_temporary("old-write.tmp")?;
+    b.remove_temporary("old-write.tmp")?;
+    assert_eq!(names(&b.temporaries()?), ["fresh-write.tmp"]);
+    Ok(())
+}
+
+fn local(dir: &Path) -> Result<LocalBackend> {
+    let b = LocalBackend::with_modes(dir, super::Modes::private());
+    b.create_layout()?;
+    Ok(b)
+}
+
+fn leave_local(dir: &Path) -> impl Fn(&str, i64) + '_ {
+    move |name, modified_ns| {
+        let path = dir.join("tmp").join(name);
+        std::fs::write(&path, b"partial").expect("write a temporary");
+        let when = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(modified_ns).unwrap_or(0));
+        std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(when)).expect("set its mtime");
+    }
+}
+
+fn leave_memory(m: &MemoryBackend) -> impl Fn(&str, i64) + '_ {
+    |name, modified_ns| m.leave_temporary(name, b"partial", modified_ns)
+}
+
+#[test]
+fn the_local_directory_keeps_the_contract() -> Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leave = leave_local(dir.path());
+    contract(&local(dir.path())?, &leave)
+}
+
+#[test]
+fn memory_keeps_the_contract() -> Result<()> {
+    let m = MemoryBackend::default();
+    let leave = leave_memory(&m);
+    contract(&m, &leave)
+}
+
+#[test]
+fn local_errors_read_as_the_io_errors_they_were() -> Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = local(dir.path())?;
+    let e = b.get(FileKind::Snapshot, &id(4)).expect_err("missing");
+    let path = dir.path().join("snapshots").join(id(4));
+    assert_eq!(e.to_string(), format!("{}: No such file or directory (os error 2)", path.display()));
+    // The OS error stays reachable: as the source (what the CLI's error chain shows), and for
+    // the checks that tell "may not write here" from other failures.
+    let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound));
+    assert_eq!(e.os_error().and_then(std::io::Error::raw_os_error), Some(2));
+    // A short pack is damage naming the file, as before.
+    b.put(FileKind::Pack, &id(5), b"12345")?;
+    let short = b.get_range(FileKind::Pack, &id(5), 2, 10).expect_err("short");
+    assert!(matches!(short, Error::Corrupt { .. }), "{short:?}");
+    Ok(())
+}
+
+#[test]
+fn local_temporaries_are_judged_by_their_writer_when_the_name_says_which() -> Result<()> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = local(dir.path())?;
+    let leave = leave_local(dir.path());
+    let now = now_ns();
+    let ours = format!("{}.{}.0.tmp", id(1), std::process::id());
+    // Past any pid_max: no such process.
+    let gone = format!("{}.2147483000.0.tmp", id(2));
+    leave(&ours, now - 24 * HOUR_NS);
+    leave(&gone, now);
+    let temps = b.temporaries()?;
+    let judge = |name: &str| temps.iter().find(|t| t.name == name).is_some_and(|t| b.is_abandoned(t, now));
+    assert!(!judge(&ours), "a live process's temporary is never abandoned, however old");
+    assert!(judge(&gone), "a dead process's temporary is abandoned at once");
+    // Only ever a file in tmp/.
+    std::fs::write(dir.path().join("config"), b"keep").expect("write");
+    b.remove_temporary("../config")?;
+    assert_eq!(std::fs::read(dir.path().join("config")).expect("read"), b"keep");
+    Ok(())
+}
+
+#[test]
+fn age_alone_judges_a_temporary_of_a_backend_that_knows_nothing_else() {
+    let now = now_ns();
+    let grace = i64::try_from(TEMPORARY_GRACE.as_nanos()).unwrap_or(i64::MAX);
+    let m = MemoryBackend::default();
+    assert!(!m.is_abandoned(&ObjectInfo::new("t", 1, None), now), "unknown age: kept");
+    assert!(!m.is_abandoned(&ObjectInfo::new("t", 1, Some(now - grace)), now));
+    assert!(m.is_abandoned(&ObjectInfo::new("t", 1, Some(now - grace - 1)), now));
+}
