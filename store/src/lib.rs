@@ -61,7 +61,8 @@ mod tree;
 mod workers;
 
 pub use backend::{
-    Backend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo, Storage, TEMPORARY_GRACE,
+    Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo,
+    RetryBackend, Storage, TEMPORARY_GRACE,
 };
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};

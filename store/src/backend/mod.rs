@@ -14,25 +14,29 @@
 //! - Names are content hashes, so `put` of an existing name is a no-op, never an overwrite
 //!   (the config, the one file that is not named by its hash, is rewritten whole). Removing
 //!   or quarantining what is already gone is no error either, so every call is safe to
-//!   repeat.
+//!   repeat, which [`RetryBackend`] relies on.
 //! - Errors are [`Error::Backend`](crate::Error::Backend) with a
 //!   [`BackendErrorKind`](crate::BackendErrorKind): `NotFound` for a missing object,
 //!   `Transient` when the same call may succeed later, `Permanent` otherwise. A range past the
 //!   end of an object is damage (`Error::Corrupt`), not a backend error: the object the index
 //!   describes is shorter than it should be.
 
+mod faulty;
 mod local;
 mod location;
 mod memory;
+mod retry;
 #[cfg(test)]
 mod tests;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use faulty::{FaultPlan, FaultyBackend};
 pub(crate) use local::{create_dir_with, sync_dir};
 pub use local::{LocalBackend, Modes};
 pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
+pub use retry::RetryBackend;
 
 use crate::error::{Error, Result};
 
@@ -157,6 +161,17 @@ pub(crate) fn older_than(info: &ObjectInfo, now_ns: i64, grace: Duration) -> boo
 /// A time as nanoseconds since the Unix epoch (`None` before it or past 2262).
 pub(crate) fn epoch_ns(t: SystemTime) -> Option<i64> {
     t.duration_since(UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_nanos()).ok())
+}
+
+/// How an object is named in errors when the backend has no better location (a path, a key).
+pub(crate) fn describe(kind: FileKind, name: &str) -> String {
+    match kind {
+        FileKind::Config => name.to_owned(),
+        FileKind::Pack => format!("pack {name}"),
+        FileKind::Snapshot => format!("snapshot record {name}"),
+        FileKind::Tombstone => format!("tombstone {name}"),
+        FileKind::Quarantine => format!("quarantined file {name}"),
+    }
 }
 
 /// The error for an object that is not there, for backends without an OS error of their own.

@@ -1,9 +1,14 @@
-//! The backend contract, checked the same way on every backend.
+//! The backend contract, checked the same way on every backend: the local directory, memory,
+//! and memory behind injected faults and the retry wrapper (which must hide every fault).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{epoch_ns, Backend, FileKind, LocalBackend, MemoryBackend, ObjectInfo, CONFIG_COPY, TEMPORARY_GRACE};
+use super::{
+    epoch_ns, Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, MemoryBackend, ObjectInfo, RetryBackend,
+    CONFIG_COPY, TEMPORARY_GRACE,
+};
 use crate::error::{BackendErrorKind, Error, Result};
 
 const HOUR_NS: i64 = 3_600_000_000_000;
@@ -156,6 +161,78 @@ fn memory_keeps_the_contract() -> Result<()> {
     let m = MemoryBackend::default();
     let leave = leave_memory(&m);
     contract(&m, &leave)
+}
+
+#[test]
+fn retries_hide_injected_faults_and_lost_responses() -> Result<()> {
+    let memory = Arc::new(MemoryBackend::default());
+    let mut plan = FaultPlan::new();
+    plan.latency = Duration::from_micros(200);
+    // Faulted calls are 3, 4, 6, 8, 9, 12, ...: never more than two in a row.
+    plan.transient_every = Some(3);
+    plan.lose_response_every = Some(4);
+    let faulty = Arc::new(FaultyBackend::new(memory.clone(), plan));
+    let b = RetryBackend::new(faulty.clone(), 3, Duration::from_millis(1));
+    contract(&b, &leave_memory(&memory))?;
+    assert!(faulty.faults() >= 20, "{} faults in {} calls", faulty.faults(), faulty.calls());
+    Ok(())
+}
+
+#[test]
+fn faults_surface_as_transient_errors_without_the_retry_wrapper() -> Result<()> {
+    let memory = Arc::new(MemoryBackend::default());
+    let mut plan = FaultPlan::new();
+    plan.transient_every = Some(1);
+    let failing = FaultyBackend::new(memory.clone(), plan);
+    let name = id(9);
+    for e in [
+        failing.put(FileKind::Pack, &name, b"data").expect_err("faulted"),
+        failing.get(FileKind::Pack, &name).expect_err("faulted"),
+        failing.get_ranges(FileKind::Pack, &name, &[(0, 1)]).expect_err("faulted"),
+    ] {
+        assert!(e.is_transient() && !e.is_not_found() && !e.is_damage(), "{e:?}");
+        assert_eq!(backend_kind(&e), Some((BackendErrorKind::Transient, Some((FileKind::Pack, name.clone())))));
+    }
+    let listing = failing.list(FileKind::Pack).expect_err("faulted");
+    assert_eq!(backend_kind(&listing).map(|k| k.0), Some(BackendErrorKind::Transient));
+    assert!(memory.get(FileKind::Pack, &name).is_err(), "a failed request never reached the store");
+    assert_eq!((failing.calls(), failing.faults()), (4, 4));
+
+    // A lost response: the put happened, the caller was told it failed.
+    let mut plan = FaultPlan::new();
+    plan.lose_response_every = Some(1);
+    let losing = FaultyBackend::new(memory.clone(), plan);
+    assert!(losing.put(FileKind::Pack, &name, b"data").expect_err("lost").is_transient());
+    assert_eq!(memory.get(FileKind::Pack, &name)?, b"data");
+    assert!(losing.remove(FileKind::Pack, &name).expect_err("lost").is_transient());
+    assert!(memory.get(FileKind::Pack, &name).is_err(), "the remove happened");
+
+    // Every n-th call, shifted by the seed; latency on each.
+    let mut plan = FaultPlan::new();
+    plan.transient_every = Some(2);
+    plan.seed = 1;
+    plan.latency = Duration::from_millis(5);
+    let alternate = FaultyBackend::new(memory, plan);
+    let t = std::time::Instant::now();
+    let outcomes: Vec<bool> = (0..4).map(|_| alternate.list(FileKind::Pack).is_ok()).collect();
+    assert_eq!(outcomes, [false, true, false, true]);
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    Ok(())
+}
+
+#[test]
+fn the_retry_wrapper_gives_up_after_its_attempts_and_never_retries_a_missing_object() {
+    let mut plan = FaultPlan::new();
+    plan.transient_every = Some(1);
+    let faulty = Arc::new(FaultyBackend::new(Arc::new(MemoryBackend::default()), plan));
+    let retry = RetryBackend::new(faulty.clone(), 3, Duration::from_millis(1));
+    assert!(retry.get(FileKind::Pack, &id(1)).expect_err("always faulted").is_transient());
+    assert_eq!(faulty.calls(), 3);
+
+    let healthy = Arc::new(FaultyBackend::new(Arc::new(MemoryBackend::default()), FaultPlan::new()));
+    let retry = RetryBackend::new(healthy.clone(), 5, Duration::from_millis(1));
+    assert!(retry.get(FileKind::Pack, &id(1)).expect_err("missing").is_not_found());
+    assert_eq!(healthy.calls(), 1);
 }
 
 #[test]
