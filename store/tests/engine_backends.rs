@@ -12,17 +12,30 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_store::{
-    Backend, FileKind, FlockLocks, GcOptions, InitOptions, Location, MemoryBackend, Modes, NoProgress, OpenOptions,
-    Repo, RestoreOptions, ScrubOptions, SnapshotOptions, StateDir, Storage,
+    Backend, FaultPlan, FaultyBackend, FileKind, FlockLocks, GcOptions, InitOptions, Location, MemoryBackend, Modes,
+    NoProgress, OpenOptions, Repo, RestoreOptions, RetryBackend, ScrubOptions, SnapshotOptions, StateDir, Storage,
 };
 
 /// A backend under test, with a name for failure messages.
 type Make = (&'static str, fn() -> Arc<dyn Backend>);
 
 fn backends() -> Vec<Make> {
-    vec![("memory", || Arc::new(MemoryBackend::default()))]
+    vec![("memory", || Arc::new(MemoryBackend::default())), ("memory with faults, retried", faulty_memory)]
+}
+
+/// Memory as a remote store behaves: slow, with a transient failure on one call in five and a
+/// lost response (done, but answered with a failure) on one in seven, behind the retry
+/// wrapper. The engine must come through all of it as if nothing happened.
+fn faulty_memory() -> Arc<dyn Backend> {
+    let mut plan = FaultPlan::new();
+    plan.latency = Duration::from_micros(100);
+    plan.transient_every = Some(5);
+    plan.lose_response_every = Some(7);
+    let faulty = FaultyBackend::new(Arc::new(MemoryBackend::default()), plan);
+    Arc::new(RetryBackend::new(Arc::new(faulty), 12, Duration::from_millis(1)))
 }
 
 /// State and locks of the repository in `scratch`, objects in `backend`.
