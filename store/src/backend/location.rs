@@ -67,7 +67,7 @@ impl Location {
         for name in ["config", CONFIG_COPY] {
             match backend.size(FileKind::Config, name) {
                 Ok(_) => return Ok(true),
-                Err(e) if crate::repo::missing(&e) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
