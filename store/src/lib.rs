@@ -38,6 +38,7 @@ mod chunker;
 mod codec;
 mod config;
 mod error;
+mod exclude;
 mod failpoint;
 mod fsmeta;
 mod gc;
@@ -50,6 +51,7 @@ mod progress;
 mod record;
 mod repair;
 mod repo;
+mod report;
 mod reserve;
 mod restore;
 mod retention;
@@ -57,7 +59,10 @@ mod salvage;
 mod scrub;
 mod snapshot;
 mod state;
+mod tally;
 mod tree;
+mod upload;
+mod walk;
 mod workers;
 
 pub use backend::{
@@ -67,6 +72,7 @@ pub use backend::{
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
+pub use exclude::read_exclude_file;
 pub use failpoint::POINTS as FAILPOINTS;
 pub use gc::{emptied_groups, ForgetReport, GcOptions, GcReport};
 pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
@@ -77,11 +83,13 @@ pub use progress::{NoProgress, Progress, Unit};
 pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
 pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
+pub use report::SnapshotReport;
 pub use restore::{hash_file, Overwrite, RestoreOptions, RestoreReport};
 pub use retention::{apply as apply_policy, Decision, GroupBy, KeepPolicy};
 pub use scrub::{Affected, Damage, Leftovers, ScrubOptions, ScrubReport, SnapshotStatus};
-pub use snapshot::{read_exclude_file, SnapshotOptions, SnapshotReport, Warning};
+pub use snapshot::SnapshotOptions;
 pub use state::StateDir;
+pub use tally::Warning;
 pub use tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
 
 /// Decoders of on-disk bytes, exposed for the fuzz targets.

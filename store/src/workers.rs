@@ -1,4 +1,7 @@
-//! The worker threads of a snapshot, restore or scrub: one pool setup for all three.
+//! The worker threads of a snapshot, restore, scrub or repair: one pool setup for all, and the
+//! way they share state.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 
@@ -14,4 +17,25 @@ pub(crate) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
         .stack_size(STACK)
         .build()
         .map_err(|source| Error::Workers { source })
+}
+
+/// How many workers `threads` asks for: itself, or (0) one per core.
+pub(crate) fn count(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    } else {
+        threads
+    }
+}
+
+/// Locks state the workers share. A worker that panicked while holding it left it as valid as
+/// any other moment does (every update is one step), and its panic surfaces when the pool
+/// joins: the others go on rather than panic in turn.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What shared state holds once the workers are done (see `lock`).
+pub(crate) fn into_inner<T>(m: Mutex<T>) -> T {
+    m.into_inner().unwrap_or_else(PoisonError::into_inner)
 }

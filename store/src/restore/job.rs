@@ -23,37 +23,32 @@ use rustix::fs::{FileType, Stat};
 use super::at::{self, Dir};
 use super::{Overwrite, RestoreOptions};
 use crate::error::{Error, Result};
+use crate::exclude::Excludes;
 use crate::fsmeta;
 use crate::id::{BlobId, TreeId};
 use crate::index::BlobLocation;
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::snapshot::{Excludes, Warning};
+use crate::tally::{Counter, Warnings};
 use crate::tree::{ChunkRef, Entry, EntryKind};
+use crate::workers::lock;
 
 /// Files up to this size without holes are written in one call.
 const SMALL_FILE: u64 = 1 << 20;
 
+/// The counts of `RestoreReport` as the workers add to them.
 #[derive(Default)]
 pub(super) struct Counts {
-    pub(super) files_written: AtomicU64,
-    pub(super) files_skipped: AtomicU64,
-    pub(super) dirs: AtomicU64,
-    pub(super) symlinks: AtomicU64,
-    pub(super) specials: AtomicU64,
-    pub(super) hardlinks: AtomicU64,
-    pub(super) bytes_written: AtomicU64,
-    pub(super) files_verified: AtomicU64,
-    pub(super) owner_failures: AtomicU64,
-    pub(super) leftovers_removed: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub(super) files_written: Counter,
+    pub(super) files_skipped: Counter,
+    pub(super) dirs: Counter,
+    pub(super) symlinks: Counter,
+    pub(super) specials: Counter,
+    pub(super) hardlinks: Counter,
+    pub(super) bytes_written: Counter,
+    pub(super) files_verified: Counter,
+    pub(super) owner_failures: Counter,
+    pub(super) leftovers_removed: Counter,
 }
 
 /// A destination directory held open for the walk below it, and for hard links made into it
@@ -88,9 +83,9 @@ pub(super) struct Job<'a> {
     pub(super) progress: &'a dyn Progress,
     pub(super) root_user: bool,
     pub(super) counts: Counts,
-    pub(super) damaged: Mutex<Vec<Warning>>,
-    pub(super) failed: Mutex<Vec<Warning>>,
-    pub(super) warnings: Mutex<Vec<Warning>>,
+    pub(super) damaged: Warnings,
+    pub(super) failed: Warnings,
+    pub(super) warnings: Warnings,
     /// An error that stops the whole restore (the index failing), first one wins.
     pub(super) fatal: Mutex<Option<Error>>,
     links: Mutex<HashMap<(u64, u64), LinkSource>>,
@@ -100,10 +95,6 @@ pub(super) struct Job<'a> {
     /// Directories whose metadata waits for the hard links made into them.
     late_dirs: Mutex<Vec<(Arc<Held>, Entry)>>,
     tmp_counter: AtomicU64,
-}
-
-fn push(list: &Mutex<Vec<Warning>>, path: &Path, message: impl Into<String>) {
-    lock(list).push(Warning { path: path.to_string_lossy().into_owned(), message: message.into() });
 }
 
 /// How an include path relates to an entry path.
@@ -146,9 +137,9 @@ impl<'a> Job<'a> {
             progress,
             root_user: fsmeta::is_root(),
             counts: Counts::default(),
-            damaged: Mutex::new(Vec::new()),
-            failed: Mutex::new(Vec::new()),
-            warnings: Mutex::new(Vec::new()),
+            damaged: Warnings::default(),
+            failed: Warnings::default(),
+            warnings: Warnings::default(),
             fatal: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
             dry_links: Mutex::new(std::collections::HashSet::new()),
@@ -189,9 +180,9 @@ impl<'a> Job<'a> {
         if matches!(err, Error::Index { .. }) {
             lock(&self.fatal).get_or_insert(err);
         } else if err.is_damage() {
-            push(&self.damaged, &dest, reason(&err));
+            self.damaged.add(&dest, reason(&err));
         } else {
-            push(&self.failed, &dest, reason(&err));
+            self.failed.add(&dest, reason(&err));
         }
     }
 
@@ -204,8 +195,8 @@ impl<'a> Job<'a> {
             return;
         }
         match dir.remove_leftovers() {
-            Ok(n) => bump(&self.counts.leftovers_removed, n),
-            Err(e) => push(&self.warnings, &dir.path, format!("cannot look for an interrupted restore's files: {e}")),
+            Ok(n) => self.counts.leftovers_removed.add(n),
+            Err(e) => self.warnings.add(&dir.path, format!("cannot look for an interrupted restore's files: {e}")),
         }
     }
 
@@ -215,7 +206,7 @@ impl<'a> Job<'a> {
         let tree = match self.repo.load_tree(tree_id) {
             Ok(t) => t,
             Err(e) if e.is_damage() => {
-                push(&self.damaged, &self.dest_of(snap_path), format!("directory contents lost: {e}"));
+                self.damaged.add(&self.dest_of(snap_path), format!("directory contents lost: {e}"));
                 return;
             }
             Err(e) => return self.fail(snap_path, e),
@@ -225,7 +216,7 @@ impl<'a> Job<'a> {
         for e in &tree.entries {
             let path = snap_path.join(OsStr::from_bytes(&e.name));
             if !e.has_safe_name() || prev == Some(e.name.as_slice()) {
-                push(&self.warnings, &path, format!("unsafe or duplicate entry name {:?} skipped", e.name_lossy()));
+                self.warnings.add(&path, format!("unsafe or duplicate entry name {:?} skipped", e.name_lossy()));
                 continue;
             }
             prev = Some(e.name.as_slice());
@@ -265,7 +256,7 @@ impl<'a> Job<'a> {
                 }
                 let created = opened.as_ref().is_some_and(|(_, c)| *c);
                 let child = opened.map(|(d, _)| Arc::new(Held { dir: d, links_pending: AtomicBool::new(false) }));
-                bump(&self.counts.dirs, 1);
+                self.counts.dirs.add(1);
                 if let Some(sub) = e.subtree {
                     self.restore_tree(sub, snap_path, child.as_ref());
                 }
@@ -287,7 +278,7 @@ impl<'a> Job<'a> {
             }
             EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
                 if e.kind != EntryKind::Fifo && !self.root_user {
-                    push(&self.warnings, &dest, "device node not restored (needs root)");
+                    self.warnings.add(&dest, "device node not restored (needs root)");
                     return Ok(());
                 }
                 self.make_entry(e, dir, name, &dest, &self.counts.specials, |d| d.mknod(name, e.kind, e.mode, e.rdev))
@@ -303,17 +294,17 @@ impl<'a> Job<'a> {
         dir: Option<&Arc<Held>>,
         name: &OsStr,
         dest: &Path,
-        counter: &AtomicU64,
+        counter: &Counter,
         make: impl FnOnce(&Dir) -> io::Result<()>,
     ) -> Result<()> {
         let Some(d) = dir.map(|d| &d.dir) else {
-            bump(counter, 1);
+            counter.add(1);
             return Ok(());
         };
         if !self.clear_for(d, name, dest)? {
             return Ok(());
         }
-        bump(counter, 1);
+        counter.add(1);
         if self.opts.dry_run {
             return Ok(());
         }
@@ -339,8 +330,7 @@ impl<'a> Job<'a> {
         let created = match parent.stat(name).map_err(io_err)? {
             Some(st) if file_type(&st) == FileType::Directory => false,
             Some(_) if on_the_way => {
-                push(
-                    &self.failed,
+                self.failed.add(
                     dest,
                     "not a directory, and above what is restored: left as it is, nothing below it restored \
                      (restore into another --target, or move it away)",
@@ -348,7 +338,7 @@ impl<'a> Job<'a> {
                 return Ok(None);
             }
             Some(_) if self.opts.overwrite == Overwrite::Never => {
-                push(&self.failed, dest, "exists and is not a directory; skipped (--overwrite never)");
+                self.failed.add(dest, "exists and is not a directory; skipped (--overwrite never)");
                 return Ok(None);
             }
             Some(_) if self.opts.dry_run => return Ok(None),
@@ -367,7 +357,7 @@ impl<'a> Job<'a> {
         let d = match parent.open_dir(name) {
             Ok(d) => d,
             Err(err) if at::is_swapped(&err) => {
-                push(&self.failed, dest, "replaced by something else while it was restored (never followed); skipped");
+                self.failed.add(dest, "replaced by something else while it was restored (never followed); skipped");
                 return Ok(None);
             }
             Err(err) => return Err(io_err(err)),
@@ -377,7 +367,7 @@ impl<'a> Job<'a> {
         if created && !self.opts.dry_run {
             let st = rustix::fs::fstat(d.file()).map_err(|e| io_err(e.into()))?;
             if st.st_uid != rustix::process::geteuid().as_raw() {
-                push(&self.failed, dest, "replaced by another user's directory while it was restored; skipped");
+                self.failed.add(dest, "replaced by another user's directory while it was restored; skipped");
                 return Ok(None);
             }
         }
@@ -399,10 +389,10 @@ impl<'a> Job<'a> {
     fn secure_dir(&self, d: &Dir, e: &Entry) {
         use std::os::unix::fs::PermissionsExt;
         if let Err(err) = std::os::unix::fs::fchown(d.file(), Some(e.uid), Some(e.gid)) {
-            push(&self.warnings, &d.path, format!("cannot set owner: {err}"));
+            self.warnings.add(&d.path, format!("cannot set owner: {err}"));
         }
         if let Err(err) = d.file().set_permissions(std::fs::Permissions::from_mode(e.mode)) {
-            push(&self.warnings, &d.path, format!("cannot set mode: {err}"));
+            self.warnings.add(&d.path, format!("cannot set mode: {err}"));
         }
     }
 
@@ -411,11 +401,11 @@ impl<'a> Job<'a> {
         match dir.stat(name).map_err(|e| Error::io(dest, e))? {
             None => Ok(true),
             Some(_) if self.opts.overwrite == Overwrite::Never => {
-                bump(&self.counts.files_skipped, 1);
+                self.counts.files_skipped.add(1);
                 Ok(false)
             }
             Some(st) if file_type(&st) == FileType::Directory => {
-                push(&self.failed, dest, "a directory is in the way; not replaced");
+                self.failed.add(dest, "a directory is in the way; not replaced");
                 Ok(false)
             }
             Some(_) if self.opts.dry_run => Ok(true),
@@ -431,10 +421,10 @@ impl<'a> Job<'a> {
             // A dry run below a directory that does not exist yet: all of it would be written,
             // the further members of a hard-link group as links.
             if e.nlink > 1 && e.dev != 0 && !lock(&self.dry_links).insert((e.dev, e.inode)) {
-                bump(&self.counts.hardlinks, 1);
+                self.counts.hardlinks.add(1);
             } else {
-                bump(&self.counts.files_written, 1);
-                bump(&self.counts.bytes_written, e.size);
+                self.counts.files_written.add(1);
+                self.counts.bytes_written.add(e.size);
             }
             return Ok(());
         };
@@ -471,18 +461,18 @@ impl<'a> Job<'a> {
         let io_err = |err: io::Error| Error::io(dest, err);
         if let Some(existing) = d.stat(name).map_err(io_err)? {
             if file_type(&existing) == FileType::Directory {
-                push(&self.failed, dest, "a directory is in the way; file not restored");
+                self.failed.add(dest, "a directory is in the way; file not restored");
                 return Ok(None);
             }
             match self.opts.overwrite {
                 Overwrite::Never => {
-                    bump(&self.counts.files_skipped, 1);
+                    self.counts.files_skipped.add(1);
                     self.progress.inc(e.size);
                     return Ok(None);
                 }
                 Overwrite::IfChanged if file_type(&existing) == FileType::RegularFile => {
                     if let Some(kept) = self.keep_if_same(e, d, name, dest) {
-                        bump(&self.counts.files_skipped, 1);
+                        self.counts.files_skipped.add(1);
                         self.progress.inc(e.size);
                         return Ok(Some(kept));
                     }
@@ -491,8 +481,8 @@ impl<'a> Job<'a> {
             }
         }
         if self.opts.dry_run {
-            bump(&self.counts.files_written, 1);
-            bump(&self.counts.bytes_written, e.size);
+            self.counts.files_written.add(1);
+            self.counts.bytes_written.add(e.size);
             return Ok(None);
         }
         let (file, tmp) = d.create_temp(&self.tmp_counter).map_err(io_err)?;
@@ -528,13 +518,13 @@ impl<'a> Job<'a> {
         if e.mode & 0o6000 != 0 {
             use std::os::unix::fs::PermissionsExt;
             if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
-                push(&self.warnings, dest, format!("cannot set mode: {err}"));
+                self.warnings.add(dest, format!("cannot set mode: {err}"));
             }
         }
-        bump(&self.counts.files_written, 1);
-        bump(&self.counts.bytes_written, e.size);
+        self.counts.files_written.add(1);
+        self.counts.bytes_written.add(e.size);
         if verified {
-            bump(&self.counts.files_verified, 1);
+            self.counts.files_verified.add(1);
         }
         let st = rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?;
         Ok(Some((st.st_dev, st.st_ino)))
@@ -625,20 +615,20 @@ impl<'a> Job<'a> {
         use std::os::unix::fs::PermissionsExt;
         if self.owner_wanted(e) {
             if let Err(err) = std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)) {
-                push(&self.warnings, path, format!("cannot set owner: {err}"));
+                self.warnings.add(path, format!("cannot set owner: {err}"));
             }
         }
         if let Err(err) = f.set_permissions(std::fs::Permissions::from_mode(mode)) {
-            push(&self.warnings, path, format!("cannot set mode: {err}"));
+            self.warnings.add(path, format!("cannot set mode: {err}"));
         }
         for (key, value) in &e.xattrs {
             if let Err(err) = xattr::FileExt::set_xattr(f, OsStr::from_bytes(key), value) {
-                push(&self.warnings, path, format!("cannot set extended attributes: {err}"));
+                self.warnings.add(path, format!("cannot set extended attributes: {err}"));
                 break;
             }
         }
         if let Err(err) = at::set_fd_times(f, e.mtime) {
-            push(&self.warnings, path, format!("cannot set times: {err}"));
+            self.warnings.add(path, format!("cannot set times: {err}"));
         }
     }
 
@@ -651,23 +641,23 @@ impl<'a> Job<'a> {
     fn apply_meta_at(&self, d: &Dir, name: &OsStr, e: &Entry, path: &Path) {
         let made = match d.open_made(name, e.kind) {
             Ok(m) => m,
-            Err(err) => return push(&self.failed, path, err.to_string()),
+            Err(err) => return self.failed.add(path, err.to_string()),
         };
         if self.owner_wanted(e) {
             if let Err(err) = made.chown(e.uid, e.gid) {
-                push(&self.warnings, path, format!("cannot set owner: {err}"));
+                self.warnings.add(path, format!("cannot set owner: {err}"));
             }
         }
         if let Err(err) = made.chmod(e.mode) {
-            push(&self.warnings, path, format!("cannot set mode: {err}"));
+            self.warnings.add(path, format!("cannot set mode: {err}"));
         }
         if !e.xattrs.is_empty() {
             if let Err(err) = d.set_xattrs_at(name, &e.xattrs) {
-                push(&self.warnings, path, format!("cannot set extended attributes: {err}"));
+                self.warnings.add(path, format!("cannot set extended attributes: {err}"));
             }
         }
         if let Err(err) = d.times_at(name, e.mtime) {
-            push(&self.warnings, path, format!("cannot set times: {err}"));
+            self.warnings.add(path, format!("cannot set times: {err}"));
         }
     }
 
@@ -678,7 +668,7 @@ impl<'a> Job<'a> {
             return true;
         }
         if e.uid != rustix::process::geteuid().as_raw() || e.gid != rustix::process::getegid().as_raw() {
-            bump(&self.counts.owner_failures, 1);
+            self.counts.owner_failures.add(1);
         }
         false
     }
@@ -691,7 +681,7 @@ impl<'a> Job<'a> {
             let dest = d.dir.dir.child_path(&d.name);
             if let Err(err) = self.link_member(&d, &dest) {
                 let list = if err.is_damage() { &self.damaged } else { &self.failed };
-                push(list, &dest, reason(&err));
+                list.add(&dest, reason(&err));
             }
         }
         let mut late = std::mem::take(&mut *lock(&self.late_dirs));
@@ -720,7 +710,7 @@ impl<'a> Job<'a> {
             let here = d.dir.dir.stat(&d.name).map_err(io_err)?;
             let same = kept && here.zip(now).is_some_and(|(h, f)| (h.st_dev, h.st_ino) == (f.st_dev, f.st_ino));
             if !same {
-                bump(&self.counts.hardlinks, 1);
+                self.counts.hardlinks.add(1);
             }
             return Ok(());
         }
@@ -738,7 +728,7 @@ impl<'a> Job<'a> {
                 return Ok(());
             }
             if file_type(&st) == FileType::Directory {
-                push(&self.failed, dest, "a directory is in the way; hard link not restored");
+                self.failed.add(dest, "a directory is in the way; hard link not restored");
                 return Ok(());
             }
             d.dir.dir.remove_file(&d.name).map_err(io_err)?;
@@ -751,7 +741,7 @@ impl<'a> Job<'a> {
             alone.nlink = 1;
             return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
         }
-        bump(&self.counts.hardlinks, 1);
+        self.counts.hardlinks.add(1);
         Ok(())
     }
 }

@@ -18,16 +18,16 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
+use crate::exclude::Excludes;
 use crate::id::FileHash;
 use crate::progress::{Progress, Unit};
 use crate::repo::{Repo, Snapshot};
-use crate::snapshot::{Excludes, SnapshotOptions, Warning};
+use crate::tally::Warning;
 
 /// When an existing file at the destination is replaced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -188,28 +188,28 @@ impl Repo {
         let pool = crate::workers::pool(opts.threads)?;
         pool.install(|| job.run(snapshot.record.root, target))?;
         progress.finish();
+        warnings.extend(job.warnings.into_vec());
         let c = &job.counts;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let lock =
-            |m: std::sync::Mutex<Vec<Warning>>| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-        warnings.extend(lock(job.warnings));
-        if g(&c.owner_failures) > 0 {
+        if c.owner_failures.get() > 0 {
             warnings.push(Warning {
                 path: report.target.clone(),
-                message: format!("{} entries keep this user as owner: setting owners needs root", g(&c.owner_failures)),
+                message: format!(
+                    "{} entries keep this user as owner: setting owners needs root",
+                    c.owner_failures.get()
+                ),
             });
         }
-        report.files_written = g(&c.files_written);
-        report.files_skipped = g(&c.files_skipped);
-        report.dirs = g(&c.dirs);
-        report.symlinks = g(&c.symlinks);
-        report.specials = g(&c.specials);
-        report.hardlinks = g(&c.hardlinks);
-        report.bytes_written = g(&c.bytes_written);
-        report.files_verified = g(&c.files_verified);
-        report.leftovers_removed = g(&c.leftovers_removed);
-        report.damaged = lock(job.damaged);
-        report.failed = lock(job.failed);
+        report.files_written = c.files_written.get();
+        report.files_skipped = c.files_skipped.get();
+        report.dirs = c.dirs.get();
+        report.symlinks = c.symlinks.get();
+        report.specials = c.specials.get();
+        report.hardlinks = c.hardlinks.get();
+        report.bytes_written = c.bytes_written.get();
+        report.files_verified = c.files_verified.get();
+        report.leftovers_removed = c.leftovers_removed.get();
+        report.damaged = job.damaged.into_vec();
+        report.failed = job.failed.into_vec();
         report.warnings = warnings;
         report.duration_secs = started.elapsed().as_secs_f64();
         Ok(report)
@@ -250,12 +250,7 @@ impl Repo {
         self.writable(
             "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
         )?;
-        let mut so = SnapshotOptions::new(existing);
-        so.no_follow_sources = true;
-        so.tags = vec![crate::repo::SAFETY_TAG.into()];
-        so.label = Some(format!("{}{}", crate::repo::SAFETY_LABEL_PREFIX, snapshot.id.short(8)));
-        let report = self.snapshot(&so, &crate::progress::NoProgress)?;
-        Ok(report.id)
+        self.safety_snapshot_of(existing, snapshot)
     }
 }
 
