@@ -312,9 +312,7 @@ impl Repo {
             if !live || !loc.is_some_and(|l| l.pack == old && l.entry == *e) {
                 continue;
             }
-            let start = usize::try_from(e.offset).unwrap_or(usize::MAX);
-            let stored = bytes.get(start..start.saturating_add(e.stored_len as usize)).unwrap_or(&[]);
-            let data = pack::open_blob(e, stored)?;
+            let data = pack::open_blob(e, pack::frame_in(&bytes, e).unwrap_or(&[]))?;
             match frames.last_mut() {
                 Some((off, blobs)) if *off == e.offset => blobs.push((e.kind, e.id, data)),
                 _ => frames.push((e.offset, vec![(e.kind, e.id, data)])),

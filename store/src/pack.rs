@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 
 const MAGIC: &[u8; 8] = b"CAIRNPAK";
-const END_MAGIC: &[u8; 8] = b"CAIRNEND";
+/// The footer's last bytes: salvage looks for them in a pack whose end is damaged.
+pub(crate) const END_MAGIC: &[u8; 8] = b"CAIRNEND";
 /// Newest pack format this build reads and the one it writes.
 pub const PACK_VERSION: u32 = 1;
 /// Length of the footer.
@@ -132,9 +133,10 @@ pub struct PackEntry {
     pub compression: Compression,
 }
 
+/// The trailer as it is decoded (salvage decodes it too, without its checksum).
 #[derive(Deserialize)]
-struct PackTrailer {
-    entries: Vec<PackEntry>,
+pub(crate) struct PackTrailer {
+    pub(crate) entries: Vec<PackEntry>,
 }
 
 /// The encoding side of `PackTrailer` (a slice encodes exactly as a Vec).
@@ -244,6 +246,13 @@ pub fn blob_from_frame(entry: &PackEntry, frame: &[u8]) -> Result<Vec<u8>> {
 /// Decodes a blob from its frame's stored bytes and checks it. Any damage is an error.
 pub fn open_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
     blob_from_frame(entry, &open_frame(entry, stored)?)
+}
+
+/// The stored bytes of `entry`'s frame in a pack held whole; `None` when they lie outside it
+/// (nothing read from disk is trusted to fit).
+pub(crate) fn frame_in<'a>(pack: &'a [u8], entry: &PackEntry) -> Option<&'a [u8]> {
+    let start = usize::try_from(entry.offset).ok()?;
+    pack.get(start..start.checked_add(entry.stored_len as usize)?)
 }
 
 /// Builds one pack in memory.
@@ -418,13 +427,25 @@ pub fn check_pack(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
 /// blobs can still be checked one by one against their own IDs).
 pub fn check_pack_layout(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     codec::check_header(&format!("pack {name}"), bytes, MAGIC, PACK_VERSION)?;
-    let size = bytes.len() as u64;
-    let footer = parse_footer(name, bytes.get(bytes.len().saturating_sub(FOOTER_LEN)..).unwrap_or(&[]), size)?;
-    let start = usize::try_from(footer.trailer_offset).unwrap_or(usize::MAX);
-    let trailer = bytes
-        .get(start..start.saturating_add(footer.trailer_len as usize))
-        .ok_or_else(|| Error::corrupt(name, "trailer out of range"))?;
-    parse_trailer(name, &footer, trailer)
+    read_trailer(name, bytes.len() as u64, |offset, len| {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|start| bytes.get(start..start.checked_add(len)?))
+            .ok_or_else(|| Error::corrupt(name, "trailer out of range"))
+    })
+}
+
+/// A pack's entries from its footer and trailer alone, its bytes as `read(offset, len)` gives
+/// them: ranged reads of a stored pack (44 bytes, then the trailer), or slices of one held whole.
+pub(crate) fn read_trailer<B: AsRef<[u8]>>(
+    name: &str,
+    size: u64,
+    mut read: impl FnMut(u64, usize) -> Result<B>,
+) -> Result<Vec<PackEntry>> {
+    let tail = read(size.saturating_sub(FOOTER_LEN as u64), FOOTER_LEN.min(size as usize))?;
+    let footer = parse_footer(name, tail.as_ref(), size)?;
+    let trailer = read(footer.trailer_offset, footer.trailer_len as usize)?;
+    parse_trailer(name, &footer, trailer.as_ref())
 }
 
 #[cfg(test)]

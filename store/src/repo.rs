@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::{BlobLocation, Index};
 use crate::lock::{Hold, Locks};
-use crate::pack::{self, FOOTER_LEN};
+use crate::pack;
 use crate::record::SnapshotRecord;
 use crate::state::{IndexUse, StateDir};
 use crate::tree::{Entry, Tree};
@@ -446,16 +446,7 @@ impl Repo {
 
     /// A pack's trailer entries, read from its footer (44 bytes) and trailer alone.
     pub(crate) fn pack_trailer(&self, name: &str, size: u64) -> Result<Vec<pack::PackEntry>> {
-        let tail = self.backend.get_range(
-            FileKind::Pack,
-            name,
-            size.saturating_sub(FOOTER_LEN as u64),
-            FOOTER_LEN.min(size as usize),
-        )?;
-        let footer = pack::parse_footer(name, &tail, size)?;
-        let trailer =
-            self.backend.get_range(FileKind::Pack, name, footer.trailer_offset, footer.trailer_len as usize)?;
-        pack::parse_trailer(name, &footer, &trailer)
+        pack::read_trailer(name, size, |offset, len| self.backend.get_range(FileKind::Pack, name, offset, len))
     }
 
     /// Rebuilds the index from the packs' trailers and the snapshot records alone.

@@ -27,9 +27,11 @@ use fastcdc::v2020::FastCDC;
 use crate::codec;
 use crate::config::ChunkerParams;
 use crate::id::BlobId;
-use crate::pack::{self, BlobKind, Compression, PackEntry, FOOTER_LEN, MAX_FRAME, PACK_HEADER_LEN, TRAILER_ENTRY_LEN};
+use crate::pack::{
+    self, BlobKind, Compression, PackEntry, PackTrailer, END_MAGIC, FOOTER_LEN, MAX_FRAME, PACK_HEADER_LEN,
+    TRAILER_ENTRY_LEN,
+};
 
-const END_MAGIC: &[u8; 8] = b"CAIRNEND";
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// The most entries a lenient trailer read believes (a 1 GiB pack of 256-byte blobs).
 const MAX_ENTRIES: u64 = 1 << 22;
@@ -58,7 +60,7 @@ pub fn trailer_entries(bytes: &[u8]) -> Vec<PackEntry> {
         if let Some(len_bytes) = bytes.get(body_end..body_end + 4) {
             let len = codec::read_u32(len_bytes) as usize;
             if let Some(trailer) = body_end.checked_sub(len).and_then(|start| bytes.get(start..body_end)) {
-                if let Ok(entries) = codec::decode::<TrailerShape>("trailer", trailer) {
+                if let Ok(entries) = codec::decode::<PackTrailer>("trailer", trailer) {
                     found.extend(entries.entries.into_iter().filter(|e| plausible(e, body_end)));
                 }
             }
@@ -68,11 +70,6 @@ pub fn trailer_entries(bytes: &[u8]) -> Vec<PackEntry> {
     found.sort_by_key(|e| (e.offset, e.frame_offset, e.id));
     found.dedup();
     found
-}
-
-#[derive(serde::Deserialize)]
-struct TrailerShape {
-    entries: Vec<PackEntry>,
 }
 
 /// Where the frames and trailer may end (the footer's start): before a footer at the very end,
@@ -141,11 +138,7 @@ pub fn blobs_of(bytes: &[u8], entries: &[PackEntry]) -> Vec<Blob> {
     let mut frames: HashMap<(u64, u32, u32, u8), Option<Vec<u8>>> = HashMap::new();
     for e in entries {
         let key = (e.offset, e.stored_len, e.frame_len, e.compression as u8);
-        let frame = frames.entry(key).or_insert_with(|| {
-            let start = usize::try_from(e.offset).ok()?;
-            let stored = bytes.get(start..start.checked_add(e.stored_len as usize)?)?;
-            pack::open_frame(e, stored).ok()
-        });
+        let frame = frames.entry(key).or_insert_with(|| pack::open_frame(e, pack::frame_in(bytes, e)?).ok());
         if let Some(data) = frame.as_deref().and_then(|f| pack::blob_from_frame(e, f).ok()) {
             out.push(Blob { kind: e.kind, id: e.id, data, frame: e.offset });
         }

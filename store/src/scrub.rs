@@ -287,9 +287,7 @@ fn check_entries(bytes: &[u8], entries: &[PackEntry]) -> Vec<(PackEntry, String)
     let mut frame: Option<(u64, Result<Vec<u8>>)> = None;
     for e in entries {
         if frame.as_ref().is_none_or(|(off, _)| *off != e.offset) {
-            let start = usize::try_from(e.offset).unwrap_or(usize::MAX);
-            let stored = bytes.get(start..start.saturating_add(e.stored_len as usize)).unwrap_or(&[]);
-            frame = Some((e.offset, pack::open_frame(e, stored)));
+            frame = Some((e.offset, pack::open_frame(e, pack::frame_in(bytes, e).unwrap_or(&[]))));
         }
         // The frame's own error says what is wrong with it (wrapping it in a hash mismatch
         // named after the message read "blob blob ... fails its hash check" twice over).
