@@ -1,5 +1,6 @@
-//! `repair index`: rebuild the index from the packs and snapshot records, discarding nothing
-//! that still verifies.
+//! Rebuilding the index from the packs and snapshot records: quickly from the pack trailers
+//! when an open finds it lost (`rebuild_index`), and, by `repair index`, from every pack read
+//! whole, discarding nothing that still verifies.
 //!
 //! The new index is built beside the old one, which is read (read-only, when it opens at all)
 //! as evidence: its rows say where blobs of a pack whose trailer is damaged lie, and its
@@ -31,12 +32,14 @@ use crate::backend::{Backend, FileKind, Location, ObjectInfo, Storage};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::Index;
-use crate::pack::{self, BlobKind, PackWriter};
+use crate::pack::{self, BlobKind, PackEntry, PackWriter};
 use crate::progress::{NoProgress, Progress, Unit};
 use crate::record::SnapshotRecord;
-use crate::repo::{missing, now_secs, Repo};
+use crate::repo::{missing, now_secs, RebuildReport, Repo};
 use crate::salvage::{self, Blob, Wanted};
 use crate::scrub::{Damage, ScrubOptions};
+use crate::tally::Counter;
+use crate::workers::{self, lock};
 
 /// What `repair config` may use when both copies of the config are lost.
 #[derive(Clone, Debug, Default)]
@@ -146,6 +149,59 @@ struct Salvage {
 }
 
 impl Repo {
+    /// Rebuilds the index from the packs' trailers and the snapshot records alone.
+    pub fn rebuild_index(&self) -> Result<RebuildReport> {
+        self.index.clear()?;
+        let report = self.index_from_files(&[], now_secs(), |name, size| Ok(self.pack_trailer(name, size)))?;
+        // Chunks may have gone with the old index: snapshots recorded so far are no longer
+        // trusted as parents without checking their chunks (so a new snapshot heals).
+        self.index.bump_generation()?;
+        Ok(report)
+    }
+
+    /// Indexes the pack and record files the index does not hold yet (all of them after a
+    /// `clear`), but for the packs in `skip`. A pack is indexed by what `entries` reads from
+    /// it: its outer error stops the run, its inner one names the pack as damaged. A record is
+    /// indexed once it verifies. What cannot be read is named in the report, not indexed.
+    fn index_from_files(
+        &self,
+        skip: &[String],
+        now: i64,
+        entries: impl Fn(&str, u64) -> Result<Result<Vec<PackEntry>>>,
+    ) -> Result<RebuildReport> {
+        let mut report = RebuildReport::default();
+        let indexed: HashSet<PackId> = self.index.packs()?.into_iter().map(|p| p.id).collect();
+        for ObjectInfo { name, size, .. } in self.backend.list(FileKind::Pack)? {
+            let Ok(id) = name.parse::<PackId>() else { continue };
+            if indexed.contains(&id) || skip.contains(&name) {
+                continue;
+            }
+            match entries(&name, size)? {
+                Ok(entries) => {
+                    self.index.add_pack(id, size, &entries, now)?;
+                    report.packs += 1;
+                    report.blobs += entries.len() as u64;
+                }
+                Err(e) => report.damaged.push(format!("pack {name}: {e}")),
+            }
+        }
+        let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
+        for ObjectInfo { name, .. } in self.backend.list(FileKind::Snapshot)? {
+            let Ok(id) = name.parse::<SnapshotId>() else { continue };
+            if known.contains(&id) {
+                continue;
+            }
+            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(id, &b)?, b))) {
+                Ok((rec, bytes)) => {
+                    self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
+                    report.snapshots += 1;
+                }
+                Err(e) => report.damaged.push(format!("snapshot {name}: {e}")),
+            }
+        }
+        Ok(report)
+    }
+
     /// Mends the config of the repository at `root`: a damaged or missing copy is written again
     /// from the good one; when both are lost, a new config is made from `opts`, the chunk size
     /// inferred from the largest chunks in the packs when not given (a wrong one costs only
@@ -280,30 +336,32 @@ impl Repo {
         let packs = self.backend.list(FileKind::Pack)?;
         progress.start("repair: reading packs", Some(packs.iter().map(|p| p.size).sum()), Unit::Bytes);
         let damaged: Mutex<Vec<String>> = Mutex::new(Vec::new());
-        let blobs = std::sync::atomic::AtomicU64::new(0);
-        packs.par_iter().with_max_len(1).try_for_each(|ObjectInfo { name, size, .. }| -> Result<()> {
-            let bytes = match self.backend.get(FileKind::Pack, name) {
-                Ok(b) => b,
-                Err(e) if missing(&e) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            match (name.parse::<PackId>(), pack::check_pack(name, &bytes)) {
-                (Ok(id), Ok(entries)) => {
-                    self.index.add_pack(id, *size, &entries, now)?;
-                    blobs.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    crate::failpoint::hit("repair.pack_indexed");
+        let blobs = Counter::default();
+        workers::pool(0)?.install(|| {
+            packs.par_iter().with_max_len(1).try_for_each(|ObjectInfo { name, size, .. }| -> Result<()> {
+                let bytes = match self.backend.get(FileKind::Pack, name) {
+                    Ok(b) => b,
+                    Err(e) if missing(&e) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                match (name.parse::<PackId>(), pack::check_pack(name, &bytes)) {
+                    (Ok(id), Ok(entries)) => {
+                        self.index.add_pack(id, *size, &entries, now)?;
+                        blobs.add(entries.len() as u64);
+                        crate::failpoint::hit("repair.pack_indexed");
+                    }
+                    (_, Err(e @ Error::UnsupportedVersion { .. })) => return Err(newer(format!("pack {name}"), &e)),
+                    _ => lock(&damaged).push(name.clone()),
                 }
-                (_, Err(e @ Error::UnsupportedVersion { .. })) => return Err(newer(format!("pack {name}"), &e)),
-                _ => damaged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(name.clone()),
-            }
-            progress.inc(*size);
-            Ok(())
+                progress.inc(*size);
+                Ok(())
+            })
         })?;
         progress.finish();
-        let mut damaged = damaged.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut damaged = workers::into_inner(damaged);
         damaged.sort();
         report.packs_indexed = packs.len() as u64 - damaged.len() as u64;
-        report.blobs_indexed = blobs.into_inner();
+        report.blobs_indexed = blobs.get();
 
         // From each damaged pack, every blob its trailer or the old index places and that
         // verifies; then, for what the snapshots still miss, a scan of its frames, again while
@@ -381,30 +439,13 @@ impl Repo {
     /// between this and the swap is left unindexed: scrub then blames the index for its
     /// blobs, and gc indexes it again.)
     fn catch_up(&self, damaged: &[String], now: i64) -> Result<()> {
-        let indexed: HashSet<PackId> = self.index.packs()?.into_iter().map(|p| p.id).collect();
-        for ObjectInfo { name, size, .. } in self.backend.list(FileKind::Pack)? {
-            let Ok(id) = name.parse::<PackId>() else { continue };
-            if indexed.contains(&id) || damaged.contains(&name) {
-                continue;
-            }
-            let Some(bytes) = self.read_damaged(&name)? else { continue };
-            if let Ok(entries) = pack::check_pack(&name, &bytes) {
-                self.index.add_pack(id, size, &entries, now)?;
-            }
-        }
-        let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
-        for ObjectInfo { name, .. } in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = name.parse::<SnapshotId>() else { continue };
-            if known.contains(&id) {
-                continue;
-            }
-            if let Ok(bytes) = self.backend.get(FileKind::Snapshot, &name) {
-                if let Ok(rec) = SnapshotRecord::open(id, &bytes) {
-                    self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
-                }
-            }
-        }
-        Ok(())
+        self.index_from_files(damaged, now, |name, _| {
+            Ok(match self.read_damaged(name)? {
+                Some(bytes) => pack::check_pack(name, &bytes),
+                None => Err(Error::Missing { what: "pack", id: name.to_owned() }), // gone meanwhile
+            })
+        })
+        .map(|_| ())
     }
 
     /// Reads every record file, and sorts them by what repair does with them. A record of a

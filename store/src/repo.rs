@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, FileKind, Location, Modes, ObjectInfo, Storage, CONFIG_COPY};
+use crate::backend::{Backend, FileKind, Location, Modes, Storage, CONFIG_COPY};
 use crate::config::{ChunkerParams, RepoConfig};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
@@ -447,39 +447,5 @@ impl Repo {
     /// A pack's trailer entries, read from its footer (44 bytes) and trailer alone.
     pub(crate) fn pack_trailer(&self, name: &str, size: u64) -> Result<Vec<pack::PackEntry>> {
         pack::read_trailer(name, size, |offset, len| self.backend.get_range(FileKind::Pack, name, offset, len))
-    }
-
-    /// Rebuilds the index from the packs' trailers and the snapshot records alone.
-    pub fn rebuild_index(&self) -> Result<RebuildReport> {
-        let mut report = RebuildReport::default();
-        self.index.clear()?;
-        let now = now_secs();
-        for ObjectInfo { name, size, .. } in self.backend.list(FileKind::Pack)? {
-            match self.pack_trailer(&name, size) {
-                Ok(entries) => {
-                    let Ok(id) = name.parse() else { continue };
-                    self.index.add_pack(id, size, &entries, now)?;
-                    report.packs += 1;
-                    report.blobs += entries.len() as u64;
-                }
-                Err(e) => report.damaged.push(format!("pack {name}: {e}")),
-            }
-        }
-        for ObjectInfo { name, .. } in self.backend.list(FileKind::Snapshot)? {
-            let Ok(id) = name.parse::<SnapshotId>() else {
-                continue;
-            };
-            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(id, &b)?, b))) {
-                Ok((rec, bytes)) => {
-                    self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
-                    report.snapshots += 1;
-                }
-                Err(e) => report.damaged.push(format!("snapshot {name}: {e}")),
-            }
-        }
-        // Chunks may have gone with the old index: snapshots recorded so far are no longer
-        // trusted as parents without checking their chunks (so a new snapshot heals).
-        self.index.bump_generation()?;
-        Ok(report)
     }
 }
