@@ -4,8 +4,11 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
+use rusqlite::params;
 
 use super::*;
+use crate::id::{BlobId, PackId};
+use crate::pack::{BlobKind, Compression, PackEntry};
 
 /// Tiny capacities, so that a few packs move rows through every level.
 const CAPS: [u64; 3] = [4, 16, 64];
