@@ -8,11 +8,9 @@
 //! on with every other entry; only a failing index stops it.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
-use std::fs::File;
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,20 +19,17 @@ use rayon::prelude::*;
 use rustix::fs::{FileType, Stat};
 
 use super::at::{self, Dir};
+use super::file::{Deferred, LinkSource};
 use super::{Overwrite, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
 use crate::fsmeta;
-use crate::id::{BlobId, TreeId};
-use crate::index::BlobLocation;
+use crate::id::TreeId;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::tally::{Counter, Warnings};
-use crate::tree::{ChunkRef, Entry, EntryKind};
+use crate::tree::{Entry, EntryKind};
 use crate::workers::lock;
-
-/// Files up to this size without holes are written in one call.
-const SMALL_FILE: u64 = 1 << 20;
 
 /// The counts of `RestoreReport` as the workers add to them.
 #[derive(Default)]
@@ -53,24 +48,10 @@ pub(super) struct Counts {
 
 /// A destination directory held open for the walk below it, and for hard links made into it
 /// at the end.
-struct Held {
-    dir: Dir,
+pub(super) struct Held {
+    pub(super) dir: Dir,
     /// Set when a hard link will be made into it at the end: its metadata waits for that.
-    links_pending: AtomicBool,
-}
-
-/// The first member of a hard-link group: where it was written, and which inode it became.
-struct LinkSource {
-    dir: Arc<Held>,
-    name: OsString,
-    written: Option<(u64, u64)>,
-}
-
-/// A further member of a hard-link group, linked at the end.
-struct Deferred {
-    dir: Arc<Held>,
-    name: OsString,
-    entry: Entry,
+    pub(super) links_pending: AtomicBool,
 }
 
 pub(super) struct Job<'a> {
@@ -88,13 +69,13 @@ pub(super) struct Job<'a> {
     pub(super) warnings: Warnings,
     /// An error that stops the whole restore (the index failing), first one wins.
     pub(super) fatal: Mutex<Option<Error>>,
-    links: Mutex<HashMap<(u64, u64), LinkSource>>,
+    pub(super) links: Mutex<HashMap<(u64, u64), LinkSource>>,
     /// Hard-link groups met in a dry run below directories that do not exist yet.
-    dry_links: Mutex<std::collections::HashSet<(u64, u64)>>,
-    deferred: Mutex<Vec<Deferred>>,
+    pub(super) dry_links: Mutex<std::collections::HashSet<(u64, u64)>>,
+    pub(super) deferred: Mutex<Vec<Deferred>>,
     /// Directories whose metadata waits for the hard links made into them.
-    late_dirs: Mutex<Vec<(Arc<Held>, Entry)>>,
-    tmp_counter: AtomicU64,
+    pub(super) late_dirs: Mutex<Vec<(Arc<Held>, Entry)>>,
+    pub(super) tmp_counter: AtomicU64,
 }
 
 /// How an include path relates to an entry path.
@@ -114,7 +95,7 @@ pub(super) fn wanted(includes: &[PathBuf], path: &Path) -> Option<bool> {
     on_the_way.then_some(false)
 }
 
-fn file_type(st: &Stat) -> FileType {
+pub(super) fn file_type(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
 
@@ -386,16 +367,6 @@ impl<'a> Job<'a> {
         Ok(Some((d, created)))
     }
 
-    fn secure_dir(&self, d: &Dir, e: &Entry) {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(err) = std::os::unix::fs::fchown(d.file(), Some(e.uid), Some(e.gid)) {
-            self.warnings.add(&d.path, format!("cannot set owner: {err}"));
-        }
-        if let Err(err) = d.file().set_permissions(std::fs::Permissions::from_mode(e.mode)) {
-            self.warnings.add(&d.path, format!("cannot set mode: {err}"));
-        }
-    }
-
     /// Prepares the destination of a non-file entry: true when it may be created.
     fn clear_for(&self, dir: &Dir, name: &OsStr, dest: &Path) -> Result<bool> {
         match dir.stat(name).map_err(|e| Error::io(dest, e))? {
@@ -415,345 +386,12 @@ impl<'a> Job<'a> {
             }
         }
     }
-
-    fn restore_file(&self, e: &Entry, dir: Option<&Arc<Held>>, name: &OsStr, dest: &Path) -> Result<()> {
-        let Some(held) = dir else {
-            // A dry run below a directory that does not exist yet: all of it would be written,
-            // the further members of a hard-link group as links.
-            if e.nlink > 1 && e.dev != 0 && !lock(&self.dry_links).insert((e.dev, e.inode)) {
-                self.counts.hardlinks.add(1);
-            } else {
-                self.counts.files_written.add(1);
-                self.counts.bytes_written.add(e.size);
-            }
-            return Ok(());
-        };
-        let d = &held.dir;
-        if e.nlink > 1 && e.dev != 0 {
-            let mut links = lock(&self.links);
-            if links.contains_key(&(e.dev, e.inode)) {
-                drop(links);
-                held.links_pending.store(true, Ordering::SeqCst);
-                lock(&self.deferred).push(Deferred {
-                    dir: Arc::clone(held),
-                    name: name.to_os_string(),
-                    entry: e.clone(),
-                });
-                return Ok(());
-            }
-            links.insert(
-                (e.dev, e.inode),
-                LinkSource { dir: Arc::clone(held), name: name.to_os_string(), written: None },
-            );
-        }
-        self.write_file(e, d, name, dest).map(|written| {
-            if let (Some(ino), true) = (written, e.nlink > 1 && e.dev != 0) {
-                if let Some(src) = lock(&self.links).get_mut(&(e.dev, e.inode)) {
-                    src.written = Some(ino);
-                }
-            }
-        })
-    }
-
-    /// Writes one file (or leaves it as it is); the (dev, inode) now holding the snapshot's
-    /// content there, if any.
-    fn write_file(&self, e: &Entry, d: &Dir, name: &OsStr, dest: &Path) -> Result<Option<(u64, u64)>> {
-        let io_err = |err: io::Error| Error::io(dest, err);
-        if let Some(existing) = d.stat(name).map_err(io_err)? {
-            if file_type(&existing) == FileType::Directory {
-                self.failed.add(dest, "a directory is in the way; file not restored");
-                return Ok(None);
-            }
-            match self.opts.overwrite {
-                Overwrite::Never => {
-                    self.counts.files_skipped.add(1);
-                    self.progress.inc(e.size);
-                    return Ok(None);
-                }
-                Overwrite::IfChanged if file_type(&existing) == FileType::RegularFile => {
-                    if let Some(kept) = self.keep_if_same(e, d, name, dest) {
-                        self.counts.files_skipped.add(1);
-                        self.progress.inc(e.size);
-                        return Ok(Some(kept));
-                    }
-                }
-                _ => {}
-            }
-        }
-        if self.opts.dry_run {
-            self.counts.files_written.add(1);
-            self.counts.bytes_written.add(e.size);
-            return Ok(None);
-        }
-        let (file, tmp) = d.create_temp(&self.tmp_counter).map_err(io_err)?;
-        let verified = self.write_content(e, &file, dest).and_then(|()| {
-            // Checked before it replaces anything: a file that fails its hash is never put in place.
-            if !self.opts.verify {
-                return Ok(false);
-            }
-            match at::hash_open_file(&file) {
-                Ok(h) if Some(h) == e.file_hash => Ok(true),
-                Ok(_) => Err(Error::HashMismatch {
-                    what: "restored file (its stored BLAKE3 differs)",
-                    id: dest.display().to_string(),
-                }),
-                Err(err) => Err(io_err(err)),
-            }
-        });
-        let placed = verified.and_then(|verified| {
-            // setuid/setgid only once the file is in place: a killed restore never leaves a
-            // set-id copy under a temporary name.
-            self.apply_file_meta(&file, e, dest, e.mode & !0o6000);
-            crate::failpoint::hit("restore.temp_written");
-            d.rename(&tmp, name).map_err(io_err).map(|()| verified)
-        });
-        let verified = match placed {
-            Ok(v) => v,
-            Err(err) => {
-                let _ = d.remove_file(&tmp);
-                return Err(err);
-            }
-        };
-        crate::failpoint::hit("restore.file_written");
-        if e.mode & 0o6000 != 0 {
-            use std::os::unix::fs::PermissionsExt;
-            if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
-                self.warnings.add(dest, format!("cannot set mode: {err}"));
-            }
-        }
-        self.counts.files_written.add(1);
-        self.counts.bytes_written.add(e.size);
-        if verified {
-            self.counts.files_verified.add(1);
-        }
-        let st = rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?;
-        Ok(Some((st.st_dev, st.st_ino)))
-    }
-
-    /// `if-changed`: the existing file is kept when it has the snapshot's content. It is opened
-    /// once (never through a symlink) and judged, and its metadata set, through that one
-    /// descriptor. Size and mtime vouch for the content only when owner and mode match too;
-    /// before a kept file gets another owner or mode its content is hashed, so a file another
-    /// user replaced (keeping size and mtime) never becomes theirs-with-root's-setuid. A file
-    /// with other hard links is never kept: its inode may be shared with a file outside the
-    /// target, which must not get the snapshot's metadata.
-    fn keep_if_same(&self, e: &Entry, d: &Dir, name: &OsStr, dest: &Path) -> Option<(u64, u64)> {
-        let f = d.open_regular(name).ok()??;
-        let st = rustix::fs::fstat(&f).ok()?;
-        if st.st_nlink > 1 || u64::try_from(st.st_size).ok() != Some(e.size) {
-            return None;
-        }
-        let owner_same = !self.root_user || (st.st_uid == e.uid && st.st_gid == e.gid);
-        let meta_same = owner_same && st.st_mode & 0o7777 == e.mode & 0o7777;
-        let mtime_same = fsmeta::timestamp(st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(0)) == e.mtime;
-        let content_same =
-            (meta_same && mtime_same) || (e.file_hash.is_some() && at::hash_open_file(&f).ok() == e.file_hash);
-        if !content_same {
-            return None;
-        }
-        if !self.opts.dry_run {
-            self.apply_file_meta(&f, e, dest, e.mode);
-        }
-        Some((st.st_dev, st.st_ino))
-    }
-
-    /// A chunk's bytes, which must be as long as the file's list says.
-    fn fetch(&self, c: &ChunkRef, loc: Option<&BlobLocation>) -> Result<Vec<u8>> {
-        let loc = loc.ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
-        let data = self.repo.read_located(loc)?;
-        if data.len() != c.len as usize {
-            return Err(misfit(c));
-        }
-        Ok(data)
-    }
-
-    /// Writes a file's content into its new temporary file; holes stay holes.
-    fn write_content(&self, e: &Entry, file: &File, dest: &Path) -> Result<()> {
-        let io_err = |err: io::Error| Error::io(dest, err);
-        let ids: Vec<BlobId> = e.content.iter().map(|c| BlobId::from(c.id)).collect();
-        let locations = self.repo.index.locate_many(&ids)?;
-        // A small file without holes is assembled in memory and written with one call, instead
-        // of one write per 4 KiB chunk (most files of a source tree are one to a few chunks).
-        let mut next = 0u64;
-        let dense = e.size <= SMALL_FILE
-            && e.content.iter().all(|c| {
-                let at = next;
-                next = next.saturating_add(u64::from(c.len));
-                c.offset == at
-            })
-            && next == e.size;
-        if dense {
-            let mut buf = Vec::with_capacity(e.size as usize);
-            for (c, loc) in e.content.iter().zip(&locations) {
-                buf.extend_from_slice(&self.fetch(c, loc.as_ref())?);
-            }
-            file.write_all_at(&buf, 0).map_err(io_err)?;
-            self.progress.inc(e.size);
-            return Ok(());
-        }
-        file.set_len(e.size).map_err(io_err)?;
-        let write = |(c, loc): (&ChunkRef, &Option<BlobLocation>)| -> Result<()> {
-            let data = self.fetch(c, loc.as_ref())?;
-            if c.offset.checked_add(u64::from(c.len)).is_none_or(|end| end > e.size) {
-                return Err(misfit(c));
-            }
-            file.write_all_at(&data, c.offset).map_err(io_err)?;
-            self.progress.inc(data.len() as u64);
-            Ok(())
-        };
-        if e.content.len() > 8 {
-            e.content.par_iter().zip(locations.par_iter()).try_for_each(write)
-        } else {
-            e.content.iter().zip(locations.iter()).try_for_each(write)
-        }
-    }
-
-    /// Owner (root only; others count it), then mode (chown clears setuid), extended
-    /// attributes and times, all through the open file. Failures are warnings: the data is
-    /// what matters.
-    fn apply_file_meta(&self, f: &File, e: &Entry, path: &Path, mode: u32) {
-        use std::os::unix::fs::PermissionsExt;
-        if self.owner_wanted(e) {
-            if let Err(err) = std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)) {
-                self.warnings.add(path, format!("cannot set owner: {err}"));
-            }
-        }
-        if let Err(err) = f.set_permissions(std::fs::Permissions::from_mode(mode)) {
-            self.warnings.add(path, format!("cannot set mode: {err}"));
-        }
-        for (key, value) in &e.xattrs {
-            if let Err(err) = xattr::FileExt::set_xattr(f, OsStr::from_bytes(key), value) {
-                self.warnings.add(path, format!("cannot set extended attributes: {err}"));
-                break;
-            }
-        }
-        if let Err(err) = at::set_fd_times(f, e.mtime) {
-            self.warnings.add(path, format!("cannot set times: {err}"));
-        }
-    }
-
-    fn apply_dir_meta(&self, d: &Dir, e: &Entry) {
-        self.apply_file_meta(d.file(), e, &d.path, e.mode);
-    }
-
-    /// Metadata of a symlink or special file just made: owner and mode through an `O_PATH`
-    /// descriptor checked to be what was made, times and attributes by name without following.
-    fn apply_meta_at(&self, d: &Dir, name: &OsStr, e: &Entry, path: &Path) {
-        let made = match d.open_made(name, e.kind) {
-            Ok(m) => m,
-            Err(err) => return self.failed.add(path, err.to_string()),
-        };
-        if self.owner_wanted(e) {
-            if let Err(err) = made.chown(e.uid, e.gid) {
-                self.warnings.add(path, format!("cannot set owner: {err}"));
-            }
-        }
-        if let Err(err) = made.chmod(e.mode) {
-            self.warnings.add(path, format!("cannot set mode: {err}"));
-        }
-        if !e.xattrs.is_empty() {
-            if let Err(err) = d.set_xattrs_at(name, &e.xattrs) {
-                self.warnings.add(path, format!("cannot set extended attributes: {err}"));
-            }
-        }
-        if let Err(err) = d.times_at(name, e.mtime) {
-            self.warnings.add(path, format!("cannot set times: {err}"));
-        }
-    }
-
-    /// True when this restore sets owners; a non-root restore counts the entries it cannot
-    /// give their owner (one summary warning).
-    fn owner_wanted(&self, e: &Entry) -> bool {
-        if self.root_user {
-            return true;
-        }
-        if e.uid != rustix::process::geteuid().as_raw() || e.gid != rustix::process::getegid().as_raw() {
-            self.counts.owner_failures.add(1);
-        }
-        false
-    }
-
-    /// Links the remaining members of hard-link groups, then applies the metadata of the
-    /// directories that received them.
-    fn finish(&self) {
-        let deferred = std::mem::take(&mut *lock(&self.deferred));
-        for d in deferred {
-            let dest = d.dir.dir.child_path(&d.name);
-            if let Err(err) = self.link_member(&d, &dest) {
-                let list = if err.is_damage() { &self.damaged } else { &self.failed };
-                list.add(&dest, reason(&err));
-            }
-        }
-        let mut late = std::mem::take(&mut *lock(&self.late_dirs));
-        late.sort_by_key(|(h, _)| std::cmp::Reverse(h.dir.path.components().count()));
-        for (held, e) in &late {
-            self.apply_dir_meta(&held.dir, e);
-        }
-    }
-
-    fn link_member(&self, d: &Deferred, dest: &Path) -> Result<()> {
-        let io_err = |err: io::Error| Error::io(dest, err);
-        let e = &d.entry;
-        let (src_dir, src_name, written) = {
-            let links = lock(&self.links);
-            let Some(src) = links.get(&(e.dev, e.inode)) else {
-                return Ok(());
-            };
-            (Arc::clone(&src.dir), src.name.clone(), src.written)
-        };
-        // The first member must still be the inode this run wrote (or left unchanged).
-        let now = src_dir.dir.stat(&src_name).map_err(io_err)?;
-        if self.opts.dry_run {
-            // As the real run would: a link is made unless the first member is kept and this
-            // member already is that very file.
-            let kept = matches!((now, written), (Some(st), Some(w)) if (st.st_dev, st.st_ino) == w);
-            let here = d.dir.dir.stat(&d.name).map_err(io_err)?;
-            let same = kept && here.zip(now).is_some_and(|(h, f)| (h.st_dev, h.st_ino) == (f.st_dev, f.st_ino));
-            if !same {
-                self.counts.hardlinks.add(1);
-            }
-            return Ok(());
-        }
-        let first_ok = matches!((now, written), (Some(st), Some(w)) if (st.st_dev, st.st_ino) == w);
-        if !first_ok {
-            // The first member could not be written (damage), was left with other content
-            // (`--overwrite never`), or was changed since: this one is restored on its own.
-            let mut alone = e.clone();
-            alone.nlink = 1;
-            return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
-        }
-        if let Some(st) = d.dir.dir.stat(&d.name).map_err(io_err)? {
-            let same = now.is_some_and(|f| (f.st_dev, f.st_ino) == (st.st_dev, st.st_ino));
-            if self.opts.overwrite == Overwrite::Never || same {
-                return Ok(());
-            }
-            if file_type(&st) == FileType::Directory {
-                self.failed.add(dest, "a directory is in the way; hard link not restored");
-                return Ok(());
-            }
-            d.dir.dir.remove_file(&d.name).map_err(io_err)?;
-        }
-        let Some(want) = written else { return Ok(()) };
-        crate::failpoint::hit("restore.before_link");
-        if !d.dir.dir.link_verified(&src_dir.dir, &src_name, want, &d.name).map_err(io_err)? {
-            // Changed between the check above and now: this member is restored on its own.
-            let mut alone = e.clone();
-            alone.nlink = 1;
-            return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
-        }
-        self.counts.hardlinks.add(1);
-        Ok(())
-    }
 }
 
 /// What went wrong with an entry, without its path again (the list names the path).
-fn reason(err: &Error) -> String {
+pub(super) fn reason(err: &Error) -> String {
     match err {
         Error::Io { source, .. } => source.to_string(),
         other => other.to_string(),
     }
-}
-
-fn misfit(c: &ChunkRef) -> Error {
-    Error::corrupt(format!("chunk {}", c.id), "does not fit the file it belongs to")
 }

@@ -12,7 +12,9 @@
 //! removed when a later one passes through their directory.
 
 mod at;
+mod file;
 mod job;
+mod meta;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
