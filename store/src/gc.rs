@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::backend::FileKind;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
-use crate::index::MarkSet;
+use crate::index::{MarkSet, PackUsage};
 use crate::lock::now_ns;
 use crate::pack::{self, PackWriter, FOOTER_LEN};
 use crate::progress::{Progress, Unit};
@@ -159,70 +159,106 @@ impl Repo {
         Ok(())
     }
 
-    /// Collects garbage (see the module documentation).
+    /// Collects garbage (see the module documentation): packs nothing live needs are condemned
+    /// (the wasteful ones repacked first), and deleted once every session that could still use
+    /// them has ended; then the leftovers of crashed runs go.
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let started = Instant::now();
         self.writable("gc")?;
         let _lock = self.locks.gc_lock("gc")?;
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
-        let on_disk_at_start: Vec<(String, u64)> =
+        let on_disk_at_start = self.packs_at_start()?;
+        let (mark, live) = self.mark_live(progress, &mut report)?;
+        let plan = self.plan(&mark, opts, &mut report)?;
+        if opts.dry_run {
+            report.duration_secs = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        let written_bytes = self.condemn(&plan, &mark, progress, &mut report)?;
+        let oldest_live = self.wait_for_sessions(opts, &mut report)?;
+        self.mark_newer(&mark, &live, progress)?;
+        let mut deleted_bytes = self.sweep(&mark, oldest_live, &mut report)?;
+        deleted_bytes += self.remove_leftovers(on_disk_at_start, t0, oldest_live, &mark, &mut report)?;
+        report.bytes_freed =
+            i64::try_from(deleted_bytes).unwrap_or(i64::MAX) - i64::try_from(written_bytes).unwrap_or(0);
+        self.top_up_reserve();
+        report.duration_secs = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// The packs on disk as gc starts. Those the index does not know are deleted at the end as
+    /// leftovers of killed runs, or indexed when a snapshot needs them: gc refuses now if one
+    /// is of a format this build cannot read, before anything is changed.
+    fn packs_at_start(&self) -> Result<Vec<(String, u64)>> {
+        let on_disk: Vec<(String, u64)> =
             self.backend.list(FileKind::Pack)?.into_iter().map(|o| (o.name, o.size)).collect();
-        let indexed_at_start: HashSet<String> = self.index.packs()?.into_iter().map(|p| p.id.to_hex()).collect();
-        // Packs the index does not know are deleted at the end as leftovers of killed runs, or
-        // indexed when a snapshot needs them: refuse now if one is of a format this build
-        // cannot read, before anything is changed.
-        for (name, _) in on_disk_at_start.iter().filter(|(n, _)| !indexed_at_start.contains(n)) {
+        let indexed: HashSet<String> = self.index.packs()?.into_iter().map(|p| p.id.to_hex()).collect();
+        for (name, _) in on_disk.iter().filter(|(n, _)| !indexed.contains(n)) {
             self.refuse_newer_pack(name)?;
         }
+        Ok(on_disk)
+    }
+
+    /// Marks everything the snapshots that exist now need; returns the mark set and them.
+    fn mark_live(&self, progress: &dyn Progress, report: &mut GcReport) -> Result<(MarkSet, Vec<Snapshot>)> {
         let mark = MarkSet::create(&self.scratch_path(&format!("gc-mark-{}.sqlite", std::process::id())))?;
         let snaps = self.live_snapshots()?;
         self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
         report.reachable_blobs = mark.len()?;
         crate::failpoint::hit("gc.marked");
+        Ok((mark, snaps))
+    }
 
-        let usage = self.index.pack_usage(&mark)?;
+    /// Sorts the packs by what their reachable share calls for: unused (nothing reachable) or
+    /// repacked (more than `max_unused` of them unused).
+    fn plan(&self, mark: &MarkSet, opts: &GcOptions, report: &mut GcReport) -> Result<Plan> {
+        let usage = self.index.pack_usage(mark)?;
         report.packs_before = usage.len() as u64;
         report.bytes_before = usage.iter().map(|u| u.size).sum();
-        let mut unused = Vec::new();
-        let mut repack = Vec::new();
+        let mut plan = Plan::default();
         for u in &usage {
             // Header, footer and trailer are overhead of any pack, not unused space.
             let overhead = (pack::PACK_HEADER_LEN + FOOTER_LEN) as u64 + 8 + pack::TRAILER_ENTRY_LEN * u.blobs;
             let payload = u.size.saturating_sub(overhead).max(1);
             let share = 1.0 - (u.live_bytes as f64 / payload as f64).min(1.0);
             if u.live_blobs == 0 {
-                unused.push(*u);
+                plan.unused.push(*u);
                 report.bytes_freeable += u.size;
             } else if share > opts.max_unused {
-                repack.push(*u);
+                plan.repack.push(*u);
                 report.bytes_freeable += u.size.saturating_sub(u.live_bytes);
             }
         }
-        report.packs_unused = unused.len() as u64;
-        report.packs_repacked = repack.len() as u64;
-        if opts.dry_run {
-            report.duration_secs = started.elapsed().as_secs_f64();
-            return Ok(report);
-        }
+        report.packs_unused = plan.unused.len() as u64;
+        report.packs_repacked = plan.repack.len() as u64;
+        Ok(plan)
+    }
 
-        for u in &unused {
+    /// Condemns the unused packs, and repacks the others the plan names (which condemns them
+    /// in turn); returns the bytes the new packs take.
+    fn condemn(&self, plan: &Plan, mark: &MarkSet, progress: &dyn Progress, report: &mut GcReport) -> Result<u64> {
+        for u in &plan.unused {
             self.index.condemn(u.id, now_ns())?;
             crate::failpoint::hit("gc.condemned");
         }
-        progress.start("gc: repack", Some(repack.iter().map(|u| u.size).sum()), Unit::Bytes);
+        progress.start("gc: repack", Some(plan.repack.iter().map(|u| u.size).sum()), Unit::Bytes);
         let mut written_bytes = 0u64;
-        for u in &repack {
-            if let Some(size) = self.repack(u.id, &mark)? {
+        for u in &plan.repack {
+            if let Some(size) = self.repack(u.id, mark)? {
                 report.packs_written += 1;
                 written_bytes += size;
             }
             progress.inc(u.size);
         }
         progress.finish();
+        Ok(written_bytes)
+    }
 
-        // Sessions that started before a condemnation may still use its blobs: wait for them.
+    /// Waits (up to `max_wait`) for the sessions that started before the last condemnation:
+    /// they may still use its blobs. Returns when the oldest session still running started.
+    fn wait_for_sessions(&self, opts: &GcOptions, report: &mut GcReport) -> Result<Option<i64>> {
         let wait_started = Instant::now();
         let latest_condemnation = now_ns();
         loop {
@@ -240,20 +276,26 @@ impl Repo {
             std::thread::sleep(Duration::from_millis(100));
         }
         report.waited_secs = wait_started.elapsed().as_secs_f64();
-        let oldest_live = self.locks.live_sessions()?.iter().map(|s| s.started_ns).min();
+        Ok(self.locks.live_sessions()?.iter().map(|s| s.started_ns).min())
+    }
 
-        // Snapshots committed meanwhile may need condemned blobs: mark them too.
-        let seen: HashSet<SnapshotId> = snaps.iter().map(|s| s.id).collect();
+    /// Marks the snapshots committed since `live` was listed: they may need condemned blobs.
+    fn mark_newer(&self, mark: &MarkSet, live: &[Snapshot], progress: &dyn Progress) -> Result<()> {
+        let seen: HashSet<SnapshotId> = live.iter().map(|s| s.id).collect();
         let newer: Vec<Snapshot> = self.live_snapshots()?.into_iter().filter(|s| !seen.contains(&s.id)).collect();
-        self.mark(&mark, &newer.iter().collect::<Vec<_>>(), progress)?;
+        self.mark(mark, &newer.iter().collect::<Vec<_>>(), progress)
+    }
 
+    /// Deletes (or rescues) each condemned pack that no session running since before its
+    /// condemnation can still use; returns the bytes deleted.
+    fn sweep(&self, mark: &MarkSet, oldest_live: Option<i64>, report: &mut GcReport) -> Result<u64> {
         let mut deleted_bytes = 0u64;
         for (pack, at_ns) in self.index.condemned()? {
             if oldest_live.is_some_and(|o| o < at_ns) {
                 report.packs_pending += 1;
                 continue;
             }
-            match self.finish_condemned(pack, &mark)? {
+            match self.finish_condemned(pack, mark)? {
                 Finished::Deleted(size) => {
                     report.packs_deleted += 1;
                     deleted_bytes += size;
@@ -261,15 +303,28 @@ impl Repo {
                 Finished::Rescued => report.packs_rescued += 1,
             }
         }
+        Ok(deleted_bytes)
+    }
 
-        // Leftovers of crashed runs, once nothing older than this gc is running.
+    /// Removes what crashed runs left: packs that were on disk but unindexed when gc started
+    /// (`t0`) and still are, once nothing older than this gc is running, and temporary files the
+    /// backend judges abandoned. Returns the bytes of the packs removed.
+    fn remove_leftovers(
+        &self,
+        on_disk_at_start: Vec<(String, u64)>,
+        t0: i64,
+        oldest_live: Option<i64>,
+        mark: &MarkSet,
+        report: &mut GcReport,
+    ) -> Result<u64> {
+        let mut deleted_bytes = 0u64;
         if oldest_live.is_none_or(|o| o >= t0) {
             let indexed: HashSet<String> = self.index.packs()?.into_iter().map(|p| p.id.to_hex()).collect();
             for (name, size) in on_disk_at_start {
                 if indexed.contains(&name) || self.backend.size(FileKind::Pack, &name).is_err() {
                     continue;
                 }
-                match self.settle_unindexed(&name, size, &mark)? {
+                match self.settle_unindexed(&name, size, mark)? {
                     Unindexed::Removed => {
                         report.leftovers_removed += 1;
                         deleted_bytes += size;
@@ -286,11 +341,7 @@ impl Repo {
                 report.leftovers_removed += 1;
             }
         }
-        report.bytes_freed =
-            i64::try_from(deleted_bytes).unwrap_or(i64::MAX) - i64::try_from(written_bytes).unwrap_or(0);
-        self.top_up_reserve();
-        report.duration_secs = started.elapsed().as_secs_f64();
-        Ok(report)
+        Ok(deleted_bytes)
     }
 
     /// Copies a pack's reachable, indexed blobs into a new pack and condemns the old one.
@@ -397,6 +448,15 @@ impl Repo {
         self.backend.remove(FileKind::Pack, &name)?;
         Ok(Finished::Deleted(size.unwrap_or(0)))
     }
+}
+
+/// What gc does to which packs.
+#[derive(Default)]
+struct Plan {
+    /// Nothing reachable: condemned.
+    unused: Vec<PackUsage>,
+    /// Too much unused: repacked.
+    repack: Vec<PackUsage>,
 }
 
 enum Finished {

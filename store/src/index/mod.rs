@@ -15,7 +15,7 @@ mod tests;
 
 pub use blobs::BlobLocation;
 pub use mark::MarkSet;
-pub use packs::PackRow;
+pub use packs::{PackRow, PackUsage};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
