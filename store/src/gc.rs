@@ -358,7 +358,7 @@ impl Repo {
         let here = self.index.locate_many(&ids)?;
         let mut writer = PackWriter::new();
         // Blobs of one old frame stay together in one new frame.
-        let mut frames: Vec<(u64, Vec<(pack::BlobKind, BlobId, Vec<u8>)>)> = Vec::new();
+        let mut frames: Vec<(u64, Vec<OwnedBlob>)> = Vec::new();
         for ((e, live), loc) in entries.iter().zip(live).zip(here) {
             if !live || !loc.is_some_and(|l| l.pack == old && l.entry == *e) {
                 continue;
@@ -449,6 +449,9 @@ impl Repo {
         Ok(Finished::Deleted(size.unwrap_or(0)))
     }
 }
+
+/// A blob copied out of a pack: kind, ID and plaintext.
+type OwnedBlob = (pack::BlobKind, BlobId, Vec<u8>);
 
 /// What gc does to which packs.
 #[derive(Default)]
