@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use rustix::fs::FileType;
 
 use crate::tree::{Entry, EntryKind, Timestamp};
+use crate::workers::lock;
 
 /// Caches uid → user name and gid → group name lookups for one run.
 #[derive(Default)]
@@ -20,14 +21,14 @@ pub(crate) struct Names {
 
 impl Names {
     pub(crate) fn user(&self, uid: u32) -> Option<String> {
-        let mut m = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = lock(&self.users);
         m.entry(uid)
             .or_insert_with(|| uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned()))
             .clone()
     }
 
     pub(crate) fn group(&self, gid: u32) -> Option<String> {
-        let mut m = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = lock(&self.groups);
         m.entry(gid)
             .or_insert_with(|| uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned()))
             .clone()

@@ -16,6 +16,7 @@ use crate::progress::NoProgress;
 use crate::record::SnapshotTotals;
 use crate::repo::{now_secs, Repo, Snapshot};
 use crate::tree::{Entry, EntryKind, Tree};
+use crate::workers::lock;
 
 /// Whether a walk enters a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,11 +406,11 @@ impl Repo {
         let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
         let cache: Mutex<HashMap<TreeId, std::sync::Arc<Tree>>> = Mutex::new(HashMap::new());
         let tree = |id: TreeId| -> Result<std::sync::Arc<Tree>> {
-            if let Some(t) = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
+            if let Some(t) = lock(&cache).get(&id) {
                 return Ok(std::sync::Arc::clone(t));
             }
             let t = std::sync::Arc::new(self.load_tree(id)?);
-            cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, std::sync::Arc::clone(&t));
+            lock(&cache).insert(id, std::sync::Arc::clone(&t));
             Ok(t)
         };
         let names: Vec<Vec<u8>> = path

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::schema::classify;
 use crate::error::Result;
 use crate::id::{BlobId, TreeId};
+use crate::workers::lock;
 
 /// A set of blob IDs on disk; the file is removed when the set is dropped.
 pub struct MarkSet {
@@ -45,7 +46,7 @@ impl MarkSet {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let mut c = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c = lock(&self.conn);
         f(&mut c).map_err(|e| classify(&self.path, e))
     }
 

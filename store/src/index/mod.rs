@@ -78,7 +78,7 @@ impl Index {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(file_mode));
         }
         schema::migrate(&conn).map_err(|e| index.err(e))?;
-        index.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
+        lock(&index.pool).push(conn);
         Ok(index)
     }
 
@@ -111,7 +111,7 @@ impl Index {
                 Ok((c, version))
             }) {
                 Ok((c, version)) if version == schema::INDEX_VERSION => {
-                    index.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(c);
+                    lock(&index.pool).push(c);
                     return Ok(index);
                 }
                 Ok((_, version)) => {
