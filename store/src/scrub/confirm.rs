@@ -135,9 +135,7 @@ impl Repo {
             Ok(frames) => Ok(blobs
                 .iter()
                 .zip(frames)
-                .map(|((_, l), stored)| {
-                    pack::open_frame(&l.entry, &stored).and_then(|f| pack::blob_from_frame(&l.entry, &f)).map(|_| ())
-                })
+                .map(|((_, l), stored)| pack::open_blob(&l.entry, &stored).map(|_| ()))
                 .collect()),
             Err(e) if is_damage(&e) => Ok(blobs.iter().map(|(_, l)| self.read_located(l).map(|_| ())).collect()),
             Err(e) => Err(e),
