@@ -25,7 +25,7 @@ use crate::id::{FileHash, TreeId};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::report::Counters;
-use crate::snapshot::SnapshotOptions;
+use crate::snapshot::{SnapshotOptions, LOG_TARGET};
 use crate::tally::{Counter, Warning, Warnings};
 use crate::tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
 use crate::upload::{ReadError, Upload};
@@ -196,13 +196,13 @@ impl<'a> Walk<'a> {
 
     fn note(&self, path: &Path, message: impl Into<String>) {
         let n = Warning::new(path, message);
-        log::info!("{}: {}", n.path, n.message);
+        log::info!(target: LOG_TARGET, "{}: {}", n.path, n.message);
         self.notes.push(n);
     }
 
     fn warn(&self, path: &Path, message: impl Into<String>) {
         let w = Warning::new(path, message);
-        log::warn!("{}: {}", w.path, w.message);
+        log::warn!(target: LOG_TARGET, "{}: {}", w.path, w.message);
         self.warnings.push(w);
     }
 
@@ -331,7 +331,7 @@ impl<'a> Walk<'a> {
     /// The entry for one name (recursing into directories).
     fn entry(&self, at: At<'_>, name: &[u8], meta: &Meta, parent: Option<&Entry>, dev: u64) -> Result<Option<Entry>> {
         let Some(kind) = fsmeta::kind_of(meta) else {
-            log::debug!("{}: socket skipped", at.path.display());
+            log::debug!(target: LOG_TARGET, "{}: socket skipped", at.path.display());
             return Ok(None);
         };
         let mut entry = Entry::new(name.to_vec(), kind);
