@@ -10,11 +10,6 @@ use std::io::Write;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-/// The snapshot pipeline logs every file it notes or leaves out and also returns them in its
-/// report, which the command prints itself (capped unless -v, with a count): logged as well,
-/// each would be said twice.
-const REPORTED_BY_SNAPSHOT: &str = "cairn_store::snapshot";
-
 /// Installs the logger for the global `-v`/`-q` flags. Called once, before any command runs.
 pub fn init(verbose: u8, quiet: bool) {
     let max = max_level(verbose, quiet);
@@ -42,7 +37,7 @@ struct Logger {
 
 impl Log for Logger {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
-        m.level() <= self.max && !(m.target() == REPORTED_BY_SNAPSHOT && matches!(m.level(), Level::Warn | Level::Info))
+        m.level() <= self.max
     }
 
     fn log(&self, record: &Record<'_>) {
@@ -151,14 +146,6 @@ mod tests {
         assert!(shown(LevelFilter::Debug, Level::Debug, store));
         assert!(!shown(LevelFilter::Error, Level::Warn, store));
         assert!(shown(LevelFilter::Error, Level::Error, store));
-    }
-
-    #[test]
-    fn what_the_snapshot_report_lists_is_not_logged_again() {
-        assert!(!shown(LevelFilter::Debug, Level::Warn, REPORTED_BY_SNAPSHOT));
-        assert!(!shown(LevelFilter::Debug, Level::Info, REPORTED_BY_SNAPSHOT));
-        assert!(shown(LevelFilter::Debug, Level::Debug, REPORTED_BY_SNAPSHOT));
-        assert!(shown(LevelFilter::Warn, Level::Error, REPORTED_BY_SNAPSHOT));
     }
 
     #[test]

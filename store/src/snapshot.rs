@@ -55,10 +55,6 @@ impl SnapshotOptions {
     }
 }
 
-/// The log target of everything the snapshot pipeline says, wherever in it the code lives: a
-/// caller that prints the report can leave out what the report already carries (the CLI does).
-pub(crate) const LOG_TARGET: &str = module_path!();
-
 /// What the walk stored: the root tree, and what it has to say about paths.
 struct Stored {
     root: TreeId,

@@ -25,7 +25,7 @@ use crate::id::{FileHash, TreeId};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::report::Counters;
-use crate::snapshot::{SnapshotOptions, LOG_TARGET};
+use crate::snapshot::SnapshotOptions;
 use crate::tally::{Counter, Warning, Warnings};
 use crate::tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
 use crate::upload::{ReadError, Upload};
@@ -194,16 +194,14 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Notes and warnings go into the report, not the log: the caller prints the report, and
+    /// a line in both would be said twice.
     fn note(&self, path: &Path, message: impl Into<String>) {
-        let n = Warning::new(path, message);
-        log::info!(target: LOG_TARGET, "{}: {}", n.path, n.message);
-        self.notes.push(n);
+        self.notes.push(Warning::new(path, message));
     }
 
     fn warn(&self, path: &Path, message: impl Into<String>) {
-        let w = Warning::new(path, message);
-        log::warn!(target: LOG_TARGET, "{}: {}", w.path, w.message);
-        self.warnings.push(w);
+        self.warnings.push(Warning::new(path, message));
     }
 
     /// The tree of the directories above the source paths, each opened relative to the one
@@ -331,7 +329,7 @@ impl<'a> Walk<'a> {
     /// The entry for one name (recursing into directories).
     fn entry(&self, at: At<'_>, name: &[u8], meta: &Meta, parent: Option<&Entry>, dev: u64) -> Result<Option<Entry>> {
         let Some(kind) = fsmeta::kind_of(meta) else {
-            log::debug!(target: LOG_TARGET, "{}: socket skipped", at.path.display());
+            log::debug!("{}: socket skipped", at.path.display());
             return Ok(None);
         };
         let mut entry = Entry::new(name.to_vec(), kind);
