@@ -363,7 +363,7 @@ impl Repo {
             if !live || !loc.is_some_and(|l| l.pack == old && l.entry == *e) {
                 continue;
             }
-            let data = pack::open_blob(e, pack::frame_in(&bytes, e).unwrap_or(&[]))?;
+            let data = self.frames.open_blob(e, pack::frame_in(&bytes, e).unwrap_or(&[]))?;
             match frames.last_mut() {
                 Some((off, blobs)) if *off == e.offset => blobs.push((e.kind, e.id, data)),
                 _ => frames.push((e.offset, vec![(e.kind, e.id, data)])),
@@ -372,7 +372,7 @@ impl Repo {
         for (_, blobs) in &frames {
             let refs: Vec<(pack::BlobKind, BlobId, &[u8])> =
                 blobs.iter().map(|(k, i, d)| (*k, *i, d.as_slice())).collect();
-            writer.add(&pack::seal_frame(&refs, self.config.compression_level));
+            writer.add(&self.frames.seal(&refs));
         }
         if writer.is_empty() {
             self.index.condemn(old, now_ns())?;

@@ -15,12 +15,11 @@
 //! without the index, and `repair index` can rebuild the index from trailers alone, reading 44
 //! bytes plus the trailer of each pack.
 
-use std::cell::RefCell;
-
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::frame::{FrameCodec, ZstdFrames};
 use crate::id::{BlobId, PackId};
 
 const MAGIC: &[u8; 8] = b"CAIRNPAK";
@@ -171,81 +170,29 @@ pub struct SealedFrame {
     pub data: Vec<u8>,
 }
 
-thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
-
 fn len32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Compresses blobs together into one frame with a per-thread reused zstd context; keeps the
-/// frame raw when zstd does not make it smaller.
+/// Seals blobs into one frame with the plain codec at zstd `level` (frame.rs), for callers
+/// without a repository (tests, fuzz targets).
 pub fn seal_frame(blobs: &[(BlobKind, BlobId, &[u8])], level: i32) -> SealedFrame {
-    let mut raw = Vec::with_capacity(blobs.iter().map(|b| b.2.len()).sum());
-    let mut members = Vec::with_capacity(blobs.len());
-    for &(kind, id, data) in blobs {
-        members.push(Member { kind, id, offset: len32(raw.len()), len: len32(data.len()) });
-        raw.extend_from_slice(data);
-    }
-    let raw_len = len32(raw.len());
-    let compressed = COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
-        }
-        slot.as_mut().and_then(|(_, c)| c.compress(&raw).ok())
-    });
-    match compressed {
-        Some(data) if data.len() < raw.len() => SealedFrame { members, raw_len, compression: Compression::Zstd, data },
-        _ => SealedFrame { members, raw_len, compression: Compression::None, data: raw },
-    }
+    ZstdFrames::new(level).seal(blobs)
 }
 
-/// Decodes a frame's stored bytes (as described by the entry of any blob in it).
+/// Decodes a frame's stored bytes with the plain codec (frame.rs).
 pub fn open_frame(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
-    let damaged = |why: String| Error::HashMismatch { what: "blob", id: format!("{} ({why})", entry.id) };
-    if stored.len() != entry.stored_len as usize {
-        return Err(damaged("short read of its frame".into()));
-    }
-    if entry.frame_len > MAX_FRAME {
-        return Err(damaged("implausible frame length".into()));
-    }
-    let raw = match entry.compression {
-        Compression::None => stored.to_vec(),
-        Compression::Zstd => DECOMPRESSOR
-            .with(|cell| {
-                let mut slot = cell.borrow_mut();
-                if slot.is_none() {
-                    *slot = zstd::bulk::Decompressor::new().ok();
-                }
-                let d = slot.as_mut().ok_or_else(|| std::io::Error::other("no zstd context"))?;
-                d.decompress(stored, entry.frame_len as usize)
-            })
-            .map_err(|e| damaged(format!("frame does not decompress: {e}")))?,
-    };
-    if raw.len() != entry.frame_len as usize {
-        return Err(damaged("frame has the wrong length".into()));
-    }
-    Ok(raw)
+    ZstdFrames::default().open(entry, stored)
 }
 
-/// Takes a blob out of its decoded frame and checks it against its ID.
+/// Takes a blob out of its decoded frame and checks it against its plain ID (frame.rs).
 pub fn blob_from_frame(entry: &PackEntry, frame: &[u8]) -> Result<Vec<u8>> {
-    let start = entry.frame_offset as usize;
-    let blob = frame
-        .get(start..start.saturating_add(entry.raw_len as usize))
-        .ok_or_else(|| Error::HashMismatch { what: "blob", id: format!("{} (outside its frame)", entry.id) })?;
-    if BlobId::of(blob) != entry.id {
-        return Err(Error::HashMismatch { what: "blob", id: entry.id.to_hex() });
-    }
-    Ok(blob.to_vec())
+    ZstdFrames::default().blob_from_frame(entry, frame)
 }
 
 /// Decodes a blob from its frame's stored bytes and checks it. Any damage is an error.
 pub fn open_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
-    blob_from_frame(entry, &open_frame(entry, stored)?)
+    ZstdFrames::default().open_blob(entry, stored)
 }
 
 /// The stored bytes of `entry`'s frame in a pack held whole; `None` when they lie outside it

@@ -552,7 +552,7 @@ impl Repo {
             let members: Vec<(BlobKind, BlobId, &[u8])> =
                 fresh[start..end].iter().map(|b| (b.kind, b.id, b.data.as_slice())).collect();
             let w = if kind == BlobKind::Tree { &mut s.trees } else { &mut s.chunks };
-            w.add(&pack::seal_frame(&members, self.config.compression_level));
+            w.add(&self.frames.seal(&members));
             s.written.extend(fresh[start..end].iter().map(|b| b.id));
             report.blobs_salvaged += (end - start) as u64;
             if w.len() >= self.config.pack_size as usize {

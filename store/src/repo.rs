@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::backend::{Backend, FileKind, Location, Modes, Storage, CONFIG_COPY};
 use crate::config::{ChunkerParams, RepoConfig};
 use crate::error::{Error, Result};
+use crate::frame::{FrameCodec, ZstdFrames};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::{BlobLocation, Index};
 use crate::lock::{Hold, Locks};
@@ -99,6 +100,8 @@ pub struct Repo {
     pub(crate) locks: Arc<dyn Locks>,
     pub(crate) index: Index,
     pub(crate) config: RepoConfig,
+    /// Seals and opens every stored frame, and names blobs (frame.rs).
+    pub(crate) frames: Box<dyn FrameCodec>,
     /// What opening found that the user should hear about (a damaged config copy, a record
     /// file that vanished or cannot be read); the CLI prints them.
     pub(crate) notices: Vec<String>,
@@ -242,6 +245,7 @@ impl Repo {
             state: storage.state,
             locks: storage.locks,
             index,
+            frames: Box::new(ZstdFrames::new(config.compression_level)),
             config,
             notices: Vec::new(),
             read_only: false,
@@ -402,12 +406,12 @@ impl Repo {
                             e
                         }
                     })?;
-                let f = Rc::new(pack::open_frame(&loc.entry, &stored)?);
+                let f = Rc::new(self.frames.open(&loc.entry, &stored)?);
                 LAST_FRAME.with(|c| *c.borrow_mut() = Some((key, Rc::clone(&f))));
                 f
             }
         };
-        pack::blob_from_frame(&loc.entry, &frame)
+        self.frames.blob_from_frame(&loc.entry, &frame)
     }
 
     /// Loads and decodes a tree.

@@ -20,7 +20,7 @@ use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::fsmeta::Meta;
 use crate::id::{BlobId, ChunkId, FileHash, TreeId};
-use crate::pack::{self, BlobKind, PackWriter, SealedFrame, FRAME_TARGET};
+use crate::pack::{BlobKind, PackWriter, SealedFrame, FRAME_TARGET};
 use crate::progress::Progress;
 use crate::repo::{now_secs, Repo};
 use crate::report::Counters;
@@ -157,14 +157,13 @@ impl Upload<'_> {
         if !current.is_empty() {
             frames.push(current);
         }
-        let level = self.repo.config.compression_level;
         let seal = |members: &Vec<usize>| {
             let blobs: Vec<(BlobKind, BlobId, &[u8])> =
                 members.iter().map(|&i| (BlobKind::Chunk, BlobId::from(ids[i]), &buf[cuts[i].0..cuts[i].1])).collect();
             if blobs.iter().map(|b| b.2.len()).sum::<usize>() < FRAME_TARGET / 2 {
                 return self.gather(&blobs);
             }
-            self.send(pack::seal_frame(&blobs, level))
+            self.send(self.repo.frames.seal(&blobs))
         };
         if frames.len() > 1 {
             frames.par_iter().try_for_each(seal)
@@ -190,7 +189,7 @@ impl Upload<'_> {
     fn seal_gathered(&self, g: &Gather) -> Result<()> {
         let blobs: Vec<(BlobKind, BlobId, &[u8])> =
             g.blobs.iter().map(|(id, data)| (BlobKind::Chunk, *id, data.as_slice())).collect();
-        self.send(pack::seal_frame(&blobs, self.repo.config.compression_level))
+        self.send(self.repo.frames.seal(&blobs))
     }
 
     /// Seals what the gatherers still hold.
@@ -208,7 +207,7 @@ impl Upload<'_> {
     pub(crate) fn store_tree(&self, tree: Tree) -> Result<TreeId> {
         let (id, bytes) = tree.seal();
         if self.claim(id.into())? {
-            self.send(pack::seal_frame(&[(BlobKind::Tree, id.into(), &bytes)], self.repo.config.compression_level))?;
+            self.send(self.repo.frames.seal(&[(BlobKind::Tree, id.into(), &bytes)]))?;
         }
         Ok(id)
     }
@@ -238,9 +237,9 @@ impl Upload<'_> {
                 let read = chunker.run::<_, ReadError>(&mut reader, end - start, |buf, cuts| {
                     hasher.update(&buf[cuts[0].0..cuts[cuts.len() - 1].1]);
                     let ids: Vec<ChunkId> = if cuts.len() > 4 {
-                        cuts.par_iter().map(|&(s, e)| ChunkId::of(&buf[s..e])).collect()
+                        cuts.par_iter().map(|&(s, e)| self.repo.frames.id_of(&buf[s..e]).as_chunk()).collect()
                     } else {
-                        cuts.iter().map(|&(s, e)| ChunkId::of(&buf[s..e])).collect()
+                        cuts.iter().map(|&(s, e)| self.repo.frames.id_of(&buf[s..e]).as_chunk()).collect()
                     };
                     self.store_chunks(buf, cuts, &ids)?;
                     for (id, &(s, e)) in ids.into_iter().zip(cuts) {

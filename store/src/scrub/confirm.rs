@@ -12,7 +12,6 @@ use crate::backend::{FileKind, ObjectInfo};
 use crate::error::Result;
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::BlobLocation;
-use crate::pack;
 use crate::repo::{Repo, Snapshot};
 
 impl Scrub<'_> {
@@ -135,7 +134,7 @@ impl Repo {
             Ok(frames) => Ok(blobs
                 .iter()
                 .zip(frames)
-                .map(|((_, l), stored)| pack::open_blob(&l.entry, &stored).map(|_| ()))
+                .map(|((_, l), stored)| self.frames.open_blob(&l.entry, &stored).map(|_| ()))
                 .collect()),
             Err(e) if is_damage(&e) => Ok(blobs.iter().map(|(_, l)| self.read_located(l).map(|_| ())).collect()),
             Err(e) => Err(e),

@@ -1,6 +1,7 @@
 //! Reading stored data back: every pack in scope is read whole, oldest verification first and
 //! within the budget, and every blob the index reads from it is checked against its ID.
 
+use crate::frame::FrameCodec;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -26,17 +27,17 @@ struct Verdict {
 
 /// Checks each entry's blob in `bytes`; returns the ones that fail. A frame is decoded once for
 /// all the blobs it holds.
-fn check_entries(bytes: &[u8], entries: &[PackEntry]) -> Vec<(PackEntry, String)> {
+fn check_entries(frames: &dyn FrameCodec, bytes: &[u8], entries: &[PackEntry]) -> Vec<(PackEntry, String)> {
     let mut bad = Vec::new();
     let mut frame: Option<(u64, Result<Vec<u8>>)> = None;
     for e in entries {
         if frame.as_ref().is_none_or(|(off, _)| *off != e.offset) {
-            frame = Some((e.offset, pack::open_frame(e, pack::frame_in(bytes, e).unwrap_or(&[]))));
+            frame = Some((e.offset, frames.open(e, pack::frame_in(bytes, e).unwrap_or(&[]))));
         }
         // The frame's own error says what is wrong with it (wrapping it in a hash mismatch
         // named after the message read "blob blob ... fails its hash check" twice over).
         let result: std::result::Result<(), String> = match &frame {
-            Some((_, Ok(f))) => pack::blob_from_frame(e, f).map(|_| ()).map_err(|err| err.to_string()),
+            Some((_, Ok(f))) => frames.blob_from_frame(e, f).map(|_| ()).map_err(|err| err.to_string()),
             Some((_, Err(err))) => Err(err.to_string()),
             None => Ok(()),
         };
@@ -62,7 +63,7 @@ fn verify_pack(repo: &Repo, pack: PackId, indexed_size: u64, bytes: &[u8]) -> Re
         other => other,
     };
     if let (true, Ok(entries)) = (whole_ok, &layout) {
-        let bad = check_entries(bytes, entries);
+        let bad = check_entries(repo.frames.as_ref(), bytes, entries);
         let ids: Vec<BlobId> = bad.iter().map(|(e, _)| e.id).collect();
         let placed = repo.index.locate_many(&ids)?;
         let bad = bad
@@ -73,7 +74,7 @@ fn verify_pack(repo: &Repo, pack: PackId, indexed_size: u64, bytes: &[u8]) -> Re
             .collect();
         return Ok(Verdict { bad, structure: None });
     }
-    let bad = check_entries(bytes, &repo.index.pack_rows(pack)?);
+    let bad = check_entries(repo.frames.as_ref(), bytes, &repo.index.pack_rows(pack)?);
     let structure = match layout {
         // The footer is read at the end of the file, so bytes appended after a whole pack hide
         // it: say so, rather than the footer's guess (it cannot tell this from a truncation).
