@@ -253,6 +253,8 @@ impl Repo {
             progress.inc(u.size);
         }
         progress.finish();
+        // Writers elsewhere must stop deduplicating against them before the wait begins.
+        self.locks.publish_condemned(&self.index.condemned()?)?;
         Ok(written_bytes)
     }
 
@@ -439,6 +441,7 @@ impl Repo {
         let here = self.index.indexed_in(pack, &ids)?;
         if live.iter().zip(&here).any(|(l, h)| *l && *h) {
             self.index.rescue(pack)?;
+            self.locks.withdraw_condemned(pack)?;
             return Ok(Finished::Rescued);
         }
         // Rows first, then the file: the index never names a pack that is gone. Every row that

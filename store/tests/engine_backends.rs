@@ -11,12 +11,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_store::{
-    Backend, FaultPlan, FaultyBackend, FileKind, FlockLocks, GcOptions, InitOptions, Location, MemoryBackend, Modes,
-    NoProgress, OpenOptions, Repo, RestoreOptions, RetryBackend, ScrubOptions, SnapshotOptions, StateDir, Storage,
+    Backend, FaultPlan, FaultyBackend, FileKind, FlockLocks, GcOptions, Hold, InitOptions, Location, Locks,
+    MemoryBackend, Modes, NoProgress, OpenOptions, PackId, Repo, RestoreOptions, RetryBackend, ScrubOptions,
+    SessionInfo, SnapshotKind, SnapshotOptions, StateDir, Storage,
 };
 
 /// A backend under test, with a name for failure messages.
@@ -166,4 +167,69 @@ fn snapshot_restore_scrub_gc_and_repair_run_over_every_backend() {
         assert_clean(&repo, name);
         assert!(!dir.path().join("elsewhere").exists(), "{name}: the engine wrote beside its backend");
     }
+}
+
+/// Flock locks that also play the part of a collector on another machine: what gc publishes is
+/// recorded, and what `elsewhere` holds is handed to writers as published condemnations.
+struct Published {
+    inner: FlockLocks,
+    recorded: Mutex<Vec<(PackId, i64)>>,
+    elsewhere: Mutex<Vec<(PackId, i64)>>,
+}
+
+impl Locks for Published {
+    fn start_session(&self, kind: &str) -> cairn_store::Result<Hold> {
+        self.inner.start_session(kind)
+    }
+    fn live_sessions(&self) -> cairn_store::Result<Vec<SessionInfo>> {
+        self.inner.live_sessions()
+    }
+    fn gc_lock(&self, what: &str) -> cairn_store::Result<Hold> {
+        self.inner.gc_lock(what)
+    }
+    fn publish_condemned(&self, packs: &[(PackId, i64)]) -> cairn_store::Result<()> {
+        self.recorded.lock().unwrap().extend_from_slice(packs);
+        Ok(())
+    }
+    fn published_condemned(&self) -> cairn_store::Result<Vec<(PackId, i64)>> {
+        Ok(self.elsewhere.lock().unwrap().clone())
+    }
+}
+
+#[test]
+fn condemnations_go_through_the_locks_seam_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+    let locks = Arc::new(Published {
+        inner: FlockLocks::new(&dir.path().join("locks"), Modes::private()),
+        recorded: Mutex::new(Vec::new()),
+        elsewhere: Mutex::new(Vec::new()),
+    });
+    let mut parts = storage(dir.path(), &backend);
+    parts.locks = locks.clone();
+    let repo = Repo::init_storage(parts, &InitOptions::default()).unwrap();
+    let full = || {
+        let mut o = SnapshotOptions::new(vec![src.clone()]);
+        o.kind = SnapshotKind::Full; // every byte read again, every chunk looked up
+        repo.snapshot(&o, &NoProgress).unwrap().totals
+    };
+    assert!(full().blobs_new > 0);
+    assert_eq!(full().blobs_new, 0, "unchanged data deduplicates");
+
+    // A collector elsewhere condemned every pack: a writer starting now stores fresh copies
+    // rather than lean on packs that may be gone before it commits.
+    let packs: Vec<(PackId, i64)> =
+        backend.list(FileKind::Pack).unwrap().iter().map(|o| (o.name.parse().unwrap(), 1)).collect();
+    *locks.elsewhere.lock().unwrap() = packs;
+    assert!(full().blobs_new > 0, "a published condemnation stops deduplication");
+    locks.elsewhere.lock().unwrap().clear();
+
+    // And this machine's gc publishes what it condemns, before it waits and deletes.
+    let snaps = repo.snapshots().unwrap();
+    repo.forget(&snaps[..snaps.len() - 1].iter().map(|s| s.id).collect::<Vec<_>>()).unwrap();
+    let report = repo.gc(&GcOptions::default(), &NoProgress).unwrap();
+    let recorded = locks.recorded.lock().unwrap().clone();
+    assert!(report.packs_deleted > 0 && recorded.len() as u64 >= report.packs_deleted, "{report:?} {recorded:?}");
+    assert_clean(&repo, "memory");
 }
