@@ -58,6 +58,9 @@ pub struct ZstdFrames {
 }
 
 impl ZstdFrames {
+    /// The default level (3), as a constant.
+    pub const PLAIN: Self = Self { level: 3 };
+
     /// Seals at zstd `level` (opening needs no level).
     #[must_use]
     pub fn new(level: i32) -> Self {
@@ -136,6 +139,17 @@ impl FrameCodec for ZstdFrames {
         }
         Ok(raw)
     }
+}
+
+/// Seals blobs into one frame with the plain codec at zstd `level`, for callers without a
+/// repository (tests, fuzz targets).
+pub fn seal_frame(blobs: &[(BlobKind, BlobId, &[u8])], level: i32) -> SealedFrame {
+    ZstdFrames::new(level).seal(blobs)
+}
+
+/// Opens a blob from its frame's stored bytes with the plain codec and checks it.
+pub fn open_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    ZstdFrames::default().open_blob(entry, stored)
 }
 
 #[cfg(test)]

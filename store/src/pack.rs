@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::frame::{FrameCodec, ZstdFrames};
 use crate::id::{BlobId, PackId};
 
 const MAGIC: &[u8; 8] = b"CAIRNPAK";
@@ -172,27 +171,6 @@ pub struct SealedFrame {
 
 fn len32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// Seals blobs into one frame with the plain codec at zstd `level` (frame.rs), for callers
-/// without a repository (tests, fuzz targets).
-pub fn seal_frame(blobs: &[(BlobKind, BlobId, &[u8])], level: i32) -> SealedFrame {
-    ZstdFrames::new(level).seal(blobs)
-}
-
-/// Decodes a frame's stored bytes with the plain codec (frame.rs).
-pub fn open_frame(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
-    ZstdFrames::default().open(entry, stored)
-}
-
-/// Takes a blob out of its decoded frame and checks it against its plain ID (frame.rs).
-pub fn blob_from_frame(entry: &PackEntry, frame: &[u8]) -> Result<Vec<u8>> {
-    ZstdFrames::default().blob_from_frame(entry, frame)
-}
-
-/// Decodes a blob from its frame's stored bytes and checks it. Any damage is an error.
-pub fn open_blob(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
-    ZstdFrames::default().open_blob(entry, stored)
 }
 
 /// The stored bytes of `entry`'s frame in a pack held whole; `None` when they lie outside it
@@ -398,6 +376,7 @@ pub(crate) fn read_trailer<B: AsRef<[u8]>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{open_blob, seal_frame};
 
     #[test]
     fn pack_round_trip() {

@@ -21,8 +21,6 @@
 //! cairn) stops the repair before anything is changed.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -100,22 +98,6 @@ impl RepairReport {
     pub fn complete(&self) -> bool {
         self.lost.is_empty() && self.snapshots_quarantined.is_empty()
     }
-}
-
-fn remove_file_if_any(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-/// Removes a database file and its WAL and shared-memory files.
-pub(crate) fn remove_db(path: &Path) -> Result<()> {
-    for suffix in ["", "-wal", "-shm", "-filter"] {
-        remove_file_if_any(&PathBuf::from(format!("{}{suffix}", path.display())))?;
-    }
-    Ok(())
 }
 
 fn newer(what: String, e: &Error) -> Error {
@@ -281,7 +263,7 @@ impl Repo {
         // A repair on a full disk may use the space reserve (reserve.rs).
         crate::reserve::release_if_short(&storage.state);
         let fresh = storage.state.rebuild_path();
-        remove_db(&fresh)?;
+        crate::state::remove_db(&fresh)?;
         let live = storage.state.index_path();
         let again = storage.clone(); // to open the repository anew once the index is swapped
         let (config, notices) = crate::repo::load_config(&storage.location, storage.backend.as_ref(), true)?;
@@ -301,21 +283,13 @@ impl Repo {
         let (building, mut report) = match built {
             Ok(b) => b,
             Err(e) => {
-                remove_db(&fresh)?;
+                crate::state::remove_db(&fresh)?;
                 return Err(e);
             }
         };
         crate::failpoint::hit("repair.before_swap");
         drop(building); // closes every connection: the new index's WAL is checkpointed
-                        // The old index's WAL must never be applied to the new file: remove it first.
-        for suffix in ["-wal", "-shm", "-filter"] {
-            remove_file_if_any(&PathBuf::from(format!("{}{suffix}", live.display())))?;
-        }
-        fs::rename(&fresh, &live).map_err(|e| Error::io(&live, e))?;
-        // The new index's blob filter comes along (its token is in the new index); were it
-        // missing, the next writer would build one.
-        let _ = fs::rename(format!("{}-filter", fresh.display()), format!("{}-filter", live.display()));
-        crate::backend::sync_dir(again.state.dir())?;
+        again.state.swap_in_rebuilt()?;
         drop(alone); // the new index is in force; others may open it (this process too)
         let repo = Self::open_storage(again, &crate::repo::OpenOptions::default())?;
         // The damaged packs go only now: the index in force no longer names them, and every

@@ -115,9 +115,12 @@ pub struct Repo {
     pub(crate) index_use: Option<IndexUse>,
 }
 
+/// A frame's place: its pack and its offset there.
+type FrameKey = (PackId, u64);
+
 thread_local! {
     /// The frame this thread decoded last: (pack, frame offset) and its plaintext.
-    static LAST_FRAME: RefCell<Option<((PackId, u64), Rc<Vec<u8>>)>> = const { RefCell::new(None) };
+    static LAST_FRAME: RefCell<Option<(FrameKey, Rc<Vec<u8>>)>> = const { RefCell::new(None) };
 }
 
 /// True for an error that says this process may not (or cannot) write there: then a
@@ -274,7 +277,7 @@ impl Repo {
         let path = storage.state.index_path();
         let emptied = fs::metadata(&path).is_ok_and(|m| m.len() == 0);
         if emptied && !opts.read_only {
-            crate::repair::remove_db(&path)?;
+            crate::state::remove_db(&path)?;
         }
         let existed = path.exists();
         let writable = if opts.read_only {

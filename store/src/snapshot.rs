@@ -133,7 +133,13 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<Stored> {
         let parent_root = parent.and_then(|p| self.load_tree(p.record.root).ok());
-        let scan = Scan::new(self, opts)?;
+        let scan = Scan::new(
+            &opts.excludes,
+            opts.one_file_system,
+            !opts.no_follow_sources,
+            opts.kind == SnapshotKind::Full,
+            self.location.as_local(),
+        )?;
         let trusted_parent = match parent {
             Some(p) => self.index.snapshot_generation(p.id)? == Some(self.index.generation()?),
             None => false,

@@ -105,6 +105,19 @@ impl StateDir {
             .sum()
     }
 
+    /// Puts the index built at `rebuild_path` in force. The old index's WAL must never be
+    /// applied to the new file, so it goes first; the new index's blob filter comes along (its
+    /// token is in the new index; were it missing, the next writer would build one).
+    pub(crate) fn swap_in_rebuilt(&self) -> Result<()> {
+        let (fresh, live) = (self.rebuild_path(), self.index_path());
+        for suffix in ["-wal", "-shm", "-filter"] {
+            remove_file_if_any(&with_suffix(&live, suffix))?;
+        }
+        fs::rename(&fresh, &live).map_err(|e| Error::io(&live, e))?;
+        let _ = fs::rename(with_suffix(&fresh, "-filter"), with_suffix(&live, "-filter"));
+        crate::backend::sync_dir(&self.dir)
+    }
+
     fn hold_file(&self) -> Option<File> {
         let created = self
             .hold
@@ -152,4 +165,24 @@ impl StateDir {
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&self.hold, e)),
         }
     }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+fn remove_file_if_any(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Removes an index database and its WAL, shared-memory and filter files.
+pub(crate) fn remove_db(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm", "-filter"] {
+        remove_file_if_any(&with_suffix(path, suffix))?;
+    }
+    Ok(())
 }

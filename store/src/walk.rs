@@ -25,7 +25,6 @@ use crate::id::{FileHash, TreeId};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::report::Counters;
-use crate::snapshot::SnapshotOptions;
 use crate::tally::{Counter, Warning, Warnings};
 use crate::tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
 use crate::upload::{ReadError, Upload};
@@ -112,15 +111,21 @@ pub(crate) struct Scan {
 }
 
 impl Scan {
-    pub(crate) fn new(repo: &Repo, opts: &SnapshotOptions) -> Result<Self> {
-        // A repository inside a source is never snapshotted into itself.
-        let local_root = repo.location.as_local();
+    /// The settings of a walk; `local_root` is the repository's folder when it is local (a
+    /// source may hold it; it is never entered).
+    pub(crate) fn new(
+        excludes: &[String],
+        one_file_system: bool,
+        follow_sources: bool,
+        full: bool,
+        local_root: Option<&Path>,
+    ) -> Result<Self> {
         let repo_root = local_root.and_then(|r| fs::canonicalize(r).ok());
         Ok(Self {
-            excludes: Excludes::new(&opts.excludes, repo_root)?,
-            one_file_system: opts.one_file_system,
-            follow_sources: !opts.no_follow_sources,
-            full: opts.kind == crate::record::SnapshotKind::Full,
+            excludes: Excludes::new(excludes, repo_root)?,
+            one_file_system,
+            follow_sources,
+            full,
             repo_id: local_root.and_then(|r| rustix::fs::stat(r).ok()).map(|st| {
                 let m = Meta::from(&st);
                 (m.dev, m.ino)

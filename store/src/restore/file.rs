@@ -3,7 +3,7 @@
 //! already hold the snapshot's content; the further members of hard-link groups are linked once
 //! the walk is done.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use rustix::fs::FileType;
 
 use super::at::{self, Dir};
-use super::job::{file_type, reason, Held, Job};
+use super::job::{file_type, reason, Deferred, Held, Job, LinkSource};
 use super::Overwrite;
 use crate::error::{Error, Result};
 use crate::fsmeta;
@@ -26,20 +26,6 @@ use crate::workers::lock;
 
 /// Files up to this size without holes are written in one call.
 const SMALL_FILE: u64 = 1 << 20;
-
-/// The first member of a hard-link group: where it was written, and which inode it became.
-pub(super) struct LinkSource {
-    dir: Arc<Held>,
-    name: OsString,
-    written: Option<(u64, u64)>,
-}
-
-/// A further member of a hard-link group, linked at the end.
-pub(super) struct Deferred {
-    dir: Arc<Held>,
-    name: OsString,
-    entry: Entry,
-}
 
 impl Job<'_> {
     pub(super) fn restore_file(&self, e: &Entry, dir: Option<&Arc<Held>>, name: &OsStr, dest: &Path) -> Result<()> {

@@ -8,7 +8,7 @@
 //! on with every other entry; only a failing index stops it.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,6 @@ use rayon::prelude::*;
 use rustix::fs::{FileType, Stat};
 
 use super::at::{self, Dir};
-use super::file::{Deferred, LinkSource};
 use super::{Overwrite, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
@@ -30,6 +29,20 @@ use crate::repo::Repo;
 use crate::tally::{Counter, Warnings};
 use crate::tree::{Entry, EntryKind};
 use crate::workers::lock;
+
+/// The first member of a hard-link group: where it was written, and which inode it became.
+pub(super) struct LinkSource {
+    pub(super) dir: Arc<Held>,
+    pub(super) name: OsString,
+    pub(super) written: Option<(u64, u64)>,
+}
+
+/// A further member of a hard-link group, linked at the end.
+pub(super) struct Deferred {
+    pub(super) dir: Arc<Held>,
+    pub(super) name: OsString,
+    pub(super) entry: Entry,
+}
 
 /// The counts of `RestoreReport` as the workers add to them.
 #[derive(Default)]
