@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use cairn_store::{Overwrite, SnapshotKind};
 use clap::{Args, Parser, Subcommand};
 
-use crate::lower;
+use crate::choices;
 
 /// cairn: deduplicated snapshots of service trees, restored by ID, scrubbed for rot.
 #[derive(Debug, Parser)]
@@ -102,10 +102,10 @@ pub struct RepairConfigArgs {
     #[arg(long, value_name = "BYTES")]
     pub chunk_size: Option<u32>,
     /// Target pack size for new data, when both copies are lost (help shows the store's default)
-    #[arg(long, help = lower::repair_pack_size_help(), value_name = "SIZE", value_parser = crate::units::parse_size)]
+    #[arg(long, help = choices::repair_pack_size_help(), value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub pack_size: Option<u64>,
     /// zstd level for new data, when both copies are lost (help shows the store's default)
-    #[arg(long, help = lower::repair_compression_help(), value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, help = choices::repair_compression_help(), value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression: Option<i32>,
 }
 
@@ -113,14 +113,14 @@ pub struct RepairConfigArgs {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// zstd compression level for new data (1-19)
-    #[arg(long, default_value_t = lower::default_compression(), value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, default_value_t = choices::default_compression(), value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression: i32,
     /// Average chunk size in bytes, a power of two from 1 KiB to 4 MiB (minimum is a quarter of
     /// it, maximum eight times it); fixed for the life of the repository
-    #[arg(long, default_value_t = lower::default_chunk_size(), value_name = "BYTES")]
+    #[arg(long, default_value_t = choices::default_chunk_size(), value_name = "BYTES")]
     pub chunk_size: u32,
     /// Target size of a pack file (e.g. 16M); smaller packs suit slow links and tests
-    #[arg(long, default_value = lower::default_pack_size(), value_name = "SIZE", value_parser = crate::units::parse_size)]
+    #[arg(long, default_value = choices::default_pack_size(), value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub pack_size: u64,
     /// Let the owner's group read the repository (files 0640, folders 0750); private otherwise
     #[arg(long)]
@@ -134,7 +134,7 @@ pub struct SnapshotArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Which earlier snapshot to trust for change detection
-    #[arg(long, value_parser = lower::choice(lower::KINDS), default_value = lower::default_kind())]
+    #[arg(long, value_parser = choices::choice(choices::KINDS), default_value = choices::default_kind())]
     pub kind: SnapshotKind,
     /// A label to restore by (e.g. before-upgrade)
     #[arg(long, value_name = "NAME")]
@@ -203,7 +203,7 @@ pub struct RestoreArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// What to do with existing files
-    #[arg(long, value_parser = lower::choice(lower::OVERWRITES), default_value = lower::default_overwrite())]
+    #[arg(long, value_parser = choices::choice(choices::OVERWRITES), default_value = choices::default_overwrite())]
     pub overwrite: Overwrite,
     /// Do not snapshot the existing files before overwriting them
     #[arg(long)]
@@ -244,7 +244,7 @@ pub struct ForgetArgs {
     #[arg(long)]
     pub include_labeled: bool,
     /// Group snapshots by these keys before applying the policy: host, paths, tags
-    #[arg(long, default_value = lower::default_group_by(), value_name = "KEYS")]
+    #[arg(long, default_value = choices::default_group_by(), value_name = "KEYS")]
     pub group_by: String,
     /// Apply a policy even if it removes every snapshot of a group
     #[arg(long)]
@@ -264,10 +264,10 @@ pub struct GcArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// Repack a pack when more than this percentage of it is unused
-    #[arg(long, default_value_t = lower::default_max_unused(), value_name = "PERCENT")]
+    #[arg(long, default_value_t = choices::default_max_unused(), value_name = "PERCENT")]
     pub max_unused: f64,
     /// Wait at most this long for snapshots running since before gc condemned data
-    #[arg(long, default_value = lower::default_max_wait(), value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    #[arg(long, default_value = choices::default_max_wait(), value_name = "DURATION", value_parser = crate::units::parse_duration)]
     pub max_wait: std::time::Duration,
 }
 

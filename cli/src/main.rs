@@ -6,6 +6,7 @@
 //! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running).
 
 mod args;
+mod choices;
 mod commands;
 mod logging;
 mod lower;
