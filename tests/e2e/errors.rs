@@ -83,3 +83,17 @@ fn an_unreadable_file_is_a_warning_with_exit_code_3_and_the_snapshot_completes()
     assert_eq!(r["files"], 1);
     assert!(r["id"].is_string(), "the snapshot completed");
 }
+
+#[test]
+fn a_remote_location_this_build_cannot_reach_is_refused_not_made_a_local_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [&["init"][..], &["snapshot", "/etc/hostname"], &["list"]] {
+        let out =
+            cairn(std::path::Path::new("s3:backups/cairn")).current_dir(dir.path()).args(command).assert().code(1);
+        assert!(stderr_of(&out).contains("not supported by this build"), "{}", stderr_of(&out));
+    }
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written in the working directory");
+    // `local:` says a folder is meant, whatever its name looks like.
+    cairn(std::path::Path::new("local:s3:backups")).current_dir(dir.path()).arg("init").assert().code(0);
+    assert!(dir.path().join("s3:backups/config").exists());
+}

@@ -18,12 +18,11 @@ struct Initialised {
 }
 
 pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
-    let (path, _) = super::repo_path(cli)?;
+    let (location, _) = super::repo_location(cli)?;
     let opts = lower::init_options(args)?;
-    let repo = Repo::init(&cairn_store::Location::local(&path), &opts)
-        .with_context(|| format!("cannot create repository {}", path.display()))?;
+    let repo = Repo::init(&location, &opts).with_context(|| format!("cannot create repository {location}"))?;
     let report = Initialised {
-        repository: path.display().to_string(),
+        repository: location.to_string(),
         repo_id: repo.config().repo_id.clone(),
         chunker: repo.config().chunker,
         compression_level: repo.config().compression_level,

@@ -10,10 +10,8 @@ mod restore;
 mod scrub;
 mod snapshot;
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
-use cairn_store::{OpenOptions, Repo, Warning};
+use cairn_store::{Location, OpenOptions, Repo, Warning};
 
 use crate::args::{Cli, Command};
 use crate::lower;
@@ -42,22 +40,27 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
 }
 
-/// The repository path: `--repo`, `$CAIRN_REPO`, or the default under the user's data directory.
-pub fn repo_path(cli: &Cli) -> Result<(PathBuf, bool)> {
+/// Where the repository is: `--repo`, `$CAIRN_REPO`, or the default under the user's data
+/// directory (true when it is the default). Read as the store reads locations, so a remote
+/// scheme this build does not support is refused rather than made a local folder.
+pub fn repo_location(cli: &Cli) -> Result<(Location, bool)> {
     if let Some(p) = &cli.repo {
-        return Ok((p.clone(), false));
+        let location = match p.to_str() {
+            Some(text) => Location::parse(text)?,
+            None => Location::local(p), // not UTF-8: a path, whatever it looks like
+        };
+        return Ok((location, false));
     }
     let base = dirs::data_dir()
         .context("no --repo given and no data directory known for this user (set $HOME or CAIRN_REPO)")?;
-    Ok((base.join("cairn").join("repo"), true))
+    Ok((Location::local(base.join("cairn").join("repo")), true))
 }
 
 /// Opens the repository named by the global options. Every command that opens one comes
 /// here, so that how a repository is located and opened is decided in one place.
 pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
-    let (path, _) = repo_path(cli)?;
-    let repo = Repo::open(&cairn_store::Location::local(&path), opts)
-        .with_context(|| format!("cannot open repository {}", path.display()))?;
+    let (location, _) = repo_location(cli)?;
+    let repo = Repo::open(&location, opts).with_context(|| format!("cannot open repository {location}"))?;
     print_notices(&repo);
     Ok(repo)
 }

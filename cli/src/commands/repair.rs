@@ -10,10 +10,9 @@ use crate::output::{self, outln, Quiet};
 use crate::progress::Bar;
 
 pub fn run_index(cli: &Cli) -> Result<u8> {
-    let (path, _) = super::repo_path(cli)?;
+    let (location, _) = super::repo_location(cli)?;
     let bar = Bar::for_cli(cli);
-    let (_repo, report) = Repo::repair_index(&cairn_store::Location::local(&path), &bar)
-        .with_context(|| format!("cannot repair {}", path.display()))?;
+    let (_repo, report) = Repo::repair_index(&location, &bar).with_context(|| format!("cannot repair {location}"))?;
     // -q keeps a repair quiet only when nothing was lost.
     let quiet = if report.complete() { Quiet::Silences } else { Quiet::Ignored };
     output::report(cli, &report, quiet, print_index_report)?;
@@ -56,10 +55,9 @@ fn print_index_report(report: &RepairReport) -> std::io::Result<()> {
 }
 
 pub fn run_config(cli: &Cli, args: &RepairConfigArgs) -> Result<u8> {
-    let (path, _) = super::repo_path(cli)?;
+    let (location, _) = super::repo_location(cli)?;
     let opts = lower::config_repair(args)?;
-    let report = Repo::repair_config(&cairn_store::Location::local(&path), &opts)
-        .with_context(|| format!("cannot repair {}", path.display()))?;
+    let report = Repo::repair_config(&location, &opts).with_context(|| format!("cannot repair {location}"))?;
     output::report(cli, &report, Quiet::Silences, |report| {
         match report.action {
             "none" => outln!("both copies of the config are good; nothing to do")?,

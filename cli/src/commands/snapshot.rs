@@ -1,7 +1,7 @@
 //! `cairn snapshot`
 
 use anyhow::{Context, Result};
-use cairn_store::{InitOptions, Location, Repo, SnapshotReport};
+use cairn_store::{InitOptions, Repo, SnapshotReport};
 
 use crate::args::{Cli, SnapshotArgs};
 use crate::exit;
@@ -10,16 +10,12 @@ use crate::output::{self, errln, outln, size, Quiet};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
-    let (path, is_default) = super::repo_path(cli)?;
-    let location = Location::local(&path);
+    let (location, is_default) = super::repo_location(cli)?;
     let repo = if is_default && !location.holds_repository().unwrap_or(false) {
         let repo = Repo::init(&location, &InitOptions::default())
-            .with_context(|| format!("cannot create the default repository {}", path.display()))?;
+            .with_context(|| format!("cannot create the default repository {location}"))?;
         if !cli.quiet {
-            errln!(
-                "cairn: created the default repository at {} (use --repo or CAIRN_REPO for another)",
-                path.display()
-            );
+            errln!("cairn: created the default repository at {location} (use --repo or CAIRN_REPO for another)");
         }
         repo
     } else {
