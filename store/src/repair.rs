@@ -227,12 +227,13 @@ impl Repo {
         };
         let chunker = ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg.saturating_mul(8) };
         chunker.validate()?;
+        let defaults = crate::repo::InitOptions::default(); // what `init` would have chosen
         let config = RepoConfig {
             repo_id: crate::repo::new_repo_id(),
             created: now_secs(),
             chunker,
-            compression_level: opts.compression_level.unwrap_or(3),
-            pack_size: opts.pack_size.unwrap_or(16 << 20),
+            compression_level: opts.compression_level.unwrap_or(defaults.compression_level),
+            pack_size: opts.pack_size.unwrap_or(defaults.pack_size),
         };
         // Validated as any config read back is.
         let bytes = config.encode();
