@@ -35,8 +35,8 @@ pub enum Error {
     Undecodable {
         /// What was being read.
         what: String,
-        /// What the decoder found.
-        #[source]
+        /// What the decoder found (in the message, so not also a `#[source]`: the CLI prints
+        /// the chain of sources, and the reason would be said twice).
         source: bincode::error::DecodeError,
     },
     /// A file was written by a newer (or unknown) format version.
@@ -124,10 +124,13 @@ pub enum Error {
     /// The worker threads of a snapshot, restore or scrub could not be started.
     #[error("cannot start worker threads: {source}")]
     Workers {
-        /// rayon's reason.
-        #[source]
+        /// rayon's reason (in the message, so not also a `#[source]`).
         source: rayon::ThreadPoolBuildError,
     },
+    /// The snapshot's pack-writer thread stopped (it panicked, or its channel closed); no
+    /// snapshot was recorded.
+    #[error("{0}")]
+    Writer(&'static str),
     /// An argument from the caller is unusable.
     #[error("{0}")]
     InvalidInput(String),

@@ -237,7 +237,8 @@ impl Repo {
         };
         // Validated as any config read back is.
         let bytes = config.encode();
-        RepoConfig::decode(&bytes)?;
+        // What the caller asked for (a pack size out of range, say), not damage: exit 1, not 4.
+        RepoConfig::decode(&bytes).map_err(|e| Error::InvalidInput(e.to_string()))?;
         backend.put(FileKind::Config, CONFIG_COPY, &bytes)?;
         backend.put(FileKind::Config, "config", &bytes)?;
         Ok(done("rebuilt", &config, inferred))

@@ -172,9 +172,9 @@ pub(crate) fn load_config(location: &Location, backend: &dyn Backend, mend: bool
         }
         (Err(e), Ok(c)) => {
             let mended = if mend {
-                backend.put(FileKind::Config, "config", &c.encode())
+                backend.put(FileKind::Config, "config", &c.encode()).map_err(|w| w.to_string())
             } else {
-                Err(Error::ReadOnly { what: "mending the config".into() })
+                Err("the repository is open read-only".to_owned())
             };
             notices.push(match mended {
                 Ok(()) => format!("the repository config was damaged ({e}); written again from its copy {CONFIG_COPY}"),
@@ -259,6 +259,10 @@ impl Repo {
 
     /// Opens the repository at `location`.
     pub fn open(location: &Location, opts: &OpenOptions) -> Result<Self> {
+        // Nothing (not even a lock file) is made where no repository is.
+        if !location.holds_repository()? {
+            return Err(Error::NotARepository(location.to_string().into()));
+        }
         Self::open_storage(location.storage(), opts)
     }
 

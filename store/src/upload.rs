@@ -88,7 +88,7 @@ pub(crate) fn run<T>(
         let handle = s.spawn(move || writer(repo, rx, &pending));
         let walked = walk(&upload);
         drop(upload); // closes the channel: the writer flushes and ends
-        let written = handle.join().unwrap_or_else(|_| Err(Error::InvalidInput("pack writer panicked".into())));
+        let written = handle.join().unwrap_or_else(|_| Err(Error::Writer("pack writer panicked")));
         // A write error is the cause of a walk error ("writer stopped"): report it first.
         written.and(walked)
     })
@@ -132,7 +132,7 @@ impl Upload<'_> {
         self.counters.data_added.add(u64::from(frame.raw_len));
         self.counters.data_stored.add(frame.data.len() as u64);
         match &self.sender {
-            Some(tx) => tx.send(frame).map_err(|_| Error::InvalidInput("the pack writer stopped".into())),
+            Some(tx) => tx.send(frame).map_err(|_| Error::Writer("the pack writer stopped")),
             None => Ok(()),
         }
     }
@@ -205,7 +205,8 @@ impl Upload<'_> {
 
     /// Stores a directory's tree, unless the repository has it already.
     pub(crate) fn store_tree(&self, tree: Tree) -> Result<TreeId> {
-        let (id, bytes) = tree.seal();
+        let bytes = tree.encode();
+        let id = self.repo.frames.id_of(&bytes).as_tree();
         if self.claim(id.into())? {
             self.send(self.repo.frames.seal(&[(BlobKind::Tree, id.into(), &bytes)]))?;
         }

@@ -405,6 +405,7 @@ impl<'a> Job<'a> {
 pub(super) fn reason(err: &Error) -> String {
     match err {
         Error::Io { source, .. } => source.to_string(),
+        Error::Backend(b) => b.source.to_string(),
         other => other.to_string(),
     }
 }
