@@ -147,13 +147,20 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Sorts the entries and encodes the tree; returns its ID and bytes.
+    /// Sorts the entries and encodes the tree; returns its ID (by the plain ID function) and
+    /// bytes.
     #[must_use]
-    pub fn seal(mut self) -> (TreeId, Vec<u8>) {
+    pub fn seal(self) -> (TreeId, Vec<u8>) {
+        let bytes = self.encode();
+        (TreeId::of(&bytes), bytes)
+    }
+
+    /// Sorts the entries and encodes the tree; its ID is the repository's to give (frame.rs).
+    pub(crate) fn encode(mut self) -> Vec<u8> {
         self.entries.sort_by(|a, b| a.name.cmp(&b.name));
         let mut bytes = vec![TREE_VERSION];
         bytes.extend_from_slice(&codec::encode(&self));
-        (TreeId::of(&bytes), bytes)
+        bytes
     }
 
     /// Decodes a tree's bytes (already checked against its ID by the blob reader).
