@@ -97,3 +97,16 @@ fn a_remote_location_this_build_cannot_reach_is_refused_not_made_a_local_folder(
     cairn(std::path::Path::new("local:s3:backups")).current_dir(dir.path()).arg("init").assert().code(0);
     assert!(dir.path().join("s3:backups/config").exists());
 }
+
+#[test]
+fn opening_where_no_repository_is_writes_nothing_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let out = cairn(&missing).arg("list").assert().code(1);
+    assert!(stderr_of(&out).contains("is not a cairn repository"), "{}", stderr_of(&out));
+    assert!(!missing.exists(), "no folder, lock or index was made where no repository is");
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    cairn(&empty).arg("scrub").assert().code(1);
+    assert_eq!(fs::read_dir(&empty).unwrap().count(), 0);
+}

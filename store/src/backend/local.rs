@@ -240,7 +240,13 @@ impl LocalBackend {
         let dir = self.root.join("quarantine");
         create_repo_dir(&self.root, &dir)?;
         self.forget_handle(&from);
-        let to = self.path(FileKind::Quarantine, name);
+        // A name damaged twice keeps both copies (rename would replace the first).
+        let mut to = self.path(FileKind::Quarantine, name);
+        let mut n = 0;
+        while to.symlink_metadata().is_ok() {
+            n += 1;
+            to = self.path(FileKind::Quarantine, &format!("{name}.{n}"));
+        }
         match fs::rename(&from, &to) {
             Ok(()) => sync_dir(&dir).and_then(|()| sync_dir(from.parent().unwrap_or(&self.root))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -40,6 +40,9 @@ impl Location {
     /// `local:<path>`. A remote scheme this build does not support is refused.
     pub fn parse(text: &str) -> Result<Self> {
         if let Some(path) = text.strip_prefix("local:") {
+            if path.is_empty() {
+                return Err(Error::InvalidInput("`local:` needs a path after it".into()));
+            }
             return Ok(Self::local(path));
         }
         if let Some((scheme, _)) = text.split_once(':') {
@@ -120,7 +123,16 @@ impl Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Local(p) => write!(f, "{}", p.display()),
+            // Written so that it reads back as the same location: a folder whose name looks
+            // like a scheme (or starts with `local:`) keeps its `local:`.
+            Self::Local(p) => {
+                let text = p.display().to_string();
+                if Self::parse(&text).ok().as_ref() == Some(self) {
+                    f.write_str(&text)
+                } else {
+                    write!(f, "local:{text}")
+                }
+            }
         }
     }
 }
@@ -162,5 +174,25 @@ impl Storage {
             locks: Arc::new(FlockLocks::new(&locks, modes)),
             location,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_reads_back_as_it_is_written() {
+        for text in ["/var/backups/cairn", "relative/repo", "s3:x", "local:y", "a:b", "./s3:z"] {
+            let Ok(location) = Location::parse(text) else {
+                assert!(text.starts_with("s3:"), "{text} is refused");
+                continue;
+            };
+            assert_eq!(Location::parse(&location.to_string()).unwrap(), location, "{text}");
+        }
+        assert_eq!(Location::parse("local:s3:x").unwrap().to_string(), "local:s3:x");
+        assert_eq!(Location::parse("/srv/repo").unwrap().to_string(), "/srv/repo");
+        assert!(Location::parse("local:").is_err());
+        assert!(Location::parse("S3:bucket").is_err(), "schemes are refused in any case");
     }
 }

@@ -121,7 +121,17 @@ pub trait Backend: Send + Sync {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.put(FileKind::Quarantine, name, &data)?;
+        // A name damaged twice keeps both copies: the second goes under `<name>.1`, and so on.
+        let mut to = name.to_owned();
+        for n in 1.. {
+            match self.get(FileKind::Quarantine, &to) {
+                Ok(held) if held != data => to = format!("{name}.{n}"),
+                Ok(_) => break, // this very copy, from a run that crashed before the removal
+                Err(e) if e.is_not_found() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.put(FileKind::Quarantine, &to, &data)?;
         self.remove(kind, name)
     }
     /// Temporaries of writes, leftovers of interrupted ones and those of writes in flight alike

@@ -113,6 +113,11 @@ fn contract(b: &dyn Backend, leave: Leave<'_>) -> Result<()> {
     assert_eq!(names(&b.list(FileKind::Quarantine)?), [rec.as_str()]);
     b.quarantine(FileKind::Snapshot, &rec)?;
     b.quarantine(FileKind::Pack, &two)?;
+    // A name damaged a second time keeps both copies.
+    b.put(FileKind::Snapshot, &rec, b"other")?;
+    b.quarantine(FileKind::Snapshot, &rec)?;
+    assert_eq!(b.get(FileKind::Quarantine, &rec)?, b"record");
+    assert_eq!(b.get(FileKind::Quarantine, &format!("{rec}.1"))?, b"other");
 
     // Temporaries: all are listed; only one older than the grace is abandoned.
     let now = now_ns();
