@@ -13,7 +13,9 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 /// Installs the logger for the global `-v`/`-q` flags. Called once, before any command runs.
 pub fn init(verbose: u8, quiet: bool) {
     let max = max_level(verbose, quiet);
-    let logger = Logger { max, journal: stderr_is_journal() };
+    let journal = stderr_is_journal();
+    let _ = JOURNAL.set(journal);
+    let logger = Logger { max, journal };
     // Only fails when a logger is installed already, and then that one stays in charge.
     if log::set_logger(Box::leak(Box::new(logger))).is_ok() {
         log::set_max_level(max);
@@ -52,6 +54,36 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
+/// Whether stderr is the journal, as `init` found.
+static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// A line a command prints on stderr itself (a report's per-file warnings), as the journal
+/// must get it when stderr is the journal: one line, with `level`'s priority. On a terminal it
+/// stays as it is.
+pub fn stderr_line(level: Level, text: &str) -> String {
+    if JOURNAL.get().copied().unwrap_or(false) {
+        format!("<{}>{}", priority(level), one_line(text))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// sd-daemon(3): LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// The journal reads a line as one event: a message that went on to a second line would reach
+/// it as a second event at the default priority.
+fn one_line(text: &str) -> String {
+    text.trim_end().replace("\r\n", " ").replace(['\n', '\r'], " ")
+}
+
 /// One event as written to stderr, newline included.
 fn format_line(level: Level, message: &str, journal: bool) -> String {
     let name = match level {
@@ -64,17 +96,7 @@ fn format_line(level: Level, message: &str, journal: bool) -> String {
     if !journal {
         return format!("cairn: {name}: {message}\n");
     }
-    // sd-daemon(3): LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG.
-    let priority = match level {
-        Level::Error => 3,
-        Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
-    };
-    // The journal reads a line as one event: a message that went on to a second line would
-    // reach it as a second event at the default priority.
-    let one_line = message.trim_end().replace("\r\n", " ").replace(['\n', '\r'], " ");
-    format!("<{priority}>cairn: {name}: {one_line}\n")
+    format!("<{}>cairn: {name}: {}\n", priority(level), one_line(message))
 }
 
 /// True when stderr is the journal stream systemd set up, as systemd.exec(5) says to tell:

@@ -108,3 +108,31 @@ fn a_snapshot_warning_is_said_once() {
     let said = stderr(&out).lines().filter(|l| l.contains("locked.txt")).count();
     assert_eq!(said, 1, "{}", stderr(&out));
 }
+
+#[test]
+fn under_the_journal_a_report_warning_is_one_line_with_its_priority() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    // A source that is a symlink gets a note naming it; a newline in its name must not split
+    // the journal's event in two.
+    let link = dir.path().join("two\nlines");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    let log = dir.path().join("journal");
+    let err = fs::File::create(&log).unwrap();
+    let meta = err.metadata().unwrap();
+    let out = std::process::Command::new(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .args(args!["snapshot", &link])
+        .stderr(err)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = fs::read_to_string(&log).unwrap();
+    let notes: Vec<&str> = text.lines().filter(|l| l.contains("a symlink to")).collect();
+    assert_eq!(notes.len(), 1, "{text}");
+    assert!(notes[0].starts_with("<6>note: ") && notes[0].contains("two lines"), "{text}");
+    assert!(text.lines().all(|l| l.starts_with('<')), "every line carries a priority: {text}");
+}

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use cairn_store::{Location, OpenOptions, Repo, Warning};
 
 use crate::args::{Cli, Command};
+use crate::logging;
 use crate::lower;
 use crate::output::errln;
 
@@ -83,16 +84,18 @@ fn print_notices(repo: &Repo) {
     }
 }
 
-/// Prints warnings on stderr (all of them with -v, else the first few and a count).
-pub fn print_warnings(cli: &Cli, label: &str, warnings: &[Warning]) {
+/// Prints warnings on stderr (all of them with -v, else the first few and a count), each one
+/// line at `level`'s priority when stderr is the journal.
+pub fn print_warnings(cli: &Cli, label: &str, level: log::Level, warnings: &[Warning]) {
     if cli.quiet || warnings.is_empty() {
         return;
     }
     let shown = if cli.verbose > 0 { warnings.len() } else { warnings.len().min(20) };
     for w in &warnings[..shown] {
-        errln!("{label}: {}: {}", w.path, w.message);
+        errln!("{}", logging::stderr_line(level, &format!("{label}: {}: {}", w.path, w.message)));
     }
     if shown < warnings.len() {
-        errln!("{label}: ... and {} more (use -v to see all, or --json)", warnings.len() - shown);
+        let more = format!("{label}: ... and {} more (use -v to see all, or --json)", warnings.len() - shown);
+        errln!("{}", logging::stderr_line(level, &more));
     }
 }

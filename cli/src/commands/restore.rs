@@ -42,9 +42,9 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         .restore(&snapshot, &opts, &bar)
         .with_context(|| format!("restore of {} into {} failed", snapshot.id.short(8), args.target.display()))?;
     output::report(cli, &report, Quiet::Silences, print_summary)?;
-    super::print_warnings(cli, "warning", &report.warnings);
-    super::print_warnings(cli, "damaged", &report.damaged);
-    super::print_warnings(cli, "not restored", &report.failed);
+    super::print_warnings(cli, "warning", log::Level::Warn, &report.warnings);
+    super::print_warnings(cli, "damaged", log::Level::Error, &report.damaged);
+    super::print_warnings(cli, "not restored", log::Level::Error, &report.failed);
     if report.is_incomplete() {
         if !cli.quiet {
             let mut parts = Vec::new();
@@ -54,7 +54,8 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
             if !report.failed.is_empty() {
                 parts.push(format!("{} for other reasons (listed above)", report.failed.len()));
             }
-            errln!("cairn: not everything was restored: {}; every other file was", parts.join(", "));
+            let text = format!("cairn: not everything was restored: {}; every other file was", parts.join(", "));
+            errln!("{}", crate::logging::stderr_line(log::Level::Error, &text));
         }
         return Ok(exit::DAMAGE);
     }

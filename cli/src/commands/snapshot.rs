@@ -25,8 +25,8 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     let bar = Bar::for_cli(cli);
     let report = repo.snapshot(&opts, &bar).context("snapshot failed; no snapshot was recorded")?;
     output::report(cli, &report, Quiet::Silences, print_summary)?;
-    super::print_warnings(cli, "note", &report.notes);
-    super::print_warnings(cli, "warning", &report.warnings);
+    super::print_warnings(cli, "note", log::Level::Info, &report.notes);
+    super::print_warnings(cli, "warning", log::Level::Warn, &report.warnings);
     Ok(if report.warnings.is_empty() { exit::OK } else { exit::WARNINGS })
 }
 
