@@ -126,14 +126,11 @@ thread_local! {
 /// True for an error that says this process may not (or cannot) write there: then a
 /// repository is opened read-only instead.
 fn cannot_write(e: &Error) -> bool {
-    use rusqlite::ErrorCode as C;
     match e {
         Error::Io { .. } | Error::Backend(_) => {
             e.os_error().is_some_and(|source| matches!(source.raw_os_error(), Some(13 | 30 | 28 | 1 | 122)))
         }
-        Error::Index { source: rusqlite::Error::SqliteFailure(f, _), .. } => {
-            matches!(f.code, C::ReadOnly | C::CannotOpen | C::DiskFull | C::SystemIoFailure | C::PermissionDenied)
-        }
+        Error::Index { source, .. } => crate::index::cannot_write(source),
         _ => false,
     }
 }

@@ -272,3 +272,11 @@ impl Index {
         })
     }
 }
+
+/// True for an SQLite error that says the index cannot be written here (read-only media, no
+/// permission, a full disk): then the repository is opened read-only instead.
+pub(crate) fn cannot_write(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, C::ReadOnly | C::CannotOpen | C::DiskFull | C::SystemIoFailure | C::PermissionDenied))
+}
