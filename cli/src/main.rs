@@ -2,7 +2,8 @@
 //! done by `cairn_store`.
 //!
 //! Exit codes: 0 success; 1 error (nothing or not everything was done); 2 usage error;
-//! 3 snapshot completed but some files could not be read; 4 damaged or missing data found;
+//! 3 completed with warnings (a snapshot could not read some files; a path given to `restore
+//! --include` or `diff` is not in the snapshot); 4 damaged or missing data found;
 //! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running).
 
 mod args;
@@ -25,7 +26,9 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The command could not run (or could not finish).
     pub const ERROR: u8 = 1;
-    /// The snapshot completed, but some files could not be read.
+    /// The command completed, but some of what it was given could not be used: a snapshot
+    /// could not read some files, or paths given to `restore --include` or `diff` are not in
+    /// the snapshot (the others were acted on).
     pub const WARNINGS: u8 = 3;
     /// Damaged or missing data was found.
     pub const DAMAGE: u8 = 4;

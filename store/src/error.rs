@@ -80,6 +80,18 @@ pub enum Error {
     /// A snapshot reference matched nothing.
     #[error("no snapshot matches {0:?}")]
     NoSuchSnapshot(String),
+    /// Paths given by the caller (`restore --include`, `ls`, `cat`, `diff`) are not in the
+    /// snapshot: acting on nothing and saying "done" would hide a typo.
+    #[error("{paths} {} not in snapshot {snapshot}", if paths.contains(", ") { "are" } else { "is" })]
+    NotInSnapshot {
+        /// The paths, comma-separated.
+        paths: String,
+        /// The snapshot's short ID.
+        snapshot: String,
+    },
+    /// A path given to `log` is in no snapshot at all.
+    #[error("{0} is in no snapshot")]
+    InNoSnapshot(String),
     /// A snapshot prefix matched several snapshots.
     #[error("{prefix:?} is ambiguous: it matches {count} snapshots; give more characters")]
     AmbiguousSnapshot {

@@ -171,6 +171,9 @@ pub struct DiffReport {
     pub metadata: u64,
     /// Trees compared (the cost follows the change, not the tree).
     pub trees_compared: u64,
+    /// Paths given that neither snapshot holds (left out when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_found: Vec<String>,
 }
 
 /// One version of a path in `log`.
@@ -301,6 +304,7 @@ impl Repo {
     pub fn diff(&self, a: &Snapshot, b: &Snapshot, paths: &[PathBuf]) -> Result<DiffReport> {
         let mut report = DiffReport::default();
         let roots: Vec<PathBuf> = if paths.is_empty() { vec![PathBuf::from("/")] } else { paths.to_vec() };
+        let given = roots.len();
         for p in roots {
             let p = Path::new("/").join(p.strip_prefix("/").unwrap_or(&p));
             if p == Path::new("/") {
@@ -309,7 +313,16 @@ impl Repo {
             }
             let ea = self.find_entry(a.record.root, &p)?;
             let eb = self.find_entry(b.record.root, &p)?;
+            if ea.is_none() && eb.is_none() {
+                report.not_found.push(p.to_string_lossy().into_owned());
+            }
             self.diff_entry(ea.as_ref(), eb.as_ref(), &p, &mut report)?;
+        }
+        if given > 0 && report.not_found.len() == given {
+            return Err(Error::NotInSnapshot {
+                paths: report.not_found.join(", "),
+                snapshot: format!("{} or {}", a.id.short(8), b.id.short(8)),
+            });
         }
         report.changes.sort_by(|x, y| x.path.cmp(&y.path));
         Ok(report)
@@ -395,7 +408,7 @@ impl Repo {
                     f(&path, &e);
                     Ok(())
                 }
-                None => Err(Error::InvalidInput(format!("{} is not in snapshot {}", path.display(), snap.id.short(8)))),
+                None => Err(Error::NotInSnapshot { paths: path.display().to_string(), snapshot: snap.id.short(8) }),
             },
         }
     }
@@ -450,15 +463,18 @@ impl Repo {
                 _ => out.push(Version { version, kind, size, mtime, snapshots: vec![s.id.to_hex()] }),
             }
         }
+        if out.iter().all(|v| v.kind == "absent") {
+            return Err(Error::InNoSnapshot(path.display().to_string()));
+        }
         Ok(out)
     }
 
     /// Writes a file's content to `out`, chunk by chunk (holes as zeros), checking every chunk.
     pub fn cat(&self, snap: &Snapshot, path: &Path, out: &mut dyn Write) -> Result<u64> {
         let path = Path::new("/").join(path.strip_prefix("/").unwrap_or(path));
-        let e = self.find_entry(snap.record.root, &path)?.ok_or_else(|| {
-            Error::InvalidInput(format!("{} is not in snapshot {}", path.display(), snap.id.short(8)))
-        })?;
+        let e = self
+            .find_entry(snap.record.root, &path)?
+            .ok_or_else(|| Error::NotInSnapshot { paths: path.display().to_string(), snapshot: snap.id.short(8) })?;
         if e.kind != EntryKind::File {
             return Err(Error::InvalidInput(format!("{} is a {}, not a file", path.display(), kind_name(e.kind))));
         }

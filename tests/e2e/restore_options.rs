@@ -148,3 +148,73 @@ fn overwrite_policies_and_the_safety_snapshot_when_restoring_in_place() {
     );
     assert_eq!(r["files_written"], 2);
 }
+
+/// A path the snapshot does not hold, given to restore, diff or log: a typo must not read as
+/// success (issue 15 item 2).
+#[test]
+fn issue15_paths_the_snapshot_does_not_hold_are_said_not_silently_skipped() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(src.join("a/f"), b"f\n").unwrap();
+    fs::write(src.join("g"), b"g\n").unwrap();
+    cairn(&repo).args(args!["snapshot", &src]).assert().code(0);
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // The only include is not there: refused, nothing written.
+    let target = dir.path().join("out");
+    let out = cairn(&repo)
+        .args(args!["restore", "latest", "--target", &target, "--include", src.join("nope")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope is not in snapshot"), "{}", stderr(&out));
+    assert!(!target.exists(), "nothing was written");
+
+    // One of two is there: it is restored, the other named, exit 3.
+    let out = cairn(&repo)
+        .args(args![
+            "restore",
+            "latest",
+            "--target",
+            &target,
+            "--include",
+            src.join("a"),
+            "--include",
+            src.join("nope")
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope is not in snapshot"), "{}", stderr(&out));
+    assert_eq!(fs::read(restored(&target, &src).join("a/f")).unwrap(), b"f\n");
+    assert!(!restored(&target, &src).join("g").exists());
+    let json = cairn_json(
+        &repo,
+        args![
+            "restore",
+            "latest",
+            "--target",
+            dir.path().join("out2"),
+            "--include",
+            src.join("a"),
+            "--include",
+            src.join("nope")
+        ],
+        3,
+    );
+    assert_eq!(json["not_found"][0], src.join("nope").to_string_lossy().as_ref());
+
+    // diff: every path missing is an error; some missing, a warning and exit 3.
+    let out = cairn(&repo).args(args!["diff", "latest", "latest", src.join("nope")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not in snapshot"), "{}", stderr(&out));
+    let out = cairn(&repo).args(args!["diff", "latest", "latest", src.join("a"), src.join("nope")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    // log of a path no snapshot ever held.
+    let out = cairn(&repo).args(args!["log", src.join("nope")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is in no snapshot"), "{}", stderr(&out));
+    cairn(&repo).args(args!["log", src.join("g")]).assert().code(0);
+}

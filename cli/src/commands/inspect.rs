@@ -65,14 +65,16 @@ fn print_stats(s: &Stats) -> std::io::Result<()> {
 pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let (a, b) = (repo.resolve(&args.a)?, repo.resolve(&args.b)?);
-    output::report(cli, &repo.diff(&a, &b, &args.paths)?, Quiet::Ignored, |r| {
+    let report = repo.diff(&a, &b, &args.paths)?;
+    output::report(cli, &report, Quiet::Ignored, |r| {
         let mut out = output::stdout();
         for c in &r.changes {
             writeln!(out, "{}  {}", c.marker, c.path)?;
         }
         writeln!(out, "{} added, {} removed, {} modified, {} metadata only", r.added, r.removed, r.modified, r.metadata)
     })?;
-    Ok(exit::OK)
+    let both = format!("{} or {}", a.id.short(8), b.id.short(8));
+    Ok(super::say_not_found(&report.not_found, &both))
 }
 
 fn print_listing(out: &mut dyn Write, l: &Listing, long: bool) -> std::io::Result<()> {

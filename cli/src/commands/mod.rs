@@ -84,6 +84,19 @@ fn print_notices(repo: &Repo) {
     }
 }
 
+/// Warns of each path given that the snapshot does not hold (the others were acted on), and
+/// returns the exit code: 3 when there was any, as for a snapshot that could not read a file.
+pub fn say_not_found(paths: &[String], snapshot: &str) -> u8 {
+    for p in paths {
+        log::warn!("{p} is not in snapshot {snapshot}; nothing was done for it");
+    }
+    if paths.is_empty() {
+        crate::exit::OK
+    } else {
+        crate::exit::WARNINGS
+    }
+}
+
 /// Prints warnings on stderr (all of them with -v, else the first few and a count), each one
 /// line at `level`'s priority when stderr is the journal.
 pub fn print_warnings(cli: &Cli, label: &str, level: log::Level, warnings: &[Warning]) {

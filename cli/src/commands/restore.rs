@@ -59,7 +59,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         }
         return Ok(exit::DAMAGE);
     }
-    Ok(exit::OK)
+    Ok(super::say_not_found(&report.not_found, &snapshot.id.short(8)))
 }
 
 fn print_summary(r: &RestoreReport) -> std::io::Result<()> {

@@ -97,6 +97,10 @@ pub struct RestoreReport {
     /// name too long for the target, a directory replaced by another user while restoring);
     /// everything else was still restored.
     pub failed: Vec<Warning>,
+    /// `--include` paths the snapshot does not hold: nothing was restored for them (left out
+    /// when none; when none of the includes is there, the restore is refused instead).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_found: Vec<String>,
     /// Temporary files of an interrupted earlier restore that this one removed.
     pub leftovers_removed: u64,
     /// Other problems (entries skipped, metadata not settable).
@@ -154,7 +158,21 @@ impl Repo {
     ) -> Result<RestoreReport> {
         let started = Instant::now();
         let _session = self.session("restore")?;
-        let includes: Vec<PathBuf> = opts.includes.iter().map(|p| normalise_include(p)).collect();
+        let mut includes: Vec<PathBuf> = opts.includes.iter().map(|p| normalise_include(p)).collect();
+        // An include that names nothing restores nothing: a typo must not read as success.
+        let mut not_found = Vec::new();
+        for inc in &includes {
+            if inc != Path::new("/") && self.find_entry(snapshot.record.root, inc)?.is_none() {
+                not_found.push(inc.clone());
+            }
+        }
+        if !includes.is_empty() && not_found.len() == includes.len() {
+            return Err(Error::NotInSnapshot {
+                paths: not_found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                snapshot: snapshot.id.short(8),
+            });
+        }
+        includes.retain(|i| !not_found.contains(i));
         let target = if opts.dry_run {
             match at::Dir::open_target(&opts.target) {
                 Ok(d) => Some(d),
@@ -169,6 +187,7 @@ impl Repo {
             snapshot: snapshot.id.to_hex(),
             target: opts.target.to_string_lossy().into_owned(),
             dry_run: opts.dry_run,
+            not_found: not_found.iter().map(|p| p.display().to_string()).collect(),
             ..RestoreReport::default()
         };
         let mut warnings = Vec::new();
