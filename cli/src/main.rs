@@ -63,12 +63,30 @@ fn run(cli: &args::Cli) -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            log::error!("{err:#}");
+            log::error!("{}", error_text(&err));
             let damage =
                 err.chain().any(|c| c.downcast_ref::<cairn_store::Error>().is_some_and(cairn_store::Error::is_damage));
             ExitCode::from(if damage { exit::DAMAGE } else { exit::ERROR })
         }
     }
+}
+
+/// The error and its causes, joined as `{:#}` joins them, but each reason said once: the
+/// store's errors put their source's text in their own message (`path: reason`) and keep the
+/// source too, so the plain chain would end `reason: reason`.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -110,3 +110,15 @@ fn opening_where_no_repository_is_writes_nothing_there() {
     cairn(&empty).arg("scrub").assert().code(1);
     assert_eq!(fs::read_dir(&empty).unwrap().count(), 0);
 }
+
+#[test]
+fn issue15_an_error_says_its_reason_once() {
+    let (dir, repo) = new_repo();
+    let out = cairn(&repo).args(args!["snapshot", dir.path().join("missing")]).assert().code(1);
+    let text = stderr_of(&out);
+    assert_eq!(text.matches("No such file or directory").count(), 1, "{text}");
+    let file = dir.path().join("a-file");
+    fs::write(&file, b"x").unwrap();
+    let out = cairn(&file.join("repo")).arg("list").assert().code(1);
+    assert_eq!(stderr_of(&out).matches("Not a directory").count(), 1, "{}", stderr_of(&out));
+}
