@@ -112,9 +112,14 @@ pub fn gc_options(args: &GcArgs) -> Result<GcOptions> {
 }
 
 /// The gc that `forget --gc` runs: `gc`'s defaults, dry when the forget is.
-pub fn forget_gc_options(args: &ForgetArgs) -> GcOptions {
+/// A dry run's gc counts the snapshots the forget would remove as gone, so that it estimates
+/// what the real run frees rather than what gc frees today.
+pub fn forget_gc_options(args: &ForgetArgs, removed: &[SnapshotId]) -> GcOptions {
     let mut opts = GcOptions::default();
     opts.dry_run = args.dry_run;
+    if args.dry_run {
+        opts.assume_forgotten = removed.to_vec();
+    }
     opts
 }
 

@@ -42,11 +42,14 @@ pub struct GcOptions {
     pub max_unused: f64,
     /// How long to wait for older sessions to end before leaving condemned packs to a later gc.
     pub max_wait: Duration,
+    /// Snapshots to count as forgotten already, for a dry run: `forget --dry-run --gc` asks
+    /// what gc would free once the forget it did not carry out were done.
+    pub assume_forgotten: Vec<SnapshotId>,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
-        Self { dry_run: false, max_unused: 0.10, max_wait: Duration::from_secs(600) }
+        Self { dry_run: false, max_unused: 0.10, max_wait: Duration::from_secs(600), assume_forgotten: Vec::new() }
     }
 }
 
@@ -169,7 +172,11 @@ impl Repo {
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
         let on_disk_at_start = self.packs_at_start()?;
-        let (mark, live) = self.mark_live(progress, &mut report)?;
+        if !opts.assume_forgotten.is_empty() && !opts.dry_run {
+            // Only a dry run may pretend: a real gc that left snapshots out would delete their data.
+            return Err(Error::InvalidInput("gc can assume snapshots forgotten only in a dry run".into()));
+        }
+        let (mark, live) = self.mark_live(&opts.assume_forgotten, progress, &mut report)?;
         let plan = self.plan(&mark, opts, &mut report)?;
         if opts.dry_run {
             report.duration_secs = started.elapsed().as_secs_f64();
@@ -200,10 +207,17 @@ impl Repo {
         Ok(on_disk)
     }
 
-    /// Marks everything the snapshots that exist now need; returns the mark set and them.
-    fn mark_live(&self, progress: &dyn Progress, report: &mut GcReport) -> Result<(MarkSet, Vec<Snapshot>)> {
+    /// Marks everything the snapshots that exist now need (but those a dry run counts as
+    /// forgotten); returns the mark set and them.
+    fn mark_live(
+        &self,
+        forgotten: &[SnapshotId],
+        progress: &dyn Progress,
+        report: &mut GcReport,
+    ) -> Result<(MarkSet, Vec<Snapshot>)> {
         let mark = MarkSet::create(&self.scratch_path(&format!("gc-mark-{}.sqlite", std::process::id())))?;
-        let snaps = self.live_snapshots()?;
+        let mut snaps = self.live_snapshots()?;
+        snaps.retain(|s| !forgotten.contains(&s.id));
         self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
         report.reachable_blobs = mark.len()?;

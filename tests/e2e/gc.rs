@@ -211,3 +211,25 @@ fn gc_killed_at_random_moments_leaves_a_consistent_repository_and_a_rerun_finish
         assert_same(&states[id], &describe(&restored(&target, &src)), "kept snapshot after gc");
     }
 }
+
+/// `forget --dry-run --gc` estimates what the real run frees (issue 15 item 8): it used to run
+/// gc against the repository as it is, with the snapshots still there, and say 0 B.
+#[test]
+fn issue15_a_dry_run_of_forget_gc_estimates_what_the_real_run_frees() {
+    let (dir, repo) = new_repo_with_packs(Some("64K"));
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng::new(15);
+    fs::write(src.join("old.bin"), rng.bytes(400_000)).unwrap();
+    cairn(&repo).args(args!["snapshot", &src]).assert().code(0);
+    fs::remove_file(src.join("old.bin")).unwrap();
+    fs::write(src.join("new.bin"), rng.bytes(100_000)).unwrap();
+    cairn(&repo).args(args!["snapshot", &src]).assert().code(0);
+
+    let dry = cairn_json(&repo, args!["forget", "--keep-last", "1", "--dry-run", "--gc"], 0);
+    let estimate = dry["gc"]["bytes_freeable"].as_u64().unwrap();
+    assert!(estimate >= 300_000, "the old file's data would go: {dry}");
+    let real = cairn_json(&repo, args!["forget", "--keep-last", "1", "--gc"], 0);
+    let freed = real["gc"]["bytes_freed"].as_i64().unwrap();
+    assert!(freed > 0 && (estimate as i64 - freed).abs() < 64 << 10, "estimate {estimate}, freed {freed}: {real}");
+}

@@ -51,7 +51,7 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
     // the space), so it is reported beside the forget report with its own exit code.
     let mut deferred_by = None;
     let gc = if args.gc {
-        match super::gc::collect(cli, &repo, &lower::forget_gc_options(args)) {
+        match super::gc::collect(cli, &repo, &lower::forget_gc_options(args, &to_remove)) {
             Ok(r) => Some(r),
             Err(e) => match e.downcast_ref::<cairn_store::Error>() {
                 Some(cairn_store::Error::GcRunning { pid, holder }) => {
