@@ -190,6 +190,10 @@ pub struct Version {
     pub mtime: String,
     /// Snapshots holding this version, oldest first.
     pub snapshots: Vec<String>,
+    /// When the first and the last of them were taken, RFC 3339 UTC.
+    pub first_time: String,
+    /// See `first_time`.
+    pub last_time: String,
 }
 
 /// Metadata differs (anything restore sets, but content).
@@ -434,7 +438,15 @@ impl Repo {
             })
             .collect();
         let mut out: Vec<Version> = Vec::new();
-        for s in self.snapshots()? {
+        // Only snapshots whose sources reach the path say anything about it: "absent" from a
+        // snapshot of another tree is noise.
+        let covers = |s: &crate::repo::Snapshot| {
+            s.record.paths.iter().any(|p| {
+                let source = Path::new(std::ffi::OsStr::from_bytes(p));
+                path.starts_with(source) || source.starts_with(&path)
+            })
+        };
+        for s in self.snapshots()?.into_iter().filter(|s| covers(s)) {
             let mut entry: Option<Entry> = None;
             let mut t = Some(s.record.root);
             for (i, n) in names.iter().enumerate() {
@@ -458,9 +470,23 @@ impl Repo {
                     listing(&path, e).mtime,
                 ),
             };
+            let time = jiff::Timestamp::from_nanosecond(i128::from(s.record.time_ns))
+                .map(|t| t.to_string())
+                .unwrap_or_default();
             match out.last_mut() {
-                Some(v) if v.version == version => v.snapshots.push(s.id.to_hex()),
-                _ => out.push(Version { version, kind, size, mtime, snapshots: vec![s.id.to_hex()] }),
+                Some(v) if v.version == version => {
+                    v.snapshots.push(s.id.to_hex());
+                    v.last_time = time;
+                }
+                _ => out.push(Version {
+                    version,
+                    kind,
+                    size,
+                    mtime,
+                    snapshots: vec![s.id.to_hex()],
+                    first_time: time.clone(),
+                    last_time: time,
+                }),
             }
         }
         if out.iter().all(|v| v.kind == "absent") {

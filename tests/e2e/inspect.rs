@@ -267,3 +267,29 @@ fn show_exclusive_size_is_what_forget_and_gc_free_and_stats_add_up() {
     let slack = exclusive / 10 + (64 << 10);
     assert!(freed.abs_diff(exclusive) <= slack, "show said {exclusive}, gc freed {freed}");
 }
+
+/// `log PATH` speaks only of snapshots that covered the path, and says when (issue 15 item 11).
+#[test]
+fn issue15_log_leaves_out_snapshots_of_other_trees_and_shows_dates() {
+    let (dir, repo) = new_repo();
+    let (etc, opt) = (dir.path().join("etc"), dir.path().join("opt"));
+    fs::create_dir_all(&etc).unwrap();
+    fs::create_dir_all(&opt).unwrap();
+    fs::write(etc.join("app.conf"), b"v1\n").unwrap();
+    fs::write(opt.join("other"), b"x\n").unwrap();
+    cairn(&repo).args(args!["snapshot", &opt]).assert().code(0); // another tree
+    cairn(&repo).args(args!["snapshot", &etc]).assert().code(0);
+    fs::write(etc.join("app.conf"), b"v2\n").unwrap();
+    cairn(&repo).args(args!["snapshot", &etc]).assert().code(0);
+
+    let log = cairn_json(&repo, args!["log", etc.join("app.conf")], 0);
+    let versions = log.as_array().unwrap();
+    assert_eq!(versions.len(), 2, "two versions, no 'absent' row for the snapshot of opt: {log}");
+    assert!(versions.iter().all(|v| v["type"] == "file"), "{log}");
+    let list = cairn_json(&repo, args!["list"], 0);
+    assert_eq!(versions[0]["first_time"], list[1]["time"], "{log} {list}");
+    assert_eq!(versions[1]["last_time"], list[2]["time"]);
+    let text = cairn(&repo).args(args!["log", etc.join("app.conf")]).output().unwrap();
+    let today = jiff::Timestamp::now().strftime("%Y-%m-").to_string();
+    assert!(String::from_utf8_lossy(&text.stdout).lines().all(|l| l.contains(&today)), "dates shown");
+}

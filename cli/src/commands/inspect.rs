@@ -166,11 +166,19 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<u8> {
             let first = &v.snapshots[0][..8];
             let last = &v.snapshots[v.snapshots.len() - 1][..8];
             let id = if v.kind == "absent" { "(absent)".to_owned() } else { v.version[..16].to_owned() };
+            let when = |rfc3339: &str| {
+                rfc3339
+                    .parse::<jiff::Timestamp>()
+                    .map(|t| output::local_time(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)))
+                    .unwrap_or_default()
+            };
             writeln!(
                 out,
-                "{id}  {:<7} {:>12}  in {} snapshots ({first} .. {last})",
+                "{id}  {:<7} {:>12}  {} .. {}  in {} snapshots ({first} .. {last})",
                 v.kind,
                 v.size,
+                when(&v.first_time),
+                when(&v.last_time),
                 v.snapshots.len()
             )?;
         }
