@@ -145,7 +145,10 @@ impl Repo {
             None => false,
         };
         let pool = workers::pool(opts.threads)?;
-        progress.start("snapshot", None, Unit::Bytes);
+        // The parent's size is the best guess of this run's, and usually close: a bar with an
+        // ETA instead of a spinner (the count covers unchanged files as well as files read).
+        let estimate = parent.map(|p| p.record.totals.bytes_total).filter(|&n| n > 0);
+        progress.start("snapshot", estimate, Unit::Bytes);
         let workers = workers::count(opts.threads);
         let stored = upload::run(self, progress, counters, workers, opts.dry_run, |upload| {
             let walk = Walk::new(self, progress, &scan, upload, counters, trusted_parent);

@@ -410,6 +410,8 @@ impl<'a> Walk<'a> {
                 entry.content.clone_from(&p.content);
                 entry.file_hash = p.file_hash;
                 self.counters.files_unchanged.add(1);
+                // Done with as surely as a file read: the bar's total counts every file.
+                self.progress.inc(entry.size);
                 return Ok(true);
             }
             &self.counters.files_changed

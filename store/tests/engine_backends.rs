@@ -233,3 +233,36 @@ fn condemnations_go_through_the_locks_seam_both_ways() {
     assert!(report.packs_deleted > 0 && recorded.len() as u64 >= report.packs_deleted, "{report:?} {recorded:?}");
     assert_clean(&repo, "memory");
 }
+
+/// What a snapshot tells its progress: the parent's size as the total (so a terminal shows a
+/// bar with an ETA, issue 15 item 12), and a count that reaches it when nothing changed.
+#[derive(Default)]
+struct Recorded {
+    starts: Mutex<Vec<(String, Option<u64>)>>,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl cairn_store::Progress for Recorded {
+    fn start(&self, phase: &str, len: Option<u64>, _unit: cairn_store::Unit) {
+        self.starts.lock().unwrap().push((phase.to_owned(), len));
+        self.done.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn inc(&self, n: u64) {
+        self.done.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_snapshot_with_a_parent_counts_toward_the_parents_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+    let repo = Repo::init_storage(storage(dir.path(), &backend), &InitOptions::default()).unwrap();
+    let first = Recorded::default();
+    let total = repo.snapshot(&SnapshotOptions::new(vec![src.clone()]), &first).unwrap().totals.bytes_total;
+    assert_eq!(first.starts.lock().unwrap()[0], ("snapshot".to_owned(), None), "no parent, no total");
+    let second = Recorded::default();
+    repo.snapshot(&SnapshotOptions::new(vec![src.clone()]), &second).unwrap();
+    assert_eq!(second.starts.lock().unwrap()[0], ("snapshot".to_owned(), Some(total)));
+    assert_eq!(second.done.load(std::sync::atomic::Ordering::SeqCst), total, "unchanged files count as done");
+}

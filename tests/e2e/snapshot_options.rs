@@ -136,3 +136,19 @@ fn a_file_that_keeps_changing_while_read_is_reported_and_stored_consistently() {
     let len = fs::metadata(restored(&target, &src).join("busy.log")).unwrap().len();
     assert!(len >= 64 << 20, "at least what was there when the read began");
 }
+
+/// The first snapshot of some paths reads everything: it says so rather than "(incremental)"
+/// with no parent (issue 15 item 12).
+#[test]
+fn issue15_the_first_snapshot_of_its_paths_says_it_read_everything() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a\n").unwrap();
+    let first = cairn(&repo).args(args!["snapshot", &src]).output().unwrap();
+    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(text.lines().next().unwrap().contains("the first of these paths: every file read"), "{text}");
+    let second = cairn(&repo).args(args!["snapshot", &src]).output().unwrap();
+    let text = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(text.lines().next().unwrap().ends_with("(incremental)") && text.contains("parent:"), "{text}");
+}

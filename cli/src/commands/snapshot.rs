@@ -32,9 +32,16 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
 
 fn print_summary(r: &SnapshotReport) -> std::io::Result<()> {
     let t = &r.totals;
+    // An incremental or differential snapshot with no earlier one to compare with reads
+    // everything, as a full one does: say so rather than let "(incremental)" mislead.
+    let kind = if r.parent.is_none() && r.kind != cairn_store::SnapshotKind::Full {
+        format!("{}, the first of these paths: every file read", r.kind.as_str())
+    } else {
+        r.kind.as_str().to_owned()
+    };
     match &r.id {
-        Some(id) => outln!("snapshot {} saved ({})", &id[..8], r.kind.as_str())?,
-        None => outln!("dry run: nothing stored ({})", r.kind.as_str())?,
+        Some(id) => outln!("snapshot {} saved ({kind})", &id[..8])?,
+        None => outln!("dry run: nothing stored ({kind})")?,
     }
     if let Some(p) = &r.parent {
         outln!("  parent:  {}", &p[..8])?;
@@ -49,7 +56,7 @@ fn print_summary(r: &SnapshotReport) -> std::io::Result<()> {
     outln!("  others:  {} directories, {} symlinks, {} special", t.dirs, t.symlinks, t.specials)?;
     outln!("  read:    {} of {}", size(t.bytes_read), size(t.bytes_total))?;
     outln!(
-        "  added:   {} of new data, {} stored after dedup and compression",
+        "  added:   {} new (file content and directory listings), {} stored after dedup and compression",
         size(t.data_added),
         size(t.data_stored)
     )?;
