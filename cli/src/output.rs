@@ -127,6 +127,12 @@ pub fn local_time(time_ns: i64) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// A Unix-nanosecond time as every `--json` prints it: RFC 3339 in UTC (jiff's `Timestamp`
+/// display, `2026-12-04T22:57:19.123456789Z`), the same in any time zone so scripts can compare.
+pub fn utc_time(time_ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
+}
+
 /// Prints a simple left-aligned table: a header row and rows of cells.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();

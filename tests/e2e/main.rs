@@ -12,6 +12,7 @@ mod crash;
 mod crash_matrix;
 mod data_safety;
 mod errors;
+mod everyday;
 mod full_disk;
 mod gc;
 mod golden;

@@ -105,7 +105,10 @@ pub fn ls(cli: &Cli, args: &LsArgs) -> Result<u8> {
 #[derive(Serialize)]
 struct Found {
     snapshot: String,
+    /// UTC, like every other command's JSON (the text shows local time).
     time: String,
+    #[serde(skip)]
+    time_ns: i64,
     #[serde(flatten)]
     entry: Listing,
 }
@@ -132,7 +135,8 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
             if hit {
                 found.push(Found {
                     snapshot: s.id.to_hex(),
-                    time: output::local_time(s.record.time_ns),
+                    time: output::utc_time(s.record.time_ns),
+                    time_ns: s.record.time_ns,
                     entry: cairn_store::listing(p, e),
                 });
             }
@@ -146,7 +150,7 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
                 out,
                 "{}  {}  {:>12}  {}  {}",
                 &f.snapshot[..8],
-                f.time,
+                output::local_time(f.time_ns),
                 f.entry.size,
                 f.entry.mtime.get(..19).unwrap_or(""),
                 f.entry.path

@@ -36,7 +36,7 @@ fn listed(s: &Snapshot) -> Listed<'_> {
     Listed {
         id: s.id.to_hex(),
         short_id: s.id.short(8),
-        time: jiff::Timestamp::from_nanosecond(i128::from(r.time_ns)).map(|t| t.to_string()).unwrap_or_default(),
+        time: output::utc_time(r.time_ns),
         time_ns: r.time_ns,
         kind: r.kind.as_str(),
         label: r.label.as_deref(),

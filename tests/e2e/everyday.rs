@@ -1,0 +1,41 @@
+//! Issue 15, everyday semantics: what the commands print in ordinary use (times, ages, ratios,
+//! quiet listings, hints for other tools' command names), each through the binary on a real tree.
+
+// A test's unwrap is its assertion: a panic with the line that failed.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+
+use crate::args;
+use crate::util::*;
+
+/// A repository with one snapshot of a small tree; returns (tempdir, repo, source, snapshot ID).
+fn one_snapshot() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, String) {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("app.conf"), b"listen 8080;\n").unwrap();
+    let report = cairn_json(&repo, args!["snapshot", &src], 0);
+    let id = report["id"].as_str().unwrap().to_owned();
+    (dir, repo, src, id)
+}
+
+#[test]
+fn issue15_item10_find_json_time_is_utc_rfc3339_like_list() {
+    let (_dir, repo, _src, id) = one_snapshot();
+    // A zone far from UTC, with a half-hour offset: a local time would differ from list's.
+    let out = cairn(&repo).env("TZ", "Asia/Kolkata").args(["--json", "find", "app.conf"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found[0]["snapshot"], id.as_str());
+    let time = found[0]["time"].as_str().unwrap();
+    // jiff's Timestamp parses RFC 3339 only when it carries an offset or `Z`.
+    let parsed: jiff::Timestamp = time.parse().unwrap_or_else(|e| panic!("{time:?} is not RFC 3339 with a zone: {e}"));
+
+    let list = cairn(&repo).env("TZ", "Asia/Kolkata").args(["--json", "list"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let listed = list.as_array().unwrap().iter().find(|s| s["id"] == id.as_str()).unwrap();
+    assert_eq!(time, listed["time"].as_str().unwrap(), "find and list print the same time the same way");
+    assert_eq!(parsed.as_nanosecond(), i128::from(listed["time_ns"].as_i64().unwrap()));
+}
