@@ -57,6 +57,26 @@ pub fn format_duration(d: Duration) -> String {
     format!("{secs}s")
 }
 
+/// An age as a person reads it: the two largest units, rounded down (`63d 3h`, `2h 5m`,
+/// `40s`). Not [`format_duration`]: that one is exact so that a default reads back, and an age
+/// of 5457151 s would come out as `5457151s`.
+pub fn format_age(d: Duration) -> String {
+    let secs = d.as_secs();
+    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let Some(top) = units.iter().position(|&(_, len)| secs >= len) else {
+        return "0s".to_owned();
+    };
+    let (unit, len) = units[top];
+    let mut text = format!("{}{unit}", secs / len);
+    if let Some(&(next, next_len)) = units.get(top + 1) {
+        let rest = secs % len / next_len;
+        if rest != 0 {
+            text.push_str(&format!(" {rest}{next}"));
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +103,12 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(600)), "10m");
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");
         assert_eq!(format_duration(Duration::from_secs(0)), "0s");
+        assert_eq!(format_age(Duration::from_secs(5_457_151)), "63d 3h");
+        assert_eq!(format_age(Duration::from_secs(7_500)), "2h 5m");
+        assert_eq!(format_age(Duration::from_secs(7_200)), "2h");
+        assert_eq!(format_age(Duration::from_secs(40)), "40s");
+        assert_eq!(format_age(Duration::from_secs(61)), "1m 1s");
+        assert_eq!(format_age(Duration::from_secs(0)), "0s");
         for bytes in [0, 1, 1024, 64 << 10, 16 << 20, 3 << 30, 5 << 40, (1 << 20) + 1] {
             assert_eq!(parse_size(&format_size(bytes)).unwrap(), bytes);
         }

@@ -130,7 +130,8 @@ pub struct Stats {
     pub unique_size: u64,
     /// Their stored size (unique data after compression).
     pub stored_size: u64,
-    /// logical / unique.
+    /// Logical size over the plaintext size of the distinct chunks (file content only; trees
+    /// are left out).
     pub dedup_ratio: f64,
     /// unique / stored.
     pub compression_ratio: f64,
@@ -295,7 +296,9 @@ impl Repo {
             packs_size: packs.iter().map(|p| p.size).sum(),
             ..Stats::default()
         };
-        s.dedup_ratio = if s.unique_size > 0 { s.logical_size as f64 / s.unique_size as f64 } else { 0.0 };
+        // File bytes over distinct chunk bytes: trees are metadata, not deduplicated content,
+        // and in a tree of small files they would outweigh the content and hide the sharing.
+        s.dedup_ratio = if sums.chunks_raw > 0 { s.logical_size as f64 / sums.chunks_raw as f64 } else { 0.0 };
         s.compression_ratio = if s.stored_size > 0 { s.unique_size as f64 / s.stored_size as f64 } else { 0.0 };
         s.index_size = self.state.index_size();
         let newest = scope.iter().map(|s| s.record.time_ns).max();

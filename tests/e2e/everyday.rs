@@ -39,3 +39,37 @@ fn issue15_item10_find_json_time_is_utc_rfc3339_like_list() {
     assert_eq!(time, listed["time"].as_str().unwrap(), "find and list print the same time the same way");
     assert_eq!(parsed.as_nanosecond(), i128::from(listed["time_ns"].as_i64().unwrap()));
 }
+
+#[test]
+fn issue15_item14_stats_reads_age_as_a_duration_and_dedup_over_file_content() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    // One small file kept under two names: the content is stored once and restored twice.
+    // Small on purpose: the trees that describe it are as big as the content, so a ratio that
+    // counted them would be far from 2.
+    let content = Rng::new(15).bytes(300);
+    fs::write(src.join("a/first.dat"), &content).unwrap();
+    fs::write(src.join("a/b/second-name-for-the-same.dat"), &content).unwrap();
+    cairn_json(&repo, args!["snapshot", &src], 0);
+
+    let stats = cairn_json(&repo, args!["stats"], 0);
+    assert_eq!(stats["logical_size"], 600);
+    let ratio = stats["dedup_ratio"].as_f64().unwrap();
+    assert!((ratio - 2.0).abs() < 1e-9, "one file under two names dedups 2.0x: {stats}");
+    // JSON keeps the age in seconds.
+    assert!(stats["newest_snapshot_age_secs"].as_u64().unwrap() < 600, "{stats}");
+
+    let text = cairn(&repo).arg("stats").assert().success();
+    let text = String::from_utf8_lossy(&text.get_output().stdout).into_owned();
+    let age = text.lines().find(|l| l.starts_with("newest snapshot")).unwrap_or_else(|| panic!("{text}"));
+    assert!(!age.contains(" s old"), "the age is a human duration, not raw seconds: {age:?}");
+    let value = age.trim_start_matches("newest snapshot").trim().trim_end_matches(" old");
+    assert!(
+        value.split(' ').all(|part| part.len() > 1
+            && part[..part.len() - 1].parse::<u64>().is_ok()
+            && ["d", "h", "m", "s"].contains(&&part[part.len() - 1..])),
+        "{age:?}"
+    );
+    assert!(text.contains("dedup ratio        2.00x"), "{text}");
+}

@@ -57,7 +57,7 @@ fn print_stats(s: &Stats) -> std::io::Result<()> {
     outln!("packs              {} ({})", s.packs, size(s.packs_size))?;
     outln!("index              {}", size(s.index_size))?;
     if let Some(age) = s.newest_snapshot_age_secs {
-        outln!("newest snapshot    {age} s old")?;
+        outln!("newest snapshot    {} old", crate::units::format_age(std::time::Duration::from_secs(age)))?;
     }
     Ok(())
 }

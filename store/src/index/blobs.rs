@@ -30,6 +30,8 @@ pub struct BlobSums {
     pub chunks: u64,
     /// Plaintext bytes.
     pub raw: u64,
+    /// Of those, the chunks' plaintext bytes (file content, without trees).
+    pub chunks_raw: u64,
     /// Stored bytes (a frame's bytes shared out by plaintext length).
     pub stored: u64,
 }
@@ -349,11 +351,20 @@ impl Index {
             let result = c.query_row(
                 &format!(
                     "SELECT count(*), coalesce(sum(b.kind = 0), 0), coalesce(sum(b.raw_len), 0), \
-                     coalesce(sum(b.stored_len * b.raw_len / max(b.frame_len, 1)), 0) \
+                     coalesce(sum(b.stored_len * b.raw_len / max(b.frame_len, 1)), 0), \
+                     coalesce(sum(CASE WHEN b.kind = 0 THEN b.raw_len ELSE 0 END), 0) \
                      FROM m.reachable r JOIN blobs_all b ON b.id = r.id {filter}"
                 ),
                 [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
             );
             c.execute("DETACH DATABASE m", [])?;
             if x.is_some() {
@@ -362,6 +373,6 @@ impl Index {
             result
         })?;
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok(BlobSums { blobs: u(row.0), chunks: u(row.1), raw: u(row.2), stored: u(row.3) })
+        Ok(BlobSums { blobs: u(row.0), chunks: u(row.1), raw: u(row.2), stored: u(row.3), chunks_raw: u(row.4) })
     }
 }
