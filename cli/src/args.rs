@@ -36,7 +36,7 @@ pub enum Command {
     Init(InitArgs),
     /// Take a snapshot of one or more paths
     Snapshot(SnapshotArgs),
-    /// List snapshots
+    /// List snapshots (with -q, only their full IDs, one per line)
     List(ListArgs),
     /// Restore a snapshot (or chosen paths of it)
     Restore(RestoreArgs),

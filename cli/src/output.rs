@@ -1,7 +1,7 @@
 //! Text and JSON output helpers. Everything cairn prints goes through [`stdout`] (the
 //! [`outln!`] macro) or [`errln!`]: never `println!`, which panics when the reader has gone.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
@@ -133,6 +133,41 @@ pub fn utc_time(time_ns: i64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
 }
 
+/// The width of the terminal stdout is, or `None` when stdout is not a terminal (a pipe or a
+/// file: what a script reads is never cut to fit).
+pub fn terminal_width() -> Option<usize> {
+    let out = io::stdout();
+    if !out.is_terminal() {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(&out).ok().map(|w| usize::from(w.ws_col)).filter(|&w| w > 0)
+}
+
+/// Fewest characters [`fit_last_column`] leaves the last column: when the other columns fill
+/// the line, a wrapped row is better than a row with no path.
+const LAST_COLUMN_MIN: usize = 12;
+
+/// Cuts the last cell of each row (ending it with `…`) so that [`table`]'s lines fit in
+/// `width` characters.
+pub fn fit_last_column(header: &[&str], rows: &mut [Vec<String>], width: usize) {
+    let Some(last) = header.len().checked_sub(1) else {
+        return;
+    };
+    let mut widths: Vec<usize> = header[..last].iter().map(|h| h.chars().count()).collect();
+    for row in rows.iter() {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let used: usize = widths.iter().map(|w| w + 2).sum();
+    let room = width.saturating_sub(used).max(LAST_COLUMN_MIN);
+    for cell in rows.iter_mut().filter_map(|row| row.get_mut(last)) {
+        if cell.chars().count() > room {
+            *cell = cell.chars().take(room - 1).chain(std::iter::once('…')).collect();
+        }
+    }
+}
+
 /// Prints a simple left-aligned table: a header row and rows of cells.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -170,5 +205,17 @@ mod tests {
         assert_eq!(size(1023), "1023 B");
         assert_eq!(size(1536), "1.50 KiB");
         assert_eq!(size(3 << 30), "3.00 GiB");
+    }
+
+    #[test]
+    fn the_last_column_is_cut_to_the_width() {
+        let row = |a: &str, b: &str| vec![a.to_owned(), b.to_owned()];
+        let mut rows = vec![row("abcd", "/etc/nginx /opt/app/config"), row("ef", "/srv")];
+        // "abcd  " takes 6: 20 leaves 14 for the paths.
+        fit_last_column(&["ID", "PATHS"], &mut rows, 20);
+        assert_eq!(rows, vec![row("abcd", "/etc/nginx /o…"), row("ef", "/srv")]);
+        // A narrow terminal still shows the start of the paths.
+        fit_last_column(&["ID", "PATHS"], &mut rows, 3);
+        assert_eq!(rows[0][1].chars().count(), LAST_COLUMN_MIN);
     }
 }

@@ -73,3 +73,23 @@ fn issue15_item14_stats_reads_age_as_a_duration_and_dedup_over_file_content() {
     );
     assert!(text.contains("dedup ratio        2.00x"), "{text}");
 }
+
+#[test]
+fn issue15_item16_list_quiet_prints_the_full_ids_one_per_line() {
+    let (dir, repo, src, first) = one_snapshot();
+    fs::write(src.join("more.conf"), b"timeout 5\n").unwrap();
+    let second = cairn_json(&repo, args!["snapshot", &src], 0)["id"].as_str().unwrap().to_owned();
+    let out = cairn(&repo).args(["list", "-q"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{first}\n{second}\n"), "oldest first, like list");
+    assert!(out.stderr.is_empty());
+    // Filters apply as to the table.
+    let out = cairn(&repo).args(["-q", "list", "--latest", "1"]).output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{second}\n"));
+    // The IDs are usable as they are.
+    cairn(&repo).args(["show", &first]).assert().success();
+    // --json is unchanged by -q.
+    let json = cairn_json(&repo, args!["-q", "list"], 0);
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    drop(dir);
+}

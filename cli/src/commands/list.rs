@@ -1,5 +1,6 @@
 //! `cairn list`
 
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Result;
@@ -69,12 +70,23 @@ pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
         let skip = snaps.len().saturating_sub(n);
         snaps.drain(..skip);
     }
+    if cli.quiet && !cli.json {
+        // -q asks for the IDs alone (`for id in $(cairn list -q)`): full ones, which stay
+        // unique as the repository grows, where a short prefix may one day match two.
+        let mut out = output::stdout();
+        for s in &snaps {
+            writeln!(out, "{}", s.id.to_hex())?;
+        }
+        return Ok(exit::OK);
+    }
     output::report(cli, &snaps.iter().map(listed).collect::<Vec<_>>(), Quiet::Silences, |_| table(&snaps))?;
     Ok(exit::OK)
 }
 
+const HEADER: [&str; 10] = ["ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS"];
+
 fn table(snaps: &[Snapshot]) -> Result<()> {
-    let rows: Vec<Vec<String>> = snaps
+    let mut rows: Vec<Vec<String>> = snaps
         .iter()
         .map(|s| {
             let r = &s.record;
@@ -92,7 +104,12 @@ fn table(snaps: &[Snapshot]) -> Result<()> {
             ]
         })
         .collect();
-    output::table(&["ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS"], &rows)?;
+    // On a terminal a long list of paths would wrap every row and break the columns; a pipe
+    // gets them whole, so a script sees every path.
+    if let Some(width) = output::terminal_width() {
+        output::fit_last_column(&HEADER, &mut rows, width);
+    }
+    output::table(&HEADER, &rows)?;
     outln!("{} snapshots", snaps.len())?;
     Ok(())
 }
