@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use cairn_store::{Overwrite, SnapshotKind};
-use clap::{Args, Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::choices;
 
@@ -27,6 +28,42 @@ pub struct Cli {
     /// The command
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// `Cli::parse` with what clap cannot say by itself: which cairn command does what another
+    /// tool's name asks for, and that `cat --json` has nothing to print as JSON. Exits 2 (or 0
+    /// for `--help` and `--version`) as clap does.
+    pub fn parse_or_exit() -> Self {
+        let cli = Self::try_parse().unwrap_or_else(|e| with_hint(e).exit());
+        if cli.json && matches!(cli.command, Command::Cat(_)) {
+            // Accepted and ignored, --json would let a script parse a file's bytes as JSON.
+            Self::command()
+                .error(ErrorKind::ArgumentConflict, "`cat` prints file contents; --json does not apply")
+                .exit();
+        }
+        cli
+    }
+}
+
+/// Other tools' names (restic's, borg's) for what cairn calls otherwise.
+const OTHER_NAMES: [(&str, &str); 4] =
+    [("check", "scrub"), ("backup", "snapshot"), ("prune", "forget --gc` or `gc"), ("version", "--version")];
+
+/// Adds to clap's "unrecognized subcommand" a tip naming cairn's command for it, when the name
+/// is one another backup tool uses.
+fn with_hint(mut err: clap::Error) -> clap::Error {
+    if err.kind() != ErrorKind::InvalidSubcommand {
+        return err;
+    }
+    let Some(ContextValue::String(name)) = err.get(ContextKind::InvalidSubcommand) else {
+        return err;
+    };
+    if let Some((_, ours)) = OTHER_NAMES.iter().find(|(theirs, _)| theirs == name) {
+        let tip = format!("cairn's command for this is `{ours}`");
+        err.insert(ContextKind::Suggested, ContextValue::StyledStrs(vec![tip.into()]));
+    }
+    err
 }
 
 /// The commands.

@@ -18,8 +18,6 @@ mod units;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Documented exit codes.
 pub mod exit {
     /// Success.
@@ -39,7 +37,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let cli = args::Cli::parse_or_exit();
     logging::init(cli.verbose, cli.quiet);
     raise_open_file_limit();
     let code = run(&cli);

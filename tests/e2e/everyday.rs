@@ -93,3 +93,32 @@ fn issue15_item16_list_quiet_prints_the_full_ids_one_per_line() {
     assert_eq!(json.as_array().unwrap().len(), 2);
     drop(dir);
 }
+
+#[test]
+fn issue15_item21_cat_json_is_refused_and_other_tools_names_get_a_hint() {
+    let (_dir, repo, src, id) = one_snapshot();
+    let file = src.join("app.conf");
+    for args in [args!["--json", "cat", &id, &file], args!["cat", &id, &file, "--json"]] {
+        let out = cairn(&repo).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+        assert!(out.stdout.is_empty(), "nothing printed as if it were JSON");
+        assert!(stderr.contains("`cat` prints file contents; --json does not apply"), "{stderr}");
+    }
+    // Without --json, cat is as before.
+    cairn(&repo).args(args!["cat", &id, &file]).assert().success().stdout("listen 8080;\n");
+
+    for (theirs, ours) in
+        [("check", "`scrub`"), ("backup", "`snapshot`"), ("prune", "`forget --gc` or `gc`"), ("version", "`--version`")]
+    {
+        let out = cairn(&repo).arg(theirs).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{theirs}: {stderr}");
+        assert!(stderr.contains(&format!("unrecognized subcommand '{theirs}'")), "{stderr}");
+        assert!(stderr.contains(&format!("cairn's command for this is {ours}")), "{theirs}: {stderr}");
+    }
+    // A name no other tool uses gets clap's message alone.
+    let out = cairn(&repo).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("cairn's command"));
+}
