@@ -214,15 +214,18 @@ fn condemnations_go_through_the_locks_seam_both_ways() {
         o.kind = SnapshotKind::Full; // every byte read again, every chunk looked up
         repo.snapshot(&o, &NoProgress).unwrap().totals
     };
-    assert!(full().blobs_new > 0);
-    assert_eq!(full().blobs_new, 0, "unchanged data deduplicates");
+    // Chunks of 24 files, against at most the 7 trees of the folders on the way (those above
+    // the source may change meanwhile: other tests make their folders in the same /tmp).
+    let (chunks_at_least, trees_at_most) = (24, 7);
+    assert!(full().blobs_new >= chunks_at_least);
+    assert!(full().blobs_new <= trees_at_most, "unchanged data deduplicates");
 
     // A collector elsewhere condemned every pack: a writer starting now stores fresh copies
     // rather than lean on packs that may be gone before it commits.
     let packs: Vec<(PackId, i64)> =
         backend.list(FileKind::Pack).unwrap().iter().map(|o| (o.name.parse().unwrap(), 1)).collect();
     *locks.elsewhere.lock().unwrap() = packs;
-    assert!(full().blobs_new > 0, "a published condemnation stops deduplication");
+    assert!(full().blobs_new >= chunks_at_least, "a published condemnation stops deduplication");
     locks.elsewhere.lock().unwrap().clear();
 
     // And this machine's gc publishes what it condemns, before it waits and deletes.
