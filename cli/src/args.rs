@@ -8,22 +8,26 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::choices;
 
+/// The heading of the flags every command takes, apart from each command's own (issue 15
+/// item 17: they were interleaved with them).
+const GLOBAL: &str = "Global options";
+
 /// cairn: deduplicated snapshots of service trees, restored by ID, scrubbed for rot.
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Repository path [default: $CAIRN_REPO, else the user's data directory, e.g.
     /// ~/.local/share/cairn/repo]
-    #[arg(long, global = true, env = "CAIRN_REPO", value_name = "PATH")]
+    #[arg(long, global = true, env = "CAIRN_REPO", value_name = "PATH", help_heading = GLOBAL)]
     pub repo: Option<PathBuf>,
     /// Print machine-readable JSON on stdout instead of text
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     /// Print nothing but errors
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub quiet: bool,
     /// Print more detail (each warning, each file restored)
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// The command
     #[command(subcommand)]

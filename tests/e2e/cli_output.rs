@@ -329,3 +329,22 @@ fn issue13_a_read_data_scrub_without_a_budget_does_not_speak_of_one() {
     let packs = pack_files(&repo).len();
     assert!(scrub.contains(&format!("read back all {packs} packs in scope")), "{scrub}");
 }
+
+/// Every command's help puts the flags all commands take under their own heading, after the
+/// command's own (issue 15 item 17: they were interleaved).
+#[test]
+fn issue15_global_flags_have_their_own_heading_in_every_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["init", "snapshot", "list", "restore", "scrub", "forget", "gc", "show", "ls", "diff", "log", "cat"]
+    {
+        let out = cairn(dir.path()).args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (own, global) = help.split_once("Global options:").unwrap_or_else(|| panic!("{command}: {help}"));
+        for flag in ["--repo", "--json", "--quiet", "--verbose"] {
+            assert!(
+                global.contains(flag) && !own.contains(flag),
+                "{command}: {flag} belongs under the heading\n{help}"
+            );
+        }
+    }
+}
