@@ -218,3 +218,36 @@ fn issue15_paths_the_snapshot_does_not_hold_are_said_not_silently_skipped() {
     assert!(stderr(&out).contains("is in no snapshot"), "{}", stderr(&out));
     cairn(&repo).args(args!["log", src.join("g")]).assert().code(0);
 }
+
+/// An include whose trees cannot be read is damage the restore reports (exit 4, with its
+/// report), not a path "not in the snapshot" and not an abort before anything is restored.
+#[test]
+fn issue15_an_include_below_a_missing_tree_is_reported_as_damage() {
+    let (dir, repo) = new_repo_with_packs(Some("64K"));
+    let src = dir.path().join("src");
+    let mut rng = Rng::new(152);
+    for sub in ["a", "b"] {
+        fs::create_dir_all(src.join(sub)).unwrap();
+        fs::write(src.join(sub).join("f"), rng.bytes(100_000)).unwrap();
+    }
+    cairn(&repo).args(args!["snapshot", &src]).assert().code(0);
+    // Trees go into packs of their own, far smaller than these data packs.
+    let smallest = pack_files(&repo).into_iter().min_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    fs::remove_file(smallest).unwrap();
+    let r = cairn_json(
+        &repo,
+        args![
+            "restore",
+            "latest",
+            "--target",
+            dir.path().join("out"),
+            "--include",
+            src.join("a"),
+            "--include",
+            src.join("b")
+        ],
+        4,
+    );
+    assert!(!r["damaged"].as_array().unwrap().is_empty(), "{r}");
+    assert!(r.get("not_found").is_none(), "damage is not absence: {r}");
+}

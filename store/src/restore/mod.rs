@@ -162,8 +162,16 @@ impl Repo {
         // An include that names nothing restores nothing: a typo must not read as success.
         let mut not_found = Vec::new();
         for inc in &includes {
-            if inc != Path::new("/") && self.find_entry(snapshot.record.root, inc)?.is_none() {
-                not_found.push(inc.clone());
+            if inc == Path::new("/") {
+                continue;
+            }
+            match self.find_entry(snapshot.record.root, inc) {
+                Ok(Some(_)) => {}
+                Ok(None) => not_found.push(inc.clone()),
+                // A tree on the way cannot be read: the walk below names the damage and
+                // restores everything else, as it does without --include.
+                Err(e) if e.is_damage() => {}
+                Err(e) => return Err(e),
             }
         }
         if !includes.is_empty() && not_found.len() == includes.len() {
