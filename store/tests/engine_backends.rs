@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use cairn_store::{
     Backend, FaultPlan, FaultyBackend, FileKind, FlockLocks, GcOptions, Hold, InitOptions, Location, Locks,
     MemoryBackend, Modes, NoProgress, OpenOptions, PackId, Repo, RestoreOptions, RetryBackend, ScrubOptions,
@@ -60,14 +62,7 @@ fn source(root: &Path) -> PathBuf {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..24u64 {
         let len = if i % 6 == 0 { 3 << 20 } else { 1 + i as usize * 977 };
-        let data: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let data = common::noise(&mut x, len);
         let path = src.join(if i % 3 == 0 { "etc/app" } else { "." }).join(format!("f{i}"));
         fs::write(&path, data).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(if i % 2 == 0 { 0o640 } else { 0o755 })).unwrap();

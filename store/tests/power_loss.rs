@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod common;
+
 use cairn_store::{
     Backend, FileKind, InitOptions, Location, MemoryBackend, NoProgress, ObjectInfo, OpenOptions, Repo, Result,
     ScrubOptions, SnapshotOptions, Storage,
@@ -55,14 +57,7 @@ fn source(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(src.join("sub")).unwrap();
     let mut x = 7u64;
     for i in 0..12 {
-        let data: Vec<u8> = (0..(20_000 + i * 9_000))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let data = common::noise(&mut x, 20_000 + i * 9_000);
         std::fs::write(src.join(if i % 2 == 0 { "sub" } else { "." }).join(format!("f{i}")), data).unwrap();
     }
     src

@@ -62,17 +62,7 @@ fn an_unreadable_file_is_a_warning_with_exit_code_3_and_the_snapshot_completes()
     fs::write(src.join("ok.txt"), b"fine\n").unwrap();
     fs::write(src.join("locked.txt"), b"secret\n").unwrap();
     fs::set_permissions(src.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
-    let mut cmd = if is_root() {
-        // Root reads everything: run cairn as nobody, owning the repository and the tree.
-        for e in walkdir::WalkDir::new(dir.path()) {
-            std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
-        }
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(assert_cmd::cargo::cargo_bin("cairn"));
-        c
-    } else {
-        std::process::Command::new(assert_cmd::cargo::cargo_bin("cairn"))
-    };
+    let mut cmd = cairn_unprivileged(dir.path());
     let out =
         cmd.env("CAIRN_REPO", &repo).env("HOME", dir.path()).args(args!["--json", "snapshot", &src]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));

@@ -35,33 +35,38 @@ fn a_warning_the_store_logs_is_printed_and_quiet_silences_it() {
     assert_eq!(stderr(&out), "", "-q prints nothing but errors");
 }
 
-/// `cairn list` on `repo` with `JOURNAL_STREAM` set and stderr appended to `log`.
-fn list_into(repo: &std::path::Path, stream: &str, log: &std::path::Path) -> Output {
+/// `cairn ARGS` on `repo` with `JOURNAL_STREAM` set and stderr appended to `log`.
+fn run_into(repo: &std::path::Path, stream: &str, log: &std::path::Path, args: &[&std::ffi::OsStr]) -> Output {
     let err = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     std::process::Command::new(cairn_bin())
         .env("CAIRN_REPO", repo)
         .env("TZ", "UTC")
         .env("JOURNAL_STREAM", stream)
-        .arg("list")
+        .args(args)
         .stderr(err)
         .output()
         .unwrap()
+}
+
+/// The `JOURNAL_STREAM` that names `log` (systemd names the stream stderr is connected to; a
+/// file stands in for its socket).
+fn stream_of(log: &std::path::Path) -> String {
+    let meta = fs::File::create(log).unwrap().metadata().unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
 }
 
 #[test]
 fn under_the_journal_every_event_is_one_line_with_its_priority() {
     let (dir, repo) = repo_with_an_unwritable_config_copy();
     let log = dir.path().join("journal");
-    let meta = fs::File::create(&log).unwrap().metadata().unwrap();
-    // systemd names the stream stderr is connected to; a file stands in for its socket.
-    let stream = format!("{}:{}", meta.dev(), meta.ino());
-    let out = list_into(&repo, &stream, &log);
+    let stream = stream_of(&log);
+    let out = run_into(&repo, &stream, &log, args!["list"]);
     assert_eq!(out.status.code(), Some(0));
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.lines().any(|l| l.starts_with("<4>cairn: warning: cannot write config.copy")), "{text}");
     assert!(text.lines().all(|l| l.starts_with("<4>cairn: warning: ")), "{text}");
 
-    let out = list_into(&dir.path().join("nothing here"), &stream, &log);
+    let out = run_into(&dir.path().join("nothing here"), &stream, &log, args!["list"]);
     assert_eq!(out.status.code(), Some(1));
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.lines().last().unwrap().starts_with("<3>cairn: error: cannot open repository"), "{text}");
@@ -92,17 +97,7 @@ fn a_snapshot_warning_is_said_once() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("locked.txt"), b"secret\n").unwrap();
     fs::set_permissions(src.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
-    let mut cmd = if is_root() {
-        // Root reads everything: run cairn as nobody, owning the repository and the tree.
-        for e in walkdir::WalkDir::new(dir.path()) {
-            std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
-        }
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(cairn_bin());
-        c
-    } else {
-        std::process::Command::new(cairn_bin())
-    };
+    let mut cmd = cairn_unprivileged(dir.path());
     let out = cmd.env("CAIRN_REPO", &repo).env("HOME", dir.path()).args(args!["snapshot", &src]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let said = stderr(&out).lines().filter(|l| l.contains("locked.txt")).count();
@@ -120,15 +115,7 @@ fn under_the_journal_a_report_warning_is_one_line_with_its_priority() {
     let link = dir.path().join("two\nlines");
     std::os::unix::fs::symlink(&src, &link).unwrap();
     let log = dir.path().join("journal");
-    let err = fs::File::create(&log).unwrap();
-    let meta = err.metadata().unwrap();
-    let out = std::process::Command::new(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .args(args!["snapshot", &link])
-        .stderr(err)
-        .output()
-        .unwrap();
+    let out = run_into(&repo, &stream_of(&log), &log, args!["snapshot", &link]);
     assert_eq!(out.status.code(), Some(0));
     let text = fs::read_to_string(&log).unwrap();
     let notes: Vec<&str> = text.lines().filter(|l| l.contains("a symlink to")).collect();

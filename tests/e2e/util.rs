@@ -23,6 +23,21 @@ pub fn cairn(repo: &Path) -> Command {
     cmd
 }
 
+/// A `cairn` command (no environment set) that cannot read what its user may not: as root,
+/// which reads everything, it runs as nobody, and `dir` (the repository and the tree) becomes
+/// nobody's.
+pub fn cairn_unprivileged(dir: &Path) -> std::process::Command {
+    if !is_root() {
+        return std::process::Command::new(cairn_bin());
+    }
+    for e in walkdir::WalkDir::new(dir) {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(cairn_bin());
+    c
+}
+
 /// A `cairn` process aimed at `repo` with fail-points armed (`CAIRN_FAILPOINTS`, for
 /// example `restore.file_written=pause@150`), its output captured: to spawn and race.
 pub fn cairn_failing(repo: &Path, failpoints: &str) -> std::process::Command {
