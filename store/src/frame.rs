@@ -70,7 +70,7 @@ impl ZstdFrames {
 
 impl Default for ZstdFrames {
     fn default() -> Self {
-        Self::new(3)
+        Self::PLAIN
     }
 }
 

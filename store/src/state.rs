@@ -47,10 +47,7 @@ impl StateDir {
         if repo_id.is_empty() || !repo_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::InvalidInput(format!("{repo_id:?} is not a repository ID")));
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        let base = cache_base(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
             .ok_or_else(|| Error::InvalidInput("no cache directory known for this user (set $HOME)".into()))?;
         let dir = base.join("cairn").join(repo_id);
         Ok(Self::new(&dir, &dir.join("index.lock"), Modes::private()))
@@ -167,6 +164,12 @@ impl StateDir {
     }
 }
 
+/// The user's cache directory as the XDG base-directory rules say: `$XDG_CACHE_HOME` when it
+/// is an absolute path (a relative one is to be ignored), else `$HOME/.cache`.
+fn cache_base(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> Option<PathBuf> {
+    xdg.map(PathBuf::from).filter(|p| p.is_absolute()).or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}{suffix}", path.display()))
 }
@@ -185,4 +188,26 @@ pub(crate) fn remove_db(path: &Path) -> Result<()> {
         remove_file_if_any(&with_suffix(path, suffix))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_repository_keeps_its_state_in_the_users_cache_by_its_id() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(cache_base(os("/xdg"), os("/home/u")), Some(PathBuf::from("/xdg")));
+        assert_eq!(cache_base(os("relative"), os("/home/u")), Some(PathBuf::from("/home/u/.cache")));
+        assert_eq!(cache_base(None, os("/home/u")), Some(PathBuf::from("/home/u/.cache")));
+        assert_eq!(cache_base(None, None), None);
+        // An ID is never a path: nothing but hex digits becomes a folder name.
+        for bad in ["", "../etc", "ab/cd", "zz"] {
+            assert!(StateDir::cache_for(bad).is_err(), "{bad:?}");
+        }
+        if std::env::var_os("HOME").is_some() {
+            let state = StateDir::cache_for("0123abcd").unwrap();
+            assert!(state.dir().ends_with("cairn/0123abcd") && state.index_path().starts_with(state.dir()));
+        }
+    }
 }
