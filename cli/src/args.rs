@@ -50,6 +50,25 @@ impl Cli {
     }
 }
 
+/// The heading of the flags that narrow which snapshots a name picks.
+const SELECT: &str = "Snapshot selection";
+
+/// `--tag`, `--host`, `--path`: which snapshots `latest`, `--at`, a label or an ID prefix pick
+/// among (and which a policy judges), the same on every command that names snapshots.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SelectArgs {
+    /// Only snapshots with this tag (repeatable: any of them); `--tag safety` lets `latest`
+    /// and `--at` pick restores' safety snapshots, which they skip otherwise
+    #[arg(long = "tag", id = "select_tag", value_name = "TAG", help_heading = SELECT)]
+    pub tags: Vec<String>,
+    /// Only snapshots of this host
+    #[arg(long = "host", id = "select_host", value_name = "HOST", help_heading = SELECT)]
+    pub host: Option<String>,
+    /// Only snapshots that cover PATH: a source path at, above or below it (repeatable: any)
+    #[arg(long = "path", id = "select_path", value_name = "PATH", help_heading = SELECT)]
+    pub paths: Vec<PathBuf>,
+}
+
 /// Other tools' names (restic's, borg's) for what cairn calls otherwise.
 const OTHER_NAMES: [(&str, &str); 4] =
     [("check", "scrub"), ("backup", "snapshot"), ("prune", "forget --gc` or `gc"), ("version", "--version")];
@@ -99,6 +118,8 @@ pub enum Command {
     Manifest(ManifestArgs),
     /// Remove snapshots by ID, or by a keep-policy (space comes back with gc)
     Forget(ForgetArgs),
+    /// Add or remove tags, set or remove the label, pin or unpin snapshots
+    Tag(TagArgs),
     /// Delete data no snapshot needs any more, repacking partly used packs
     Gc(GcArgs),
     /// Check the repository: structure always, stored data with --read-data
@@ -199,20 +220,16 @@ pub struct SnapshotArgs {
     /// Record this host name instead of the machine's
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
+    /// Pin the snapshot: no keep-policy removes it (`cairn tag --unpin` lets them)
+    #[arg(long)]
+    pub pin: bool,
 }
 
 /// `cairn list`
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only snapshots with this tag (repeatable: any of them)
-    #[arg(long = "tag", value_name = "TAG")]
-    pub tags: Vec<String>,
-    /// Only snapshots of this host
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// Only snapshots that include this source path
-    #[arg(long, value_name = "PATH")]
-    pub path: Option<PathBuf>,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Only the newest N snapshots
     #[arg(long, value_name = "N")]
     pub latest: Option<usize>,
@@ -249,6 +266,8 @@ pub struct RestoreArgs {
     /// Do not snapshot the existing files before overwriting them
     #[arg(long)]
     pub no_safety_snapshot: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn forget`
@@ -281,9 +300,17 @@ pub struct ForgetArgs {
     /// Keep snapshots with this tag (repeatable)
     #[arg(long = "keep-tag", value_name = "TAG")]
     pub keep_tags: Vec<String>,
-    /// Let the policy remove labeled snapshots too (they are kept otherwise)
-    #[arg(long)]
-    pub include_labeled: bool,
+    /// Let forget remove pinned snapshots too, by policy or by ID (they are kept otherwise)
+    #[arg(long, alias = "include-labeled")]
+    pub include_pinned: bool,
+    /// Keep the N newest safety snapshots of each host (restores' own; default 3 when no
+    /// --keep-safety-* is given)
+    #[arg(long, value_name = "N")]
+    pub keep_safety_last: Option<u32>,
+    /// Keep safety snapshots no older than DURATION before the newest of them (default 7d when
+    /// no --keep-safety-* is given)
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub keep_safety_within: Option<std::time::Duration>,
     /// Group snapshots by these keys before applying the policy: host, paths, tags
     #[arg(long, default_value = choices::default_group_by(), value_name = "KEYS")]
     pub group_by: String,
@@ -296,6 +323,43 @@ pub struct ForgetArgs {
     /// Run gc afterwards (deferred, exit code 5, when another gc is running)
     #[arg(long)]
     pub gc: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// `cairn tag`
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Snapshots to change (ID, prefix, `latest` or label); every snapshot the selection
+    /// flags let through when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Add this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub add: Vec<String>,
+    /// Take this tag off (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub remove: Vec<String>,
+    /// Replace all tags with these (repeatable; give it once with an empty value to clear)
+    #[arg(long, value_name = "TAG")]
+    pub set: Vec<String>,
+    /// Set the label (labels are unique: it must not name another snapshot)
+    #[arg(long, value_name = "NAME", conflicts_with = "unlabel")]
+    pub label: Option<String>,
+    /// Take the label off
+    #[arg(long)]
+    pub unlabel: bool,
+    /// Pin: no keep-policy removes it
+    #[arg(long, conflicts_with = "unpin")]
+    pub pin: bool,
+    /// Unpin
+    #[arg(long)]
+    pub unpin: bool,
+    /// Show what would change; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn gc`
@@ -317,6 +381,8 @@ pub struct GcArgs {
 pub struct ShowArgs {
     /// Snapshot ID, prefix, `latest` or label
     pub snapshot: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn stats`
@@ -335,6 +401,8 @@ pub struct DiffArgs {
     pub b: String,
     /// Only below these paths (absolute, as snapshotted)
     pub paths: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn ls`
@@ -350,6 +418,8 @@ pub struct LsArgs {
     /// Everything below, not just one level
     #[arg(long, short = 'R')]
     pub recursive: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn find`
@@ -379,6 +449,8 @@ pub struct CatArgs {
     pub snapshot: String,
     /// The file, absolute as snapshotted
     pub path: std::path::PathBuf,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn manifest`
@@ -388,4 +460,6 @@ pub struct ManifestArgs {
     pub snapshot: String,
     /// Only below this path
     pub path: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }

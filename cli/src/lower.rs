@@ -6,10 +6,12 @@
 use anyhow::{bail, Context, Result};
 use cairn_store::{
     read_exclude_file, ChunkerParams, ConfigRepair, GcOptions, GroupBy, InitOptions, KeepPolicy, OpenOptions,
-    RestoreOptions, ScrubOptions, SnapshotId, SnapshotOptions,
+    RestoreOptions, Retag, ScrubOptions, SnapshotFilter, SnapshotId, SnapshotOptions,
 };
 
-use crate::args::{ForgetArgs, GcArgs, InitArgs, RepairConfigArgs, RestoreArgs, ScrubArgs, SnapshotArgs};
+use crate::args::{
+    ForgetArgs, GcArgs, InitArgs, RepairConfigArgs, RestoreArgs, ScrubArgs, SelectArgs, SnapshotArgs, TagArgs,
+};
 
 /// For a command that only reads or adds.
 pub fn open_options() -> OpenOptions {
@@ -72,7 +74,41 @@ pub fn snapshot_options(args: &SnapshotArgs) -> Result<SnapshotOptions> {
     opts.one_file_system = args.one_file_system;
     opts.dry_run = args.dry_run;
     opts.host.clone_from(&args.host);
+    opts.pin = args.pin;
     Ok(opts)
+}
+
+/// `--tag`, `--host`, `--path` of any command that names snapshots. Paths are made absolute
+/// (relative to the working directory), as snapshot sources are.
+pub fn filter(args: &SelectArgs) -> Result<SnapshotFilter> {
+    let mut f = SnapshotFilter::default();
+    f.tags.clone_from(&args.tags);
+    f.host.clone_from(&args.host);
+    f.paths = args.paths.iter().map(std::path::absolute).collect::<std::io::Result<_>>()?;
+    Ok(f)
+}
+
+/// `cairn tag`.
+pub fn retag(args: &TagArgs) -> Retag {
+    let mut change = Retag::default();
+    if !args.set.is_empty() {
+        // `--set ''` clears the tags.
+        change.set = Some(args.set.iter().filter(|t| !t.is_empty()).cloned().collect());
+    }
+    change.add.clone_from(&args.add);
+    change.remove.clone_from(&args.remove);
+    if let Some(l) = &args.label {
+        change.label = Some(Some(l.clone()));
+    } else if args.unlabel {
+        change.label = Some(None);
+    }
+    if args.pin {
+        change.pin = Some(true);
+    } else if args.unpin {
+        change.pin = Some(false);
+    }
+    change.dry_run = args.dry_run;
+    change
 }
 
 /// `cairn restore`.
@@ -134,7 +170,9 @@ pub fn keep_policy(args: &ForgetArgs) -> KeepPolicy {
     policy.yearly = args.keep_yearly;
     policy.within = args.keep_within;
     policy.tags.clone_from(&args.keep_tags);
-    policy.include_labeled = args.include_labeled;
+    policy.include_pinned = args.include_pinned;
+    policy.safety_last = args.keep_safety_last;
+    policy.safety_within = args.keep_safety_within;
     policy
 }
 

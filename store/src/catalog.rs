@@ -4,11 +4,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use serde::Serialize;
+
 use crate::backend::{FileKind, ObjectInfo};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::record::SnapshotRecord;
 use crate::repo::{missing, Repo, Snapshot};
+use crate::select::{check_label, check_tags, SnapshotFilter};
 
 /// The IDs among listed names (others are ignored, as everywhere).
 fn ids_of(listed: Vec<ObjectInfo>) -> HashSet<SnapshotId> {
@@ -172,14 +175,26 @@ impl Repo {
     }
 
     /// Finds a snapshot by full ID, unique ID prefix, `latest`, or label (the newest with it).
-    /// `latest` is the newest snapshot that is not a restore's safety snapshot: running the same
-    /// in-place `restore latest` twice must not put back what the first one replaced. A
-    /// reference that is both a label and the start of another snapshot's ID is refused.
     pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
-        let all = self.snapshots()?;
+        self.resolve_in(spec, &SnapshotFilter::default())
+    }
+
+    /// Finds a snapshot by full ID, unique ID prefix, `latest`, or label, among those `filter`
+    /// lets through. `latest` is the newest that is not a restore's safety snapshot (unless the
+    /// filter asks for the `safety` tag): running the same in-place `restore latest` twice
+    /// must not put back what the first one replaced. A reference that is both a label and the
+    /// start of another snapshot's ID is refused.
+    pub fn resolve_in(&self, spec: &str, filter: &SnapshotFilter) -> Result<Snapshot> {
+        let all: Vec<Snapshot> = self.snapshots()?.into_iter().filter(|s| filter.matches(s)).collect();
+        let among = |what: &str| match filter.describe() {
+            d if d.is_empty() => what.to_owned(),
+            d => format!("{what} (among snapshots {d})"),
+        };
         if spec == "latest" {
-            return all.into_iter().rev().find(|s| !s.is_safety()).ok_or_else(|| {
-                Error::NoSuchSnapshot("latest (safety snapshots are left out: name one by ID or label)".into())
+            return all.into_iter().rev().find(|s| filter.wants_safety() || !s.is_safety()).ok_or_else(|| {
+                Error::NoSuchSnapshot(among(
+                    "latest (safety snapshots are left out: name one by ID, or add --tag safety)",
+                ))
             });
         }
         let lower = spec.to_ascii_lowercase();
@@ -198,7 +213,7 @@ impl Repo {
             });
         }
         match by_id.len() {
-            0 => Err(Error::NoSuchSnapshot(spec.to_owned())),
+            0 => Err(Error::NoSuchSnapshot(among(spec))),
             1 => Ok(by_id[0].clone()),
             count => Err(Error::AmbiguousSnapshot { prefix: spec.to_owned(), count }),
         }
@@ -207,11 +222,130 @@ impl Repo {
     /// The newest snapshot taken at or before `time_ns` (point-in-time restore), leaving out
     /// restores' safety snapshots as `latest` does.
     pub fn resolve_at(&self, time_ns: i64) -> Result<Snapshot> {
-        self.snapshots()?.into_iter().rfind(|s| s.record.time_ns <= time_ns && !s.is_safety()).ok_or_else(|| {
-            Error::NoSuchSnapshot(format!(
-                "at or before {}",
-                jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default()
-            ))
+        self.resolve_at_in(time_ns, &SnapshotFilter::default())
+    }
+
+    /// The newest snapshot `filter` lets through taken at or before `time_ns`, leaving out
+    /// restores' safety snapshots as `latest` does: `--at` with `--path /etc` never picks a
+    /// snapshot of another tree.
+    pub fn resolve_at_in(&self, time_ns: i64, filter: &SnapshotFilter) -> Result<Snapshot> {
+        self.snapshots()?
+            .into_iter()
+            .rfind(|s| s.record.time_ns <= time_ns && filter.matches(s) && (filter.wants_safety() || !s.is_safety()))
+            .ok_or_else(|| {
+                let when =
+                    jiff::Timestamp::from_nanosecond(i128::from(time_ns)).map(|t| t.to_string()).unwrap_or_default();
+                let d = filter.describe();
+                Error::NoSuchSnapshot(if d.is_empty() {
+                    format!("at or before {when}")
+                } else {
+                    format!("at or before {when} among snapshots {d}")
+                })
+            })
+    }
+
+    /// Refuses `label` when it is malformed (`select::check_label`) or another live snapshot
+    /// than `except` has it: a label names one snapshot. Records of the same snapshot (one
+    /// `cairn tag` wrote again, and its old record a crash left behind) are not "another".
+    pub fn check_label_free(&self, label: &str, except: Option<&Snapshot>) -> Result<()> {
+        check_label(label)?;
+        let lineage = |s: &Snapshot| s.record.original.unwrap_or(s.id);
+        if let Some(other) = self
+            .snapshots()?
+            .into_iter()
+            .find(|s| s.record.label.as_deref() == Some(label) && except.is_none_or(|e| lineage(e) != lineage(s)))
+        {
+            return Err(Error::InvalidInput(format!(
+                "label {label:?} is already the label of snapshot {}; labels name one snapshot: pick another, \
+                 or take it off that one first (`cairn tag {} --unlabel`)",
+                other.id.short(8),
+                other.id.short(8)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What `cairn tag` changes on a snapshot. A record's ID is the hash of its bytes, so a change
+/// writes a new record (naming the first as `original`) and forgets the old one.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Retag {
+    /// Replace the tags with these (before `add` and `remove` apply).
+    pub set: Option<Vec<String>>,
+    /// Tags to add.
+    pub add: Vec<String>,
+    /// Tags to take off.
+    pub remove: Vec<String>,
+    /// `Some(Some(l))` sets the label, `Some(None)` takes it off.
+    pub label: Option<Option<String>>,
+    /// `Some(true)` pins, `Some(false)` unpins.
+    pub pin: Option<bool>,
+    /// Say what would change; write nothing.
+    pub dry_run: bool,
+}
+
+/// What `tag` did to one snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct Retagged {
+    /// The snapshot as it was.
+    pub old_id: String,
+    /// Its new ID (the rewritten record); `None` when nothing changed or on a dry run.
+    pub new_id: Option<String>,
+    /// False when the change left the record as it was.
+    pub changed: bool,
+    /// Its tags now.
+    pub tags: Vec<String>,
+    /// Its label now.
+    pub label: Option<String>,
+    /// Pinned now.
+    pub pinned: bool,
+}
+
+impl Repo {
+    /// Changes the tags, label or pin of `snap` (see `Retag`). The new record is durable
+    /// before the old one is forgotten: a crash in between leaves both, never neither. Runs as
+    /// a session, so that a gc running beside it keeps what the new record needs.
+    pub fn retag(&self, snap: &Snapshot, change: &Retag) -> Result<Retagged> {
+        self.writable("tag")?;
+        let _session = if change.dry_run { None } else { self.session("tag")? };
+        let mut record = snap.record.clone();
+        if let Some(set) = &change.set {
+            check_tags(set)?;
+            record.tags.clone_from(set);
+        }
+        check_tags(&change.add)?;
+        for t in &change.add {
+            if !record.tags.contains(t) {
+                record.tags.push(t.clone());
+            }
+        }
+        record.tags.retain(|t| !change.remove.contains(t));
+        if let Some(label) = &change.label {
+            if let Some(l) = label {
+                self.check_label_free(l, Some(snap))?;
+            }
+            record.label.clone_from(label);
+        }
+        if let Some(pin) = change.pin {
+            record.pinned = pin;
+        }
+        let changed = record != snap.record;
+        let mut new_id = None;
+        if changed && !change.dry_run {
+            record.original = snap.record.original.or(Some(snap.id));
+            let id = self.commit(&record)?;
+            crate::failpoint::hit("tag.new_record_written");
+            self.forget(&[snap.id])?;
+            new_id = Some(id.to_hex());
+        }
+        Ok(Retagged {
+            old_id: snap.id.to_hex(),
+            new_id,
+            changed,
+            tags: record.tags,
+            label: record.label,
+            pinned: record.pinned,
         })
     }
 }

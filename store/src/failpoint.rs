@@ -66,6 +66,7 @@ pub const POINTS: &[&str] = &[
     "restore.before_link",
     "forget.tombstone_written",
     "forget.record_removed",
+    "tag.new_record_written",
     "gc.marked",
     "gc.condemned",
     "gc.repack_written",

@@ -103,6 +103,12 @@ pub struct ShowReport {
     pub label: Option<String>,
     /// Tags.
     pub tags: Vec<String>,
+    /// No keep-policy removes it.
+    pub pinned: bool,
+    /// A restore's safety snapshot (expired by its own policy, skipped by `latest`).
+    pub safety: bool,
+    /// The ID it was first written as, before `cairn tag` changed it.
+    pub original: Option<String>,
     /// Counts and totals recorded at snapshot time.
     #[serde(flatten)]
     pub totals: SnapshotTotals,
@@ -270,6 +276,9 @@ impl Repo {
             parent: r.parent.map(|p| p.to_hex()),
             label: r.label.clone(),
             tags: r.tags.clone(),
+            pinned: r.pinned,
+            safety: snap.is_safety(),
+            original: r.original.map(|o| o.to_hex()),
             totals: r.totals.clone(),
             exclusive_size: exclusive.stored,
             duration_secs: r.duration_ms as f64 / 1000.0,

@@ -58,6 +58,7 @@ mod restore;
 mod retention;
 mod salvage;
 mod scrub;
+mod select;
 mod snapshot;
 mod state;
 mod tally;
@@ -70,6 +71,7 @@ pub use backend::{
     Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo,
     RetryBackend, Storage, TEMPORARY_GRACE,
 };
+pub use catalog::{Retag, Retagged};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
@@ -82,13 +84,14 @@ pub use inspect::{kind_name, listing, Change, DiffReport, Listing, ShowReport, S
 pub use lock::{FlockLocks, Hold, Locks, SessionInfo};
 pub use pack::{check_pack, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, Unit};
-pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals};
+pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals, SAFETY_TAG};
 pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
 pub use report::SnapshotReport;
 pub use restore::{hash_file, Overwrite, RestoreOptions, RestoreReport};
-pub use retention::{apply as apply_policy, Decision, GroupBy, KeepPolicy};
+pub use retention::{apply as apply_policy, Decision, GroupBy, KeepPolicy, SAFETY_KEEP_LAST, SAFETY_KEEP_WITHIN};
 pub use scrub::{Affected, Damage, Leftovers, ScrubOptions, ScrubReport, SnapshotStatus};
+pub use select::{check_label, check_tags, SnapshotFilter};
 pub use snapshot::SnapshotOptions;
 pub use state::StateDir;
 pub use tally::Warning;

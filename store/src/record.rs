@@ -11,8 +11,21 @@ const MAGIC: &[u8; 8] = b"CAIRNSNP";
 const TOMBSTONE_MAGIC: &[u8; 8] = b"CAIRNFGT";
 /// Newest tombstone format this build writes (a tombstone's body, a time, is never needed).
 pub const TOMBSTONE_VERSION: u32 = 1;
-/// Newest snapshot record format this build reads and the one it writes.
-pub const RECORD_VERSION: u32 = 1;
+/// Newest snapshot record format this build reads and the one it writes. Version 2 added
+/// `pinned` and `original`; version-1 records are still read (docs/FORMAT.md).
+pub const RECORD_VERSION: u32 = 2;
+
+/// The tag of a restore's safety snapshot, reserved for them.
+pub const SAFETY_TAG: &str = "safety";
+/// The start of the label version-1 safety snapshots had (the restored snapshot's short ID
+/// followed); safety snapshots have no label now, since labels are unique.
+const SAFETY_LABEL_PREFIX: &str = "safety-before-restore-";
+
+/// True for a restore's safety snapshot: tagged `safety` (a tag users cannot give), without a
+/// label or with the label version-1 safety snapshots had.
+fn is_safety(tags: &[String], label: Option<&str>) -> bool {
+    tags.iter().any(|t| t == SAFETY_TAG) && label.is_none_or(|l| l.starts_with(SAFETY_LABEL_PREFIX))
+}
 
 /// Which earlier snapshot a snapshot trusted for change detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -99,6 +112,55 @@ pub struct SnapshotRecord {
     pub duration_ms: u64,
     /// The cairn version that wrote it.
     pub cairn_version: String,
+    /// Never removed by a keep-policy (`forget --include-pinned` overrides), nor by `forget`
+    /// naming it. A version-1 record with a label (other than a safety snapshot's) reads as
+    /// pinned: version 1 kept labeled snapshots from every policy, and that promise holds.
+    pub pinned: bool,
+    /// The snapshot this record was first written as, when `cairn tag` wrote it again with
+    /// other tags, label or pin (a record's ID is the hash of its bytes, so it changes).
+    pub original: Option<SnapshotId>,
+}
+
+/// A version-1 record: the fields of version 2 but the last two.
+#[derive(Deserialize)]
+struct RecordV1 {
+    time_ns: i64,
+    host: String,
+    user: String,
+    paths: Vec<Vec<u8>>,
+    kind: SnapshotKind,
+    parent: Option<SnapshotId>,
+    label: Option<String>,
+    tags: Vec<String>,
+    excludes: Vec<String>,
+    root: TreeId,
+    totals: SnapshotTotals,
+    warnings: u64,
+    duration_ms: u64,
+    cairn_version: String,
+}
+
+impl From<RecordV1> for SnapshotRecord {
+    fn from(v1: RecordV1) -> Self {
+        Self {
+            pinned: v1.label.is_some() && !is_safety(&v1.tags, v1.label.as_deref()),
+            original: None,
+            time_ns: v1.time_ns,
+            host: v1.host,
+            user: v1.user,
+            paths: v1.paths,
+            kind: v1.kind,
+            parent: v1.parent,
+            label: v1.label,
+            tags: v1.tags,
+            excludes: v1.excludes,
+            root: v1.root,
+            totals: v1.totals,
+            warnings: v1.warnings,
+            duration_ms: v1.duration_ms,
+            cairn_version: v1.cairn_version,
+        }
+    }
 }
 
 impl SnapshotRecord {
@@ -115,8 +177,10 @@ impl SnapshotRecord {
             return Err(Error::HashMismatch { what: "snapshot record", id: id.to_hex() });
         }
         let what = format!("snapshot {id}");
-        let (_, body) = codec::unframe(&what, bytes, MAGIC, RECORD_VERSION)?;
-        codec::decode(&what, body)
+        match codec::unframe(&what, bytes, MAGIC, RECORD_VERSION)? {
+            (1, body) => codec::decode::<RecordV1>(&what, body).map(Self::from),
+            (_, body) => codec::decode(&what, body),
+        }
     }
 
     /// The bytes of a tombstone: written before a record is removed, it says the record was
@@ -134,6 +198,12 @@ impl SnapshotRecord {
             codec::unframe("tombstone", bytes, TOMBSTONE_MAGIC, TOMBSTONE_VERSION),
             Ok(_) | Err(Error::UnsupportedVersion { .. })
         )
+    }
+
+    /// True for a restore's safety snapshot.
+    #[must_use]
+    pub fn is_safety(&self) -> bool {
+        is_safety(&self.tags, self.label.as_deref())
     }
 
     /// Source paths as text (lossy), for display.

@@ -67,15 +67,9 @@ impl Snapshot {
     /// True for the snapshot a restore takes of what it is about to overwrite.
     #[must_use]
     pub fn is_safety(&self) -> bool {
-        self.record.tags.iter().any(|t| t == SAFETY_TAG)
-            && self.record.label.as_deref().is_some_and(|l| l.starts_with(SAFETY_LABEL_PREFIX))
+        self.record.is_safety()
     }
 }
-
-/// The tag of a restore's safety snapshot.
-pub(crate) const SAFETY_TAG: &str = "safety";
-/// The start of a restore's safety snapshot's label (the restored snapshot's short ID follows).
-pub(crate) const SAFETY_LABEL_PREFIX: &str = "safety-before-restore-";
 
 /// What `rebuild_index` found.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -8,7 +8,11 @@
 //!   *have* snapshots (periods without snapshots do not count);
 //! - `within D`: it is no older than D before the newest snapshot of its group;
 //! - `tag T`: it carries one of the tags;
-//! - a snapshot with a label is kept unless `include_labeled` is set.
+//! - a pinned snapshot is kept unless `include_pinned` is set (a label alone keeps nothing).
+//!
+//! Restores' safety snapshots are never judged by these rules: they form a group of their own
+//! (per host) and are kept by `safety_last` and `safety_within`, so that they expire instead
+//! of piling up, and a policy for hourly snapshots never removes the copy a restore just made.
 //!
 //! Periods are civil (wall-clock) periods of the time zone: in the hour repeated when daylight
 //! saving time ends, the two real hours share one civil hour and so one hourly bucket, as in
@@ -44,17 +48,44 @@ pub struct KeepPolicy {
     pub within: Option<std::time::Duration>,
     /// Keep snapshots with any of these tags.
     pub tags: Vec<String>,
-    /// Let the rules above decide for labeled snapshots too (else they are always kept).
-    pub include_labeled: bool,
+    /// Let the rules above decide for pinned snapshots too (else they are always kept).
+    pub include_pinned: bool,
+    /// Keep the N newest safety snapshots of each host.
+    pub safety_last: Count,
+    /// Keep safety snapshots no older than this before the newest of them.
+    pub safety_within: Option<std::time::Duration>,
 }
 
+/// How many safety snapshots a policy keeps when not told: the newest three...
+pub const SAFETY_KEEP_LAST: u32 = 3;
+/// ... and every one of the week before the newest.
+pub const SAFETY_KEEP_WITHIN: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 impl KeepPolicy {
-    /// True when no rule is set (such a policy would keep only labeled snapshots).
+    /// True when no rule is set for ordinary snapshots (such a policy would keep only pinned
+    /// ones).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly].iter().all(Option::is_none)
             && self.within.is_none()
             && self.tags.is_empty()
+    }
+
+    /// True when a rule for safety snapshots is set.
+    #[must_use]
+    pub fn has_safety_rule(&self) -> bool {
+        self.safety_last.is_some() || self.safety_within.is_some()
+    }
+
+    /// The policy safety snapshots are judged by: `safety_last` and `safety_within`, or when
+    /// neither is given the defaults (`SAFETY_KEEP_LAST`, `SAFETY_KEEP_WITHIN`).
+    fn for_safety(&self) -> KeepPolicy {
+        let (last, within) = if self.has_safety_rule() {
+            (self.safety_last, self.safety_within)
+        } else {
+            (Some(SAFETY_KEEP_LAST), Some(SAFETY_KEEP_WITHIN))
+        };
+        KeepPolicy { last, within, include_pinned: self.include_pinned, ..KeepPolicy::default() }
     }
 }
 
@@ -143,11 +174,14 @@ fn bucket(t: &jiff::Zoned, unit: usize) -> i64 {
 pub fn apply(policy: &KeepPolicy, group_by: GroupBy, snapshots: &[Snapshot], tz: &TimeZone) -> Vec<Decision> {
     let mut groups: BTreeMap<String, Vec<&Snapshot>> = BTreeMap::new();
     for s in snapshots {
-        groups.entry(group_by.key(s)).or_default().push(s);
+        let key = if s.is_safety() { format!("safety snapshots of host={}", s.record.host) } else { group_by.key(s) };
+        groups.entry(key).or_default().push(s);
     }
+    let safety_policy = policy.for_safety();
     let mut out = Vec::new();
     const NAMES: [&str; 5] = ["hourly", "daily", "weekly", "monthly", "yearly"];
     for (group, mut list) in groups {
+        let policy = if list.first().is_some_and(|s| s.is_safety()) { &safety_policy } else { policy };
         list.sort_by(|a, b| b.record.time_ns.cmp(&a.record.time_ns).then(b.id.cmp(&a.id)));
         let newest = list.first().map_or(0, |s| s.record.time_ns);
         let counts = [policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly];
@@ -180,8 +214,8 @@ pub fn apply(policy: &KeepPolicy, group_by: GroupBy, snapshots: &[Snapshot], tz:
             if s.record.tags.iter().any(|t| policy.tags.contains(t)) {
                 reasons.push("tag".to_owned());
             }
-            if s.record.label.is_some() && !policy.include_labeled {
-                reasons.push("labeled".to_owned());
+            if s.record.pinned && !policy.include_pinned {
+                reasons.push("pinned".to_owned());
             }
             out.push(Decision {
                 id: s.id.to_hex(),
@@ -218,6 +252,9 @@ mod tests {
             warnings: 0,
             duration_ms: 0,
             cairn_version: "test".into(),
+            pinned: label.is_some(), // the labelled ones stand for pinned ones
+
+            original: None,
         };
         let id = SnapshotId::of(format!("{time}{host}{tags:?}").as_bytes());
         Snapshot { id, record }
@@ -372,13 +409,18 @@ mod tests {
         let d = apply(&p, GroupBy::host_and_paths(), &snaps, &tz);
         let verdict = |d: &[Decision], i: usize| d.iter().find(|x| x.id == snaps[i].id.to_hex()).unwrap().clone();
         assert_eq!(verdict(&d, 0).reasons, vec!["tag"]);
-        assert_eq!(verdict(&d, 1).reasons, vec!["labeled"]);
+        assert_eq!(verdict(&d, 1).reasons, vec!["pinned"]);
         assert!(!verdict(&d, 2).keep);
         assert_eq!(verdict(&d, 3).reasons, vec!["last snapshot"]);
         assert_eq!(verdict(&d, 4).reasons, vec!["last snapshot"], "host b is its own group");
-        p.include_labeled = true;
+        p.include_pinned = true;
         let d = apply(&p, GroupBy::host_and_paths(), &snaps, &tz);
-        assert!(!verdict(&d, 1).keep, "labels decide nothing with include_labeled");
+        assert!(!verdict(&d, 1).keep, "pins decide nothing with include_pinned");
+        p.include_pinned = false;
+        let mut labelled_only = snaps.clone();
+        labelled_only[1].record.pinned = false;
+        let d = apply(&p, GroupBy::host_and_paths(), &labelled_only, &tz);
+        assert!(!verdict(&d, 1).keep, "a label alone keeps nothing: {:?}", verdict(&d, 1));
         // One group for everything: host b's snapshot competes with host a's.
         let d = apply(&p, GroupBy::parse("").unwrap(), &snaps, &tz);
         assert!(!verdict(&d, 4).keep);
@@ -388,5 +430,40 @@ mod tests {
         let mut d = apply(&none, GroupBy::host_and_paths(), &snaps, &tz);
         d.retain(|x| x.id != snaps[1].id.to_hex());
         assert_eq!(crate::gc::emptied_groups(&d).len(), 2);
+    }
+
+    #[test]
+    fn safety_snapshots_expire_by_their_own_rules() {
+        let mut snaps: Vec<Snapshot> = (1..=6)
+            .map(|day| {
+                let mut s = snap(&format!("2026-02-{:02}T00:00:00Z", day * 3), &["safety"], None, "a");
+                s.record.paths = vec![format!("/etc/{day}").into_bytes()]; // each restore its own paths
+                s
+            })
+            .collect();
+        snaps.push(snap("2026-02-01T00:00:00Z", &["hourly"], None, "a"));
+        let tz = TimeZone::UTC;
+        let kept_safety = |p: &KeepPolicy| {
+            let d = apply(p, GroupBy::host_and_paths(), &snaps, &tz);
+            let mut kept: Vec<usize> =
+                (0..6).filter(|&i| d.iter().find(|x| x.id == snaps[i].id.to_hex()).unwrap().keep).collect();
+            kept.sort_unstable();
+            kept
+        };
+        // A policy for ordinary snapshots judges safety ones by the defaults: the newest three
+        // (days 18, 15, 12) and those within a week of the newest (days 12..18).
+        assert_eq!(kept_safety(&policy(|p| p.last = Some(1))), vec![3, 4, 5]);
+        assert_eq!(kept_safety(&policy(|p| p.safety_last = Some(1))), vec![5]);
+        assert_eq!(
+            kept_safety(&policy(|p| p.safety_within = Some(std::time::Duration::from_secs(7 * 86400)))),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            kept_safety(&policy(|p| p.safety_within = Some(std::time::Duration::from_secs(10 * 86400)))),
+            vec![2, 3, 4, 5]
+        );
+        // `last 1` for ordinary snapshots never takes the safety ones into its count.
+        let d = apply(&policy(|p| p.last = Some(1)), GroupBy::host_and_paths(), &snaps, &tz);
+        assert!(d.iter().find(|x| x.id == snaps[6].id.to_hex()).unwrap().keep);
     }
 }

@@ -12,9 +12,11 @@ use crate::backend::FileKind;
 use crate::error::Result;
 use crate::id::{SnapshotId, TreeId};
 use crate::progress::{NoProgress, Progress, Unit};
+use crate::record::SAFETY_TAG;
 use crate::record::{SnapshotKind, SnapshotRecord};
-use crate::repo::{Repo, Snapshot, SAFETY_LABEL_PREFIX, SAFETY_TAG};
+use crate::repo::{Repo, Snapshot};
 use crate::report::{Counters, SnapshotReport};
+use crate::select::check_tags;
 use crate::tally::Warning;
 use crate::walk::{Scan, Walk};
 use crate::{upload, walk, workers};
@@ -45,6 +47,10 @@ pub struct SnapshotOptions {
     /// Store a source path that is a symlink as the link instead of following it: a restore's
     /// safety snapshot must not read through a link the restore is about to replace.
     pub no_follow_sources: bool,
+    /// Pin it: no keep-policy removes it (`forget --include-pinned` overrides).
+    pub pin: bool,
+    /// A restore's safety snapshot: tagged `safety`, the one tag users may not give.
+    pub(crate) safety: bool,
 }
 
 impl SnapshotOptions {
@@ -93,6 +99,12 @@ impl Repo {
         // Registered before the first index lookup: gc waits for this session before deleting
         // anything it condemns meanwhile (docs/GC.md).
         self.writable("a snapshot")?;
+        if !opts.safety {
+            check_tags(&opts.tags)?;
+        }
+        if let Some(label) = &opts.label {
+            self.check_label_free(label, None)?;
+        }
         let _session = self.session("snapshot")?;
         let time = jiff::Timestamp::now();
         let paths = walk::sources(&opts.paths)?;
@@ -116,6 +128,8 @@ impl Repo {
             warnings: stored.warnings.len() as u64,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             cairn_version: env!("CARGO_PKG_VERSION").to_owned(),
+            pinned: opts.pin,
+            original: None,
         };
         let id = if opts.dry_run { None } else { Some(self.commit(&record)?) };
         self.top_up_reserve();
@@ -161,7 +175,7 @@ impl Repo {
     }
 
     /// Makes a snapshot exist: its record is written durably, then indexed.
-    fn commit(&self, record: &SnapshotRecord) -> Result<SnapshotId> {
+    pub(crate) fn commit(&self, record: &SnapshotRecord) -> Result<SnapshotId> {
         let (id, bytes) = record.seal();
         crate::failpoint::hit("snapshot.before_record");
         self.backend.put(FileKind::Snapshot, &id.to_hex(), &bytes)?;
@@ -170,14 +184,15 @@ impl Repo {
         Ok(id)
     }
 
-    /// Snapshots what a restore of `restored` is about to overwrite, `paths`: a source that is a
-    /// symlink is stored as the link, since the restore replaces it and never writes through
-    /// it. Returns the safety snapshot's ID.
-    pub(crate) fn safety_snapshot_of(&self, paths: Vec<PathBuf>, restored: &Snapshot) -> Result<Option<String>> {
+    /// Snapshots what a restore is about to overwrite, `paths`: a source that is a symlink is
+    /// stored as the link, since the restore replaces it and never writes through it. Returns
+    /// the safety snapshot's ID. It has no label (labels are unique, and a restore may run
+    /// many times): the `safety` tag marks it, and the restore's report names it.
+    pub(crate) fn safety_snapshot_of(&self, paths: Vec<PathBuf>) -> Result<Option<String>> {
         let mut so = SnapshotOptions::new(paths);
         so.no_follow_sources = true;
+        so.safety = true;
         so.tags = vec![SAFETY_TAG.into()];
-        so.label = Some(format!("{SAFETY_LABEL_PREFIX}{}", restored.id.short(8)));
         Ok(self.snapshot(&so, &NoProgress)?.id)
     }
 }

@@ -120,7 +120,7 @@ fn issue13_a_flipped_frame_byte_costs_only_that_frames_blobs_when_the_trailer_is
 /// cairn would write): `(name, bytes)`.
 fn as_newer_record(bytes: &[u8]) -> (String, Vec<u8>) {
     let mut b = bytes.to_vec();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&99u32.to_le_bytes());
     let n = b.len();
     let sum = *blake3::hash(&b[..n - 32]).as_bytes();
     b[n - 32..].copy_from_slice(&sum);

@@ -40,6 +40,9 @@ fn a_format_v1_repository_opens_lists_restores_and_scrubs() {
     assert_eq!(s["host"], "golden-host");
     assert_eq!(s["paths"][0], SOURCE);
     assert_eq!(s["files"], 3);
+    // Version 1 kept labelled snapshots from every keep-policy; read now, such a record is
+    // pinned, so that promise holds (issue 15 item 5).
+    assert_eq!(s["pinned"], true, "{s}");
 
     let target = dir.path().join("out");
     let r = cairn_json(&repo, args!["restore", "golden", "--target", &target, "--verify"], 0);
@@ -63,4 +66,14 @@ fn a_format_v1_repository_opens_lists_restores_and_scrubs() {
     let scrub = cairn_json(&repo, args!["scrub", "--read-data"], 0);
     assert_eq!(scrub["clean"], true, "{scrub}");
     assert_eq!(scrub["packs_verified"], 2);
+
+    // `tag` writes the record again in the current version, naming the version-1 one.
+    let t = cairn_json(&repo, args!["tag", "golden", "--unpin"], 0);
+    let new = t[0]["new_id"].as_str().unwrap();
+    let shown = cairn_json(&repo, args!["show", "golden"], 0);
+    assert_eq!(
+        (shown["id"].as_str().unwrap(), &shown["pinned"], &shown["original"]),
+        (new, &false.into(), &SNAPSHOT.into())
+    );
+    assert_eq!(fs::read(repo.join("snapshots").join(new)).unwrap()[8], 2, "version 2 on disk");
 }

@@ -89,6 +89,8 @@ fn craft(repo: &Path, outside: &Path) {
         warnings: 0,
         duration_ms: 0,
         cairn_version: "crafted".into(),
+        pinned: false,
+        original: None,
     };
     let (id, bytes) = record.seal();
     fs::write(repo.join("snapshots").join(id.to_hex()), bytes).unwrap();

@@ -26,5 +26,6 @@ mod property;
 mod restore_options;
 mod restore_safety;
 mod roundtrip;
+mod selection;
 mod snapshot_options;
 mod source_safety;

@@ -45,6 +45,19 @@ fn issue13_restore_latest_in_place_twice_puts_back_the_snapshot_not_the_broken_s
     assert_eq!(r["snapshot"].as_str().unwrap(), good);
 }
 
+/// Writes snapshot `id`'s record again with `label` (as cairn 0.1 before issue 15 could), and
+/// forgets the unlabelled one; returns the new ID.
+fn relabel(repo: &Path, id: &str, label: &str) -> String {
+    use cairn_store::{SnapshotId, SnapshotRecord};
+    let file = repo.join("snapshots").join(id);
+    let mut record = SnapshotRecord::open(id.parse::<SnapshotId>().unwrap(), &fs::read(&file).unwrap()).unwrap();
+    record.label = Some(label.to_owned());
+    let (new, bytes) = record.seal();
+    fs::write(repo.join("snapshots").join(new.to_hex()), bytes).unwrap();
+    cairn(repo).args(["forget", id]).assert().success();
+    new.to_hex()
+}
+
 #[test]
 fn issue13_a_label_that_is_also_an_id_prefix_is_refused_and_nothing_is_forgotten() {
     let (dir, repo) = new_repo();
@@ -54,7 +67,14 @@ fn issue13_a_label_that_is_also_an_id_prefix_is_refused_and_nothing_is_forgotten
     let first = snapshot_id(&repo, &src, args![]);
     let prefix = first[..6].to_owned();
     fs::write(src.join("a"), "two").unwrap();
-    let second = snapshot_id(&repo, &src, args!["--label", &prefix]);
+    // cairn no longer gives such a label (issue 15 item 5: labels of hex digits only are
+    // refused); a repository written before that may hold one, so the record is made here as
+    // an older cairn made it: the second snapshot's record, labelled with the first's prefix.
+    let out = cairn(&repo).args(args!["snapshot", &src, "--label", &prefix]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "a hex label is refused: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hex digits"), "{}", String::from_utf8_lossy(&out.stderr));
+    let plain = snapshot_id(&repo, &src, args![]);
+    let second = relabel(&repo, &plain, &prefix);
     assert!(!second.starts_with(&prefix), "the test needs two different prefixes");
 
     let out = cairn(&repo).args(["forget", &prefix]).output().unwrap();

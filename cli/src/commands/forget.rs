@@ -1,7 +1,7 @@
 //! `cairn forget`
 
 use anyhow::{bail, Result};
-use cairn_store::{apply_policy, emptied_groups, ForgetReport, SnapshotId};
+use cairn_store::{apply_policy, emptied_groups, ForgetReport, Snapshot, SnapshotId};
 use serde::Serialize;
 
 use crate::args::{Cli, ForgetArgs};
@@ -22,11 +22,32 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
     let repo = super::open_to_free_space(cli)?;
     let policy = lower::keep_policy(args);
     let mut report = ForgetReport { dry_run: args.dry_run, ..ForgetReport::default() };
-    let to_remove: Vec<SnapshotId> = match (args.ids.is_empty(), policy.is_empty()) {
-        (false, true) => args.ids.iter().map(|s| repo.resolve(s).map(|s| s.id)).collect::<Result<_, _>>()?,
-        (true, false) => {
+    let filter = lower::filter(&args.select)?;
+    let has_policy = !policy.is_empty() || policy.has_safety_rule();
+    let to_remove: Vec<SnapshotId> = match (args.ids.is_empty(), has_policy) {
+        (false, false) => {
+            let named: Vec<Snapshot> =
+                args.ids.iter().map(|s| repo.resolve_in(s, &filter)).collect::<Result<_, _>>()?;
+            let pinned: Vec<String> = named.iter().filter(|s| s.record.pinned).map(|s| s.id.short(8)).collect();
+            if !pinned.is_empty() && !args.include_pinned {
+                bail!(
+                    "snapshot {} is pinned; nothing was removed (unpin it with `cairn tag {} --unpin`, or add \
+                     --include-pinned)",
+                    pinned.join(", "),
+                    pinned[0]
+                );
+            }
+            named.iter().map(|s| s.id).collect()
+        }
+        (true, true) => {
             let group_by = lower::group_by(args)?;
-            let snaps = repo.snapshots()?;
+            // Only --keep-safety-* given: the policy is for safety snapshots alone, and the
+            // others are not judged (an empty policy would remove them all).
+            let snaps: Vec<Snapshot> = repo
+                .snapshots()?
+                .into_iter()
+                .filter(|s| filter.matches(s) && (!policy.is_empty() || s.is_safety()))
+                .collect();
             report.decisions = apply_policy(&policy, group_by, &snaps, &jiff::tz::TimeZone::system());
             let emptied = emptied_groups(&report.decisions);
             if !emptied.is_empty() && !args.allow_empty {
@@ -39,8 +60,8 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
             }
             report.decisions.iter().filter(|d| !d.keep).map(|d| d.id.parse()).collect::<Result<_, _>>()?
         }
-        (false, false) => bail!("give snapshot IDs or a keep-policy, not both"),
-        (true, true) => bail!("give snapshot IDs to remove, or a policy such as --keep-daily 7 --keep-weekly 4"),
+        (false, true) => bail!("give snapshot IDs or a keep-policy, not both"),
+        (true, false) => bail!("give snapshot IDs to remove, or a policy such as --keep-daily 7 --keep-weekly 4"),
     };
     if !args.dry_run {
         repo.forget(&to_remove)?;

@@ -10,11 +10,12 @@ use serde::Serialize;
 
 use crate::args::{CatArgs, Cli, DiffArgs, FindArgs, LogArgs, LsArgs, ManifestArgs, ShowArgs, StatsArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, errln, outln, size, Quiet};
 
 pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve(&args.snapshot)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
     output::report(cli, &repo.show(&snap)?, Quiet::Ignored, |r| print_show(r, &snap))?;
     Ok(exit::OK)
 }
@@ -30,6 +31,15 @@ fn print_show(r: &ShowReport, snap: &Snapshot) -> std::io::Result<()> {
     }
     if !r.tags.is_empty() {
         outln!("tags       {}", r.tags.join(", "))?;
+    }
+    if r.pinned {
+        outln!("pinned     yes (no keep-policy removes it)")?;
+    }
+    if r.safety {
+        outln!("safety     a restore's safety snapshot (kept by forget's --keep-safety-* rules)")?;
+    }
+    if let Some(o) = &r.original {
+        outln!("original   {o} (its ID before `cairn tag` changed it)")?;
     }
     let t = &r.totals;
     outln!("contents   {} files, {} directories, {} symlinks, {} special", t.files, t.dirs, t.symlinks, t.specials)?;
@@ -64,7 +74,8 @@ fn print_stats(s: &Stats) -> std::io::Result<()> {
 
 pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let (a, b) = (repo.resolve(&args.a)?, repo.resolve(&args.b)?);
+    let filter = lower::filter(&args.select)?;
+    let (a, b) = (repo.resolve_in(&args.a, &filter)?, repo.resolve_in(&args.b, &filter)?);
     let report = repo.diff(&a, &b, &args.paths)?;
     output::report(cli, &report, Quiet::Ignored, |r| {
         let mut out = output::stdout();
@@ -93,7 +104,7 @@ fn print_listing(out: &mut dyn Write, l: &Listing, long: bool) -> std::io::Resul
 
 pub fn ls(cli: &Cli, args: &LsArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve(&args.snapshot)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
     let list = repo.ls(&snap, args.path.as_deref().unwrap_or(Path::new("/")), args.recursive)?;
     output::report(cli, &list, Quiet::Ignored, |list| {
         let mut out = output::stdout();
@@ -193,7 +204,7 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<u8> {
 
 pub fn cat(cli: &Cli, args: &CatArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve(&args.snapshot)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
     // Not output::stdout(): a file is streamed as it is decompressed, so a reader that went
     // away (`| head`) should stop the work, not have the rest of the file decoded for nobody.
     let mut out = std::io::stdout().lock();
@@ -224,7 +235,7 @@ fn b3sum_line(hash: &str, path: &str) -> String {
 
 pub fn manifest(cli: &Cli, args: &ManifestArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve(&args.snapshot)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
     let files = repo.manifest(&snap, args.path.as_deref().unwrap_or(Path::new("/")))?;
     let mut skipped = Vec::new();
     let mut lines = Vec::new();

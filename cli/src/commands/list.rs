@@ -1,7 +1,6 @@
 //! `cairn list`
 
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Result;
 use cairn_store::Snapshot;
@@ -9,6 +8,7 @@ use serde::Serialize;
 
 use crate::args::{Cli, ListArgs};
 use crate::exit;
+use crate::lower;
 use crate::output::{self, local_time, outln, size, Quiet};
 
 /// One snapshot as `list --json` prints it.
@@ -21,6 +21,9 @@ struct Listed<'a> {
     kind: &'static str,
     label: Option<&'a str>,
     tags: &'a [String],
+    pinned: bool,
+    safety: bool,
+    original: Option<String>,
     host: &'a str,
     user: &'a str,
     paths: Vec<String>,
@@ -42,6 +45,9 @@ fn listed(s: &Snapshot) -> Listed<'_> {
         kind: r.kind.as_str(),
         label: r.label.as_deref(),
         tags: &r.tags,
+        pinned: r.pinned,
+        safety: s.is_safety(),
+        original: r.original.map(|o| o.to_hex()),
         host: &r.host,
         user: &r.user,
         paths: r.paths_lossy(),
@@ -55,17 +61,8 @@ fn listed(s: &Snapshot) -> Listed<'_> {
 
 pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let want_path = match &args.path {
-        Some(p) => Some(std::path::absolute(p)?.as_os_str().as_bytes().to_vec()),
-        None => None,
-    };
-    let mut snaps: Vec<Snapshot> = repo
-        .snapshots()?
-        .into_iter()
-        .filter(|s| args.tags.is_empty() || s.record.tags.iter().any(|t| args.tags.contains(t)))
-        .filter(|s| args.host.as_ref().is_none_or(|h| &s.record.host == h))
-        .filter(|s| want_path.as_ref().is_none_or(|p| s.record.paths.contains(p)))
-        .collect();
+    let filter = lower::filter(&args.select)?;
+    let mut snaps: Vec<Snapshot> = repo.snapshots()?.into_iter().filter(|s| filter.matches(s)).collect();
     if let Some(n) = args.latest {
         let skip = snaps.len().saturating_sub(n);
         snaps.drain(..skip);

@@ -9,6 +9,7 @@ mod repair;
 mod restore;
 mod scrub;
 mod snapshot;
+mod tag;
 
 use anyhow::{Context, Result};
 use cairn_store::{Location, OpenOptions, Repo, Warning};
@@ -27,6 +28,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Restore(a) => restore::run(cli, a),
         Command::Scrub(a) => scrub::run(cli, a),
         Command::Forget(a) => forget::run(cli, a),
+        Command::Tag(a) => tag::run(cli, a),
         Command::Show(a) => inspect::show(cli, a),
         Command::Stats(a) => inspect::stats(cli, a),
         Command::Diff(a) => inspect::diff(cli, a),

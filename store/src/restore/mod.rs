@@ -279,7 +279,7 @@ impl Repo {
         self.writable(
             "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
         )?;
-        self.safety_snapshot_of(existing, snapshot)
+        self.safety_snapshot_of(existing)
     }
 }
 
