@@ -2,12 +2,14 @@
 //! Applying it is restore's, through descriptors (`restore/at.rs`).
 
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rustix::fs::FileType;
+use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::tree::{Entry, EntryKind, Timestamp};
 use crate::workers::lock;
@@ -207,6 +209,37 @@ pub(crate) fn xattrs_at(dir: BorrowedFd<'_>, name: &CStr, label: &Path) -> Vec<(
     read_xattrs_with(&|buf| buf.map_or_else(|| llistxattr_query(path), |b| llistxattr(path, b)), &|name, buf| {
         buf.map_or_else(|| lgetxattr_query(path, name), |b| lgetxattr(path, name, b))
     })
+}
+
+/// The names in an open directory (without `.` and `..`), read with `getdents64` on the
+/// descriptor. On an error part way, the names read so far and the error.
+pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> Result<Vec<CString>, (Vec<CString>, io::Error)> {
+    let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
+    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
+    let mut names = Vec::new();
+    while let Some(e) = entries.next() {
+        match e {
+            Ok(e) => {
+                let n = e.file_name();
+                if n != c"." && n != c".." {
+                    names.push(n.to_owned());
+                }
+            }
+            Err(e) => return Err((names, e.into())),
+        }
+    }
+    Ok(names)
+}
+
+/// Opens a file to read it, with `extra` flags (`O_NOFOLLOW`), and where allowed without
+/// updating its access time (a snapshot or a diff reads, it does not "use" the file).
+pub(crate) fn open_read_at(dir: BorrowedFd<'_>, name: &CStr, extra: OFlags) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | extra;
+    match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        // O_NOATIME is allowed only to the file's owner (or root).
+        Err(rustix::io::Errno::PERM) => Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?.into()),
+        other => Ok(other?.into()),
+    }
 }
 
 /// True when this process may set owners and make device nodes.

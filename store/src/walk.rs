@@ -293,7 +293,7 @@ impl<'a> Walk<'a> {
         parent_id: Option<TreeId>,
         dev: u64,
     ) -> Result<TreeId> {
-        let mut names = match list_dir(dir) {
+        let mut names = match fsmeta::list_dir(dir) {
             Ok(names) => names,
             Err((names, e)) => {
                 self.warn(path, format!("cannot list the whole directory: {e}"));
@@ -524,12 +524,7 @@ fn open_dir_at(at: At<'_>) -> io::Result<OwnedFd> {
 /// Opens a source file without following a symlink (unless `at` says so) and, where allowed,
 /// without updating its access time.
 fn open_file_at(at: At<'_>) -> io::Result<File> {
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | nofollow(at);
-    match rustix::fs::openat(at.dir, at.name, flags | OFlags::NOATIME, Mode::empty()) {
-        // O_NOATIME is allowed only to the file's owner (or root).
-        Err(rustix::io::Errno::PERM) => Ok(rustix::fs::openat(at.dir, at.name, flags, Mode::empty())?.into()),
-        other => Ok(other?.into()),
-    }
+    fsmeta::open_read_at(at.dir, at.name, nofollow(at))
 }
 
 /// The extended attributes of the entry `at` names (following it when `at` does).
@@ -546,26 +541,6 @@ fn xattrs_at(at: At<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
         return v;
     }
     fsmeta::xattrs_at(at.dir, at.name, at.path)
-}
-
-/// The names in an open directory (without `.` and `..`), read with `getdents64` on the
-/// descriptor. On an error part way, the names read so far and the error.
-fn list_dir(dir: BorrowedFd<'_>) -> Result<Vec<CString>, (Vec<CString>, io::Error)> {
-    let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
-    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
-    let mut names = Vec::new();
-    while let Some(e) = entries.next() {
-        match e {
-            Ok(e) => {
-                let n = e.file_name();
-                if n != c"." && n != c".." {
-                    names.push(n.to_owned());
-                }
-            }
-            Err(e) => return Err((names, e.into())),
-        }
-    }
-    Ok(names)
 }
 
 #[cfg(test)]
