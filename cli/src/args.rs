@@ -104,7 +104,7 @@ pub enum Command {
     Show(ShowArgs),
     /// Sizes, deduplication and compression of the repository or of snapshots
     Stats(StatsArgs),
-    /// What changed between two snapshots
+    /// What changed between two snapshots, or since a snapshot (--live)
     Diff(DiffArgs),
     /// List the entries of a snapshot
     Ls(LsArgs),
@@ -397,10 +397,19 @@ pub struct StatsArgs {
 pub struct DiffArgs {
     /// The older snapshot
     pub a: String,
-    /// The newer snapshot
-    pub b: String,
+    /// The newer snapshot (with --live: the first path)
+    #[arg(required_unless_present = "live")]
+    pub b: Option<String>,
     /// Only below these paths (absolute, as snapshotted)
     pub paths: Vec<std::path::PathBuf>,
+    /// Compare the snapshot with the files on disk now (below its source paths, or the paths
+    /// given); nothing on disk is written
+    #[arg(long)]
+    pub live: bool,
+    /// Exit 6 when differences were found, 0 when none (as `diff` and `git diff --exit-code`,
+    /// but not 1, which is cairn's error); -q then prints nothing
+    #[arg(long)]
+    pub exit_code: bool,
     #[command(flatten)]
     pub select: SelectArgs,
 }

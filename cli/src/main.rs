@@ -4,7 +4,8 @@
 //! Exit codes: 0 success; 1 error (nothing or not everything was done); 2 usage error;
 //! 3 completed with warnings (a snapshot could not read some files; a path given to `restore
 //! --include` or `diff` is not in the snapshot); 4 damaged or missing data found;
-//! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running).
+//! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running);
+//! 6 `diff --exit-code` found differences.
 
 mod args;
 mod choices;
@@ -34,6 +35,11 @@ pub mod exit {
     /// another gc (or a `repair index`) holds the gc lock; a later `cairn gc` frees the space.
     /// Not 0: a script learns that the space is not freed yet; not 1: forget did its job.
     pub const GC_DEFERRED: u8 = 5;
+    /// `diff --exit-code`: differences were found. diff(1) and `git diff --exit-code` say 1,
+    /// but 1 is cairn's "could not run", and a script must be able to tell "changed" from
+    /// "could not look"; so it is opt-in (a plain `diff` that shows changes succeeded) and has
+    /// its own code.
+    pub const DIFFERENCES: u8 = 6;
 }
 
 fn main() -> ExitCode {

@@ -1,10 +1,11 @@
-//! Looking inside without restoring: walk, show, stats, diff, find, log, cat, manifest.
+//! Looking inside without restoring: walk, show, stats, find, log, cat, manifest (diff has
+//! its own room, diff/).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -151,38 +152,6 @@ pub struct Stats {
     pub newest_snapshot_age_secs: Option<u64>,
 }
 
-/// One line of a diff.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Change {
-    /// `+` added, `-` removed, `M` content modified, `T` metadata only.
-    pub marker: char,
-    /// Absolute path.
-    pub path: String,
-    /// `file`, `dir`, ... (of the newer entry when there is one).
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-}
-
-/// A diff's changes and totals.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct DiffReport {
-    /// Changes in path order.
-    pub changes: Vec<Change>,
-    /// Entries added.
-    pub added: u64,
-    /// Entries removed.
-    pub removed: u64,
-    /// Files whose content changed.
-    pub modified: u64,
-    /// Entries whose metadata alone changed.
-    pub metadata: u64,
-    /// Trees compared (the cost follows the change, not the tree).
-    pub trees_compared: u64,
-    /// Paths given that neither snapshot holds (left out when none).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_found: Vec<String>,
-}
-
 /// One version of a path in `log`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Version {
@@ -201,22 +170,6 @@ pub struct Version {
     pub first_time: String,
     /// See `first_time`.
     pub last_time: String,
-}
-
-/// Metadata differs (anything restore sets, but content).
-fn meta_differs(a: &Entry, b: &Entry) -> bool {
-    a.kind != b.kind
-        || a.mode != b.mode
-        || a.uid != b.uid
-        || a.gid != b.gid
-        || a.mtime != b.mtime
-        || a.xattrs != b.xattrs
-        || a.target != b.target
-        || a.rdev != b.rdev
-}
-
-fn content_differs(a: &Entry, b: &Entry) -> bool {
-    a.size != b.size || a.file_hash != b.file_hash || (a.file_hash.is_none() && a.content != b.content)
 }
 
 impl Repo {
@@ -313,93 +266,6 @@ impl Repo {
         let newest = scope.iter().map(|s| s.record.time_ns).max();
         s.newest_snapshot_age_secs = newest.map(|t| u64::try_from(now_secs() - t / 1_000_000_000).unwrap_or(0));
         Ok(s)
-    }
-
-    /// What changed from snapshot `a` to `b` (below `paths`, or everywhere). Only subtrees
-    /// whose IDs differ are walked.
-    pub fn diff(&self, a: &Snapshot, b: &Snapshot, paths: &[PathBuf]) -> Result<DiffReport> {
-        let mut report = DiffReport::default();
-        let roots: Vec<PathBuf> = if paths.is_empty() { vec![PathBuf::from("/")] } else { paths.to_vec() };
-        let given = roots.len();
-        for p in roots {
-            let p = Path::new("/").join(p.strip_prefix("/").unwrap_or(&p));
-            if p == Path::new("/") {
-                self.diff_trees(Some(a.record.root), Some(b.record.root), &p, &mut report)?;
-                continue;
-            }
-            let ea = self.find_entry(a.record.root, &p)?;
-            let eb = self.find_entry(b.record.root, &p)?;
-            if ea.is_none() && eb.is_none() {
-                report.not_found.push(p.to_string_lossy().into_owned());
-            }
-            self.diff_entry(ea.as_ref(), eb.as_ref(), &p, &mut report)?;
-        }
-        if given > 0 && report.not_found.len() == given {
-            return Err(Error::NotInSnapshot {
-                paths: report.not_found.join(", "),
-                snapshot: format!("{} or {}", a.id.short(8), b.id.short(8)),
-            });
-        }
-        report.changes.sort_by(|x, y| x.path.cmp(&y.path));
-        Ok(report)
-    }
-
-    fn diff_entry(&self, a: Option<&Entry>, b: Option<&Entry>, path: &Path, r: &mut DiffReport) -> Result<()> {
-        let push = |r: &mut DiffReport, marker: char, e: &Entry| {
-            r.changes.push(Change { marker, path: path.to_string_lossy().into_owned(), kind: kind_name(e.kind) });
-        };
-        match (a, b) {
-            (None, None) => {}
-            (None, Some(e)) => {
-                push(r, '+', e);
-                r.added += 1;
-                if e.kind == EntryKind::Dir {
-                    self.diff_trees(None, e.subtree, path, r)?;
-                }
-            }
-            (Some(e), None) => {
-                push(r, '-', e);
-                r.removed += 1;
-                if e.kind == EntryKind::Dir {
-                    self.diff_trees(e.subtree, None, path, r)?;
-                }
-            }
-            (Some(x), Some(y)) if x.kind != y.kind => {
-                self.diff_entry(Some(x), None, path, r)?;
-                self.diff_entry(None, Some(y), path, r)?;
-            }
-            (Some(x), Some(y)) => {
-                if x.kind == EntryKind::File && content_differs(x, y) {
-                    push(r, 'M', y);
-                    r.modified += 1;
-                } else if meta_differs(x, y) {
-                    push(r, 'T', y);
-                    r.metadata += 1;
-                }
-                if x.kind == EntryKind::Dir && x.subtree != y.subtree {
-                    self.diff_trees(x.subtree, y.subtree, path, r)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn diff_trees(&self, a: Option<TreeId>, b: Option<TreeId>, at: &Path, r: &mut DiffReport) -> Result<()> {
-        if a == b {
-            return Ok(()); // the Merkle shortcut: equal IDs, equal subtrees
-        }
-        r.trees_compared += 1;
-        let load = |t: Option<TreeId>| t.map_or(Ok(Tree::default()), |t| self.load_tree(t));
-        let (ta, tb) = (load(a)?, load(b)?);
-        let mut names: Vec<&[u8]> =
-            ta.entries.iter().chain(&tb.entries).filter(|e| e.has_safe_name()).map(|e| e.name.as_slice()).collect();
-        names.sort_unstable();
-        names.dedup();
-        for n in names {
-            let path = at.join(OsStr::from_bytes(n));
-            self.diff_entry(ta.get(n), tb.get(n), &path, r)?;
-        }
-        Ok(())
     }
 
     /// Entries under `path` of a snapshot: the directory's entries (recursively if asked), or

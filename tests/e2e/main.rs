@@ -11,6 +11,7 @@ mod cli_output;
 mod crash;
 mod crash_matrix;
 mod data_safety;
+mod diff_everyday;
 mod errors;
 mod everyday;
 mod full_disk;

@@ -75,17 +75,33 @@ fn print_stats(s: &Stats) -> std::io::Result<()> {
 pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
     let repo = super::open(cli)?;
     let filter = lower::filter(&args.select)?;
-    let (a, b) = (repo.resolve_in(&args.a, &filter)?, repo.resolve_in(&args.b, &filter)?);
-    let report = repo.diff(&a, &b, &args.paths)?;
-    output::report(cli, &report, Quiet::Ignored, |r| {
+    let a = repo.resolve_in(&args.a, &filter)?;
+    let (report, against) = if args.live {
+        // The second positional, if any, is the first path: `diff SNAP --live /etc`.
+        let paths: Vec<std::path::PathBuf> = args.b.iter().map(Into::into).chain(args.paths.iter().cloned()).collect();
+        (repo.diff_live(&a, &paths)?, format!("{} or on disk below its paths", a.id.short(8)))
+    } else {
+        let b = repo.resolve_in(args.b.as_deref().context("a second snapshot, or --live, is needed")?, &filter)?;
+        (repo.diff(&a, &b, &args.paths)?, format!("{} or {}", a.id.short(8), b.id.short(8)))
+    };
+    let quiet = if args.exit_code { Quiet::Silences } else { Quiet::Ignored };
+    output::report(cli, &report, quiet, |r| {
         let mut out = output::stdout();
         for c in &r.changes {
             writeln!(out, "{}  {}", c.marker, c.path)?;
         }
         writeln!(out, "{} added, {} removed, {} modified, {} metadata only", r.added, r.removed, r.modified, r.metadata)
     })?;
-    let both = format!("{} or {}", a.id.short(8), b.id.short(8));
-    Ok(super::say_not_found(&report.not_found, &both))
+    super::print_warnings(cli, "diff", log::Level::Warn, &report.warnings);
+    let code = super::say_not_found(&report.not_found, &against);
+    Ok(if code != exit::OK || !report.warnings.is_empty() {
+        // Something was not compared: trouble outranks "differences" (diff(1): 2 over 1).
+        exit::WARNINGS
+    } else if args.exit_code && report.differs() {
+        exit::DIFFERENCES
+    } else {
+        exit::OK
+    })
 }
 
 fn print_listing(out: &mut dyn Write, l: &Listing, long: bool) -> std::io::Result<()> {
