@@ -27,7 +27,7 @@ pub mod exit {
     pub const ERROR: u8 = 1;
     /// The command completed, but some of what it was given could not be used: a snapshot
     /// could not read some files, or paths given to `restore --include` or `diff` are not in
-    /// the snapshot (the others were acted on).
+    /// the snapshot (the others were acted on), or `diff --live` could not read some files.
     pub const WARNINGS: u8 = 3;
     /// Damaged or missing data was found.
     pub const DAMAGE: u8 = 4;
