@@ -263,11 +263,16 @@ pub struct RestoreArgs {
     /// What to do with existing files
     #[arg(long, value_parser = choices::choice(choices::OVERWRITES), default_value = choices::default_overwrite())]
     pub overwrite: Overwrite,
-    /// Do not snapshot the existing files before overwriting them
+    /// Do not snapshot the existing entries the restore overwrites or deletes, first
     #[arg(long)]
     pub no_safety_snapshot: bool,
     #[command(flatten)]
     pub select: SelectArgs,
+    /// Delete what the snapshot does not have below the restored paths (not excluded names,
+    /// nothing on another file system), so they become equal to the snapshot; with -v, each
+    /// deleted path is listed
+    #[arg(long)]
+    pub delete: bool,
 }
 
 /// `cairn forget`

@@ -111,8 +111,8 @@ pub fn retag(args: &TagArgs) -> Retag {
     change
 }
 
-/// `cairn restore`.
-pub fn restore_options(args: &RestoreArgs) -> RestoreOptions {
+/// `cairn restore`; `verbose` (`-v`) lists every path the restore changes.
+pub fn restore_options(args: &RestoreArgs, verbose: bool) -> RestoreOptions {
     let mut opts = RestoreOptions::default();
     opts.target.clone_from(&args.target);
     opts.includes.clone_from(&args.includes);
@@ -121,6 +121,8 @@ pub fn restore_options(args: &RestoreArgs) -> RestoreOptions {
     opts.dry_run = args.dry_run;
     opts.overwrite = args.overwrite;
     opts.safety_snapshot = !args.no_safety_snapshot;
+    opts.delete = args.delete;
+    opts.list_changes = verbose;
     opts
 }
 

@@ -1,7 +1,7 @@
 //! `cairn restore`
 
 use anyhow::{bail, Context, Result};
-use cairn_store::RestoreReport;
+use cairn_store::{RestoreAction, RestoreReport};
 
 use crate::args::{Cli, RestoreArgs};
 use crate::exit;
@@ -37,12 +37,13 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         (Some(spec), None) => repo.resolve_in(spec, &filter)?,
         (None, None) => bail!("name a snapshot or give --at TIME"),
     };
-    let opts = lower::restore_options(args);
+    let opts = lower::restore_options(args, cli.verbose > 0);
     let bar = Bar::for_cli(cli);
     let report = repo
         .restore(&snapshot, &opts, &bar)
         .with_context(|| format!("restore of {} into {} failed", snapshot.id.short(8), args.target.display()))?;
-    output::report(cli, &report, Quiet::Silences, print_summary)?;
+    let safety_asked = !args.no_safety_snapshot && opts.overwrite != cairn_store::Overwrite::Never;
+    output::report(cli, &report, Quiet::Silences, |r| print_summary(r, safety_asked))?;
     super::print_warnings(cli, "warning", log::Level::Warn, &report.warnings);
     super::print_warnings(cli, "damaged", log::Level::Error, &report.damaged);
     super::print_warnings(cli, "not restored", log::Level::Error, &report.failed);
@@ -63,9 +64,24 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     Ok(super::say_not_found(&report.not_found, &snapshot.id.short(8)))
 }
 
-fn print_summary(r: &RestoreReport) -> std::io::Result<()> {
+/// The word `-v` prints before each changed path: as wide as the widest, so paths line up.
+fn action_word(a: RestoreAction) -> &'static str {
+    match a {
+        RestoreAction::Create => "create   ",
+        RestoreAction::Overwrite => "overwrite",
+        RestoreAction::Metadata => "metadata ",
+        RestoreAction::Delete => "delete   ",
+    }
+}
+
+fn print_summary(r: &RestoreReport, safety_asked: bool) -> std::io::Result<()> {
+    for c in r.changes.iter().flatten() {
+        outln!("{} {}", action_word(c.action), c.path)?;
+    }
     if let Some(id) = &r.safety_snapshot {
-        outln!("safety snapshot {} taken of the files about to be overwritten", &id[..8])?;
+        outln!("safety snapshot {} taken of what the restore overwrites or deletes", &id[..8])?;
+    } else if safety_asked && !r.dry_run {
+        outln!("no safety snapshot: nothing that exists is overwritten or deleted")?;
     }
     let verb = if r.dry_run { "would restore" } else { "restored" };
     outln!("{verb} snapshot {} into {}", &r.snapshot[..8], r.target)?;
@@ -79,6 +95,10 @@ fn print_summary(r: &RestoreReport) -> std::io::Result<()> {
     outln!("  written: {}", size(r.bytes_written))?;
     if r.files_verified > 0 {
         outln!("  verified: {} files match their stored BLAKE3", r.files_verified)?;
+    }
+    if r.deleted > 0 {
+        let verb = if r.dry_run { "would delete" } else { "deleted" };
+        outln!("  {verb}: {} entries the snapshot does not have", r.deleted)?;
     }
     if r.leftovers_removed > 0 {
         outln!("  removed: {} temporary files of an interrupted restore", r.leftovers_removed)?;

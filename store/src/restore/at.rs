@@ -56,6 +56,128 @@ impl Dir {
         Ok(Self { fd: File::from(fd), path: path.to_path_buf() })
     }
 
+    /// A second descriptor of this directory (a restore's planning pass walks it too).
+    pub(crate) fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { fd: self.fd.try_clone()?, path: self.path.clone() })
+    }
+
+    /// The names in this directory (`.` and `..` left out).
+    pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(name).to_os_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// The target of the symlink `name`.
+    pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<Vec<u8>> {
+        Ok(rustix::fs::readlinkat(&self.fd, name, Vec::new()).map_err(io)?.into_bytes())
+    }
+
+    /// Removes `name` and, when it is a directory, everything below it (`restore --delete`).
+    /// Every step is relative to an open directory: a directory is opened `O_NOFOLLOW` and
+    /// checked to be the one that was looked at, a symlink is unlinked, never followed, so
+    /// nothing outside this directory is touched whatever is swapped in meanwhile. Nothing on
+    /// another file system (a mount point below) is removed. `each` hears of every entry
+    /// removed (or, with `dry_run`, that would be), children before their directory, and of
+    /// every one that could not be. Iterative: depth costs one descriptor a level, not stack.
+    pub(crate) fn remove_all(&self, name: &OsStr, dry_run: bool, each: &mut dyn FnMut(PathBuf, io::Result<()>)) {
+        struct Frame {
+            dir: Dir,
+            name: OsString,
+            left: Vec<OsString>,
+            incomplete: bool,
+        }
+        let dev = match rustix::fs::fstat(&self.fd) {
+            Ok(st) => st.st_dev,
+            Err(e) => return each(self.child_path(name), Err(io(e))),
+        };
+        // Looks at `name` in `parent`: a non-directory is removed at once, a directory is
+        // opened and returned to be emptied first. `Err(())` when it could not be removed.
+        fn visit(
+            parent: &Dir,
+            name: &OsStr,
+            dev: u64,
+            dry_run: bool,
+            each: &mut dyn FnMut(PathBuf, io::Result<()>),
+        ) -> Result<Option<Frame>, ()> {
+            let path = parent.child_path(name);
+            let mut fail = |e: io::Error| {
+                each(path.clone(), Err(e));
+                Err(())
+            };
+            let st = match parent.stat(name) {
+                Ok(Some(st)) => st,
+                Ok(None) => return Ok(None), // gone already
+                Err(e) => return fail(e),
+            };
+            if st.st_dev != dev {
+                return fail(io::Error::other("on another file system (a mount point); not deleted"));
+            }
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                return match if dry_run { Ok(()) } else { parent.remove_file(name) } {
+                    Ok(()) => {
+                        each(path, Ok(()));
+                        Ok(None)
+                    }
+                    Err(e) => fail(e),
+                };
+            }
+            let dir = match parent.open_dir(name) {
+                Ok(d) => d,
+                Err(e) => return fail(e),
+            };
+            match rustix::fs::fstat(&dir.fd) {
+                Ok(now) if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) => {}
+                Ok(_) => return fail(io::Error::other("replaced while it was deleted; left as it is")),
+                Err(e) => return fail(io(e)),
+            }
+            match dir.names() {
+                Ok(left) => Ok(Some(Frame { dir, name: name.to_os_string(), left, incomplete: false })),
+                Err(e) => fail(e),
+            }
+        }
+        let mut stack: Vec<Frame> = Vec::new();
+        match visit(self, name, dev, dry_run, each) {
+            Ok(Some(frame)) => stack.push(frame),
+            Ok(None) | Err(()) => return,
+        }
+        while let Some(top) = stack.last_mut() {
+            if let Some(child) = top.left.pop() {
+                match visit(&top.dir, &child, dev, dry_run, each) {
+                    Ok(Some(frame)) => stack.push(frame),
+                    Ok(None) => {}
+                    Err(()) => top.incomplete = true,
+                }
+                continue;
+            }
+            let Some(done) = stack.pop() else { break };
+            let parent = stack.last().map_or(self, |f| &f.dir);
+            if done.incomplete {
+                if let Some(f) = stack.last_mut() {
+                    f.incomplete = true;
+                }
+                continue; // named already: what is left below it
+            }
+            let removed = if dry_run {
+                Ok(())
+            } else {
+                rustix::fs::unlinkat(&parent.fd, &done.name, AtFlags::REMOVEDIR).map_err(io)
+            };
+            if removed.is_err() {
+                if let Some(f) = stack.last_mut() {
+                    f.incomplete = true;
+                }
+            }
+            each(done.dir.path, removed);
+        }
+    }
+
     /// The path of `name` in this directory, for messages.
     pub(crate) fn child_path(&self, name: &OsStr) -> PathBuf {
         self.path.join(name)

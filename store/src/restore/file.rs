@@ -16,7 +16,7 @@ use rustix::fs::FileType;
 
 use super::at::{self, Dir};
 use super::job::{file_type, reason, Deferred, Held, Job, LinkSource};
-use super::Overwrite;
+use super::{Overwrite, RestoreAction};
 use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::id::BlobId;
@@ -38,6 +38,7 @@ impl Job<'_> {
                 self.counts.files_written.add(1);
                 self.counts.bytes_written.add(e.size);
             }
+            self.change(dest, RestoreAction::Create);
             return Ok(());
         };
         let d = &held.dir;
@@ -71,7 +72,9 @@ impl Job<'_> {
     /// content there, if any.
     pub(super) fn write_file(&self, e: &Entry, d: &Dir, name: &OsStr, dest: &Path) -> Result<Option<(u64, u64)>> {
         let io_err = |err: io::Error| Error::io(dest, err);
-        if let Some(existing) = d.stat(name).map_err(io_err)? {
+        let existing = d.stat(name).map_err(io_err)?;
+        let action = if existing.is_some() { RestoreAction::Overwrite } else { RestoreAction::Create };
+        if let Some(existing) = existing {
             if file_type(&existing) == FileType::Directory {
                 self.failed.add(dest, "a directory is in the way; file not restored");
                 return Ok(None);
@@ -95,6 +98,7 @@ impl Job<'_> {
         if self.opts.dry_run {
             self.counts.files_written.add(1);
             self.counts.bytes_written.add(e.size);
+            self.change(dest, action);
             return Ok(None);
         }
         let (file, tmp) = d.create_temp(&self.tmp_counter).map_err(io_err)?;
@@ -127,6 +131,7 @@ impl Job<'_> {
             }
         };
         crate::failpoint::hit("restore.file_written");
+        self.change(dest, action);
         if e.mode & 0o6000 != 0 {
             use std::os::unix::fs::PermissionsExt;
             if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
@@ -162,6 +167,9 @@ impl Job<'_> {
             (meta_same && mtime_same) || (e.file_hash.is_some() && at::hash_open_file(&f).ok() == e.file_hash);
         if !content_same {
             return None;
+        }
+        if !(meta_same && mtime_same) {
+            self.change(dest, RestoreAction::Metadata);
         }
         if !self.opts.dry_run {
             self.apply_file_meta(&f, e, dest, e.mode);
@@ -258,6 +266,7 @@ impl Job<'_> {
             let same = kept && here.zip(now).is_some_and(|(h, f)| (h.st_dev, h.st_ino) == (f.st_dev, f.st_ino));
             if !same {
                 self.counts.hardlinks.add(1);
+                self.change(dest, if here.is_some() { RestoreAction::Overwrite } else { RestoreAction::Create });
             }
             return Ok(());
         }
@@ -269,7 +278,8 @@ impl Job<'_> {
             alone.nlink = 1;
             return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
         }
-        if let Some(st) = d.dir.dir.stat(&d.name).map_err(io_err)? {
+        let here = d.dir.dir.stat(&d.name).map_err(io_err)?;
+        if let Some(st) = here {
             let same = now.is_some_and(|f| (f.st_dev, f.st_ino) == (st.st_dev, st.st_ino));
             if self.opts.overwrite == Overwrite::Never || same {
                 return Ok(());
@@ -289,6 +299,7 @@ impl Job<'_> {
             return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
         }
         self.counts.hardlinks.add(1);
+        self.change(dest, if here.is_some() { RestoreAction::Overwrite } else { RestoreAction::Create });
         Ok(())
     }
 }

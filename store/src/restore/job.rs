@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use rustix::fs::{FileType, Stat};
 
 use super::at::{self, Dir};
-use super::{Overwrite, RestoreOptions};
+use super::{Overwrite, RestoreAction, RestoreChange, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
 use crate::fsmeta;
@@ -57,6 +57,7 @@ pub(super) struct Counts {
     pub(super) files_verified: Counter,
     pub(super) owner_failures: Counter,
     pub(super) leftovers_removed: Counter,
+    pub(super) deleted: Counter,
 }
 
 /// A destination directory held open for the walk below it, and for hard links made into it
@@ -89,6 +90,8 @@ pub(super) struct Job<'a> {
     /// Directories whose metadata waits for the hard links made into them.
     pub(super) late_dirs: Mutex<Vec<(Arc<Held>, Entry)>>,
     pub(super) tmp_counter: AtomicU64,
+    /// What was done (or, in a dry run, would be) to each path, with `list_changes`.
+    pub(super) changes: Mutex<Vec<RestoreChange>>,
 }
 
 /// How an include path relates to an entry path.
@@ -140,6 +143,7 @@ impl<'a> Job<'a> {
             deferred: Mutex::new(Vec::new()),
             late_dirs: Mutex::new(Vec::new()),
             tmp_counter: AtomicU64::new(0),
+            changes: Mutex::new(Vec::new()),
         }
     }
 
@@ -147,10 +151,13 @@ impl<'a> Job<'a> {
     /// and the directories waiting for them.
     pub(super) fn run(&self, root: TreeId, target: Option<Dir>) -> Result<()> {
         let target = target.map(|dir| Arc::new(Held { dir, links_pending: AtomicBool::new(false) }));
-        if let Some(t) = target.as_ref().filter(|_| self.sources.iter().any(|s| s == Path::new("/"))) {
-            self.clean_leftovers(&t.dir); // the target itself is restored only for a snapshot of `/`
+        // The target itself is restored only for a snapshot of `/`.
+        let whole = self.sources.iter().any(|s| s == Path::new("/"));
+        if let Some(t) = target.as_ref().filter(|_| whole) {
+            self.clean_leftovers(&t.dir);
         }
-        self.restore_tree(root, Path::new("/"), target.as_ref());
+        let prune = whole && wanted(&self.includes, Path::new("/")) == Some(true);
+        self.restore_tree(root, Path::new("/"), target.as_ref(), prune);
         if let Some(e) = lock(&self.fatal).take() {
             return Err(e);
         }
@@ -166,6 +173,44 @@ impl<'a> Job<'a> {
     fn dest_of(&self, snap_path: &Path) -> PathBuf {
         let rel = snap_path.strip_prefix("/").unwrap_or(snap_path);
         self.opts.target.join(rel)
+    }
+
+    /// Notes what is done to `dest` (with `list_changes`).
+    pub(super) fn change(&self, dest: &Path, action: RestoreAction) {
+        if self.opts.list_changes {
+            lock(&self.changes).push(RestoreChange { path: dest.to_string_lossy().into_owned(), action });
+        }
+    }
+
+    /// `--delete`: removes what `dir` (the restored directory `snap_path`, whose snapshot
+    /// entries are `tree`) holds and the snapshot does not. Excluded names are protected, as
+    /// are the temporary files of restores (leftovers go their own way), and nothing is
+    /// followed: see `Dir::remove_all`.
+    fn prune(&self, dir: &Dir, snap_path: &Path, tree: &crate::tree::Tree) {
+        let names = match dir.names() {
+            Ok(n) => n,
+            Err(e) => return self.failed.add(&dir.path, format!("cannot list what to delete: {e}")),
+        };
+        let known: std::collections::HashSet<&[u8]> = tree.entries.iter().map(|e| e.name.as_slice()).collect();
+        for name in names {
+            let bytes = name.as_bytes();
+            if known.contains(bytes)
+                || bytes.starts_with(at::TEMP_PREFIX.as_bytes())
+                || self.excludes.excluded(&snap_path.join(&name), bytes)
+            {
+                continue;
+            }
+            dir.remove_all(&name, self.opts.dry_run, &mut |path, done| match done {
+                Ok(()) => {
+                    self.counts.deleted.add(1);
+                    self.change(&path, RestoreAction::Delete);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Other && e.to_string().contains("mount point") => {
+                    self.warnings.add(&path, e.to_string());
+                }
+                Err(e) => self.failed.add(&path, format!("not deleted: {e}")),
+            });
+        }
     }
 
     /// Records the failure of one entry and lets the walk go on; an index error stops it.
@@ -195,8 +240,9 @@ impl<'a> Job<'a> {
     }
 
     /// Restores the entries of one directory, open as `dir` (`None` in a dry run when the
-    /// directory does not exist yet).
-    fn restore_tree(&self, tree_id: TreeId, snap_path: &Path, dir: Option<&Arc<Held>>) {
+    /// directory does not exist yet); with `prune` (`--delete`, a directory restored as a
+    /// whole), first removes what the snapshot does not have there.
+    fn restore_tree(&self, tree_id: TreeId, snap_path: &Path, dir: Option<&Arc<Held>>, prune: bool) {
         let tree = match self.repo.load_tree(tree_id) {
             Ok(t) => t,
             Err(e) if e.is_damage() => {
@@ -205,6 +251,9 @@ impl<'a> Job<'a> {
             }
             Err(e) => return self.fail(snap_path, e),
         };
+        if let Some(d) = dir.filter(|_| prune && self.opts.delete) {
+            self.prune(&d.dir, snap_path, &tree);
+        }
         let mut prev: Option<&[u8]> = None;
         let mut entries = Vec::with_capacity(tree.entries.len());
         for e in &tree.entries {
@@ -243,7 +292,10 @@ impl<'a> Job<'a> {
                 let on_the_way = !all || self.above_sources(snap_path);
                 let opened = match dir {
                     Some(d) => self.ensure_dir(&d.dir, name, &dest, e, on_the_way)?,
-                    None => None,
+                    None => {
+                        self.change(&dest, RestoreAction::Create); // a dry run below a missing directory
+                        None
+                    }
                 };
                 if dir.is_some() && opened.is_none() && !self.opts.dry_run {
                     return Ok(()); // skipped, with a warning
@@ -252,7 +304,7 @@ impl<'a> Job<'a> {
                 let child = opened.map(|(d, _)| Arc::new(Held { dir: d, links_pending: AtomicBool::new(false) }));
                 self.counts.dirs.add(1);
                 if let Some(sub) = e.subtree {
-                    self.restore_tree(sub, snap_path, child.as_ref());
+                    self.restore_tree(sub, snap_path, child.as_ref(), !on_the_way && !created);
                 }
                 if let Some(child) = child {
                     if !self.opts.dry_run && (!on_the_way || created) {
@@ -293,16 +345,19 @@ impl<'a> Job<'a> {
     ) -> Result<()> {
         let Some(d) = dir.map(|d| &d.dir) else {
             counter.add(1);
+            self.change(dest, RestoreAction::Create);
             return Ok(());
         };
-        if !self.clear_for(d, name, dest)? {
+        let Some(action) = self.clear_for(d, name, dest, e)? else {
             return Ok(());
-        }
+        };
         counter.add(1);
         if self.opts.dry_run {
+            self.change(dest, action);
             return Ok(());
         }
         make(d).map_err(|err| Error::io(dest, err))?;
+        self.change(dest, action);
         self.apply_meta_at(d, name, e, dest);
         Ok(())
     }
@@ -335,15 +390,23 @@ impl<'a> Job<'a> {
                 self.failed.add(dest, "exists and is not a directory; skipped (--overwrite never)");
                 return Ok(None);
             }
-            Some(_) if self.opts.dry_run => return Ok(None),
+            Some(_) if self.opts.dry_run => {
+                self.change(dest, RestoreAction::Overwrite);
+                return Ok(None);
+            }
             Some(_) => {
                 parent.remove_file(name).map_err(io_err)?;
                 parent.mkdir(name).map_err(io_err)?;
+                self.change(dest, RestoreAction::Overwrite);
                 true
             }
-            None if self.opts.dry_run => return Ok(None),
+            None if self.opts.dry_run => {
+                self.change(dest, RestoreAction::Create);
+                return Ok(None);
+            }
             None => {
                 parent.mkdir(name).map_err(io_err)?;
+                self.change(dest, RestoreAction::Create);
                 true
             }
         };
@@ -380,23 +443,53 @@ impl<'a> Job<'a> {
         Ok(Some((d, created)))
     }
 
-    /// Prepares the destination of a non-file entry: true when it may be created.
-    fn clear_for(&self, dir: &Dir, name: &OsStr, dest: &Path) -> Result<bool> {
+    /// Prepares the destination of a non-file entry: what making it does there, or `None`
+    /// when it is not made (kept as it is, or skipped).
+    fn clear_for(&self, dir: &Dir, name: &OsStr, dest: &Path, e: &Entry) -> Result<Option<RestoreAction>> {
         match dir.stat(name).map_err(|e| Error::io(dest, e))? {
-            None => Ok(true),
+            None => Ok(Some(RestoreAction::Create)),
             Some(_) if self.opts.overwrite == Overwrite::Never => {
                 self.counts.files_skipped.add(1);
-                Ok(false)
+                Ok(None)
             }
             Some(st) if file_type(&st) == FileType::Directory => {
                 self.failed.add(dest, "a directory is in the way; not replaced");
-                Ok(false)
+                Ok(None)
             }
-            Some(_) if self.opts.dry_run => Ok(true),
+            Some(st) if self.opts.overwrite == Overwrite::IfChanged && self.same_special(dir, name, &st, e) => {
+                self.counts.files_skipped.add(1);
+                Ok(None)
+            }
+            Some(_) if self.opts.dry_run => Ok(Some(RestoreAction::Overwrite)),
             Some(_) => {
                 dir.remove_file(name).map_err(|e| Error::io(dest, e))?;
-                Ok(true)
+                Ok(Some(RestoreAction::Overwrite))
             }
+        }
+    }
+
+    /// `if-changed` for a symlink or special file: the existing one is kept when it is already
+    /// what the snapshot holds, metadata included (it is not touched at all), so that an
+    /// in-place restore neither replaces nor saves in its safety snapshot what it would make
+    /// again identically.
+    fn same_special(&self, dir: &Dir, name: &OsStr, st: &Stat, e: &Entry) -> bool {
+        let kind = match e.kind {
+            EntryKind::Symlink => FileType::Symlink,
+            EntryKind::Fifo => FileType::Fifo,
+            EntryKind::CharDevice => FileType::CharacterDevice,
+            EntryKind::BlockDevice => FileType::BlockDevice,
+            _ => return false,
+        };
+        if file_type(st) != kind
+            || (self.root_user && (st.st_uid, st.st_gid) != (e.uid, e.gid))
+            || fsmeta::timestamp(st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(0)) != e.mtime
+        {
+            return false;
+        }
+        if kind == FileType::Symlink {
+            dir.read_link(name).is_ok_and(|t| t == e.target)
+        } else {
+            st.st_mode & 0o7777 == e.mode & 0o7777 && st.st_rdev == e.rdev && e.xattrs.is_empty()
         }
     }
 }

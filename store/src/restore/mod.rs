@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::id::FileHash;
-use crate::progress::{Progress, Unit};
+use crate::progress::{NoProgress, Progress, Unit};
 use crate::repo::{Repo, Snapshot};
 use crate::tally::Warning;
 
@@ -42,6 +42,30 @@ pub enum Overwrite {
     IfChanged,
     /// Always.
     Always,
+}
+
+/// What a restore does to one path of the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreAction {
+    /// Nothing was there.
+    Create,
+    /// Something else was there and is replaced (a file of other content, a symlink to
+    /// elsewhere, a file where the snapshot has a directory).
+    Overwrite,
+    /// The content is kept; owner, mode or modification time are set to the snapshot's.
+    Metadata,
+    /// Not in the snapshot: removed (`delete`).
+    Delete,
+}
+
+/// One entry of [`RestoreReport::changes`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct RestoreChange {
+    /// The path in the target.
+    pub path: String,
+    /// What the restore does there.
+    pub action: RestoreAction,
 }
 
 /// What to restore and where.
@@ -60,8 +84,15 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Policy for existing files.
     pub overwrite: Overwrite,
-    /// Take a snapshot of the existing files before overwriting them.
+    /// Take a snapshot of the existing entries this restore overwrites or deletes, first.
     pub safety_snapshot: bool,
+    /// Remove what the snapshot does not have below the restored paths, so that they become
+    /// equal to the snapshot. Excluded names are kept; nothing on another file system is
+    /// removed. Refused with `Overwrite::Never`, which keeps every existing entry.
+    pub delete: bool,
+    /// List every entry the restore creates, overwrites, deletes or resets the metadata of
+    /// in [`RestoreReport::changes`].
+    pub list_changes: bool,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
 }
@@ -89,8 +120,16 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Files verified against their stored BLAKE3 (with `verify`).
     pub files_verified: u64,
-    /// The snapshot of overwritten files, taken first.
+    /// Entries removed because the snapshot does not have them (with `delete`; in a dry run,
+    /// that would be), a directory's contents counted one by one.
+    pub deleted: u64,
+    /// The snapshot of the existing entries this restore overwrites, deletes or resets the
+    /// metadata of, taken first; `None` when there are none (or it was not asked for).
     pub safety_snapshot: Option<String>,
+    /// Every entry created, overwritten, deleted or given the snapshot's metadata, sorted by
+    /// path (with `list_changes`; left out otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<RestoreChange>>,
     /// Files that could not be restored because stored data is damaged or missing.
     pub damaged: Vec<Warning>,
     /// Files and directories that could not be restored for another reason (no space left, a
@@ -157,6 +196,13 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let started = Instant::now();
+        if opts.delete && opts.overwrite == Overwrite::Never {
+            return Err(Error::InvalidInput(
+                "--delete makes the restored paths equal to the snapshot, --overwrite never keeps every existing \
+                 file: give one or the other"
+                    .into(),
+            ));
+        }
         let _session = self.session("restore")?;
         let mut includes: Vec<PathBuf> = opts.includes.iter().map(|p| normalise_include(p)).collect();
         // An include that names nothing restores nothing: a typo must not read as success.
@@ -198,26 +244,18 @@ impl Repo {
             not_found: not_found.iter().map(|p| p.display().to_string()).collect(),
             ..RestoreReport::default()
         };
-        let mut warnings = Vec::new();
+        let pool = crate::workers::pool(opts.threads)?;
         if opts.safety_snapshot && !opts.dry_run && opts.overwrite != Overwrite::Never {
             if let Some(t) = &target {
-                report.safety_snapshot = self.safety_snapshot(snapshot, opts, &includes, t, &mut warnings)?;
+                report.safety_snapshot = self.safety_snapshot(snapshot, opts, &includes, t, &pool)?;
             }
         }
-        let job = job::Job::new(
-            self,
-            opts,
-            includes,
-            snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect(),
-            Excludes::new(&opts.excludes, None)?,
-            progress,
-        );
+        let job = self.restore_job(snapshot, opts, includes, progress)?;
         let total = job.includes.is_empty().then_some(snapshot.record.totals.bytes_total);
         progress.start("restore", total, Unit::Bytes);
-        let pool = crate::workers::pool(opts.threads)?;
         pool.install(|| job.run(snapshot.record.root, target))?;
         progress.finish();
-        warnings.extend(job.warnings.into_vec());
+        let mut warnings = job.warnings.into_vec();
         let c = &job.counts;
         if c.owner_failures.get() > 0 {
             warnings.push(Warning {
@@ -237,6 +275,12 @@ impl Repo {
         report.bytes_written = c.bytes_written.get();
         report.files_verified = c.files_verified.get();
         report.leftovers_removed = c.leftovers_removed.get();
+        report.deleted = c.deleted.get();
+        if opts.list_changes {
+            let mut changes = std::mem::take(&mut *crate::workers::lock(&job.changes));
+            changes.sort();
+            report.changes = Some(changes);
+        }
         report.damaged = job.damaged.into_vec();
         report.failed = job.failed.into_vec();
         report.warnings = warnings;
@@ -244,43 +288,109 @@ impl Repo {
         Ok(report)
     }
 
-    /// Snapshots what a restore is about to overwrite: the existing destinations of the restored
-    /// paths. `None` when nothing exists there yet. A destination reached through a symlink
-    /// below the target is left out (with a warning): the restore replaces that symlink, it
-    /// does not write through it, and the safety snapshot must not read through it either.
+    fn restore_job<'a>(
+        &'a self,
+        snapshot: &Snapshot,
+        opts: &'a RestoreOptions,
+        includes: Vec<PathBuf>,
+        progress: &'a dyn Progress,
+    ) -> Result<job::Job<'a>> {
+        Ok(job::Job::new(
+            self,
+            opts,
+            includes,
+            snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect(),
+            Excludes::new(&opts.excludes, None)?,
+            progress,
+        ))
+    }
+
+    /// Snapshots what the restore is about to change of what exists: the entries it overwrites,
+    /// deletes or gives the snapshot's metadata, found by a dry run of the same restore first
+    /// (nothing else is read: a restore of one changed file saves that file, not the whole
+    /// source). `None` when there is nothing of the kind. The dry run reaches entries as the
+    /// restore does, through real directories only, so the safety snapshot never reads
+    /// through a symlink the restore will replace either.
     fn safety_snapshot(
         &self,
         snapshot: &Snapshot,
         opts: &RestoreOptions,
         includes: &[PathBuf],
         target: &at::Dir,
-        warnings: &mut Vec<Warning>,
+        pool: &rayon::ThreadPool,
     ) -> Result<Option<String>> {
         let roots: Vec<PathBuf> = if includes.is_empty() {
             snapshot.record.paths.iter().map(|p| normalise_include(Path::new(OsStr::from_bytes(p)))).collect()
         } else {
             includes.to_vec()
         };
-        let mut existing = Vec::new();
-        for root in &roots {
-            let rel = root.strip_prefix("/").unwrap_or(root);
-            match at::exists_without_symlinks(target, rel) {
-                Ok(true) => existing.push(opts.target.join(rel)),
-                Ok(false) => {}
-                Err(e) => warnings.push(Warning {
-                    path: opts.target.join(rel).to_string_lossy().into_owned(),
-                    message: format!("not in the safety snapshot: {e}"),
-                }),
-            }
+        // A restore into a new place (nothing of it exists yet) needs no dry run.
+        let rel = |root: &Path| root.strip_prefix("/").unwrap_or(root).to_path_buf();
+        if !roots.iter().any(|r| at::exists_without_symlinks(target, &rel(r)).unwrap_or(true)) {
+            return Ok(None);
         }
-        if existing.is_empty() {
+        let mut plan_opts = opts.clone();
+        plan_opts.dry_run = true;
+        plan_opts.list_changes = true;
+        let plan = self.restore_job(snapshot, &plan_opts, includes.to_vec(), &NoProgress)?;
+        let dir = target.try_clone().at(&opts.target)?;
+        pool.install(|| plan.run(snapshot.record.root, Some(dir)))?;
+        let changed: Vec<PathBuf> = std::mem::take(&mut *crate::workers::lock(&plan.changes))
+            .into_iter()
+            .filter(|c| c.action != RestoreAction::Create)
+            .map(|c| PathBuf::from(c.path))
+            .collect();
+        let tops: Vec<PathBuf> = roots.iter().map(|r| opts.target.join(rel(r))).collect();
+        let paths = bounded(changed, &tops, MAX_SAFETY_PATHS);
+        if paths.is_empty() {
             return Ok(None);
         }
         self.writable(
             "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
         )?;
-        self.safety_snapshot_of(existing)
+        self.safety_snapshot_of(paths)
     }
+}
+
+/// The most paths a safety snapshot's record names (each is listed by `list` and `show`).
+const MAX_SAFETY_PATHS: usize = 256;
+
+/// `paths` without those below another of them, and at most about `max`: past that, the
+/// deepest are replaced by their directories (which then hold untouched entries too), never
+/// climbing above the restored roots `tops`.
+fn bounded(paths: Vec<PathBuf>, tops: &[PathBuf], max: usize) -> Vec<PathBuf> {
+    fn outermost(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+        paths.sort();
+        paths.dedup();
+        let mut out: Vec<PathBuf> = Vec::with_capacity(paths.len());
+        for p in paths {
+            // Paths sort component by component: what is below a path comes right after it.
+            if !out.last().is_some_and(|o| p.starts_with(o)) {
+                out.push(p);
+            }
+        }
+        out
+    }
+    let mut paths = outermost(paths);
+    while paths.len() > max {
+        let deepest = paths.iter().map(|p| p.components().count()).max().unwrap_or(0);
+        let mut moved = false;
+        let next: Vec<PathBuf> = paths
+            .into_iter()
+            .map(|p| match p.parent() {
+                Some(up) if p.components().count() == deepest && tops.iter().any(|t| up.starts_with(t)) => {
+                    moved = true;
+                    up.to_path_buf()
+                }
+                _ => p,
+            })
+            .collect();
+        paths = outermost(next);
+        if !moved {
+            break;
+        }
+    }
+    paths
 }
 
 #[cfg(test)]
@@ -295,6 +405,17 @@ mod tests {
         assert_eq!(job::wanted(&inc, Path::new("/etc/nginx/a.conf")), Some(true));
         assert_eq!(job::wanted(&inc, Path::new("/etc/ssh")), None);
         assert_eq!(job::wanted(&[], Path::new("/x")), Some(true));
+    }
+
+    #[test]
+    fn safety_paths_are_outermost_and_bounded_below_the_roots() {
+        let p = |s: &str| PathBuf::from(s);
+        let tops = [p("/t/etc")];
+        let got = bounded(vec![p("/t/etc/a/x"), p("/t/etc/a"), p("/t/etc/b"), p("/t/etc/a-b")], &tops, 10);
+        assert_eq!(got, [p("/t/etc/a"), p("/t/etc/a-b"), p("/t/etc/b")]);
+        let many: Vec<PathBuf> = (0..20).map(|i| p(&format!("/t/etc/d{}/f{i}", i % 4))).collect();
+        assert_eq!(bounded(many.clone(), &tops, 4).len(), 4, "collapsed to the four directories");
+        assert_eq!(bounded(many, &tops, 2), [p("/t/etc")], "never above the root");
     }
 
     #[test]
