@@ -24,6 +24,7 @@ mod integrity;
 mod logging;
 mod processes;
 mod property;
+mod restore_everyday;
 mod restore_options;
 mod restore_safety;
 mod roundtrip;
