@@ -26,7 +26,7 @@ pub struct Cli {
     /// Print nothing but errors
     #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub quiet: bool,
-    /// Print more detail (each warning, each file restored)
+    /// Print more detail (each warning; each path a restore creates, overwrites or deletes)
     #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// The command
@@ -257,7 +257,8 @@ pub struct RestoreArgs {
     /// Re-read every written file and check it against its stored BLAKE3
     #[arg(long)]
     pub verify: bool,
-    /// Report what would be written, write nothing
+    /// Report what would be written (with -v, each path created, overwritten or deleted),
+    /// write nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// What to do with existing files
