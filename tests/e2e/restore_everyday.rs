@@ -308,3 +308,36 @@ fn issue15_item20_the_safety_snapshot_holds_only_what_the_restore_changes() {
     assert_eq!(saved[&b"conf/c.conf"[..]].content, Some(blake3::hash(b"added c\n")));
     assert!(!src.join("conf/c.conf").exists());
 }
+
+/// `--delete` stays on the file system of the restored directory: a file system mounted below
+/// it (as `/dev` or `/proc` are below `/`) loses nothing, whether the snapshot holds its mount
+/// point as a directory or not; each is named in a warning.
+#[test]
+fn issue15_item4_delete_does_not_cross_into_mounted_file_systems() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("root");
+    fs::create_dir_all(src.join("held")).unwrap();
+    fs::write(src.join("f"), b"f\n").unwrap();
+    cairn_json(&repo, args!["snapshot", &src], 0);
+    fs::create_dir_all(src.join("unknown")).unwrap();
+    let Some(_held) = mount_tmpfs(&src.join("held"), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let Some(_unknown) = mount_tmpfs(&src.join("unknown"), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    fs::write(src.join("held/live"), b"live\n").unwrap();
+    fs::write(src.join("unknown/live"), b"live\n").unwrap();
+    fs::write(src.join("extra"), b"goes\n").unwrap();
+
+    let r = cairn_json(&repo, args!["restore", "latest", "--target", "/", "--delete", "--no-safety-snapshot"], 0);
+    assert!(!src.join("extra").exists(), "on the same file system: deleted");
+    assert_eq!(fs::read(src.join("held/live")).unwrap(), b"live\n", "below a mount point the snapshot holds");
+    assert_eq!(fs::read(src.join("unknown/live")).unwrap(), b"live\n", "a mount point the snapshot does not hold");
+    let warned: Vec<&str> = r["warnings"].as_array().unwrap().iter().map(|w| w["path"].as_str().unwrap()).collect();
+    for p in [src.join("held"), src.join("unknown")] {
+        assert!(warned.contains(&p.to_str().unwrap()), "{p:?} named in {r}");
+    }
+}

@@ -117,7 +117,10 @@ impl Dir {
                 Err(e) => return fail(e),
             };
             if st.st_dev != dev {
-                return fail(io::Error::other("on another file system (a mount point); not deleted"));
+                return fail(io::Error::new(
+                    io::ErrorKind::CrossesDevices,
+                    "on another file system (a mount point); not deleted",
+                ));
             }
             if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                 return match if dry_run { Ok(()) } else { parent.remove_file(name) } {

@@ -94,6 +94,19 @@ pub(super) struct Job<'a> {
     pub(super) changes: Mutex<Vec<RestoreChange>>,
 }
 
+/// Whether `--delete` prunes a directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Prune {
+    /// Above what is restored (or without `--delete`): never here, but a restored directory
+    /// below starts pruning, on its own file system.
+    Above,
+    /// Restored as a whole: pruned, staying on this file system (`st_dev`).
+    On(u64),
+    /// Not here and not below: a directory this restore created, or one on another file
+    /// system than the restored directory above it (a mount point: `/dev` below `/`).
+    Off,
+}
+
 /// How an include path relates to an entry path.
 pub(super) fn wanted(includes: &[PathBuf], path: &Path) -> Option<bool> {
     if includes.is_empty() {
@@ -156,7 +169,18 @@ impl<'a> Job<'a> {
         if let Some(t) = target.as_ref().filter(|_| whole) {
             self.clean_leftovers(&t.dir);
         }
-        let prune = whole && wanted(&self.includes, Path::new("/")) == Some(true);
+        let prune = match &target {
+            Some(t) if self.opts.delete && whole && wanted(&self.includes, Path::new("/")) == Some(true) => {
+                match rustix::fs::fstat(t.dir.file()) {
+                    Ok(st) => Prune::On(st.st_dev),
+                    Err(e) => {
+                        self.failed.add(&t.dir.path, format!("nothing deleted: {e}"));
+                        Prune::Off
+                    }
+                }
+            }
+            _ => Prune::Above,
+        };
         self.restore_tree(root, Path::new("/"), target.as_ref(), prune);
         if let Some(e) = lock(&self.fatal).take() {
             return Err(e);
@@ -205,9 +229,7 @@ impl<'a> Job<'a> {
                     self.counts.deleted.add(1);
                     self.change(&path, RestoreAction::Delete);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Other && e.to_string().contains("mount point") => {
-                    self.warnings.add(&path, e.to_string());
-                }
+                Err(e) if e.kind() == io::ErrorKind::CrossesDevices => self.warnings.add(&path, e.to_string()),
                 Err(e) => self.failed.add(&path, format!("not deleted: {e}")),
             });
         }
@@ -240,9 +262,9 @@ impl<'a> Job<'a> {
     }
 
     /// Restores the entries of one directory, open as `dir` (`None` in a dry run when the
-    /// directory does not exist yet); with `prune` (`--delete`, a directory restored as a
+    /// directory does not exist yet); when it is pruned (`--delete`, a directory restored as a
     /// whole), first removes what the snapshot does not have there.
-    fn restore_tree(&self, tree_id: TreeId, snap_path: &Path, dir: Option<&Arc<Held>>, prune: bool) {
+    fn restore_tree(&self, tree_id: TreeId, snap_path: &Path, dir: Option<&Arc<Held>>, prune: Prune) {
         let tree = match self.repo.load_tree(tree_id) {
             Ok(t) => t,
             Err(e) if e.is_damage() => {
@@ -251,7 +273,7 @@ impl<'a> Job<'a> {
             }
             Err(e) => return self.fail(snap_path, e),
         };
-        if let Some(d) = dir.filter(|_| prune && self.opts.delete) {
+        if let Some(d) = dir.filter(|_| matches!(prune, Prune::On(_))) {
             self.prune(&d.dir, snap_path, &tree);
         }
         let mut prev: Option<&[u8]> = None;
@@ -275,13 +297,20 @@ impl<'a> Job<'a> {
             if self.stopped() {
                 return;
             }
-            if let Err(err) = self.restore_entry(e, &path, all, dir) {
+            if let Err(err) = self.restore_entry(e, &path, all, dir, prune) {
                 self.fail(&path, err);
             }
         });
     }
 
-    fn restore_entry(&self, e: &Entry, snap_path: &Path, all: bool, dir: Option<&Arc<Held>>) -> Result<()> {
+    fn restore_entry(
+        &self,
+        e: &Entry,
+        snap_path: &Path,
+        all: bool,
+        dir: Option<&Arc<Held>>,
+        prune: Prune,
+    ) -> Result<()> {
         let name = OsStr::from_bytes(&e.name);
         let dest = self.dest_of(snap_path);
         match e.kind {
@@ -304,7 +333,8 @@ impl<'a> Job<'a> {
                 let child = opened.map(|(d, _)| Arc::new(Held { dir: d, links_pending: AtomicBool::new(false) }));
                 self.counts.dirs.add(1);
                 if let Some(sub) = e.subtree {
-                    self.restore_tree(sub, snap_path, child.as_ref(), !on_the_way && !created);
+                    let below = self.prune_below(prune, child.as_deref(), on_the_way, created, &dest);
+                    self.restore_tree(sub, snap_path, child.as_ref(), below);
                 }
                 if let Some(child) = child {
                     if !self.opts.dry_run && (!on_the_way || created) {
@@ -329,6 +359,34 @@ impl<'a> Job<'a> {
                 }
                 self.make_entry(e, dir, name, &dest, &self.counts.specials, |d| d.mknod(name, e.kind, e.mode, e.rdev))
             }
+        }
+    }
+
+    /// Whether `--delete` prunes the directory `child` (open, or `None`), below a directory
+    /// pruned as `parent` says.
+    fn prune_below(&self, parent: Prune, child: Option<&Held>, on_the_way: bool, created: bool, dest: &Path) -> Prune {
+        let Some(child) = child.filter(|_| self.opts.delete && parent != Prune::Off) else {
+            return Prune::Off;
+        };
+        if on_the_way {
+            return Prune::Above;
+        }
+        if created {
+            return Prune::Off; // nothing there to delete
+        }
+        let dev = match rustix::fs::fstat(child.dir.file()) {
+            Ok(st) => st.st_dev,
+            Err(e) => {
+                self.failed.add(dest, format!("nothing below it deleted: {e}"));
+                return Prune::Off;
+            }
+        };
+        match parent {
+            Prune::On(d) if d != dev => {
+                self.warnings.add(dest, "on another file system (a mount point): --delete removes nothing below it");
+                Prune::Off
+            }
+            _ => Prune::On(dev),
         }
     }
 
