@@ -341,3 +341,27 @@ fn issue15_item4_delete_does_not_cross_into_mounted_file_systems() {
         assert!(warned.contains(&p.to_str().unwrap()), "{p:?} named in {r}");
     }
 }
+
+/// A dry run changes nothing, directories' modes included: a restore's planning pass (the dry
+/// run that finds what the safety snapshot must hold) runs before that snapshot is taken, and
+/// `--dry-run -v` must show a directory's mode as it is. (As root a dry run used to set an
+/// existing directory's owner and mode.)
+#[test]
+fn issue15_item7_a_dry_run_leaves_directory_modes_alone() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("app");
+    fs::create_dir_all(src.join("conf")).unwrap();
+    fs::write(src.join("conf/a"), b"a\n").unwrap();
+    fs::set_permissions(src.join("conf"), fs::Permissions::from_mode(0o755)).unwrap();
+    cairn_json(&repo, args!["snapshot", &src], 0);
+    fs::set_permissions(src.join("conf"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(src.join("conf/a"), b"changed\n").unwrap();
+    let before = describe(&src);
+    cairn_json(&repo, args!["restore", "latest", "--target", "/", "--dry-run", "-v"], 0);
+    assert_same(&before, &describe(&src), "after a dry run");
+    // The real restore resets it, and its safety snapshot saw the mode as it was.
+    let r = cairn_json(&repo, args!["restore", "latest", "--target", "/"], 0);
+    assert_eq!(fs::metadata(src.join("conf")).unwrap().permissions().mode() & 0o7777, 0o755);
+    let (saved, _) = safety_contents(&repo, dir.path(), &r, &src);
+    assert_eq!(saved[&b"conf"[..]].mode, 0o700, "the safety snapshot holds the directory as it was");
+}

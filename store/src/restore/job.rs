@@ -487,7 +487,9 @@ impl<'a> Job<'a> {
             }
         }
         if !on_the_way || created {
-            if self.root_user {
+            // Not in a dry run: it changes nothing, and the one a safety snapshot is planned by
+            // runs before that snapshot sees the directory.
+            if self.root_user && !self.opts.dry_run {
                 // Its owner and mode before anything is written into it, so that a directory
                 // another user owns does not expose what a root restore puts there; and a
                 // directory made on the way gets its mode even if the restore is killed.
