@@ -296,17 +296,23 @@ fn issue15_item20_the_safety_snapshot_holds_only_what_the_restore_changes() {
     assert_eq!(saved.keys().cloned().collect::<Vec<_>>(), [b"conf/a.conf".to_vec()], "only what was overwritten");
     assert_eq!(saved[&b"conf/a.conf"[..]].content, Some(blake3::hash(b"broken a\n")), "as it was before");
 
-    // With --delete the added file is saved too, still nothing of lib/.
+    // With --delete the added files are saved too (a name that is not UTF-8 as well), still
+    // nothing of lib/.
     fs::write(src.join("conf/a.conf"), b"broken again\n").unwrap();
+    let odd = src.join("conf").join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"odd-\xff"));
+    fs::write(&odd, b"odd\n").unwrap();
     let r = cairn_json(&repo, args!["restore", "good", "--target", "/", "--delete"], 0);
     let (saved, paths) = safety_contents(&repo, dir.path(), &r, &src);
-    let mut want_paths: Vec<PathBuf> = vec![src.join("conf/a.conf"), src.join("conf/c.conf")];
+    let mut want_paths: Vec<PathBuf> = vec![src.join("conf/a.conf"), src.join("conf/c.conf"), odd.clone()];
     want_paths.sort();
     assert_eq!(paths, want_paths.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>());
     let saved = files_of(saved);
-    assert_eq!(saved.keys().cloned().collect::<Vec<_>>(), [b"conf/a.conf".to_vec(), b"conf/c.conf".to_vec()]);
+    assert_eq!(
+        saved.keys().cloned().collect::<Vec<_>>(),
+        [b"conf/a.conf".to_vec(), b"conf/c.conf".to_vec(), b"conf/odd-\xff".to_vec()]
+    );
     assert_eq!(saved[&b"conf/c.conf"[..]].content, Some(blake3::hash(b"added c\n")));
-    assert!(!src.join("conf/c.conf").exists());
+    assert!(!src.join("conf/c.conf").exists() && !odd.exists());
 }
 
 /// `--delete` stays on the file system of the restored directory: a file system mounted below

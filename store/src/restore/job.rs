@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use rustix::fs::{FileType, Stat};
 
 use super::at::{self, Dir};
-use super::{Overwrite, RestoreAction, RestoreChange, RestoreOptions};
+use super::{Overwrite, RestoreAction, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
 use crate::fsmeta;
@@ -91,7 +91,8 @@ pub(super) struct Job<'a> {
     pub(super) late_dirs: Mutex<Vec<(Arc<Held>, Entry)>>,
     pub(super) tmp_counter: AtomicU64,
     /// What was done (or, in a dry run, would be) to each path, with `list_changes`.
-    pub(super) changes: Mutex<Vec<RestoreChange>>,
+    /// Paths, not strings: the safety snapshot is taken of them, whatever bytes they hold.
+    pub(super) changes: Mutex<Vec<(PathBuf, RestoreAction)>>,
 }
 
 /// Whether `--delete` prunes a directory.
@@ -202,7 +203,7 @@ impl<'a> Job<'a> {
     /// Notes what is done to `dest` (with `list_changes`).
     pub(super) fn change(&self, dest: &Path, action: RestoreAction) {
         if self.opts.list_changes {
-            lock(&self.changes).push(RestoreChange { path: dest.to_string_lossy().into_owned(), action });
+            lock(&self.changes).push((dest.to_path_buf(), action));
         }
     }
 

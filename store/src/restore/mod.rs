@@ -279,7 +279,12 @@ impl Repo {
         if opts.list_changes {
             let mut changes = std::mem::take(&mut *crate::workers::lock(&job.changes));
             changes.sort();
-            report.changes = Some(changes);
+            report.changes = Some(
+                changes
+                    .into_iter()
+                    .map(|(path, action)| RestoreChange { path: path.to_string_lossy().into_owned(), action })
+                    .collect(),
+            );
         }
         report.damaged = job.damaged.into_vec();
         report.failed = job.failed.into_vec();
@@ -337,8 +342,8 @@ impl Repo {
         pool.install(|| plan.run(snapshot.record.root, Some(dir)))?;
         let changed: Vec<PathBuf> = std::mem::take(&mut *crate::workers::lock(&plan.changes))
             .into_iter()
-            .filter(|c| c.action != RestoreAction::Create)
-            .map(|c| PathBuf::from(c.path))
+            .filter(|(_, action)| *action != RestoreAction::Create)
+            .map(|(path, _)| path)
             .collect();
         let tops: Vec<PathBuf> = roots.iter().map(|r| opts.target.join(rel(r))).collect();
         let paths = bounded(changed, &tops, MAX_SAFETY_PATHS);
