@@ -223,6 +223,19 @@ pub struct SnapshotArgs {
     /// Pin the snapshot: no keep-policy removes it (`cairn tag --unpin` lets them)
     #[arg(long)]
     pub pin: bool,
+    /// Trust this snapshot for change detection (ID, prefix, `latest` or label), whatever its
+    /// paths
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// Which earlier snapshots the parent is chosen among, the newest of them: those with the
+    /// same host, paths, tags (any of them, comma-separated); `host` keeps change detection
+    /// when the path list changes
+    #[arg(long, default_value = choices::default_group_by(), value_name = "KEYS")]
+    pub group_by: String,
+    /// Leave out a path that does not exist, with a warning (exit code 3), instead of failing;
+    /// the snapshot still fails when none exists
+    #[arg(long)]
+    pub ignore_missing: bool,
 }
 
 /// `cairn list`

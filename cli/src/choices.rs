@@ -109,7 +109,8 @@ pub fn default_max_wait() -> &'static str {
     TEXT.as_str()
 }
 
-/// `forget --group-by`'s default: the store's usual grouping, written as the flag reads it.
+/// `--group-by`'s default (`forget` and `snapshot`): the store's usual grouping, written as the
+/// flag reads it.
 pub fn default_group_by() -> &'static str {
     static TEXT: LazyLock<String> = LazyLock::new(|| group_by_text(GroupBy::host_and_paths()));
     TEXT.as_str()
@@ -169,6 +170,7 @@ mod tests {
         );
         assert_eq!(units::parse_duration(default_max_wait()).unwrap(), GcOptions::default().max_wait);
         assert_eq!(GroupBy::parse(default_group_by()).unwrap(), GroupBy::host_and_paths());
+        assert_eq!(GroupBy::parse(default_group_by()).unwrap(), cairn_store::SnapshotOptions::default().group_by);
         assert_eq!(default_max_unused() / 100.0, GcOptions::default().max_unused);
         assert_eq!(default_kind(), "incremental");
         assert_eq!(default_overwrite(), "if-changed");

@@ -75,6 +75,9 @@ pub fn snapshot_options(args: &SnapshotArgs) -> Result<SnapshotOptions> {
     opts.dry_run = args.dry_run;
     opts.host.clone_from(&args.host);
     opts.pin = args.pin;
+    opts.parent.clone_from(&args.parent);
+    opts.group_by = group_by(&args.group_by)?;
+    opts.ignore_missing = args.ignore_missing;
     Ok(opts)
 }
 
@@ -178,10 +181,10 @@ pub fn keep_policy(args: &ForgetArgs) -> KeepPolicy {
     policy
 }
 
-/// `forget --group-by`. Read only when a policy is applied, so a bad value given beside
-/// snapshot IDs stays harmless, as it always was.
-pub fn group_by(args: &ForgetArgs) -> Result<GroupBy> {
-    GroupBy::parse(&args.group_by).map_err(anyhow::Error::msg)
+/// `--group-by` of `snapshot` and `forget`. `forget` reads it only when a policy is applied,
+/// so a bad value given beside snapshot IDs stays harmless, as it always was.
+pub fn group_by(keys: &str) -> Result<GroupBy> {
+    GroupBy::parse(keys).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -13,6 +13,69 @@ use crate::record::SnapshotRecord;
 use crate::repo::{missing, Repo, Snapshot};
 use crate::select::{check_label, check_tags, SnapshotFilter};
 
+/// How snapshots are grouped: the groups `forget`'s policy applies to, and which earlier
+/// snapshot is a new snapshot's automatic parent (the newest of its group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GroupBy {
+    /// Group by host name.
+    pub host: bool,
+    /// Group by the set of source paths.
+    pub paths: bool,
+    /// Group by the set of tags.
+    pub tags: bool,
+}
+
+impl GroupBy {
+    /// restic's default: host and paths.
+    #[must_use]
+    pub fn host_and_paths() -> Self {
+        Self { host: true, paths: true, tags: false }
+    }
+
+    /// Parses `host,paths,tags` (any subset; empty for one group).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut g = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "host" => g.host = true,
+                "paths" => g.paths = true,
+                "tags" => g.tags = true,
+                other => return Err(format!("unknown group key {other:?} (use host, paths, tags)")),
+            }
+        }
+        Ok(g)
+    }
+
+    pub(crate) fn key(self, s: &Snapshot) -> String {
+        let mut k = Vec::new();
+        if self.host {
+            k.push(format!("host={}", s.record.host));
+        }
+        if self.paths {
+            k.push(format!("paths={}", s.record.paths_lossy().join(":")));
+        }
+        if self.tags {
+            let mut t = s.record.tags.clone();
+            t.sort();
+            k.push(format!("tags={}", t.join(",")));
+        }
+        k.join(" ")
+    }
+
+    /// Whether `s` is in the group of a snapshot of `paths` (as recorded) with `tags` on `host`.
+    pub(crate) fn admits(self, s: &Snapshot, host: &str, paths: &[Vec<u8>], tags: &[String]) -> bool {
+        let sorted = |t: &[String]| {
+            let mut t = t.to_vec();
+            t.sort();
+            t
+        };
+        (!self.host || s.record.host == host)
+            && (!self.paths || s.record.paths == paths)
+            && (!self.tags || sorted(&s.record.tags) == sorted(tags))
+    }
+}
+
 /// The IDs among listed names (others are ignored, as everywhere).
 fn ids_of(listed: Vec<ObjectInfo>) -> HashSet<SnapshotId> {
     listed.into_iter().filter_map(|o| o.name.parse().ok()).collect()

@@ -68,6 +68,7 @@ mod upload;
 mod walk;
 mod workers;
 
+pub use catalog::GroupBy;
 pub use backend::{
     Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo,
     RetryBackend, Storage, TEMPORARY_GRACE,
@@ -91,7 +92,7 @@ pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
 pub use report::SnapshotReport;
 pub use restore::{hash_file, Overwrite, RestoreAction, RestoreChange, RestoreOptions, RestoreReport};
-pub use retention::{apply as apply_policy, Decision, GroupBy, KeepPolicy, SAFETY_KEEP_LAST, SAFETY_KEEP_WITHIN};
+pub use retention::{apply as apply_policy, Decision, KeepPolicy, SAFETY_KEEP_LAST, SAFETY_KEEP_WITHIN};
 pub use scrub::{Affected, Damage, Leftovers, ScrubOptions, ScrubReport, SnapshotStatus};
 pub use select::{check_label, check_tags, SnapshotFilter};
 pub use snapshot::SnapshotOptions;

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
+use crate::catalog::GroupBy;
 use crate::repo::Snapshot;
 
 /// How many periods to keep: `None` for none, `Some(u32::MAX)` for all.
@@ -86,56 +87,6 @@ impl KeepPolicy {
             (Some(SAFETY_KEEP_LAST), Some(SAFETY_KEEP_WITHIN))
         };
         KeepPolicy { last, within, include_pinned: self.include_pinned, ..KeepPolicy::default() }
-    }
-}
-
-/// How snapshots are grouped before the policy applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct GroupBy {
-    /// Group by host name.
-    pub host: bool,
-    /// Group by the set of source paths.
-    pub paths: bool,
-    /// Group by the set of tags.
-    pub tags: bool,
-}
-
-impl GroupBy {
-    /// restic's default: host and paths.
-    #[must_use]
-    pub fn host_and_paths() -> Self {
-        Self { host: true, paths: true, tags: false }
-    }
-
-    /// Parses `host,paths,tags` (any subset; empty for one group).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut g = Self::default();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part {
-                "host" => g.host = true,
-                "paths" => g.paths = true,
-                "tags" => g.tags = true,
-                other => return Err(format!("unknown group key {other:?} (use host, paths, tags)")),
-            }
-        }
-        Ok(g)
-    }
-
-    fn key(self, s: &Snapshot) -> String {
-        let mut k = Vec::new();
-        if self.host {
-            k.push(format!("host={}", s.record.host));
-        }
-        if self.paths {
-            k.push(format!("paths={}", s.record.paths_lossy().join(":")));
-        }
-        if self.tags {
-            let mut t = s.record.tags.clone();
-            t.sort();
-            k.push(format!("tags={}", t.join(",")));
-        }
-        k.join(" ")
     }
 }
 

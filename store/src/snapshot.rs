@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::backend::FileKind;
-use crate::error::Result;
+use crate::catalog::GroupBy;
+use crate::error::{Error, Result};
 use crate::id::{SnapshotId, TreeId};
 use crate::progress::{NoProgress, Progress, Unit};
 use crate::record::SAFETY_TAG;
@@ -22,7 +23,7 @@ use crate::walk::{Scan, Walk};
 use crate::{upload, walk, workers};
 
 /// What to snapshot and how.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SnapshotOptions {
     /// Source paths (made absolute; need not be canonical).
@@ -51,6 +52,37 @@ pub struct SnapshotOptions {
     pub pin: bool,
     /// A restore's safety snapshot: tagged `safety`, the one tag users may not give.
     pub(crate) safety: bool,
+    /// The snapshot to trust for change detection (an ID, a prefix, `latest` or a label),
+    /// whatever its paths; `None` picks the newest of the new snapshot's group.
+    pub parent: Option<String>,
+    /// Which earlier snapshots are in the new one's group, the newest of which is its parent
+    /// (by host and paths unless told otherwise, as `forget` groups).
+    pub group_by: GroupBy,
+    /// A source path that does not exist is left out with a warning instead of failing the
+    /// snapshot (it still fails when none exists).
+    pub ignore_missing: bool,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            kind: SnapshotKind::default(),
+            label: None,
+            tags: Vec::new(),
+            excludes: Vec::new(),
+            one_file_system: false,
+            dry_run: false,
+            host: None,
+            threads: 0,
+            no_follow_sources: false,
+            parent: None,
+            group_by: GroupBy::host_and_paths(),
+            ignore_missing: false,
+            pin: false,
+            safety: false,
+        }
+    }
 }
 
 impl SnapshotOptions {
@@ -58,6 +90,13 @@ impl SnapshotOptions {
     #[must_use]
     pub fn new(paths: Vec<PathBuf>) -> Self {
         Self { paths, ..Self::default() }
+    }
+
+    /// Checks the source paths as a snapshot will: an error when it would fail for want of
+    /// them (none given; one missing, or all of them with `ignore_missing`). The CLI asks
+    /// before it creates a repository for the snapshot.
+    pub fn check_sources(&self) -> Result<()> {
+        walk::sources(&self.paths, self.ignore_missing).map(|_| ())
     }
 }
 
@@ -80,15 +119,35 @@ fn user_name() -> String {
 }
 
 impl Repo {
-    /// The snapshot change detection trusts for a new snapshot of `paths` on `host`.
-    pub fn parent_for(&self, host: &str, paths: &[Vec<u8>], kind: SnapshotKind) -> Result<Option<Snapshot>> {
-        if kind == SnapshotKind::Full {
+    /// The snapshot change detection trusts for a new snapshot of `paths` (as recorded) with
+    /// `tags` on `host`: the one `opts.parent` names, else the newest of its group (the newest
+    /// full one for a differential snapshot). A restore's safety snapshot is the automatic
+    /// parent only of another safety snapshot: `latest` leaves them out too, and one holds
+    /// only what a restore overwrote.
+    pub fn parent_for(
+        &self,
+        opts: &SnapshotOptions,
+        host: &str,
+        paths: &[Vec<u8>],
+        tags: &[String],
+    ) -> Result<Option<Snapshot>> {
+        if let Some(spec) = &opts.parent {
+            if opts.kind == SnapshotKind::Full {
+                return Err(Error::InvalidInput(
+                    "a full snapshot reads everything and trusts no parent: give --parent without --kind full"
+                        .into(),
+                ));
+            }
+            return self.resolve(spec).map(Some);
+        }
+        if opts.kind == SnapshotKind::Full {
             return Ok(None);
         }
+        let safety = opts.safety;
         Ok(self.snapshots()?.into_iter().rev().find(|s| {
-            s.record.host == host
-                && s.record.paths == paths
-                && (kind == SnapshotKind::Incremental || s.record.kind == SnapshotKind::Full)
+            opts.group_by.admits(s, host, paths, tags)
+                && (safety || !s.is_safety())
+                && (opts.kind == SnapshotKind::Incremental || s.record.kind == SnapshotKind::Full)
         }))
     }
 
@@ -107,12 +166,14 @@ impl Repo {
         }
         let _session = self.session("snapshot")?;
         let time = jiff::Timestamp::now();
-        let paths = walk::sources(&opts.paths)?;
+        // The record holds the paths snapshotted: a missing one left out is only a warning.
+        let (paths, missing) = walk::sources(&opts.paths, opts.ignore_missing)?;
         let raw_paths: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
         let host = opts.host.clone().unwrap_or_else(host_name);
-        let parent = self.parent_for(&host, &raw_paths, opts.kind)?;
+        let parent = self.parent_for(opts, &host, &raw_paths, &opts.tags)?;
         let counters = Counters::default();
-        let stored = self.store_sources(opts, &paths, parent.as_ref(), &counters, progress)?;
+        let mut stored = self.store_sources(opts, &paths, parent.as_ref(), &counters, progress)?;
+        stored.warnings.splice(0..0, missing);
         let record = SnapshotRecord {
             time_ns: i64::try_from(time.as_nanosecond()).unwrap_or(i64::MAX),
             host,

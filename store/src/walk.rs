@@ -31,18 +31,33 @@ use crate::upload::{ReadError, Upload};
 use crate::workers::lock;
 
 /// The source paths as a snapshot records them: absolute, `.` and `..` taken lexically,
-/// sorted, each once. A source that does not exist is an error, not a warning.
-pub(crate) fn sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// sorted, each once. A source that does not exist is an error, unless `ignore_missing`: then
+/// it is left out with a warning (returned second), and only none existing is an error.
+pub(crate) fn sources(paths: &[PathBuf], ignore_missing: bool) -> Result<(Vec<PathBuf>, Vec<Warning>)> {
     if paths.is_empty() {
         return Err(Error::InvalidInput("no paths to snapshot".into()));
     }
     let mut paths = paths.iter().map(|p| normalise(p)).collect::<Result<Vec<_>>>()?;
     paths.sort();
     paths.dedup();
-    for p in &paths {
-        fs::symlink_metadata(p).at(p)?;
+    let mut found = Vec::with_capacity(paths.len());
+    let mut missing = Vec::new();
+    for p in paths {
+        match fs::symlink_metadata(&p) {
+            Ok(_) => found.push(p),
+            Err(e) if ignore_missing && e.kind() == io::ErrorKind::NotFound => {
+                missing.push(Warning::new(&p, "does not exist: left out of the snapshot (--ignore-missing)"));
+            }
+            Err(e) => return Err(Error::io(&p, e)),
+        }
     }
-    Ok(paths)
+    if found.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "none of the paths to snapshot exists ({})",
+            missing.iter().map(|w| w.path.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok((found, missing))
 }
 
 /// Makes a path absolute and removes `.` and `..` lexically: the snapshot keeps the path as

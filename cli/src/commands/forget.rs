@@ -40,7 +40,7 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
             named.iter().map(|s| s.id).collect()
         }
         (true, true) => {
-            let group_by = lower::group_by(args)?;
+            let group_by = lower::group_by(&args.group_by)?;
             // Only --keep-safety-* given: the policy is for safety snapshots alone, and the
             // others are not judged (an empty policy would remove them all).
             let snaps: Vec<Snapshot> = repo
