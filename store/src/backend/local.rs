@@ -29,8 +29,8 @@ use crate::error::{BackendError, Error, IoContext, Result};
 const HANDLE_CACHE: usize = 64;
 
 /// File and folder modes of a repository's files: private (0600/0700) unless the repository
-/// was made group-readable (0640/0750). The config file carries the choice: whatever creates a
-/// repository file reads its mode, so nothing can drift from it.
+/// was made group-readable (0640/0750). What `init` made carries the choice: whatever creates a
+/// repository file reads it here, so nothing can drift from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Modes {
     /// Mode of new files.
@@ -52,14 +52,23 @@ impl Modes {
         Self { file: 0o640, dir: 0o750 }
     }
 
-    /// The modes of the repository at `root`, from its config file.
+    /// The modes of the repository at `root`, as `init` made them: group-readable when its
+    /// config lets the group read it and others not (0640) and its top folder lets the group in
+    /// (0750); private otherwise. A copy that lost its modes (`config` 0644 and folders 0755,
+    /// from a copy under umask 022 that does not keep modes) was not made so by `init`, and
+    /// is private: new files never become readable by more than `init` allowed, and never by
+    /// everyone.
     #[must_use]
     pub fn of(root: &Path) -> Self {
         use std::os::unix::fs::PermissionsExt;
-        let meta = fs::metadata(root.join("config")).or_else(|_| fs::metadata(root.join(CONFIG_COPY)));
-        match meta {
-            Ok(m) if m.permissions().mode() & 0o040 != 0 => Self::group_readable(),
-            _ => Self::private(),
+        let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode()).ok();
+        let config = mode(&root.join("config")).or_else(|| mode(&root.join(CONFIG_COPY)));
+        let group_config = config.is_some_and(|m| m & 0o044 == 0o040);
+        let group_root = mode(root).is_some_and(|m| m & 0o010 != 0);
+        if group_config && group_root {
+            Self::group_readable()
+        } else {
+            Self::private()
         }
     }
 }

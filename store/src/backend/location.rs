@@ -103,6 +103,14 @@ impl Location {
             if rd.next().is_some() {
                 return Err(Error::NotEmpty(path.clone()));
             }
+            // An empty folder given to `init` becomes the repository's root and gets its mode,
+            // as a root `init` creates does (a `mkdir` under umask 022 left it 0755). A folder
+            // that is not empty is never touched (refused above). One this user does not own
+            // (a shared mount point) keeps its mode, with a warning.
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(modes.dir)) {
+                log::warn!("{}: cannot set the repository's mode {:o}: {e}", path.display(), modes.dir);
+            }
         } else {
             // Parents are made as the umask says (they are the user's directories); the root
             // gets the repository's mode (docs/FORMAT.md), set after creation because the umask
