@@ -9,19 +9,27 @@ use crate::lower;
 use crate::output::{self, errln, outln, size, Quiet};
 use crate::progress::Bar;
 
+/// One rule wherever the repository is named (the default, `$CAIRN_REPO` or `--repo`): a
+/// snapshot creates it, with `init`'s defaults and a line on stderr, when nothing is there or
+/// an empty folder; every other command refuses a place without a repository. A folder that
+/// holds anything else is never filled (`init` refuses it). The sources are checked first, so
+/// a snapshot that would fail for want of them creates nothing.
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
+    let opts = lower::snapshot_options(args)?;
     let (location, is_default) = super::repo_location(cli)?;
-    let repo = if is_default && !location.holds_repository().unwrap_or(false) {
+    let repo = if location.holds_repository().unwrap_or(false) {
+        super::open(cli)?
+    } else {
+        opts.check_sources().context("snapshot failed; no snapshot was recorded")?;
+        let which = if is_default { "the default repository" } else { "a new repository" };
         let repo = Repo::init(&location, &InitOptions::default())
-            .with_context(|| format!("cannot create the default repository {location}"))?;
+            .with_context(|| format!("cannot create {which} at {location} for this snapshot"))?;
         if !cli.quiet {
-            errln!("cairn: created the default repository at {location} (use --repo or CAIRN_REPO for another)");
+            let hint = if is_default { "use --repo or CAIRN_REPO for another" } else { "with init's defaults" };
+            errln!("cairn: created {which} at {location} ({hint})");
         }
         repo
-    } else {
-        super::open(cli)?
     };
-    let opts = lower::snapshot_options(args)?;
     let bar = Bar::for_cli(cli);
     let report = repo.snapshot(&opts, &bar).context("snapshot failed; no snapshot was recorded")?;
     output::report(cli, &report, Quiet::Silences, print_summary)?;
