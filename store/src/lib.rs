@@ -68,12 +68,11 @@ mod upload;
 mod walk;
 mod workers;
 
-pub use catalog::GroupBy;
 pub use backend::{
     Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo,
     RetryBackend, Storage, TEMPORARY_GRACE,
 };
-pub use catalog::{Retag, Retagged};
+pub use catalog::{GroupBy, Retag, Retagged};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
 pub use diff::{Change, DiffReport};

@@ -134,8 +134,7 @@ impl Repo {
         if let Some(spec) = &opts.parent {
             if opts.kind == SnapshotKind::Full {
                 return Err(Error::InvalidInput(
-                    "a full snapshot reads everything and trusts no parent: give --parent without --kind full"
-                        .into(),
+                    "a full snapshot reads everything and trusts no parent: give --parent without --kind full".into(),
                 ));
             }
             return self.resolve(spec).map(Some);

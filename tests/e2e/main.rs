@@ -29,5 +29,6 @@ mod restore_options;
 mod restore_safety;
 mod roundtrip;
 mod selection;
+mod snapshot_everyday;
 mod snapshot_options;
 mod source_safety;
