@@ -17,7 +17,8 @@ use crate::progress::Bar;
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     let opts = lower::snapshot_options(args)?;
     let (location, is_default) = super::repo_location(cli)?;
-    let repo = if location.holds_repository().unwrap_or(false) {
+    // A place that cannot be looked at (no permission) is opened, for the error that says so.
+    let repo = if !matches!(location.holds_repository(), Ok(false)) {
         super::open(cli)?
     } else {
         opts.check_sources().context("snapshot failed; no snapshot was recorded")?;
