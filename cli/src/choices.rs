@@ -22,12 +22,12 @@ pub static KINDS: &[Choice<SnapshotKind>] = &[
     Choice {
         value: SnapshotKind::Incremental,
         name: "incremental",
-        help: "Trust the newest snapshot of the same host and paths (unchanged files are not read)",
+        help: "Trust the newest snapshot of its group (--group-by: host and paths) (unchanged files are not read)",
     },
     Choice {
         value: SnapshotKind::Differential,
         name: "differential",
-        help: "Trust the newest full snapshot of the same host and paths",
+        help: "Trust the newest full snapshot of its group (--group-by: host and paths)",
     },
     Choice { value: SnapshotKind::Full, name: "full", help: "Read every byte again" },
 ];

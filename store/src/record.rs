@@ -31,10 +31,10 @@ fn is_safety(tags: &[String], label: Option<&str>) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotKind {
-    /// Trusts the newest snapshot of the same host and paths.
+    /// Trusts the newest snapshot of its group (the same host and paths unless told otherwise).
     #[default]
     Incremental,
-    /// Trusts the newest full snapshot of the same host and paths.
+    /// Trusts the newest full snapshot of its group.
     Differential,
     /// Trusts nothing: every byte is read again.
     Full,
