@@ -119,22 +119,18 @@ fn user_name() -> String {
 }
 
 impl Repo {
-    /// The snapshot change detection trusts for a new snapshot of `paths` (as recorded) with
-    /// `tags` on `host`: the one `opts.parent` names, else the newest of its group (the newest
-    /// full one for a differential snapshot). A restore's safety snapshot is the automatic
-    /// parent only of another safety snapshot: `latest` leaves them out too, and one holds
-    /// only what a restore overwrote.
-    pub fn parent_for(
-        &self,
-        opts: &SnapshotOptions,
-        host: &str,
-        paths: &[Vec<u8>],
-        tags: &[String],
-    ) -> Result<Option<Snapshot>> {
+    /// The snapshot change detection trusts for a new snapshot of `paths` (as recorded) on
+    /// `host` with `opts.tags`: the one `opts.parent` names, else the newest of its group (the
+    /// newest full one for a differential snapshot). A restore's safety snapshot is the
+    /// automatic parent only of another safety snapshot: `latest` leaves them out too, and one
+    /// holds only what a restore overwrote.
+    pub fn parent_for(&self, opts: &SnapshotOptions, host: &str, paths: &[Vec<u8>]) -> Result<Option<Snapshot>> {
         if let Some(spec) = &opts.parent {
             if opts.kind == SnapshotKind::Full {
                 return Err(Error::InvalidInput(
-                    "a full snapshot reads everything and trusts no parent: give --parent without --kind full".into(),
+                    "a full snapshot reads every byte and trusts no parent: name one only for an incremental or \
+                     differential snapshot"
+                        .into(),
                 ));
             }
             return self.resolve(spec).map(Some);
@@ -142,6 +138,7 @@ impl Repo {
         if opts.kind == SnapshotKind::Full {
             return Ok(None);
         }
+        let tags = &opts.tags;
         let safety = opts.safety;
         Ok(self.snapshots()?.into_iter().rev().find(|s| {
             opts.group_by.admits(s, host, paths, tags)
@@ -169,7 +166,7 @@ impl Repo {
         let (paths, missing) = walk::sources(&opts.paths, opts.ignore_missing)?;
         let raw_paths: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
         let host = opts.host.clone().unwrap_or_else(host_name);
-        let parent = self.parent_for(opts, &host, &raw_paths, &opts.tags)?;
+        let parent = self.parent_for(opts, &host, &raw_paths)?;
         let counters = Counters::default();
         let mut stored = self.store_sources(opts, &paths, parent.as_ref(), &counters, progress)?;
         stored.warnings.splice(0..0, missing);
