@@ -338,3 +338,24 @@ fn issue15_item19_snapshot_creates_the_repository_wherever_it_is_named() {
     assert_eq!(out.unwrap().status.code(), Some(1));
     assert!(!nowhere.exists(), "no repository for a snapshot that could not be taken");
 }
+
+/// A restore's safety snapshot holds only what the restore overwrote: it is not the automatic
+/// parent of the next ordinary snapshot, which would otherwise, grouped by host, trust a
+/// snapshot missing most of its paths.
+#[test]
+fn issue15_item6_a_safety_snapshot_is_not_the_automatic_parent() {
+    let (dir, repo) = new_repo();
+    let (etc, opt) = (dir.path().join("etc"), dir.path().join("opt"));
+    fill(&etc, 12, 2, 1000);
+    fill(&opt, 13, 2, 1000);
+    cairn_json(&repo, args!["snapshot", &etc, &opt], 0);
+    let etc_only = cairn_json(&repo, args!["snapshot", &etc], 0);
+    fs::write(etc.join("f0"), b"edited").unwrap();
+    let restore = cairn_json(&repo, args!["restore", id_of(&etc_only), "--target", "/"], 0);
+    let safety = restore["safety_snapshot"].as_str().expect("a safety snapshot was taken").to_owned();
+    let next = cairn_json(&repo, args!["snapshot", &etc, &opt, "--group-by", "host"], 0);
+    assert_ne!(next["parent"].as_str(), Some(safety.as_str()), "{next}");
+    assert_eq!(next["parent"], etc_only["id"], "the newest ordinary snapshot of this host: {next}");
+    let same_paths = cairn_json(&repo, args!["snapshot", &etc], 0);
+    assert_eq!(same_paths["parent"], next["parent"], "nor with the default grouping: {same_paths}");
+}
