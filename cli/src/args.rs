@@ -29,6 +29,13 @@ pub struct Cli {
     /// Print more detail (each warning; each path a restore creates, overwrites or deletes)
     #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
+    /// A service's kit: NAME.toml in $CAIRN_CONFIG_DIR, ~/.config/cairn or /etc/cairn (or a
+    /// path): its repository, sources, tags, captures, hooks, components and retention
+    #[arg(long, global = true, env = "CAIRN_PROFILE", value_name = "NAME|PATH", help_heading = GLOBAL)]
+    pub profile: Option<String>,
+    /// True when `repo` came from $CAIRN_REPO rather than --repo: a profile's `repo` then wins.
+    #[arg(skip)]
+    pub repo_from_env: bool,
     /// The command
     #[command(subcommand)]
     pub command: Command,
@@ -39,7 +46,10 @@ impl Cli {
     /// tool's name asks for, and that `cat --json` has nothing to print as JSON. Exits 2 (or 0
     /// for `--help` and `--version`) as clap does.
     pub fn parse_or_exit() -> Self {
-        let cli = Self::try_parse().unwrap_or_else(|e| with_hint(e).exit());
+        use clap::FromArgMatches;
+        let matches = Self::command().try_get_matches().unwrap_or_else(|e| with_hint(e).exit());
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.repo_from_env = matches.value_source("repo") == Some(clap::parser::ValueSource::EnvVariable);
         if cli.json && matches!(cli.command, Command::Cat(_)) {
             // Accepted and ignored, --json would let a script parse a file's bytes as JSON.
             Self::command()
@@ -192,8 +202,8 @@ pub struct InitArgs {
 /// `cairn snapshot`
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// Files or directories to snapshot
-    #[arg(required = true, value_name = "PATH")]
+    /// Files or directories to snapshot (with --profile: added to its sources)
+    #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Which earlier snapshot to trust for change detection
     #[arg(long, value_parser = choices::choice(choices::KINDS), default_value = choices::default_kind())]
@@ -261,6 +271,9 @@ pub struct RestoreArgs {
     /// Directory to recreate the source paths under; `/` restores in place
     #[arg(long, short, value_name = "DIR")]
     pub target: PathBuf,
+    /// Restore only the paths of this component of the profile (repeatable)
+    #[arg(long = "component", value_name = "NAME")]
+    pub components: Vec<String>,
     /// Restore only this path of the snapshot (absolute, as snapshotted; repeatable)
     #[arg(long = "include", short = 'i', value_name = "PATH")]
     pub includes: Vec<PathBuf>,

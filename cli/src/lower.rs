@@ -12,6 +12,7 @@ use cairn_store::{
 use crate::args::{
     ForgetArgs, GcArgs, InitArgs, RepairConfigArgs, RestoreArgs, ScrubArgs, SelectArgs, SnapshotArgs, TagArgs,
 };
+use crate::profile::Profile;
 
 /// For a command that only reads or adds.
 pub fn open_options() -> OpenOptions {
@@ -61,19 +62,44 @@ pub fn config_repair(args: &RepairConfigArgs) -> Result<ConfigRepair> {
 }
 
 /// `cairn snapshot`; reads the exclude files.
-pub fn snapshot_options(args: &SnapshotArgs) -> Result<SnapshotOptions> {
+pub fn snapshot_options(args: &SnapshotArgs, profile: Option<&Profile>) -> Result<SnapshotOptions> {
     let mut opts = SnapshotOptions::new(args.paths.clone());
     opts.kind = args.kind;
     opts.label.clone_from(&args.label);
     opts.tags.clone_from(&args.tags);
     opts.excludes.clone_from(&args.excludes);
-    for f in &args.exclude_file {
+    let mut exclude_files = args.exclude_file.clone();
+    if let Some(p) = profile {
+        // The profile's sources first; paths given on the command line are added to them.
+        opts.paths = p.sources.iter().chain(&args.paths).cloned().collect();
+        opts.optional_paths.clone_from(&p.optional_sources);
+        for t in &p.tags {
+            if !opts.tags.contains(t) {
+                opts.tags.push(t.clone());
+            }
+        }
+        opts.excludes.extend(p.exclude.iter().cloned());
+        exclude_files.extend(p.exclude_files.iter().cloned());
+        opts.one_file_system = p.one_file_system;
+        opts.host.clone_from(&p.host);
+        if opts.label.is_none() {
+            let host =
+                p.host.clone().unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
+            opts.label = p.label_now(&host);
+        }
+    }
+    if opts.paths.is_empty() && opts.optional_paths.is_empty() {
+        bail!("nothing to snapshot: give the paths, or a --profile with sources");
+    }
+    for f in &exclude_files {
         opts.excludes
             .extend(read_exclude_file(f).with_context(|| format!("cannot read exclude file {}", f.display()))?);
     }
-    opts.one_file_system = args.one_file_system;
+    opts.one_file_system |= args.one_file_system;
     opts.dry_run = args.dry_run;
-    opts.host.clone_from(&args.host);
+    if args.host.is_some() {
+        opts.host.clone_from(&args.host);
+    }
     opts.pin = args.pin;
     opts.parent.clone_from(&args.parent);
     opts.group_by = group_by(&args.group_by)?;
@@ -83,8 +109,12 @@ pub fn snapshot_options(args: &SnapshotArgs) -> Result<SnapshotOptions> {
 
 /// `--tag`, `--host`, `--path` of any command that names snapshots. Paths are made absolute
 /// (relative to the working directory), as snapshot sources are.
-pub fn filter(args: &SelectArgs) -> Result<SnapshotFilter> {
+pub fn filter(args: &SelectArgs, profile: Option<&Profile>) -> Result<SnapshotFilter> {
     let mut f = SnapshotFilter::default();
+    if let Some(p) = profile {
+        // A profile's tags scope every name it is used with to its own snapshots.
+        f.all_tags.clone_from(&p.tags);
+    }
     f.tags.clone_from(&args.tags);
     f.host.clone_from(&args.host);
     f.paths = args.paths.iter().map(std::path::absolute).collect::<std::io::Result<_>>()?;
@@ -115,10 +145,26 @@ pub fn retag(args: &TagArgs) -> Retag {
 }
 
 /// `cairn restore`; `verbose` (`-v`) lists every path the restore changes.
-pub fn restore_options(args: &RestoreArgs, verbose: bool) -> RestoreOptions {
+pub fn restore_options(args: &RestoreArgs, verbose: bool, profile: Option<&Profile>) -> Result<RestoreOptions> {
     let mut opts = RestoreOptions::default();
     opts.target.clone_from(&args.target);
     opts.includes.clone_from(&args.includes);
+    if !args.components.is_empty() {
+        let Some(p) = profile else { bail!("--component needs a --profile that names components") };
+        for name in &args.components {
+            let Some(paths) = p.components.get(name) else {
+                bail!(
+                    "profile {} has no component {name:?} (it has: {})",
+                    p.name,
+                    p.components.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            };
+            opts.includes.extend(paths.iter().cloned());
+        }
+    }
+    if let Some(p) = profile {
+        opts.safety_tags.clone_from(&p.tags);
+    }
     opts.excludes.clone_from(&args.excludes);
     opts.verify = args.verify;
     opts.dry_run = args.dry_run;
@@ -126,7 +172,7 @@ pub fn restore_options(args: &RestoreArgs, verbose: bool) -> RestoreOptions {
     opts.safety_snapshot = !args.no_safety_snapshot;
     opts.delete = args.delete;
     opts.list_changes = verbose;
-    opts
+    Ok(opts)
 }
 
 /// `cairn scrub`, limited to `snapshots` (resolved from `--snapshot` by the caller, which has
@@ -165,8 +211,29 @@ pub fn forget_gc_options(args: &ForgetArgs, removed: &[SnapshotId]) -> GcOptions
 }
 
 /// `cairn forget`'s keep-policy.
-pub fn keep_policy(args: &ForgetArgs) -> KeepPolicy {
+pub fn keep_policy(args: &ForgetArgs, profile: Option<&Profile>) -> KeepPolicy {
     let mut policy = KeepPolicy::default();
+    let given =
+        [args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly, args.keep_monthly, args.keep_yearly]
+            .iter()
+            .any(Option::is_some)
+            || args.keep_within.is_some()
+            || !args.keep_tags.is_empty();
+    if let (Some(r), false, true) = (profile.and_then(|p| p.retention.as_ref()), given, args.ids.is_empty()) {
+        // No rule on the command line and no IDs: the profile's policy.
+        policy.last = r.keep_last;
+        policy.hourly = r.keep_hourly;
+        policy.daily = r.keep_daily;
+        policy.weekly = r.keep_weekly;
+        policy.monthly = r.keep_monthly;
+        policy.yearly = r.keep_yearly;
+        policy.within = r.keep_within;
+        policy.tags.clone_from(&r.keep_tags);
+        policy.include_pinned = args.include_pinned;
+        policy.safety_last = args.keep_safety_last.or(r.keep_safety_last);
+        policy.safety_within = args.keep_safety_within.or(r.keep_safety_within);
+        return policy;
+    }
     policy.last = args.keep_last;
     policy.hourly = args.keep_hourly;
     policy.daily = args.keep_daily;

@@ -13,6 +13,7 @@ mod commands;
 mod logging;
 mod lower;
 mod output;
+mod profile;
 mod progress;
 mod units;
 

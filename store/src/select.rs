@@ -16,6 +16,8 @@ use crate::repo::Snapshot;
 pub struct SnapshotFilter {
     /// Snapshots with any of these tags (all when empty).
     pub tags: Vec<String>,
+    /// Snapshots with every one of these tags (a profile's: they scope what it names).
+    pub all_tags: Vec<String>,
     /// Snapshots of this host.
     pub host: Option<String>,
     /// Snapshots that cover any of these absolute paths: a source path is the path, above it,
@@ -27,7 +29,7 @@ impl SnapshotFilter {
     /// True when it lets every snapshot through.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.tags.is_empty() && self.host.is_none() && self.paths.is_empty()
+        self.tags.is_empty() && self.all_tags.is_empty() && self.host.is_none() && self.paths.is_empty()
     }
 
     /// True when `s` passes.
@@ -35,6 +37,7 @@ impl SnapshotFilter {
     pub fn matches(&self, s: &Snapshot) -> bool {
         let r = &s.record;
         (self.tags.is_empty() || r.tags.iter().any(|t| self.tags.contains(t)))
+            && self.all_tags.iter().all(|t| r.tags.contains(t))
             && self.host.as_ref().is_none_or(|h| &r.host == h)
             && (self.paths.is_empty()
                 || r.paths.iter().any(|source| {
@@ -56,6 +59,9 @@ impl SnapshotFilter {
         let mut parts = Vec::new();
         if !self.tags.is_empty() {
             parts.push(format!("tagged {}", self.tags.join(" or ")));
+        }
+        if !self.all_tags.is_empty() {
+            parts.push(format!("tagged {}", self.all_tags.join(" and ")));
         }
         if let Some(h) = &self.host {
             parts.push(format!("of host {h}"));

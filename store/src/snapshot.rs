@@ -61,6 +61,9 @@ pub struct SnapshotOptions {
     /// A source path that does not exist is left out with a warning instead of failing the
     /// snapshot (it still fails when none exists).
     pub ignore_missing: bool,
+    /// Source paths snapshotted when they exist; one that does not is left out with a note
+    /// (a profile's `optional_sources`: a drop-in directory that may not be there).
+    pub optional_paths: Vec<PathBuf>,
 }
 
 impl Default for SnapshotOptions {
@@ -81,6 +84,7 @@ impl Default for SnapshotOptions {
             ignore_missing: false,
             pin: false,
             safety: false,
+            optional_paths: Vec::new(),
         }
     }
 }
@@ -96,7 +100,23 @@ impl SnapshotOptions {
     /// them (none given; one missing, or all of them with `ignore_missing`). The CLI asks
     /// before it creates a repository for the snapshot.
     pub fn check_sources(&self) -> Result<()> {
-        walk::sources(&self.paths, self.ignore_missing).map(|_| ())
+        walk::sources(&self.present_paths().0, self.ignore_missing).map(|_| ())
+    }
+
+    /// The paths to snapshot: `paths` and the optional ones that exist; and a note for each
+    /// optional one that does not.
+    fn present_paths(&self) -> (Vec<PathBuf>, Vec<Warning>) {
+        let mut paths = self.paths.clone();
+        let mut notes = Vec::new();
+        for p in &self.optional_paths {
+            match std::fs::symlink_metadata(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    notes.push(Warning::new(p, "optional source does not exist: left out"));
+                }
+                _ => paths.push(p.clone()), // there, or an error the walk reports
+            }
+        }
+        (paths, notes)
     }
 }
 
@@ -163,13 +183,15 @@ impl Repo {
         let _session = self.session("snapshot")?;
         let time = jiff::Timestamp::now();
         // The record holds the paths snapshotted: a missing one left out is only a warning.
-        let (paths, missing) = walk::sources(&opts.paths, opts.ignore_missing)?;
+        let (present, absent) = opts.present_paths();
+        let (paths, missing) = walk::sources(&present, opts.ignore_missing)?;
         let raw_paths: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
         let host = opts.host.clone().unwrap_or_else(host_name);
         let parent = self.parent_for(opts, &host, &raw_paths)?;
         let counters = Counters::default();
         let mut stored = self.store_sources(opts, &paths, parent.as_ref(), &counters, progress)?;
         stored.warnings.splice(0..0, missing);
+        stored.notes.splice(0..0, absent);
         let record = SnapshotRecord {
             time_ns: i64::try_from(time.as_nanosecond()).unwrap_or(i64::MAX),
             host,
@@ -245,11 +267,12 @@ impl Repo {
     /// stored as the link, since the restore replaces it and never writes through it. Returns
     /// the safety snapshot's ID. It has no label (labels are unique, and a restore may run
     /// many times): the `safety` tag marks it, and the restore's report names it.
-    pub(crate) fn safety_snapshot_of(&self, paths: Vec<PathBuf>) -> Result<Option<String>> {
+    pub(crate) fn safety_snapshot_of(&self, paths: Vec<PathBuf>, extra_tags: &[String]) -> Result<Option<String>> {
         let mut so = SnapshotOptions::new(paths);
         so.no_follow_sources = true;
         so.safety = true;
         so.tags = vec![SAFETY_TAG.into()];
+        so.tags.extend(extra_tags.iter().filter(|t| *t != SAFETY_TAG).cloned());
         Ok(self.snapshot(&so, &NoProgress)?.id)
     }
 }

@@ -20,9 +20,9 @@ struct Output {
 
 pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
     let repo = super::open_to_free_space(cli)?;
-    let policy = lower::keep_policy(args);
+    let policy = lower::keep_policy(args, super::profile(cli)?);
     let mut report = ForgetReport { dry_run: args.dry_run, ..ForgetReport::default() };
-    let filter = lower::filter(&args.select)?;
+    let filter = lower::filter(&args.select, super::profile(cli)?)?;
     let has_policy = !policy.is_empty() || policy.has_safety_rule();
     let to_remove: Vec<SnapshotId> = match (args.ids.is_empty(), has_policy) {
         (false, false) => {

@@ -15,7 +15,7 @@ use crate::output::{self, errln, outln, size, Quiet};
 
 pub fn show(cli: &Cli, args: &ShowArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select, super::profile(cli)?)?)?;
     output::report(cli, &repo.show(&snap)?, Quiet::Ignored, |r| print_show(r, &snap))?;
     Ok(exit::OK)
 }
@@ -74,7 +74,7 @@ fn print_stats(s: &Stats) -> std::io::Result<()> {
 
 pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let filter = lower::filter(&args.select)?;
+    let filter = lower::filter(&args.select, super::profile(cli)?)?;
     let a = repo.resolve_in(&args.a, &filter)?;
     let (report, against) = if args.live {
         // The second positional, if any, is the first path: `diff SNAP --live /etc`.
@@ -120,7 +120,7 @@ fn print_listing(out: &mut dyn Write, l: &Listing, long: bool) -> std::io::Resul
 
 pub fn ls(cli: &Cli, args: &LsArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select, super::profile(cli)?)?)?;
     let list = repo.ls(&snap, args.path.as_deref().unwrap_or(Path::new("/")), args.recursive)?;
     output::report(cli, &list, Quiet::Ignored, |list| {
         let mut out = output::stdout();
@@ -220,7 +220,7 @@ pub fn log(cli: &Cli, args: &LogArgs) -> Result<u8> {
 
 pub fn cat(cli: &Cli, args: &CatArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select, super::profile(cli)?)?)?;
     // Not output::stdout(): a file is streamed as it is decompressed, so a reader that went
     // away (`| head`) should stop the work, not have the rest of the file decoded for nobody.
     let mut out = std::io::stdout().lock();
@@ -251,7 +251,7 @@ fn b3sum_line(hash: &str, path: &str) -> String {
 
 pub fn manifest(cli: &Cli, args: &ManifestArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select)?)?;
+    let snap = repo.resolve_in(&args.snapshot, &lower::filter(&args.select, super::profile(cli)?)?)?;
     let files = repo.manifest(&snap, args.path.as_deref().unwrap_or(Path::new("/")))?;
     let mut skipped = Vec::new();
     let mut lines = Vec::new();

@@ -10,6 +10,7 @@ use crate::args::{Cli, ListArgs};
 use crate::exit;
 use crate::lower;
 use crate::output::{self, local_time, outln, size, Quiet};
+use crate::profile::Profile;
 
 /// One snapshot as `list --json` prints it.
 #[derive(Serialize)]
@@ -33,9 +34,12 @@ struct Listed<'a> {
     warnings: u64,
     duration_ms: u64,
     cairn_version: &'a str,
+    /// With --profile: the profile's components this snapshot holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    components: Option<Vec<String>>,
 }
 
-fn listed(s: &Snapshot) -> Listed<'_> {
+fn listed<'a>(s: &'a Snapshot, profile: Option<&Profile>) -> Listed<'a> {
     let r = &s.record;
     Listed {
         id: s.id.to_hex(),
@@ -56,12 +60,13 @@ fn listed(s: &Snapshot) -> Listed<'_> {
         warnings: r.warnings,
         duration_ms: r.duration_ms,
         cairn_version: &r.cairn_version,
+        components: profile.map(|p| p.components_of(s)),
     }
 }
 
 pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let filter = lower::filter(&args.select)?;
+    let filter = lower::filter(&args.select, super::profile(cli)?)?;
     let mut snaps: Vec<Snapshot> = repo.snapshots()?.into_iter().filter(|s| filter.matches(s)).collect();
     if let Some(n) = args.latest {
         let skip = snaps.len().saturating_sub(n);
@@ -76,18 +81,26 @@ pub fn run(cli: &Cli, args: &ListArgs) -> Result<u8> {
         }
         return Ok(exit::OK);
     }
-    output::report(cli, &snaps.iter().map(listed).collect::<Vec<_>>(), Quiet::Silences, |_| table(&snaps))?;
+    let profile = super::profile(cli)?;
+    let rows: Vec<Listed> = snaps.iter().map(|s| listed(s, profile)).collect();
+    output::report(cli, &rows, Quiet::Silences, |rows| table(&snaps, rows))?;
     Ok(exit::OK)
 }
 
 const HEADER: [&str; 10] = ["ID", "TIME", "KIND", "LABEL", "TAGS", "HOST", "SIZE", "NEW", "FILES", "PATHS"];
 
-fn table(snaps: &[Snapshot]) -> Result<()> {
+fn table(snaps: &[Snapshot], listed: &[Listed]) -> Result<()> {
+    let with_components = listed.iter().any(|l| l.components.is_some());
+    let mut header: Vec<&str> = HEADER.to_vec();
+    if with_components {
+        header.insert(HEADER.len() - 1, "COMPONENTS");
+    }
     let mut rows: Vec<Vec<String>> = snaps
         .iter()
-        .map(|s| {
+        .zip(listed)
+        .map(|(s, l)| {
             let r = &s.record;
-            vec![
+            let mut row = vec![
                 s.id.short(8),
                 local_time(r.time_ns),
                 r.kind.as_str().to_owned(),
@@ -98,15 +111,19 @@ fn table(snaps: &[Snapshot]) -> Result<()> {
                 size(r.totals.data_stored),
                 r.totals.files.to_string(),
                 r.paths_lossy().join(" "),
-            ]
+            ];
+            if let Some(c) = &l.components {
+                row.insert(row.len() - 1, c.join(","));
+            }
+            row
         })
         .collect();
     // On a terminal a long list of paths would wrap every row and break the columns; a pipe
     // gets them whole, so a script sees every path.
     if let Some(width) = output::terminal_width() {
-        output::fit_last_column(&HEADER, &mut rows, width);
+        output::fit_last_column(&header, &mut rows, width);
     }
-    output::table(&HEADER, &rows)?;
+    output::table(&header, &rows)?;
     outln!("{} snapshots", snaps.len())?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use crate::args::{Cli, Command};
 use crate::logging;
 use crate::lower;
 use crate::output::errln;
+use crate::profile::Profile;
 
 /// Runs the parsed command; returns the exit code.
 pub fn run(cli: &Cli) -> Result<u8> {
@@ -43,11 +44,28 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
 }
 
-/// Where the repository is: `--repo`, `$CAIRN_REPO`, or the default under the user's data
-/// directory (true when it is the default). Read as the store reads locations, so a remote
-/// scheme this build does not support is refused rather than made a local folder.
+/// The profile `--profile` (or `$CAIRN_PROFILE`) names, read once; `None` without one.
+pub fn profile(cli: &Cli) -> Result<Option<&'static Profile>> {
+    static LOADED: std::sync::OnceLock<Option<Profile>> = std::sync::OnceLock::new();
+    if let Some(p) = LOADED.get() {
+        return Ok(p.as_ref());
+    }
+    let loaded = cli.profile.as_deref().map(crate::profile::load).transpose()?;
+    Ok(LOADED.get_or_init(|| loaded).as_ref())
+}
+
+/// Where the repository is: `--repo`, else the profile's `repo`, else `$CAIRN_REPO`, else the
+/// default under the user's data directory (true when it is the default). Read as the store
+/// reads locations, so a remote scheme this build does not support is refused rather than
+/// made a local folder.
 pub fn repo_location(cli: &Cli) -> Result<(Location, bool)> {
-    if let Some(p) = &cli.repo {
+    let from_profile = profile(cli)?.and_then(|p| p.repo.as_deref());
+    let named = match (&cli.repo, from_profile) {
+        (Some(_), Some(p)) if cli.repo_from_env => Some(std::path::PathBuf::from(p)),
+        (Some(r), _) => Some(r.clone()),
+        (None, p) => p.map(std::path::PathBuf::from),
+    };
+    if let Some(p) = &named {
         let location = match p.to_str() {
             Some(text) => Location::parse(text)?,
             None => Location::local(p), // not UTF-8: a path, whatever it looks like

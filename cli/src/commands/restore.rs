@@ -31,13 +31,13 @@ pub fn parse_time(text: &str) -> Result<i64> {
 
 pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     let repo = super::open(cli)?;
-    let filter = lower::filter(&args.select)?;
+    let filter = lower::filter(&args.select, super::profile(cli)?)?;
     let snapshot = match (&args.snapshot, &args.at) {
         (_, Some(at)) => repo.resolve_at_in(parse_time(at)?, &filter)?,
         (Some(spec), None) => repo.resolve_in(spec, &filter)?,
         (None, None) => bail!("name a snapshot or give --at TIME"),
     };
-    let opts = lower::restore_options(args, cli.verbose > 0);
+    let opts = lower::restore_options(args, cli.verbose > 0, super::profile(cli)?)?;
     let bar = Bar::for_cli(cli);
     let report = repo
         .restore(&snapshot, &opts, &bar)

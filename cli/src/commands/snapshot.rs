@@ -15,7 +15,7 @@ use crate::progress::Bar;
 /// holds anything else is never filled (`init` refuses it). The sources are checked first, so
 /// a snapshot that would fail for want of them creates nothing.
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
-    let opts = lower::snapshot_options(args)?;
+    let opts = lower::snapshot_options(args, super::profile(cli)?)?;
     let (location, is_default) = super::repo_location(cli)?;
     // A place that cannot be looked at (no permission) is opened, for the error that says so.
     let repo = if !matches!(location.holds_repository(), Ok(false)) {

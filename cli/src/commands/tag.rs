@@ -18,7 +18,7 @@ pub fn run(cli: &Cli, args: &TagArgs) -> Result<u8> {
     {
         bail!("nothing to change: give --add, --remove, --set, --label, --unlabel, --pin or --unpin");
     }
-    let filter = lower::filter(&args.select)?;
+    let filter = lower::filter(&args.select, super::profile(cli)?)?;
     let repo = super::open(cli)?;
     let snaps: Vec<Snapshot> = if args.snapshots.is_empty() {
         if filter.is_empty() {

@@ -86,6 +86,9 @@ pub struct RestoreOptions {
     pub overwrite: Overwrite,
     /// Take a snapshot of the existing entries this restore overwrites or deletes, first.
     pub safety_snapshot: bool,
+    /// Tags the safety snapshot carries besides `safety` (a profile's, so that the profile's
+    /// listing and retention see it).
+    pub safety_tags: Vec<String>,
     /// Remove what the snapshot does not have below the restored paths, so that they become
     /// equal to the snapshot. Excluded names are kept; nothing on another file system is
     /// removed. Refused with `Overwrite::Never`, which keeps every existing entry.
@@ -353,7 +356,7 @@ impl Repo {
         self.writable(
             "the safety snapshot of what this restore overwrites (--no-safety-snapshot restores without one)",
         )?;
-        self.safety_snapshot_of(paths)
+        self.safety_snapshot_of(paths, &opts.safety_tags)
     }
 }
 
