@@ -23,6 +23,7 @@ mod inspect;
 mod integrity;
 mod logging;
 mod processes;
+mod profiles;
 mod property;
 mod restore_everyday;
 mod restore_options;
