@@ -28,6 +28,7 @@ mod property;
 mod restore_everyday;
 mod restore_options;
 mod restore_safety;
+mod review15;
 mod roundtrip;
 mod selection;
 mod snapshot_everyday;

@@ -25,6 +25,27 @@ use crate::tree::{EntryKind, Timestamp};
 /// The prefix of a restore's temporary files: `.cairn-restore.<pid>.<n>`.
 pub(crate) const TEMP_PREFIX: &str = ".cairn-restore.";
 
+/// Which mount a file is on: its file system (`st_dev`) and its mount's ID. A bind mount of a
+/// folder of the same file system has the same `st_dev`, and only the mount ID (statx,
+/// Linux 5.8+) tells it apart; where the kernel gives none it is 0 and `st_dev` alone decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mount {
+    dev: u64,
+    id: u64,
+}
+
+/// The mount `fd`'s file is on.
+pub(crate) fn mount_of(fd: impl AsFd) -> io::Result<Mount> {
+    let dev = rustix::fs::fstat(&fd).map_err(io)?.st_dev;
+    let id = match rustix::fs::statx(&fd, c"", AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::MNT_ID) {
+        Ok(x) if rustix::fs::StatxFlags::from_bits_retain(x.stx_mask).contains(rustix::fs::StatxFlags::MNT_ID) => {
+            x.stx_mnt_id
+        }
+        _ => 0,
+    };
+    Ok(Mount { dev, id })
+}
+
 /// An open destination directory and the path it was reached by (for messages only: the path
 /// is never opened again).
 pub(crate) struct Dir {
@@ -83,7 +104,8 @@ impl Dir {
     /// Every step is relative to an open directory: a directory is opened `O_NOFOLLOW` and
     /// checked to be the one that was looked at, a symlink is unlinked, never followed, so
     /// nothing outside this directory is touched whatever is swapped in meanwhile. Nothing on
-    /// another file system (a mount point below) is removed. `each` hears of every entry
+    /// another mount (a mount point below, a bind mount of the same file system included) is
+    /// removed. `each` hears of every entry
     /// removed (or, with `dry_run`, that would be), children before their directory, and of
     /// every one that could not be. Iterative: depth costs one descriptor a level, not stack.
     pub(crate) fn remove_all(&self, name: &OsStr, dry_run: bool, each: &mut dyn FnMut(PathBuf, io::Result<()>)) {
@@ -93,16 +115,16 @@ impl Dir {
             left: Vec<OsString>,
             incomplete: bool,
         }
-        let dev = match rustix::fs::fstat(&self.fd) {
-            Ok(st) => st.st_dev,
-            Err(e) => return each(self.child_path(name), Err(io(e))),
+        let mount = match mount_of(&self.fd) {
+            Ok(m) => m,
+            Err(e) => return each(self.child_path(name), Err(e)),
         };
         // Looks at `name` in `parent`: a non-directory is removed at once, a directory is
         // opened and returned to be emptied first. `Err(())` when it could not be removed.
         fn visit(
             parent: &Dir,
             name: &OsStr,
-            dev: u64,
+            mount: Mount,
             dry_run: bool,
             each: &mut dyn FnMut(PathBuf, io::Result<()>),
         ) -> Result<Option<Frame>, ()> {
@@ -111,16 +133,15 @@ impl Dir {
                 each(path.clone(), Err(e));
                 Err(())
             };
+            let elsewhere =
+                || io::Error::new(io::ErrorKind::CrossesDevices, "on another file system (a mount point); not deleted");
             let st = match parent.stat(name) {
                 Ok(Some(st)) => st,
                 Ok(None) => return Ok(None), // gone already
                 Err(e) => return fail(e),
             };
-            if st.st_dev != dev {
-                return fail(io::Error::new(
-                    io::ErrorKind::CrossesDevices,
-                    "on another file system (a mount point); not deleted",
-                ));
+            if st.st_dev != mount.dev {
+                return fail(elsewhere());
             }
             if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                 return match if dry_run { Ok(()) } else { parent.remove_file(name) } {
@@ -140,19 +161,25 @@ impl Dir {
                 Ok(_) => return fail(io::Error::other("replaced while it was deleted; left as it is")),
                 Err(e) => return fail(io(e)),
             }
+            // A bind mount shows the same file system: only its mount tells it apart.
+            match mount_of(&dir.fd) {
+                Ok(m) if m == mount => {}
+                Ok(_) => return fail(elsewhere()),
+                Err(e) => return fail(e),
+            }
             match dir.names() {
                 Ok(left) => Ok(Some(Frame { dir, name: name.to_os_string(), left, incomplete: false })),
                 Err(e) => fail(e),
             }
         }
         let mut stack: Vec<Frame> = Vec::new();
-        match visit(self, name, dev, dry_run, each) {
+        match visit(self, name, mount, dry_run, each) {
             Ok(Some(frame)) => stack.push(frame),
             Ok(None) | Err(()) => return,
         }
         while let Some(top) = stack.last_mut() {
             if let Some(child) = top.left.pop() {
-                match visit(&top.dir, &child, dev, dry_run, each) {
+                match visit(&top.dir, &child, mount, dry_run, each) {
                     Ok(Some(frame)) => stack.push(frame),
                     Ok(None) => {}
                     Err(()) => top.incomplete = true,

@@ -101,8 +101,9 @@ pub(super) enum Prune {
     /// Above what is restored (or without `--delete`): never here, but a restored directory
     /// below starts pruning, on its own file system.
     Above,
-    /// Restored as a whole: pruned, staying on this file system (`st_dev`).
-    On(u64),
+    /// Restored as a whole: pruned, staying on this mount (a bind mount of the same file
+    /// system is another one).
+    On(at::Mount),
     /// Not here and not below: a directory this restore created, or one on another file
     /// system than the restored directory above it (a mount point: `/dev` below `/`).
     Off,
@@ -172,8 +173,8 @@ impl<'a> Job<'a> {
         }
         let prune = match &target {
             Some(t) if self.opts.delete && whole && wanted(&self.includes, Path::new("/")) == Some(true) => {
-                match rustix::fs::fstat(t.dir.file()) {
-                    Ok(st) => Prune::On(st.st_dev),
+                match at::mount_of(t.dir.file()) {
+                    Ok(m) => Prune::On(m),
                     Err(e) => {
                         self.failed.add(&t.dir.path, format!("nothing deleted: {e}"));
                         Prune::Off
@@ -375,19 +376,19 @@ impl<'a> Job<'a> {
         if created {
             return Prune::Off; // nothing there to delete
         }
-        let dev = match rustix::fs::fstat(child.dir.file()) {
-            Ok(st) => st.st_dev,
+        let mount = match at::mount_of(child.dir.file()) {
+            Ok(m) => m,
             Err(e) => {
                 self.failed.add(dest, format!("nothing below it deleted: {e}"));
                 return Prune::Off;
             }
         };
         match parent {
-            Prune::On(d) if d != dev => {
+            Prune::On(m) if m != mount => {
                 self.warnings.add(dest, "on another file system (a mount point): --delete removes nothing below it");
                 Prune::Off
             }
-            _ => Prune::On(dev),
+            _ => Prune::On(mount),
         }
     }
 

@@ -1,0 +1,60 @@
+//! A hostile review of issue 15's features (`tag`, selection, `restore --delete`, `diff`,
+//! snapshot options): each test failed on the build it was written against.
+
+use std::fs;
+use std::path::Path;
+
+use crate::args;
+use crate::util::*;
+
+/// Bind-mounts `from` at `at` (root only); unmounted when dropped. `None` when that cannot be done.
+fn bind_mount(from: &Path, at: &Path) -> Option<Mounted> {
+    let ok = std::process::Command::new("mount").arg("--bind").arg(from).arg(at).status().is_ok_and(|s| s.success());
+    ok.then(|| Mounted::new(at))
+}
+
+/// `--delete` removes nothing on another mount, and a bind mount is one even when it shows the
+/// same file system (same `st_dev`): its files live elsewhere (here, a folder beside the tree),
+/// and deleting them through the mount point would empty that folder. Both where the snapshot
+/// has no such directory and where it has one.
+#[test]
+fn delete_never_empties_a_bind_mount() {
+    if !is_root() {
+        eprintln!("skipped: bind mounts need root");
+        return;
+    }
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("srv");
+    fs::create_dir_all(src.join("known")).unwrap();
+    fs::write(src.join("a.conf"), b"a\n").unwrap();
+    fs::write(src.join("known/k"), b"k\n").unwrap();
+    cairn_json(&repo, args!["snapshot", &src], 0);
+
+    let elsewhere = dir.path().join("elsewhere");
+    let elsewhere2 = dir.path().join("elsewhere2");
+    for e in [&elsewhere, &elsewhere2] {
+        fs::create_dir_all(e.join("inner")).unwrap();
+        fs::write(e.join("precious"), b"keep me\n").unwrap();
+        fs::write(e.join("inner/also"), b"keep me too\n").unwrap();
+    }
+    let before = describe(&elsewhere);
+    fs::create_dir(src.join("mnt")).unwrap();
+    let Some(_m1) = bind_mount(&elsewhere, &src.join("mnt")) else {
+        eprintln!("skipped: cannot bind-mount here");
+        return;
+    };
+    let Some(_m2) = bind_mount(&elsewhere2, &src.join("known")) else {
+        eprintln!("skipped: cannot bind-mount here");
+        return;
+    };
+    let r = cairn_json(&repo, args!["restore", "latest", "--target", "/", "--delete", "--dry-run", "-v"], 0);
+    let listed: Vec<&str> = r["changes"].as_array().unwrap().iter().filter_map(|c| c["path"].as_str()).collect();
+    assert!(!listed.iter().any(|p| p.contains("precious") || p.contains("inner")), "{r}");
+    let r = cairn_json(&repo, args!["restore", "latest", "--target", "/", "--delete"], 0);
+    assert_same(&before, &describe(&elsewhere), "the source of a bind mount the snapshot does not have");
+    // The snapshot's file is restored into the mounted folder; what it held stays.
+    assert_eq!(fs::read(elsewhere2.join("precious")).unwrap(), b"keep me\n");
+    assert_eq!(fs::read(elsewhere2.join("inner/also")).unwrap(), b"keep me too\n");
+    let warned = r["warnings"].as_array().unwrap();
+    assert!(warned.iter().any(|w| w["path"].as_str().is_some_and(|p| p.ends_with("srv/known"))), "{r}");
+}
