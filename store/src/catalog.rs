@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backend::{FileKind, ObjectInfo};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
-use crate::record::SnapshotRecord;
+use crate::record::{SnapshotRecord, SAFETY_TAG};
 use crate::repo::{missing, Repo, Snapshot};
 use crate::select::{check_label, check_tags, SnapshotFilter};
 
@@ -392,6 +392,16 @@ impl Repo {
         }
         if let Some(pin) = change.pin {
             record.pinned = pin;
+        }
+        // A safety snapshot that lost its tag (or got a label) would be an ordinary one, and
+        // `latest`: the next `restore latest` would put back what the last restore replaced.
+        if snap.is_safety() && !record.is_safety() {
+            return Err(Error::InvalidInput(format!(
+                "snapshot {} is a restore's safety snapshot: it keeps its {SAFETY_TAG:?} tag and takes no label \
+                 (pin it with `cairn tag {} --pin` to keep it)",
+                snap.id.short(8),
+                snap.id.short(8)
+            )));
         }
         let changed = record != snap.record;
         let mut new_id = None;

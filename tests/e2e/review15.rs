@@ -58,3 +58,32 @@ fn delete_never_empties_a_bind_mount() {
     let warned = r["warnings"].as_array().unwrap();
     assert!(warned.iter().any(|w| w["path"].as_str().is_some_and(|p| p.ends_with("srv/known"))), "{r}");
 }
+
+/// A restore's safety snapshot stays one through `tag`: taking its `safety` tag off (`--set`,
+/// `--remove`) or giving it a label (which makes a tagged snapshot an ordinary one) would make
+/// it `latest`, so that the next `restore latest` put back what the last one replaced: refused,
+/// and nothing changes. Pinning it is how to keep it.
+#[test]
+fn tag_keeps_a_safety_snapshot_a_safety_snapshot() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("app");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("conf"), b"good\n").unwrap();
+    let good = cairn_json(&repo, args!["snapshot", &src], 0)["id"].as_str().unwrap().to_owned();
+    fs::write(src.join("conf"), b"broken\n").unwrap();
+    let r = cairn_json(&repo, args!["restore", "latest", "--target", "/"], 0);
+    let safety = r["safety_snapshot"].as_str().expect("a safety snapshot").to_owned();
+    for change in [&["--set", "mine"][..], &["--remove", "safety"], &["--label", "keep-it"]] {
+        let out = cairn(&repo).args(["tag", &safety[..12]]).args(change).output().unwrap();
+        assert!(!out.status.success(), "tag {change:?} was accepted: {}", String::from_utf8_lossy(&out.stdout));
+        let out = cairn(&repo).args(["tag", "--tag", "safety"]).args(change).output().unwrap();
+        assert!(!out.status.success(), "tag --tag safety {change:?} was accepted");
+    }
+    let latest = cairn_json(&repo, args!["show", "latest"], 0);
+    assert_eq!(latest["id"], good.as_str(), "latest is still the snapshot, not the safety one");
+    // Pinning keeps it a safety snapshot (and keeps it).
+    let r = cairn_json(&repo, args!["tag", &safety[..12], "--pin"], 0);
+    let pinned = r[0]["new_id"].as_str().unwrap().to_owned();
+    assert_eq!(cairn_json(&repo, args!["show", "latest"], 0)["id"], good.as_str());
+    assert_eq!(cairn_json(&repo, args!["show", "latest", "--tag", "safety"], 0)["id"], pinned.as_str());
+}
