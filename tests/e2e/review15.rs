@@ -87,3 +87,31 @@ fn tag_keeps_a_safety_snapshot_a_safety_snapshot() {
     assert_eq!(cairn_json(&repo, args!["show", "latest"], 0)["id"], good.as_str());
     assert_eq!(cairn_json(&repo, args!["show", "latest", "--tag", "safety"], 0)["id"], pinned.as_str());
 }
+
+/// A snapshot named twice (by its ID and a prefix of it, or by a label and its ID) is one
+/// snapshot: `forget` and `tag` report it once, in text and in `--json`.
+#[test]
+fn a_snapshot_named_twice_is_counted_once() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("app");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("conf"), b"1\n").unwrap();
+    let a = cairn_json(&repo, args!["snapshot", &src, "--label", "first"], 0)["id"].as_str().unwrap().to_owned();
+    fs::write(src.join("conf"), b"2\n").unwrap();
+    cairn_json(&repo, args!["snapshot", &src], 0);
+
+    let r = cairn_json(&repo, args!["tag", &a, &a[..10], "first", "--add", "x"], 0);
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    let out = cairn(&repo).args(["tag", "first", "--add", "y", "--dry-run"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("of 1 snapshots"));
+    let out = cairn(&repo).args(["tag", "first", "first", "--add", "y"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("changed 1 of 1 snapshots"), "{text}");
+
+    let id = cairn_json(&repo, args!["show", "first"], 0)["id"].as_str().unwrap().to_owned();
+    let r = cairn_json(&repo, args!["forget", &id, &id[..9], "first", "--dry-run"], 0);
+    assert_eq!(r["removed"].as_array().unwrap().len(), 0);
+    let r = cairn_json(&repo, args!["forget", &id, &id[..9], "first"], 0);
+    assert_eq!(r["removed"].as_array().unwrap(), &[serde_json::Value::from(id.as_str())], "{r}");
+    assert_eq!(cairn_json(&repo, args!["list"], 0).as_array().unwrap().len(), 1);
+}

@@ -26,8 +26,11 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
     let has_policy = !policy.is_empty() || policy.has_safety_rule();
     let to_remove: Vec<SnapshotId> = match (args.ids.is_empty(), has_policy) {
         (false, false) => {
-            let named: Vec<Snapshot> =
+            let mut named: Vec<Snapshot> =
                 args.ids.iter().map(|s| repo.resolve_in(s, &filter)).collect::<Result<_, _>>()?;
+            // Named twice (an ID and a label of it): one snapshot, removed and reported once.
+            let mut seen = std::collections::HashSet::new();
+            named.retain(|s| seen.insert(s.id));
             let pinned: Vec<String> = named.iter().filter(|s| s.record.pinned).map(|s| s.id.short(8)).collect();
             if !pinned.is_empty() && !args.include_pinned {
                 bail!(

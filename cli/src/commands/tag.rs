@@ -26,7 +26,12 @@ pub fn run(cli: &Cli, args: &TagArgs) -> Result<u8> {
         }
         repo.snapshots()?.into_iter().filter(|s| filter.matches(s)).collect()
     } else {
-        args.snapshots.iter().map(|s| repo.resolve_in(s, &filter)).collect::<Result<_, _>>()?
+        let mut named: Vec<Snapshot> =
+            args.snapshots.iter().map(|s| repo.resolve_in(s, &filter)).collect::<Result<_, _>>()?;
+        // Named twice (an ID and a label of it): one snapshot, changed and counted once.
+        let mut seen = std::collections::HashSet::new();
+        named.retain(|s| seen.insert(s.id));
+        named
     };
     if change.label.as_ref().is_some_and(Option::is_some) && snaps.len() > 1 {
         bail!("a label names one snapshot, and {} are selected", snaps.len());
