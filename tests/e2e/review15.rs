@@ -115,3 +115,51 @@ fn a_snapshot_named_twice_is_counted_once() {
     assert_eq!(r["removed"].as_array().unwrap(), &[serde_json::Value::from(id.as_str())], "{r}");
     assert_eq!(cairn_json(&repo, args!["list"], 0).as_array().unwrap().len(), 1);
 }
+
+/// `restore --delete` in place of a tree that holds the repository: a snapshot always leaves
+/// its own repository out, so the snapshot never has it, and `--delete` removed the whole
+/// repository (the snapshot being restored and the safety snapshot with it). It is kept.
+#[test]
+fn delete_never_removes_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("srv");
+    fs::create_dir_all(src.join("data")).unwrap();
+    fs::write(src.join("data/f"), b"f\n").unwrap();
+    for repo in [src.join("backup"), src.join("data/deeper/repo")] {
+        init_repo(&repo, None);
+        cairn_json(&repo, args!["snapshot", &src], 0);
+        fs::write(src.join("data/new"), b"new\n").unwrap();
+        let r = cairn_json(&repo, args!["restore", "latest", "--target", "/", "--delete", "--dry-run", "-v"], 0);
+        let listed: Vec<&str> = r["changes"].as_array().unwrap().iter().filter_map(|c| c["path"].as_str()).collect();
+        assert!(!listed.iter().any(|p| p.starts_with(repo.to_str().unwrap())), "{r}");
+        let r = cairn_json(&repo, args!["restore", "latest", "--target", "/", "--delete"], 0);
+        assert!(!src.join("data/new").exists(), "{r}");
+        assert_eq!(cairn_json(&repo, args!["list"], 0).as_array().unwrap().len(), 2, "the snapshot and its safety one");
+        cairn_json(&repo, args!["scrub", "--read-data"], 0);
+    }
+}
+
+/// What the snapshot itself left out (`snapshot --exclude '*.log'`) is not "what the snapshot
+/// does not have": `--delete` keeps it, as it keeps names matching the restore's `--exclude`;
+/// both also below a directory that `--delete` removes (which then stays, holding them).
+#[test]
+fn delete_keeps_what_the_snapshot_or_the_restore_excludes() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("app");
+    fs::create_dir_all(src.join("var")).unwrap();
+    fs::write(src.join("conf"), b"c\n").unwrap();
+    fs::write(src.join("var/app.log"), b"log\n").unwrap();
+    fs::write(src.join("var/state"), b"s\n").unwrap();
+    cairn_json(&repo, args!["snapshot", &src, "--exclude", "*.log"], 0);
+    fs::create_dir_all(src.join("newdir/sub")).unwrap();
+    fs::write(src.join("newdir/sub/other.log"), b"log2\n").unwrap();
+    fs::write(src.join("newdir/sub/x.keep"), b"k\n").unwrap();
+    fs::write(src.join("newdir/gone"), b"g\n").unwrap();
+    fs::write(src.join("added"), b"a\n").unwrap();
+    let r = cairn_json(&repo, args!["restore", "latest", "--target", "/", "--delete", "--exclude", "*.keep"], 0);
+    assert!(r["failed"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(fs::read(src.join("var/app.log")).unwrap(), b"log\n", "left out by the snapshot: kept");
+    assert_eq!(fs::read(src.join("newdir/sub/other.log")).unwrap(), b"log2\n", "left out by the snapshot, deeper");
+    assert_eq!(fs::read(src.join("newdir/sub/x.keep")).unwrap(), b"k\n", "excluded by the restore, deeper");
+    assert!(!src.join("newdir/gone").exists() && !src.join("added").exists(), "{r}");
+}

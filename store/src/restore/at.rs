@@ -105,12 +105,20 @@ impl Dir {
     /// checked to be the one that was looked at, a symlink is unlinked, never followed, so
     /// nothing outside this directory is touched whatever is swapped in meanwhile. Nothing on
     /// another mount (a mount point below, a bind mount of the same file system included) is
-    /// removed. `each` hears of every entry
+    /// removed. An entry `keep` holds to (given its path below this directory, `name` first,
+    /// and its lstat) stays, and so do the directories above it. `each` hears of every entry
     /// removed (or, with `dry_run`, that would be), children before their directory, and of
     /// every one that could not be. Iterative: depth costs one descriptor a level, not stack.
-    pub(crate) fn remove_all(&self, name: &OsStr, dry_run: bool, each: &mut dyn FnMut(PathBuf, io::Result<()>)) {
+    pub(crate) fn remove_all(
+        &self,
+        name: &OsStr,
+        dry_run: bool,
+        keep: &dyn Fn(&Path, &Stat) -> bool,
+        each: &mut dyn FnMut(PathBuf, io::Result<()>),
+    ) {
         struct Frame {
             dir: Dir,
+            rel: PathBuf,
             name: OsString,
             left: Vec<OsString>,
             incomplete: bool,
@@ -121,11 +129,14 @@ impl Dir {
         };
         // Looks at `name` in `parent`: a non-directory is removed at once, a directory is
         // opened and returned to be emptied first. `Err(())` when it could not be removed.
+        #[allow(clippy::too_many_arguments)]
         fn visit(
             parent: &Dir,
             name: &OsStr,
+            rel: PathBuf,
             mount: Mount,
             dry_run: bool,
+            keep: &dyn Fn(&Path, &Stat) -> bool,
             each: &mut dyn FnMut(PathBuf, io::Result<()>),
         ) -> Result<Option<Frame>, ()> {
             let path = parent.child_path(name);
@@ -140,6 +151,9 @@ impl Dir {
                 Ok(None) => return Ok(None), // gone already
                 Err(e) => return fail(e),
             };
+            if keep(&rel, &st) {
+                return Err(()); // kept, and so is what holds it
+            }
             if st.st_dev != mount.dev {
                 return fail(elsewhere());
             }
@@ -168,18 +182,19 @@ impl Dir {
                 Err(e) => return fail(e),
             }
             match dir.names() {
-                Ok(left) => Ok(Some(Frame { dir, name: name.to_os_string(), left, incomplete: false })),
+                Ok(left) => Ok(Some(Frame { dir, rel, name: name.to_os_string(), left, incomplete: false })),
                 Err(e) => fail(e),
             }
         }
         let mut stack: Vec<Frame> = Vec::new();
-        match visit(self, name, mount, dry_run, each) {
+        match visit(self, name, PathBuf::from(name), mount, dry_run, keep, each) {
             Ok(Some(frame)) => stack.push(frame),
             Ok(None) | Err(()) => return,
         }
         while let Some(top) = stack.last_mut() {
             if let Some(child) = top.left.pop() {
-                match visit(&top.dir, &child, mount, dry_run, each) {
+                let rel = top.rel.join(&child);
+                match visit(&top.dir, &child, rel, mount, dry_run, keep, each) {
                     Ok(Some(frame)) => stack.push(frame),
                     Ok(None) => {}
                     Err(()) => top.incomplete = true,

@@ -75,6 +75,12 @@ pub(super) struct Job<'a> {
     /// The snapshot's source paths.
     pub(super) sources: Vec<PathBuf>,
     pub(super) excludes: Excludes,
+    /// What the snapshot itself left out (its exclude patterns): `--delete` keeps it, since
+    /// the snapshot not having it says nothing about whether it should be there.
+    pub(super) left_out: Excludes,
+    /// The repository's folder (device, inode), when local: `--delete` never removes it (a
+    /// snapshot leaves out the repository it is stored in, so it never has it).
+    pub(super) repository: Option<(u64, u64)>,
     pub(super) progress: &'a dyn Progress,
     pub(super) root_user: bool,
     pub(super) counts: Counts,
@@ -138,14 +144,19 @@ impl<'a> Job<'a> {
         includes: Vec<PathBuf>,
         sources: Vec<PathBuf>,
         excludes: Excludes,
+        left_out: Excludes,
         progress: &'a dyn Progress,
     ) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let repository = repo.location.as_local().and_then(|p| std::fs::metadata(p).ok()).map(|m| (m.dev(), m.ino()));
         Self {
             repo,
             opts,
             includes,
             sources,
             excludes,
+            left_out,
+            repository,
             progress,
             root_user: fsmeta::is_root(),
             counts: Counts::default(),
@@ -218,15 +229,21 @@ impl<'a> Job<'a> {
             Err(e) => return self.failed.add(&dir.path, format!("cannot list what to delete: {e}")),
         };
         let known: std::collections::HashSet<&[u8]> = tree.entries.iter().map(|e| e.name.as_slice()).collect();
+        // Kept wherever it is met, below a deleted directory too: what `--exclude` or the
+        // snapshot's own excludes name, and the repository.
+        let keep = |rel: &Path, st: &Stat| {
+            let name = rel.file_name().map_or(&[][..], OsStr::as_bytes);
+            let path = snap_path.join(rel);
+            self.excludes.excluded(&path, name)
+                || self.left_out.excluded(&path, name)
+                || (file_type(st) == FileType::Directory && self.repository == Some((st.st_dev, st.st_ino)))
+        };
         for name in names {
             let bytes = name.as_bytes();
-            if known.contains(bytes)
-                || bytes.starts_with(at::TEMP_PREFIX.as_bytes())
-                || self.excludes.excluded(&snap_path.join(&name), bytes)
-            {
+            if known.contains(bytes) || bytes.starts_with(at::TEMP_PREFIX.as_bytes()) {
                 continue;
             }
-            dir.remove_all(&name, self.opts.dry_run, &mut |path, done| match done {
+            dir.remove_all(&name, self.opts.dry_run, &keep, &mut |path, done| match done {
                 Ok(()) => {
                     self.counts.deleted.add(1);
                     self.change(&path, RestoreAction::Delete);

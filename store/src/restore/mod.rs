@@ -309,6 +309,8 @@ impl Repo {
             includes,
             snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect(),
             Excludes::new(&opts.excludes, None)?,
+            // Only --delete needs them: a record's odd pattern must not stop a plain restore.
+            Excludes::new(if opts.delete { &snapshot.record.excludes } else { &[] }, None)?,
             progress,
         ))
     }
