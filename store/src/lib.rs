@@ -90,7 +90,9 @@ pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals, SAFETY_TAG};
 pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
 pub use report::SnapshotReport;
-pub use restore::{hash_file, Overwrite, RestoreAction, RestoreChange, RestoreOptions, RestoreReport};
+pub use restore::{
+    hash_file, remove_created, Overwrite, RemoveReport, RestoreAction, RestoreChange, RestoreOptions, RestoreReport,
+};
 pub use retention::{apply as apply_policy, Decision, KeepPolicy, SAFETY_KEEP_LAST, SAFETY_KEEP_WITHIN};
 pub use scrub::{Affected, Damage, Leftovers, ScrubOptions, ScrubReport, SnapshotStatus};
 pub use select::{check_label, check_tags, SnapshotFilter};

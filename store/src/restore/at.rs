@@ -259,6 +259,11 @@ impl Dir {
         rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(io)
     }
 
+    /// Removes the empty directory `name`.
+    pub(crate) fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR).map_err(io)
+    }
+
     /// A new temporary file in this directory, readable and writable, mode 0600. A name left by
     /// an earlier run of the same process ID is skipped, never reused.
     pub(crate) fn create_temp(&self, counter: &std::sync::atomic::AtomicU64) -> io::Result<(File, OsString)> {

@@ -15,6 +15,7 @@ mod at;
 mod file;
 mod job;
 mod meta;
+mod undo;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -30,6 +31,8 @@ use crate::id::FileHash;
 use crate::progress::{NoProgress, Progress, Unit};
 use crate::repo::{Repo, Snapshot};
 use crate::tally::Warning;
+
+pub use undo::{remove_created, RemoveReport};
 
 /// When an existing file at the destination is replaced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
