@@ -10,6 +10,7 @@
 mod args;
 mod choices;
 mod commands;
+mod hooks;
 mod logging;
 mod lower;
 mod output;
