@@ -300,6 +300,13 @@ pub struct RestoreArgs {
     /// deleted path is listed
     #[arg(long)]
     pub delete: bool,
+    /// Do not ask before an in-place restore on a terminal (off a terminal it never asks)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// When the profile's validate hooks fail, keep the restored state for inspection instead
+    /// of rolling back to the safety snapshot (exit code 8)
+    #[arg(long)]
+    pub no_rollback: bool,
 }
 
 /// `cairn forget`

@@ -127,11 +127,6 @@ impl<'a> Runner<'a> {
         Self { profile, timeout: profile.hooks.timeout.unwrap_or(DEFAULT_TIMEOUT), runs: Vec::new() }
     }
 
-    /// True when the profile has hooks for `phase`.
-    pub fn has(&self, phase: Phase) -> bool {
-        !self.list(phase).is_empty()
-    }
-
     fn list(&self, phase: Phase) -> &'a [Vec<String>] {
         let h = &self.profile.hooks;
         match phase {

@@ -5,7 +5,8 @@
 //! 3 completed with warnings (a snapshot could not read some files; a path given to `restore
 //! --include` or `diff` is not in the snapshot); 4 damaged or missing data found;
 //! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running);
-//! 6 `diff --exit-code` found differences.
+//! 6 `diff --exit-code` found differences; 7 a validated restore failed its validation and was
+//! rolled back; 8 it failed its validation and was kept (`--no-rollback`).
 
 mod args;
 mod choices;
@@ -42,6 +43,13 @@ pub mod exit {
     /// "could not look"; so it is opt-in (a plain `diff` that shows changes succeeded) and has
     /// its own code.
     pub const DIFFERENCES: u8 = 6;
+    /// `restore --profile` in place: restored, the profile's validation failed, and the
+    /// restore was rolled back (the safety snapshot restored, what the restore created
+    /// removed, the hooks run again). What is there is what was there before.
+    pub const ROLLED_BACK: u8 = 7;
+    /// `restore --profile --no-rollback` in place: restored, the validation failed, and the
+    /// restored state was kept for inspection (the safety snapshot holds what was there).
+    pub const VALIDATION_FAILED: u8 = 8;
 }
 
 fn main() -> ExitCode {

@@ -10,6 +10,7 @@ mod restore;
 mod scrub;
 mod snapshot;
 mod tag;
+mod validated;
 
 use anyhow::{Context, Result};
 use cairn_store::{Location, OpenOptions, Repo, Warning};
