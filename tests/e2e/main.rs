@@ -17,6 +17,7 @@ mod everyday;
 mod full_disk;
 mod gc;
 mod golden;
+mod hooks;
 mod hostile;
 mod incremental;
 mod inspect;

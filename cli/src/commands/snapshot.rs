@@ -115,12 +115,11 @@ fn with_hooks(cli: &Cli, repo: &Repo, opts: &SnapshotOptions, profile: &Profile)
                 print_summary(w.report)
             })?;
         }
-        (None, Some(f)) if cli.json => output::report(
-            cli,
-            &Failed { id: None, error: f, hooks: &hooks.runs },
-            Quiet::Silences,
-            |_| Ok::<(), std::io::Error>(()),
-        )?,
+        (None, Some(f)) if cli.json => {
+            output::report(cli, &Failed { id: None, error: f, hooks: &hooks.runs }, Quiet::Silences, |_| {
+                Ok::<(), std::io::Error>(())
+            })?
+        }
         _ => {}
     }
     let code = report.as_ref().map_or(exit::ERROR, |r| print_warnings(cli, r));

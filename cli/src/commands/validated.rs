@@ -8,7 +8,9 @@
 //! `--no-rollback` keeps the failed state for inspection: exit 8. Every step is logged and is
 //! in `--json`.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use cairn_store::{remove_created, RemoveReport, Repo, RestoreAction, RestoreOptions, RestoreReport, Snapshot};
@@ -146,13 +148,15 @@ pub fn run(
                     Some(id) => format!("snapshot {} holds what was there", &id[..8]),
                     None => "there was no safety snapshot".into(),
                 };
-                log::error!("restored {short}, but validation failed ({why}); kept for inspection (--no-rollback): {kept}");
+                log::error!(
+                    "restored {short}, but validation failed ({why}); kept for inspection (--no-rollback): {kept}"
+                );
                 code = exit::VALIDATION_FAILED;
                 failure = Some(format!("validation failed: {why}"));
             } else {
                 log::error!("restored {short}, but validation failed ({why}); rolling back");
                 ctx.error = Some(format!("validation failed: {why}"));
-                let r = roll_back(cli, repo, &opts, &report, &created, &mut hooks, &ctx);
+                let r = roll_back(cli, repo, snapshot, &report, &created, &mut hooks, &ctx);
                 code = if r.complete { exit::ROLLED_BACK } else { exit::ERROR };
                 failure = Some(if r.complete {
                     format!("validation failed: {why}; rolled back")
@@ -197,7 +201,7 @@ pub fn run(
 fn roll_back(
     cli: &Cli,
     repo: &Repo,
-    opts: &RestoreOptions,
+    snapshot: &Snapshot,
     report: &RestoreReport,
     created: &[PathBuf],
     hooks: &mut Runner<'_>,
@@ -205,7 +209,8 @@ fn roll_back(
 ) -> Rollback {
     // A failing stop does not stop the rollback: the restored state failed either way.
     let _ = hooks.run(Phase::BeforeRestore, ctx);
-    let removed = remove_created(&opts.target, created);
+    // In place (the only restore that is validated): every path is the target's own.
+    let removed = remove_created(Path::new("/"), created);
     for k in &removed.kept {
         log::error!("rollback: {} left: {}", k.path, k.message);
     }
@@ -219,10 +224,11 @@ fn roll_back(
     if let Some(id) = &report.safety_snapshot {
         let put_back = repo.resolve_in(id, &cairn_store::SnapshotFilter::default()).and_then(|safety| {
             let mut o = RestoreOptions::default();
-            o.target.clone_from(&opts.target);
+            o.target = PathBuf::from("/");
+            o.dir_meta_below = snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect();
             o.overwrite = cairn_store::Overwrite::Always;
             o.safety_snapshot = false;
-            o.list_changes = opts.list_changes && cli.verbose > 0;
+            o.list_changes = cli.verbose > 0;
             repo.restore(&safety, &o, &Bar::for_cli(cli))
         });
         match put_back {
@@ -274,7 +280,10 @@ fn print_outcome(o: &Outcome<'_>, safety_asked: bool) -> std::io::Result<()> {
     }
     if let Some(rb) = o.rollback {
         let how = if rb.complete { "rolled back" } else { "rollback INCOMPLETE" };
-        let safety = rb.safety_snapshot.as_deref().map_or("no safety snapshot".into(), |id| format!("safety snapshot {}", &id[..8]));
+        let safety = rb
+            .safety_snapshot
+            .as_deref()
+            .map_or("no safety snapshot".into(), |id| format!("safety snapshot {}", &id[..8]));
         outln!("  {how}: {safety} restored, {} created entries removed", rb.removed.removed.len())?;
     }
     Ok(())

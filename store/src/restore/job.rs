@@ -337,7 +337,8 @@ impl<'a> Job<'a> {
                 // A directory only on the way to what is restored (above the source paths, or
                 // above an include) keeps its own metadata unless this restore created it:
                 // restoring /etc/nginx in place must not reset /etc.
-                let on_the_way = !all || self.above_sources(snap_path);
+                let on_the_way = (!all || self.above_sources(snap_path))
+                    && !self.opts.dir_meta_below.iter().any(|p| snap_path.starts_with(p));
                 let opened = match dir {
                     Some(d) => self.ensure_dir(&d.dir, name, &dest, e, on_the_way)?,
                     None => {

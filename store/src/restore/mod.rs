@@ -99,6 +99,12 @@ pub struct RestoreOptions {
     /// List every entry the restore creates, overwrites, deletes or resets the metadata of
     /// in [`RestoreReport::changes`].
     pub list_changes: bool,
+    /// Directories above the source paths (or above an include) at or below one of these
+    /// snapshot paths get the snapshot's metadata too, as restored directories do; elsewhere
+    /// such a directory keeps its own. A rollback restores a safety snapshot with the rolled
+    /// back restore's source paths here, so that the directories it touched get their times
+    /// back as well.
+    pub dir_meta_below: Vec<PathBuf>,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
 }
