@@ -195,3 +195,21 @@ fn issue18_repository_precedence_is_flag_then_profile_then_environment() {
     assert!(elsewhere.join("config").exists());
     assert_eq!(k.json(args!["--repo", &elsewhere, "list"], 0).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn issue18_two_runs_in_one_second_get_distinct_labels_from_the_template() {
+    let k = kit();
+    k.gateway("");
+    let mut labels = Vec::new();
+    for _ in 0..3 {
+        let id = k.json(args!["snapshot", "--profile", "gateway"], 0)["id"].as_str().unwrap().to_owned();
+        labels.push(k.json(args!["show", &id, "--profile", "gateway"], 0)["label"].as_str().unwrap().to_owned());
+    }
+    let mut unique = labels.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{labels:?}");
+    // An explicit --label that is taken is still refused: only the template's are numbered.
+    let out = k.cairn().args(["snapshot", "--profile", "gateway", "--label", &labels[0]]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -19,8 +19,15 @@ use crate::progress::Bar;
 /// a snapshot that would fail for want of them creates nothing.
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     let profile = super::profile(cli)?;
-    let opts = lower::snapshot_options(args, profile)?;
+    let mut opts = lower::snapshot_options(args, profile)?;
     let repo = open_or_create(cli, &opts)?;
+    if args.label.is_none() {
+        if let Some(label) = &opts.label {
+            // A label made from the profile's template names one snapshot like any other; two
+            // runs in the same second get `-2`, `-3` rather than the second one failing.
+            opts.label = Some(free_label(&repo, label)?);
+        }
+    }
     // A dry run stops no service: its hooks do not run.
     match profile.filter(|_| !opts.dry_run) {
         Some(p) => with_hooks(cli, &repo, &opts, p),
@@ -30,6 +37,16 @@ pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
             Ok(print_warnings(cli, &report))
         }
     }
+}
+
+/// `label`, or the first of `label-2`, `label-3` ... that no snapshot has.
+fn free_label(repo: &Repo, label: &str) -> Result<String> {
+    let taken: std::collections::HashSet<String> =
+        repo.snapshots()?.into_iter().filter_map(|s| s.record.label).collect();
+    Ok(std::iter::once(label.to_owned())
+        .chain((2..).map(|n| format!("{label}-{n}")))
+        .find(|l| !taken.contains(l))
+        .unwrap_or_else(|| label.to_owned()))
 }
 
 /// The repository, opened, or created when nothing is there yet.
