@@ -146,6 +146,18 @@ pub enum Error {
     /// An argument from the caller is unusable.
     #[error("{0}")]
     InvalidInput(String),
+    /// A capture whose `on_failure` is `fail` did not succeed: no snapshot was recorded.
+    #[error("capture {path} ({command}) {how}{}", tail_of(stderr_tail))]
+    CaptureFailed {
+        /// The capture's path among the snapshot's captures.
+        path: String,
+        /// Its command line, as shown to the user.
+        command: String,
+        /// How it ended: "exited with status 2", "was killed at its timeout of 5s", ...
+        how: String,
+        /// The end of its standard error.
+        stderr_tail: String,
+    },
     /// A command that deletes or rewrites data stops, changing nothing, because part of the
     /// repository cannot be read: deleting on a guess could destroy what that part needs.
     #[error("{reason}; nothing was changed")]
@@ -183,6 +195,16 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+}
+
+/// A capture's stderr tail as the end of its error message.
+fn tail_of(tail: &str) -> String {
+    let t = tail.trim_end();
+    if t.is_empty() {
+        "; it wrote nothing to stderr".into()
+    } else {
+        format!("; the end of its stderr:\n{t}")
+    }
 }
 
 impl Error {

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, TreeId};
 use crate::index::MarkSet;
 use crate::progress::NoProgress;
-use crate::record::SnapshotTotals;
+use crate::record::{CaptureRecord, SnapshotTotals};
 use crate::repo::{now_secs, Repo, Snapshot};
 use crate::tree::{Entry, EntryKind, Tree};
 use crate::workers::lock;
@@ -120,6 +120,8 @@ pub struct ShowReport {
     pub duration_secs: f64,
     /// The cairn version that wrote it.
     pub cairn_version: String,
+    /// Its captures: command, how each ended, how long it took, the tail of its stderr.
+    pub captures: Vec<CaptureRecord>,
 }
 
 /// Repository (or snapshot) statistics.
@@ -236,6 +238,7 @@ impl Repo {
             exclusive_size: exclusive.stored,
             duration_secs: r.duration_ms as f64 / 1000.0,
             cairn_version: r.cairn_version.clone(),
+            captures: r.captures.clone(),
         })
     }
 

@@ -33,6 +33,7 @@
 //! prints; long operations report through [`Progress`].
 
 mod backend;
+mod capture;
 mod catalog;
 mod chunker;
 mod codec;
@@ -72,6 +73,7 @@ pub use backend::{
     Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo,
     RetryBackend, Storage, TEMPORARY_GRACE,
 };
+pub use capture::{Capture, CaptureSource, OnFailure, CAPTURES_DIR};
 pub use catalog::{GroupBy, Retag, Retagged};
 pub use chunker::{boundaries, Chunker};
 pub use config::{ChunkerParams, RepoConfig};
@@ -86,7 +88,7 @@ pub use inspect::{kind_name, listing, Listing, ShowReport, Stats, Version, Visit
 pub use lock::{FlockLocks, Hold, Locks, SessionInfo};
 pub use pack::{check_pack, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, Unit};
-pub use record::{SnapshotKind, SnapshotRecord, SnapshotTotals, SAFETY_TAG};
+pub use record::{CaptureExit, CaptureRecord, SnapshotKind, SnapshotRecord, SnapshotTotals, SAFETY_TAG};
 pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};
 pub use report::SnapshotReport;

@@ -12,7 +12,7 @@ const TOMBSTONE_MAGIC: &[u8; 8] = b"CAIRNFGT";
 /// Newest tombstone format this build writes (a tombstone's body, a time, is never needed).
 pub const TOMBSTONE_VERSION: u32 = 1;
 /// Newest snapshot record format this build reads and the one it writes. Version 2 added
-/// `pinned` and `original`; version-1 records are still read (docs/FORMAT.md).
+/// `pinned`, `original` and `captures`; version-1 records are still read (docs/FORMAT.md).
 pub const RECORD_VERSION: u32 = 2;
 
 /// The tag of a restore's safety snapshot, reserved for them.
@@ -119,6 +119,46 @@ pub struct SnapshotRecord {
     /// The snapshot this record was first written as, when `cairn tag` wrote it again with
     /// other tags, label or pin (a record's ID is the hash of its bytes, so it changes).
     pub original: Option<SnapshotId>,
+    /// The captures the snapshot ran (issue 18): each command's argv, how it ended, how long it
+    /// took and the tail of its stderr; the output itself is a file under the captures
+    /// directory of the snapshot's tree. Empty for version-1 records.
+    pub captures: Vec<CaptureRecord>,
+}
+
+/// How a capture ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureExit {
+    /// The command exited with this status (0: success).
+    Code(i32),
+    /// The command was ended by this signal, not by cairn.
+    Signal(i32),
+    /// cairn killed it, with its whole process group, at its timeout.
+    TimedOut,
+    /// It could not be started (the stderr tail says why).
+    NotStarted,
+    /// The standard input, read to its end (no command).
+    Stdin,
+}
+
+/// One capture of a snapshot, as its record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureRecord {
+    /// Where the output is, relative to the captures directory (`/.cairn-captures`).
+    pub path: String,
+    /// The command run (no shell); empty for the standard input.
+    pub argv: Vec<String>,
+    /// How it ended.
+    pub exit: CaptureExit,
+    /// True when it did not succeed (a status other than 0, a signal, the timeout, not started,
+    /// its output unreadable): its output is then not in the snapshot.
+    pub failed: bool,
+    /// Wall time from start to exit, milliseconds.
+    pub duration_ms: u64,
+    /// Bytes of output stored.
+    pub size: u64,
+    /// The last bytes (at most 4 KiB) of its standard error, lossily as UTF-8.
+    pub stderr_tail: String,
 }
 
 /// A version-1 record: the fields of version 2 but the last two.
@@ -145,6 +185,7 @@ impl From<RecordV1> for SnapshotRecord {
         Self {
             pinned: v1.label.is_some() && !is_safety(&v1.tags, v1.label.as_deref()),
             original: None,
+            captures: Vec::new(),
             time_ns: v1.time_ns,
             host: v1.host,
             user: v1.user,

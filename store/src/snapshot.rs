@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::backend::FileKind;
+use crate::capture::{self, Capture, CAPTURES_DIR};
 use crate::catalog::GroupBy;
 use crate::error::{Error, Result};
 use crate::id::{SnapshotId, TreeId};
 use crate::progress::{NoProgress, Progress, Unit};
 use crate::record::SAFETY_TAG;
-use crate::record::{SnapshotKind, SnapshotRecord};
+use crate::record::{CaptureRecord, SnapshotKind, SnapshotRecord};
 use crate::repo::{Repo, Snapshot};
 use crate::report::{Counters, SnapshotReport};
 use crate::select::check_tags;
@@ -64,6 +65,10 @@ pub struct SnapshotOptions {
     /// Source paths snapshotted when they exist; one that does not is left out with a note
     /// (a profile's `optional_sources`: a drop-in directory that may not be there).
     pub optional_paths: Vec<PathBuf>,
+    /// Streams stored as files under the captures directory of the snapshot's tree (issue 18):
+    /// run before the sources are walked, in this order. A snapshot may consist of captures
+    /// only.
+    pub captures: Vec<Capture>,
 }
 
 impl Default for SnapshotOptions {
@@ -85,6 +90,7 @@ impl Default for SnapshotOptions {
             pin: false,
             safety: false,
             optional_paths: Vec::new(),
+            captures: Vec::new(),
         }
     }
 }
@@ -100,7 +106,23 @@ impl SnapshotOptions {
     /// them (none given; one missing, or all of them with `ignore_missing`). The CLI asks
     /// before it creates a repository for the snapshot.
     pub fn check_sources(&self) -> Result<()> {
-        walk::sources(&self.present_paths().0, self.ignore_missing).map(|_| ())
+        capture::check(&self.captures)?;
+        self.sources().map(|_| ())
+    }
+
+    /// The source paths as recorded and the missing ones left out (`walk::sources`); none is
+    /// needed when there are captures. A source inside the captures directory is refused, so
+    /// that a capture is never confused with a file (a restore's safety snapshot has no
+    /// captures and may hold what `restore --captures` wrote).
+    fn sources(&self) -> Result<(Vec<PathBuf>, Vec<Warning>)> {
+        let (paths, missing) = walk::sources(&self.present_paths().0, self.ignore_missing, !self.captures.is_empty())?;
+        if let Some(p) = paths.iter().find(|p| capture::is_reserved(p)).filter(|_| !self.safety) {
+            return Err(Error::InvalidInput(format!(
+                "{} is inside /{CAPTURES_DIR}, the name a snapshot keeps for its captures: it cannot be a source",
+                p.display()
+            )));
+        }
+        Ok((paths, missing))
     }
 
     /// The paths to snapshot: `paths` and the optional ones that exist; and a note for each
@@ -123,6 +145,7 @@ impl SnapshotOptions {
 /// What the walk stored: the root tree, and what it has to say about paths.
 struct Stored {
     root: TreeId,
+    captures: Vec<CaptureRecord>,
     warnings: Vec<Warning>,
     notes: Vec<Warning>,
 }
@@ -183,8 +206,9 @@ impl Repo {
         let _session = self.session("snapshot")?;
         let time = jiff::Timestamp::now();
         // The record holds the paths snapshotted: a missing one left out is only a warning.
-        let (present, absent) = opts.present_paths();
-        let (paths, missing) = walk::sources(&present, opts.ignore_missing)?;
+        capture::check(&opts.captures)?;
+        let absent = opts.present_paths().1;
+        let (paths, missing) = opts.sources()?;
         let raw_paths: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
         let host = opts.host.clone().unwrap_or_else(host_name);
         let parent = self.parent_for(opts, &host, &raw_paths)?;
@@ -209,6 +233,7 @@ impl Repo {
             cairn_version: env!("CARGO_PKG_VERSION").to_owned(),
             pinned: opts.pin,
             original: None,
+            captures: std::mem::take(&mut stored.captures),
         };
         let id = if opts.dry_run { None } else { Some(self.commit(&record)?) };
         self.top_up_reserve();
@@ -232,6 +257,7 @@ impl Repo {
             !opts.no_follow_sources,
             opts.kind == SnapshotKind::Full,
             self.location.as_local(),
+            !opts.safety,
         )?;
         let trusted_parent = match parent {
             Some(p) => self.index.snapshot_generation(p.id)? == Some(self.index.generation()?),
@@ -244,10 +270,14 @@ impl Repo {
         progress.start("snapshot", estimate, Unit::Bytes);
         let workers = workers::count(opts.threads);
         let stored = upload::run(self, progress, counters, workers, opts.dry_run, |upload| {
-            let walk = Walk::new(self, progress, &scan, upload, counters, trusted_parent);
+            // Captures first: one that fails the snapshot does so before the walk reads anything.
+            let captured = pool.install(|| capture::run_all(&opts.captures, upload, counters, progress))?;
+            let walk =
+                Walk::new(self, progress, &scan, upload, counters, trusted_parent).with_root_entry(captured.entry);
             let root = pool.install(|| walk.root(paths, parent_root.as_ref()))?;
-            let (warnings, notes) = walk.into_findings();
-            Ok(Stored { root, warnings, notes })
+            let (mut warnings, notes) = walk.into_findings();
+            warnings.splice(0..0, captured.warnings);
+            Ok(Stored { root, captures: captured.records, warnings, notes })
         })?;
         progress.finish();
         Ok(stored)

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
@@ -234,24 +234,7 @@ impl Upload<'_> {
             for (start, end) in segments {
                 hash_zeros(&mut hasher, start - pos);
                 reader.seek(SeekFrom::Start(start)).map_err(|e| ReadError::Warn(format!("cannot seek: {e}")))?;
-                let mut offset = start;
-                let read = chunker.run::<_, ReadError>(&mut reader, end - start, |buf, cuts| {
-                    hasher.update(&buf[cuts[0].0..cuts[cuts.len() - 1].1]);
-                    let ids: Vec<ChunkId> = if cuts.len() > 4 {
-                        cuts.par_iter().map(|&(s, e)| self.repo.frames.id_of(&buf[s..e]).as_chunk()).collect()
-                    } else {
-                        cuts.iter().map(|&(s, e)| self.repo.frames.id_of(&buf[s..e]).as_chunk()).collect()
-                    };
-                    self.store_chunks(buf, cuts, &ids)?;
-                    for (id, &(s, e)) in ids.into_iter().zip(cuts) {
-                        content.push(ChunkRef { id, offset, len: (e - s) as u32 });
-                        offset += (e - s) as u64;
-                    }
-                    let n = (cuts[cuts.len() - 1].1 - cuts[0].0) as u64;
-                    self.counters.bytes_read.add(n);
-                    self.progress.inc(n);
-                    Ok(())
-                })?;
+                let read = self.chunk_run(&mut chunker, &mut reader, end - start, start, &mut hasher, &mut content)?;
                 pos = start + read;
                 if read < end - start {
                     break; // the file shrank; the stat check after reading reports it
@@ -265,6 +248,49 @@ impl Upload<'_> {
         self.give_chunker(chunker);
         result?;
         Ok((content, FileHash::from_hash(hasher.finalize())))
+    }
+
+    /// Chunks, hashes and stores a stream read to its end (a capture's pipe): one read buffer
+    /// in memory, whatever the stream's length. Returns the chunks, the hash and the length.
+    pub(crate) fn chunk_stream(&self, reader: &mut impl Read) -> Result<(Vec<ChunkRef>, FileHash, u64), ReadError> {
+        let mut chunker = self.take_chunker();
+        let mut hasher = blake3::Hasher::new();
+        let mut content = Vec::new();
+        let result = self.chunk_run(&mut chunker, reader, u64::MAX, 0, &mut hasher, &mut content);
+        self.give_chunker(chunker);
+        let len = result?;
+        Ok((content, FileHash::from_hash(hasher.finalize()), len))
+    }
+
+    /// The one way content becomes chunks: up to `limit` bytes of `reader`, which start at
+    /// `offset` of the file, are hashed into `hasher`, stored, and appended to `content`.
+    /// Returns the bytes read.
+    fn chunk_run(
+        &self,
+        chunker: &mut Chunker,
+        reader: &mut impl Read,
+        limit: u64,
+        mut offset: u64,
+        hasher: &mut blake3::Hasher,
+        content: &mut Vec<ChunkRef>,
+    ) -> Result<u64, ReadError> {
+        chunker.run::<_, ReadError>(reader, limit, |buf, cuts| {
+            hasher.update(&buf[cuts[0].0..cuts[cuts.len() - 1].1]);
+            let ids: Vec<ChunkId> = if cuts.len() > 4 {
+                cuts.par_iter().map(|&(s, e)| self.repo.frames.id_of(&buf[s..e]).as_chunk()).collect()
+            } else {
+                cuts.iter().map(|&(s, e)| self.repo.frames.id_of(&buf[s..e]).as_chunk()).collect()
+            };
+            self.store_chunks(buf, cuts, &ids)?;
+            for (id, &(s, e)) in ids.into_iter().zip(cuts) {
+                content.push(ChunkRef { id, offset, len: (e - s) as u32 });
+                offset += (e - s) as u64;
+            }
+            let n = (cuts[cuts.len() - 1].1 - cuts[0].0) as u64;
+            self.counters.bytes_read.add(n);
+            self.progress.inc(n);
+            Ok(())
+        })
     }
 }
 

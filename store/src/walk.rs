@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::capture::CAPTURES_DIR;
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::fsmeta::{self, Meta, Names};
@@ -33,7 +34,15 @@ use crate::workers::lock;
 /// The source paths as a snapshot records them: absolute, `.` and `..` taken lexically,
 /// sorted, each once. A source that does not exist is an error, unless `ignore_missing`: then
 /// it is left out with a warning (returned second), and only none existing is an error.
-pub(crate) fn sources(paths: &[PathBuf], ignore_missing: bool) -> Result<(Vec<PathBuf>, Vec<Warning>)> {
+/// `captures_too`: the snapshot holds captures as well, so it needs no source path.
+pub(crate) fn sources(
+    paths: &[PathBuf],
+    ignore_missing: bool,
+    captures_too: bool,
+) -> Result<(Vec<PathBuf>, Vec<Warning>)> {
+    if paths.is_empty() && captures_too {
+        return Ok((Vec::new(), Vec::new()));
+    }
     if paths.is_empty() {
         return Err(Error::InvalidInput("no paths to snapshot".into()));
     }
@@ -51,7 +60,7 @@ pub(crate) fn sources(paths: &[PathBuf], ignore_missing: bool) -> Result<(Vec<Pa
             Err(e) => return Err(Error::io(&p, e)),
         }
     }
-    if found.is_empty() {
+    if found.is_empty() && !captures_too {
         return Err(Error::InvalidInput(format!(
             "none of the paths to snapshot exists ({})",
             missing.iter().map(|w| w.path.as_str()).collect::<Vec<_>>().join(", ")
@@ -134,10 +143,17 @@ impl Scan {
         follow_sources: bool,
         full: bool,
         local_root: Option<&Path>,
+        skip_captures_dir: bool,
     ) -> Result<Self> {
         let repo_root = local_root.and_then(|r| fs::canonicalize(r).ok());
+        // A snapshot of `/` does not read a `/.cairn-captures` that `restore --captures` wrote:
+        // the name holds this snapshot's own captures.
+        let mut patterns = excludes.to_vec();
+        if skip_captures_dir {
+            patterns.push(format!("/{CAPTURES_DIR}"));
+        }
         Ok(Self {
-            excludes: Excludes::new(excludes, repo_root)?,
+            excludes: Excludes::new(&patterns, repo_root)?,
             one_file_system,
             follow_sources,
             full,
@@ -172,6 +188,8 @@ pub(crate) struct Walk<'a> {
     notes: Warnings,
     /// Hard-linked files already read in this run: (dev, inode) → content and hash.
     links: Mutex<HashMap<(u64, u64), LinkedContent>>,
+    /// An entry the tree of `/` gets besides what the sources hold: the captures directory.
+    root_entry: Option<Entry>,
 }
 
 impl<'a> Walk<'a> {
@@ -194,6 +212,25 @@ impl<'a> Walk<'a> {
             warnings: Warnings::default(),
             notes: Warnings::default(),
             links: Mutex::new(HashMap::new()),
+            root_entry: None,
+        }
+    }
+
+    /// Adds `entry` (the captures directory) to the tree of `/`, in place of any entry of that
+    /// name.
+    pub(crate) fn with_root_entry(mut self, entry: Option<Entry>) -> Self {
+        self.root_entry = entry;
+        self
+    }
+
+    /// The entries of a directory, with the root entry added when it is `/`.
+    fn add_root_entry(&self, path: &Path, entries: &mut Vec<Entry>) {
+        let Some(extra) = self.root_entry.as_ref().filter(|_| path == Path::new("/")) else {
+            return;
+        };
+        match entries.binary_search_by(|e| e.name.as_slice().cmp(&extra.name)) {
+            Ok(i) => entries[i] = extra.clone(),
+            Err(i) => entries.insert(i, extra.clone()),
         }
     }
 
@@ -261,7 +298,9 @@ impl<'a> Walk<'a> {
                 }
             })
             .collect::<Result<_>>()?;
-        self.upload.store_tree(Tree { entries: entries.into_iter().flatten().collect() })
+        let mut entries: Vec<Entry> = entries.into_iter().flatten().collect();
+        self.add_root_entry(path, &mut entries);
+        self.upload.store_tree(Tree { entries })
     }
 
     /// A source path as given: a symlink is followed (restic does the same), so that
@@ -335,7 +374,9 @@ impl<'a> Walk<'a> {
                 self.entry(at, bytes, &meta, parent.and_then(|t| t.get(bytes)), dev)
             })
             .collect::<Result<_>>()?;
-        let tree = Tree { entries: entries.into_iter().flatten().collect() };
+        let mut entries: Vec<Entry> = entries.into_iter().flatten().collect();
+        self.add_root_entry(path, &mut entries);
+        let tree = Tree { entries };
         // An unchanged directory keeps its parent's tree: no encoding, hashing or index lookup
         // (the parent is trusted, so its tree is indexed).
         if let (Some(p), Some(id)) = (parent, parent_id) {

@@ -91,6 +91,7 @@ fn craft(repo: &Path, outside: &Path) {
         cairn_version: "crafted".into(),
         pinned: false,
         original: None,
+        captures: vec![],
     };
     let (id, bytes) = record.seal();
     fs::write(repo.join("snapshots").join(id.to_hex()), bytes).unwrap();

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::capture::{self, CAPTURES_DIR};
 use crate::error::{Error, IoContext, Result};
 use crate::exclude::Excludes;
 use crate::id::FileHash;
@@ -107,6 +108,10 @@ pub struct RestoreOptions {
     pub dir_meta_below: Vec<PathBuf>,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
+    /// Write the snapshot's captures too (`TARGET/.cairn-captures/...`): a restore leaves them
+    /// out unless this is set or an include is at or below `/.cairn-captures`, so a restore in
+    /// place never writes a dump onto the live system by surprise.
+    pub captures: bool,
 }
 
 /// What a restore did.
@@ -239,6 +244,9 @@ impl Repo {
             });
         }
         includes.retain(|i| !not_found.contains(i));
+        if opts.captures && !includes.is_empty() && !includes.iter().any(|i| capture::is_reserved(i)) {
+            includes.push(Path::new("/").join(CAPTURES_DIR));
+        }
         let target = if opts.dry_run {
             match at::Dir::open_target(&opts.target) {
                 Ok(d) => Some(d),
@@ -312,12 +320,17 @@ impl Repo {
         includes: Vec<PathBuf>,
         progress: &'a dyn Progress,
     ) -> Result<job::Job<'a>> {
+        // The captures are left out unless asked for, by the option or an include below them.
+        let mut excludes = opts.excludes.clone();
+        if !opts.captures && !includes.iter().any(|i| capture::is_reserved(i)) {
+            excludes.push(format!("/{CAPTURES_DIR}"));
+        }
         Ok(job::Job::new(
             self,
             opts,
             includes,
             snapshot.record.paths.iter().map(|p| PathBuf::from(OsStr::from_bytes(p))).collect(),
-            Excludes::new(&opts.excludes, None)?,
+            Excludes::new(&excludes, None)?,
             // Only --delete needs them: a record's odd pattern must not stop a plain restore.
             Excludes::new(if opts.delete { &snapshot.record.excludes } else { &[] }, None)?,
             progress,
