@@ -246,6 +246,18 @@ pub struct SnapshotArgs {
     /// the snapshot still fails when none exists
     #[arg(long)]
     pub ignore_missing: bool,
+    /// Store COMMAND's output as the file /.cairn-captures/PATH of the snapshot
+    /// (PATH=COMMAND, repeatable): COMMAND is split into words as a shell would, and run
+    /// without one; a failure fails the snapshot
+    #[arg(long = "capture", value_name = "PATH=COMMAND")]
+    pub captures: Vec<String>,
+    /// Kill a --capture command (with its whole process group) after this long
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::units::parse_duration)]
+    pub capture_timeout: std::time::Duration,
+    /// Store the standard input as the file /.cairn-captures/PATH of the snapshot (a pipe:
+    /// `pg_dump db | cairn snapshot --stdin-name db.sql`)
+    #[arg(long, value_name = "PATH")]
+    pub stdin_name: Option<PathBuf>,
 }
 
 /// `cairn list`
@@ -307,6 +319,10 @@ pub struct RestoreArgs {
     /// of rolling back to the safety snapshot (exit code 8)
     #[arg(long)]
     pub no_rollback: bool,
+    /// Write the snapshot's captures too, as TARGET/.cairn-captures/... (left out otherwise,
+    /// unless an --include names them)
+    #[arg(long)]
+    pub captures: bool,
 }
 
 /// `cairn forget`

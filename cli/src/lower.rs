@@ -5,8 +5,8 @@
 
 use anyhow::{bail, Context, Result};
 use cairn_store::{
-    read_exclude_file, ChunkerParams, ConfigRepair, GcOptions, GroupBy, InitOptions, KeepPolicy, OpenOptions,
-    RestoreOptions, Retag, ScrubOptions, SnapshotFilter, SnapshotId, SnapshotOptions,
+    read_exclude_file, Capture, ChunkerParams, ConfigRepair, GcOptions, GroupBy, InitOptions, KeepPolicy, OnFailure,
+    OpenOptions, RestoreOptions, Retag, ScrubOptions, SnapshotFilter, SnapshotId, SnapshotOptions,
 };
 
 use crate::args::{
@@ -88,8 +88,9 @@ pub fn snapshot_options(args: &SnapshotArgs, profile: Option<&Profile>) -> Resul
             opts.label = p.label_now(&host);
         }
     }
-    if opts.paths.is_empty() && opts.optional_paths.is_empty() {
-        bail!("nothing to snapshot: give the paths, or a --profile with sources");
+    opts.captures = captures(args, profile)?;
+    if opts.paths.is_empty() && opts.optional_paths.is_empty() && opts.captures.is_empty() {
+        bail!("nothing to snapshot: give the paths, a --capture, --stdin-name, or a --profile with sources");
     }
     for f in &exclude_files {
         opts.excludes
@@ -105,6 +106,37 @@ pub fn snapshot_options(args: &SnapshotArgs, profile: Option<&Profile>) -> Resul
     opts.group_by = group_by(&args.group_by)?;
     opts.ignore_missing = args.ignore_missing;
     Ok(opts)
+}
+
+/// The captures of a snapshot: the profile's `[[capture]]` entries, then `--capture`, then
+/// `--stdin-name`. A profile capture without a `timeout` gets `--capture-timeout`'s.
+fn captures(args: &SnapshotArgs, profile: Option<&Profile>) -> Result<Vec<Capture>> {
+    let mut out = Vec::new();
+    for c in profile.map(|p| p.capture.as_slice()).unwrap_or_default() {
+        let on_failure = match c.on_failure {
+            crate::profile::OnFailure::Fail => OnFailure::Fail,
+            crate::profile::OnFailure::Warn => OnFailure::Warn,
+        };
+        out.push(Capture::command(
+            c.path.clone(),
+            c.command.clone(),
+            Some(c.timeout.unwrap_or(args.capture_timeout)),
+            on_failure,
+        ));
+    }
+    for spec in &args.captures {
+        let Some((path, command)) = spec.split_once('=') else {
+            bail!("--capture {spec:?}: give PATH=COMMAND, e.g. --capture env/pip-freeze.txt='pip freeze'");
+        };
+        let Some(argv) = shlex::split(command).filter(|a| !a.is_empty()) else {
+            bail!("--capture {spec:?}: the command is empty or its quotes do not close");
+        };
+        out.push(Capture::command(path.into(), argv, Some(args.capture_timeout), OnFailure::Fail));
+    }
+    if let Some(p) = &args.stdin_name {
+        out.push(Capture::stdin(p.clone()));
+    }
+    Ok(out)
 }
 
 /// `--tag`, `--host`, `--path` of any command that names snapshots. Paths are made absolute
@@ -172,6 +204,7 @@ pub fn restore_options(args: &RestoreArgs, verbose: bool, profile: Option<&Profi
     opts.safety_snapshot = !args.no_safety_snapshot;
     opts.delete = args.delete;
     opts.list_changes = verbose;
+    opts.captures = args.captures;
     Ok(opts)
 }
 

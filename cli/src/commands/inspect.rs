@@ -47,6 +47,42 @@ fn print_show(r: &ShowReport, snap: &Snapshot) -> std::io::Result<()> {
     outln!("added      {} new data, {} stored", size(t.data_added), size(t.data_stored))?;
     outln!("exclusive  {} (what forgetting only this snapshot would free)", size(r.exclusive_size))?;
     outln!("took       {:.2} s, cairn {}", r.duration_secs, r.cairn_version)?;
+    for c in &r.captures {
+        print_capture(c)?;
+    }
+    Ok(())
+}
+
+/// One capture of `show`: where it is, the command, how it ended, the end of its stderr.
+fn print_capture(c: &cairn_store::CaptureRecord) -> std::io::Result<()> {
+    use cairn_store::CaptureExit;
+    let command = if c.argv.is_empty() {
+        "standard input".to_owned()
+    } else {
+        shlex::try_join(c.argv.iter().map(String::as_str)).unwrap_or_else(|_| c.argv.join(" "))
+    };
+    let ended = match &c.exit {
+        CaptureExit::Code(n) => format!("exit {n}"),
+        CaptureExit::Signal(s) => format!("ended by signal {s}"),
+        CaptureExit::TimedOut => "killed at its timeout".to_owned(),
+        CaptureExit::NotStarted => "not started".to_owned(),
+        CaptureExit::Stdin => "read to its end".to_owned(),
+    };
+    let stored = if c.failed { "FAILED, not stored".to_owned() } else { size(c.size) };
+    outln!(
+        "capture    /{}/{}: {command} ({ended}, {:.2} s, {stored})",
+        cairn_store::CAPTURES_DIR,
+        c.path,
+        c.duration_ms as f64 / 1000.0
+    )?;
+    let tail = c.stderr_tail.trim_end();
+    if !tail.is_empty() {
+        // The last lines: the full tail is in --json.
+        let lines: Vec<&str> = tail.lines().collect();
+        for l in &lines[lines.len().saturating_sub(5)..] {
+            outln!("             stderr: {l}")?;
+        }
+    }
     Ok(())
 }
 
