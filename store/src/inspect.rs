@@ -321,11 +321,13 @@ impl Repo {
         let mut out: Vec<Version> = Vec::new();
         // Only snapshots whose sources reach the path say anything about it: "absent" from a
         // snapshot of another tree is noise.
+        // A snapshot with captures reaches the captures directory.
         let covers = |s: &crate::repo::Snapshot| {
-            s.record.paths.iter().any(|p| {
-                let source = Path::new(std::ffi::OsStr::from_bytes(p));
-                path.starts_with(source) || source.starts_with(&path)
-            })
+            (!s.record.captures.is_empty() && crate::capture::is_reserved(&path))
+                || s.record.paths.iter().any(|p| {
+                    let source = Path::new(std::ffi::OsStr::from_bytes(p));
+                    path.starts_with(source) || source.starts_with(&path)
+                })
         };
         for s in self.snapshots()?.into_iter().filter(|s| covers(s)) {
             let mut entry: Option<Entry> = None;

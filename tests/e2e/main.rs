@@ -7,6 +7,7 @@
 mod util;
 
 mod changing;
+mod captures;
 mod cli_output;
 mod crash;
 mod crash_matrix;
