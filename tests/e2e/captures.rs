@@ -93,10 +93,12 @@ fn issue18_captures_a_hanging_capture_is_killed_with_its_group_and_fail_records_
     let before = list_len(&repo);
     let pidfile = dir.path().join("child.pid");
     // The shell starts a child of its own (in the background, holding stdout open) and hangs.
-    let spec = format!("hang.txt=sh -c 'sleep 1000 & echo $! > {}; sleep 1000'", pidfile.display());
+    // (Sleeps of 40 s: a build that does not kill the group fails the time check below
+    // instead of hanging the test run.)
+    let spec = format!("hang.txt=sh -c 'sleep 40 & echo $! > {}; sleep 40'", pidfile.display());
     let started = Instant::now();
     let out = cairn(&repo).args(args!["snapshot", "--capture-timeout", "1s", "--capture", spec]).output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(60), "killed at its timeout, not waited for");
+    assert!(started.elapsed() < Duration::from_secs(20), "killed at its timeout, not waited for");
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let err = stderr_of(&out);
     assert!(err.contains("hang.txt") && err.contains("timeout"), "a clear message: {err}");
@@ -123,15 +125,17 @@ fn issue18_captures_a_hanging_capture_with_warn_keeps_the_snapshot_with_exit_3()
     let conf = profile(
         dir.path(),
         &format!(
-            "sources = [\"{}\"]\n[[capture]]\npath = \"slow.txt\"\ncommand = [\"sh\", \"-c\", \"echo partial; echo stuck >&2; sleep 1000\"]\ntimeout = \"1s\"\non_failure = \"warn\"\n",
+            "sources = [\"{}\"]\n[[capture]]\npath = \"slow.txt\"\ncommand = [\"sh\", \"-c\", \"echo partial; echo stuck >&2; sleep 40\"]\ntimeout = \"1s\"\non_failure = \"warn\"\n",
             src.display()
         ),
     );
+    let started = Instant::now();
     let out = cairn(&repo)
         .env("CAIRN_CONFIG_DIR", &conf)
         .args(args!["--json", "snapshot", "--profile", "kit"])
         .output()
         .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "killed at its timeout");
     assert_eq!(out.status.code(), Some(3), "kept with a warning: {}", stderr_of(&out));
     let show = cairn_json(&repo, args!["show", "latest"], 0);
     let c = &show["captures"][0];
