@@ -6,8 +6,8 @@
 
 mod util;
 
-mod changing;
 mod captures;
+mod changing;
 mod cli_output;
 mod crash;
 mod crash_matrix;
