@@ -206,6 +206,7 @@ mod tests {
             pinned: label.is_some(), // the labelled ones stand for pinned ones
 
             original: None,
+            captures: Vec::new(),
         };
         let id = SnapshotId::of(format!("{time}{host}{tags:?}").as_bytes());
         Snapshot { id, record }
