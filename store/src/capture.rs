@@ -472,7 +472,8 @@ mod tests {
     #[test]
     fn paths_are_plain_relative_and_apart() {
         assert!(check(&[cmd("env/pip.txt"), cmd("db.sql")]).is_ok());
-        for bad in ["../x", "/etc/x", "a/./b", "", "a/../b"] {
+        // (`a/./b` is `a/b`: Path drops an inner `.`.)
+        for bad in ["../x", "/etc/x", "./x", "", "a/../b"] {
             assert!(check(&[cmd(bad)]).is_err(), "{bad}");
         }
         assert!(check(&[cmd("a"), cmd("a/b")]).is_err());
