@@ -23,6 +23,7 @@ mod hostile;
 mod incremental;
 mod inspect;
 mod integrity;
+mod kits;
 mod logging;
 mod processes;
 mod profiles;
