@@ -137,6 +137,59 @@ pub enum Command {
     /// Repair the repository
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Run a profile as a service: install its systemd units and enable its timers
+    #[command(subcommand)]
+    Systemd(SystemdCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Write man pages (cairn.1, cairn-snapshot.1, ...) into a directory, for packaging
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// `cairn systemd ...`
+#[derive(Debug, Subcommand)]
+pub enum SystemdCommand {
+    /// Write the units of dist/systemd (hourly snapshots, a daily forget + gc + budgeted scrub,
+    /// a checkpoint at boot) for PROFILE, an env file for its settings and secrets, and enable
+    /// them
+    Install(SystemdInstallArgs),
+}
+
+/// `cairn systemd install`
+#[derive(Debug, Args)]
+pub struct SystemdInstallArgs {
+    /// The profile (NAME.toml, looked for as --profile looks); it must exist
+    #[arg(value_name = "PROFILE")]
+    pub profile: String,
+    /// Print every file it would write and every command it would run; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where to write the unit files
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// Where the env file PROFILE.env goes (the units read it from there)
+    #[arg(long, value_name = "DIR", default_value = "/etc/cairn")]
+    pub env_dir: PathBuf,
+    /// The cairn binary the units run [default: this one]
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+}
+
+/// `cairn completions`
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::aot::Shell,
+}
+
+/// `cairn man`
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// `cairn scrub`

@@ -1,5 +1,6 @@
 //! One module per command; `run` dispatches.
 
+mod docs;
 mod forget;
 mod gc;
 mod init;
@@ -8,6 +9,7 @@ mod list;
 mod repair;
 mod restore;
 mod scrub;
+mod service;
 mod snapshot;
 mod tag;
 mod validated;
@@ -42,6 +44,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Gc(a) => gc::run(cli, a),
         Command::Repair(crate::args::RepairCommand::Index) => repair::run_index(cli),
         Command::Repair(crate::args::RepairCommand::Config(a)) => repair::run_config(cli, a),
+        Command::Systemd(crate::args::SystemdCommand::Install(a)) => service::install(cli, a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
     }
 }
 
