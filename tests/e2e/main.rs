@@ -34,6 +34,7 @@ mod restore_safety;
 mod review15;
 mod roundtrip;
 mod selection;
+mod service;
 mod snapshot_everyday;
 mod snapshot_options;
 mod source_safety;
