@@ -24,6 +24,7 @@ mod incremental;
 mod inspect;
 mod integrity;
 mod kits;
+mod kubernetes;
 mod logging;
 mod processes;
 mod profiles;
