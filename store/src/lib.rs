@@ -58,6 +58,7 @@ mod report;
 mod reserve;
 mod restore;
 mod retention;
+mod runs;
 mod salvage;
 mod scrub;
 mod select;
@@ -96,6 +97,7 @@ pub use restore::{
     hash_file, remove_created, Overwrite, RemoveReport, RestoreAction, RestoreChange, RestoreOptions, RestoreReport,
 };
 pub use retention::{apply as apply_policy, Decision, KeepPolicy, SAFETY_KEEP_LAST, SAFETY_KEEP_WITHIN};
+pub use runs::{PackCoverage, RunLog, RunOutcome, ScrubOutcome, RUNS_VERSION};
 pub use scrub::{Affected, Damage, Leftovers, ScrubOptions, ScrubReport, SnapshotStatus};
 pub use select::{check_label, check_tags, SnapshotFilter};
 pub use snapshot::SnapshotOptions;
