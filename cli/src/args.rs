@@ -33,6 +33,11 @@ pub struct Cli {
     /// path): its repository, sources, tags, captures, hooks, components and retention
     #[arg(long, global = true, env = "CAIRN_PROFILE", value_name = "NAME|PATH", help_heading = GLOBAL)]
     pub profile: Option<String>,
+    /// Write Prometheus metrics (node_exporter's textfile format) to this file after snapshot,
+    /// forget, gc, scrub or status: the repository's state, rewritten whole each time
+    /// [default: the profile's monitoring.metrics_file]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
+    pub metrics_file: Option<PathBuf>,
     /// True when `repo` came from $CAIRN_REPO rather than --repo: a profile's `repo` then wins.
     #[arg(skip)]
     pub repo_from_env: bool,
@@ -134,6 +139,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Check the repository: structure always, stored data with --read-data
     Scrub(ScrubArgs),
+    /// How the backups are doing: newest snapshot, last runs and failures, scrub coverage,
+    /// space; the profile's [monitoring] thresholds as alerts (exit code 9)
+    Status(StatusArgs),
     /// Repair the repository
     #[command(subcommand)]
     Repair(RepairCommand),
@@ -208,6 +216,13 @@ pub struct ScrubArgs {
     /// Limit the scrub to what this snapshot needs (ID, prefix, `latest` or label; repeatable)
     #[arg(long = "snapshot", value_name = "ID")]
     pub snapshots: Vec<String>,
+}
+
+/// `cairn status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn repair ...`

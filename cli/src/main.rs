@@ -6,7 +6,8 @@
 //! --include` or `diff` is not in the snapshot); 4 damaged or missing data found;
 //! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running);
 //! 6 `diff --exit-code` found differences; 7 a validated restore failed its validation and was
-//! rolled back; 8 it failed its validation and was kept (`--no-rollback`).
+//! rolled back; 8 it failed its validation and was kept (`--no-rollback`); 9 `status` raised
+//! an alert.
 
 mod args;
 mod choices;
@@ -14,6 +15,7 @@ mod commands;
 mod hooks;
 mod logging;
 mod lower;
+mod metrics;
 mod output;
 mod profile;
 mod progress;
@@ -50,6 +52,11 @@ pub mod exit {
     /// `restore --profile --no-rollback` in place: restored, the validation failed, and the
     /// restored state was kept for inspection (the safety snapshot holds what was there).
     pub const VALIDATION_FAILED: u8 = 8;
+    /// `status`: the repository could be looked at, and something calls for attention: the
+    /// newest snapshot is too old or too small, grew too much, the last run of a command
+    /// failed, the last scrub found damage or is too old (the profile's `[monitoring]`).
+    /// Not 1, which says status itself could not look; not 4, which says this run found damage.
+    pub const ALERT: u8 = 9;
 }
 
 fn main() -> ExitCode {
@@ -78,17 +85,29 @@ fn run(cli: &args::Cli) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             log::error!("{}", error_text(&err));
-            let damage =
-                err.chain().any(|c| c.downcast_ref::<cairn_store::Error>().is_some_and(cairn_store::Error::is_damage));
-            ExitCode::from(if damage { exit::DAMAGE } else { exit::ERROR })
+            ExitCode::from(exit_code_of(&err))
         }
+    }
+}
+
+/// The exit code a command that failed with `err` ends with: 4 when it found damage, 0 when
+/// its reader went away, else 1.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    if is_broken_pipe(err) {
+        return exit::OK;
+    }
+    let damage = err.chain().any(|c| c.downcast_ref::<cairn_store::Error>().is_some_and(cairn_store::Error::is_damage));
+    if damage {
+        exit::DAMAGE
+    } else {
+        exit::ERROR
     }
 }
 
 /// The error and its causes, joined as `{:#}` joins them, but each reason said once: the
 /// store's errors put their source's text in their own message (`path: reason`) and keep the
 /// source too, so the plain chain would end `reason: reason`.
-fn error_text(err: &anyhow::Error) -> String {
+pub fn error_text(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
         let text = cause.to_string();

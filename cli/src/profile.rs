@@ -62,6 +62,9 @@ pub struct Profile {
     pub components: BTreeMap<String, Vec<PathBuf>>,
     /// What `forget --profile` keeps.
     pub retention: Option<Retention>,
+    /// Thresholds `status` turns into alerts, and where metrics go.
+    #[serde(default)]
+    pub monitoring: Monitoring,
 }
 
 fn one() -> u32 {
@@ -139,6 +142,80 @@ pub struct Retention {
     pub keep_safety_last: Option<u32>,
     #[serde(default, deserialize_with = "duration", serialize_with = "ser_duration")]
     pub keep_safety_within: Option<Duration>,
+}
+
+/// `[monitoring]`: what `cairn status` calls an alert, and the Prometheus textfile.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitoring {
+    /// The newest snapshot older than this is an alert (no snapshot at all is one too).
+    #[serde(default, deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub max_age: Option<Duration>,
+    /// The newest snapshot's logical size below this is an alert (a source that vanished).
+    #[serde(default, deserialize_with = "size")]
+    pub min_size: Option<u64>,
+    /// The newest snapshot's new data above this is an alert (a mass change): a share of its
+    /// size (`"50%"`) or a size (`"2G"`).
+    #[serde(default, deserialize_with = "growth")]
+    pub max_growth: Option<Growth>,
+    /// The last scrub older than this (or none) is an alert.
+    #[serde(default, deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub max_scrub_age: Option<Duration>,
+    /// The node_exporter textfile every snapshot, forget, gc, scrub and status of the profile
+    /// rewrites (as `--metrics-file`).
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// `max_growth`: relative to the snapshot's size, or absolute.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Growth {
+    /// Percent of the newest snapshot's logical size.
+    Percent(f64),
+    /// Bytes.
+    Bytes(u64),
+}
+
+impl Growth {
+    /// Reads `50%` or a size (`500M`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite() && *p >= 0.0)
+                .map(Growth::Percent)
+                .ok_or_else(|| format!("cannot read {text:?} as a percentage (like 50%)")),
+            None => crate::units::parse_size(text).map(Growth::Bytes),
+        }
+    }
+
+    /// The limit in bytes for a snapshot of `size` bytes.
+    pub fn limit(self, size: u64) -> u64 {
+        match self {
+            Growth::Percent(p) => (size as f64 * p / 100.0) as u64,
+            Growth::Bytes(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Display for Growth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Growth::Percent(p) => write!(f, "{p}%"),
+            Growth::Bytes(b) => write!(f, "{}", crate::output::size(*b)),
+        }
+    }
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::units::parse_size(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn growth<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Growth>, D::Error> {
+    let text = String::deserialize(d)?;
+    Growth::parse(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -285,6 +362,13 @@ config = ["/etc/hx"]
 [retention]
 keep_last = 10
 keep_daily = 7
+
+[monitoring]
+max_age = "2h"
+min_size = "1M"
+max_growth = "50%"
+max_scrub_age = "7d"
+metrics_file = "/var/lib/prometheus/node-exporter/cairn-hx.prom"
 "#,
         )
         .unwrap();
@@ -292,6 +376,13 @@ keep_daily = 7
         assert_eq!(p.capture[0].on_failure, OnFailure::Warn);
         assert_eq!(p.retention.unwrap().keep_last, Some(10));
         assert_eq!(p.components["config"], vec![PathBuf::from("/etc/hx")]);
+        let m = &p.monitoring;
+        assert_eq!(m.max_age, Some(Duration::from_secs(7200)));
+        assert_eq!(m.min_size, Some(1 << 20));
+        assert_eq!(m.max_growth, Some(Growth::Percent(50.0)));
+        assert_eq!(m.max_scrub_age, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(Growth::parse("2G"), Ok(Growth::Bytes(2 << 30)));
+        assert!(Growth::parse("-5%").is_err());
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub fn run(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
     if !args.dry_run {
         repo.forget(&to_remove)?;
         report.removed = to_remove.iter().map(|i| i.to_hex()).collect();
+        super::note(|o| o.removed = Some(to_remove.len() as u64));
     }
     // The snapshots are gone by now: whatever gc does, the user must hear what was removed.
     // Another gc holding the lock is no failure of this command (that gc, or the next, frees

@@ -19,7 +19,9 @@ pub fn run(cli: &Cli, args: &GcArgs) -> Result<u8> {
 /// Runs gc with a progress bar (also used by `forget --gc`).
 pub fn collect(cli: &Cli, repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     let bar = Bar::for_cli(cli);
-    Ok(repo.gc(opts, &bar)?)
+    let report = repo.gc(opts, &bar)?;
+    super::note(|o| o.bytes_freed = Some(report.bytes_freed));
+    Ok(report)
 }
 
 pub fn print_report(r: &GcReport) -> std::io::Result<()> {

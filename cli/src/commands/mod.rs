@@ -11,11 +11,14 @@ mod restore;
 mod scrub;
 mod service;
 mod snapshot;
+pub mod status;
 mod tag;
 mod validated;
 
+use std::sync::Mutex;
+
 use anyhow::{Context, Result};
-use cairn_store::{Location, OpenOptions, Repo, Warning};
+use cairn_store::{Location, OpenOptions, Repo, RunLog, RunOutcome, Warning};
 
 use crate::args::{Cli, Command};
 use crate::logging;
@@ -23,8 +26,90 @@ use crate::lower;
 use crate::output::errln;
 use crate::profile::Profile;
 
-/// Runs the parsed command; returns the exit code.
+/// The run of a command that records its outcome (snapshot, forget, gc, scrub): what the
+/// command learned for the record, and the run log of the repository it opened.
+struct Recording {
+    outcome: RunOutcome,
+    log: Option<RunLog>,
+}
+
+/// The recording of the command running now, if it records one (one command per process).
+static RECORDING: Mutex<Option<Recording>> = Mutex::new(None);
+
+/// Adds what the running command learned to its run record (nothing when it keeps none).
+pub fn note(f: impl FnOnce(&mut RunOutcome)) {
+    if let Some(r) = RECORDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+        f(&mut r.outcome);
+    }
+}
+
+/// Remembers the run log of the repository the running command opened.
+fn note_repo(repo: &Repo) {
+    if let Some(r) = RECORDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+        r.log.get_or_insert_with(|| repo.run_log());
+    }
+}
+
+/// The name a command's run is recorded under, for those that record one. Dry runs change
+/// nothing and are not recorded.
+fn recorded_as(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Snapshot(a) if !a.dry_run => Some("snapshot"),
+        Command::Forget(a) if !a.dry_run => Some("forget"),
+        Command::Gc(a) if !a.dry_run => Some("gc"),
+        Command::Scrub(_) => Some("scrub"),
+        _ => None,
+    }
+}
+
+/// Runs the parsed command; returns the exit code. Snapshot, forget, gc and scrub record how
+/// they ended in the repository's run log, failures too (a failed snapshot is what `status`
+/// must be able to tell), and then rewrite the metrics file when one is asked for.
 pub fn run(cli: &Cli) -> Result<u8> {
+    let Some(command) = recorded_as(&cli.command) else {
+        return dispatch(cli);
+    };
+    let started = std::time::Instant::now();
+    let start_ns = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(0);
+    let profile_name = profile(cli).ok().flatten().map(|p| p.name.clone());
+    *RECORDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some(Recording { outcome: RunOutcome::new(command, profile_name.as_deref(), start_ns), log: None });
+    let result = dispatch(cli);
+    let Some(Recording { mut outcome, log }) =
+        RECORDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    else {
+        return result;
+    };
+    outcome.duration_secs = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(code) => outcome.exit_code = *code,
+        Err(e) => {
+            outcome.exit_code = crate::exit_code_of(e);
+            outcome.error = Some(crate::error_text(e));
+        }
+    }
+    // A command that failed before it opened the repository: open it now to record that, when
+    // there is one (a repository that cannot be opened cannot record anything).
+    let log = log.or_else(|| {
+        let (location, _) = repo_location(cli).ok()?;
+        location.holds_repository().ok()?.then_some(())?;
+        Repo::open(&location, &lower::open_options()).ok().map(|r| r.run_log())
+    });
+    match log {
+        Some(log) => {
+            if let Err(e) = log.record(&outcome) {
+                log::warn!("could not record this run in {}: {e}", log.path().display());
+            }
+        }
+        None => log::debug!("no repository to record this run in"),
+    }
+    if let Err(e) = status::write_metrics_after(cli) {
+        log::warn!("could not write the metrics file: {}", crate::error_text(&e));
+    }
+    result
+}
+
+fn dispatch(cli: &Cli) -> Result<u8> {
     match &cli.command {
         Command::Init(a) => init::run(cli, a),
         Command::Snapshot(a) => snapshot::run(cli, a),
@@ -42,6 +127,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Cat(a) => inspect::cat(cli, a),
         Command::Manifest(a) => inspect::manifest(cli, a),
         Command::Gc(a) => gc::run(cli, a),
+        Command::Status(a) => status::run(cli, a),
         Command::Repair(crate::args::RepairCommand::Index) => repair::run_index(cli),
         Command::Repair(crate::args::RepairCommand::Config(a)) => repair::run_config(cli, a),
         Command::Systemd(crate::args::SystemdCommand::Install(a)) => service::install(cli, a),
@@ -89,6 +175,7 @@ pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
     let (location, _) = repo_location(cli)?;
     let repo = Repo::open(&location, opts).with_context(|| format!("cannot open repository {location}"))?;
     print_notices(&repo);
+    note_repo(&repo);
     Ok(repo)
 }
 

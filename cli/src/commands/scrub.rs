@@ -15,6 +15,16 @@ pub fn run(cli: &Cli, args: &ScrubArgs) -> Result<u8> {
     let opts = lower::scrub_options(args, only);
     let bar = Bar::for_cli(cli);
     let report = repo.scrub(&opts, &bar)?;
+    super::note(|o| {
+        let mut s = cairn_store::ScrubOutcome::default();
+        s.read_data = report.read_data;
+        s.packs_in_scope = report.packs_in_scope;
+        s.packs_verified = report.packs_verified;
+        s.packs_never_verified = report.packs_never_verified;
+        s.damage = report.damage.len() as u64;
+        s.unreadable = report.unreadable.len() as u64;
+        o.scrub = Some(s);
+    });
     let budgeted = args.max_duration.is_some() || args.max_bytes.is_some();
     // -q keeps a scrub quiet only while it finds nothing.
     let quiet = if report.clean { Quiet::Silences } else { Quiet::Ignored };

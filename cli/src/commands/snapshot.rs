@@ -64,12 +64,23 @@ fn open_or_create(cli: &Cli, opts: &SnapshotOptions) -> Result<Repo> {
         let hint = if is_default { "use --repo or CAIRN_REPO for another" } else { "with init's defaults" };
         errln!("cairn: created {which} at {location} ({hint})");
     }
+    super::note_repo(&repo);
     Ok(repo)
 }
 
 fn take(cli: &Cli, repo: &Repo, opts: &SnapshotOptions) -> Result<SnapshotReport> {
     let bar = Bar::for_cli(cli);
-    repo.snapshot(opts, &bar).context("snapshot failed; no snapshot was recorded")
+    let report = repo.snapshot(opts, &bar).context("snapshot failed; no snapshot was recorded")?;
+    super::note(|o| {
+        let t = &report.totals;
+        o.snapshot.clone_from(&report.id);
+        o.bytes_total = Some(t.bytes_total);
+        o.bytes_added = Some(t.data_added);
+        o.bytes_stored = Some(t.data_stored);
+        o.files = Some([t.files_new, t.files_changed, t.files_unchanged]);
+        o.warnings = Some(report.warnings.len() as u64);
+    });
+    Ok(report)
 }
 
 fn print_warnings(cli: &Cli, report: &SnapshotReport) -> u8 {
