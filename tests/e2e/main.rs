@@ -39,3 +39,4 @@ mod service;
 mod snapshot_everyday;
 mod snapshot_options;
 mod source_safety;
+mod status;
