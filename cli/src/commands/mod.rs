@@ -43,8 +43,12 @@ pub fn note(f: impl FnOnce(&mut RunOutcome)) {
     }
 }
 
-/// Remembers the run log of the repository the running command opened.
+/// Remembers the run log of the repository the running command opened. A repository opened
+/// read-only gets nothing written, not even its run log.
 fn note_repo(repo: &Repo) {
+    if repo.is_read_only() {
+        return;
+    }
     if let Some(r) = RECORDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
         r.log.get_or_insert_with(|| repo.run_log());
     }
@@ -93,7 +97,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let log = log.or_else(|| {
         let (location, _) = repo_location(cli).ok()?;
         location.holds_repository().ok()?.then_some(())?;
-        Repo::open(&location, &lower::open_options()).ok().map(|r| r.run_log())
+        Repo::open(&location, &lower::open_options()).ok().filter(|r| !r.is_read_only()).map(|r| r.run_log())
     });
     match log {
         Some(log) => {
