@@ -4,7 +4,9 @@
 //! On a terminal or in a file a line reads `cairn: warning: ...`, the prefix the CLI's own
 //! notices have always had. Under systemd (stderr is the stream `JOURNAL_STREAM` names) each
 //! event is one line with an sd-daemon priority prefix (`<4>`), so that the journal files it at
-//! the right priority and never splits it.
+//! the right priority and never splits it, and names the profile it ran for (`[profile gw]`).
+//! A command's report is one such line too (`output::report`), so a unit's run reads in
+//! `journalctl -u cairn-snapshot@gw` as one event per run, with the snapshot's ID in it.
 
 use std::io::Write;
 
@@ -44,7 +46,7 @@ impl Log for Logger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            let line = format_line(record.level(), &record.args().to_string(), self.journal);
+            let line = format_line(record.level(), &record.args().to_string(), self.journal, context());
             // One write per event keeps lines from threads whole; with stderr gone there is
             // nowhere left to say anything.
             let _ = std::io::stderr().lock().write_all(line.as_bytes());
@@ -57,12 +59,41 @@ impl Log for Logger {
 /// Whether stderr is the journal, as `init` found.
 static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
+/// What every journal line names: the profile (`[profile gw] `), or nothing.
+static CONTEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names the profile in every journal line from now on (once; later calls change nothing).
+pub fn set_profile(name: &str) {
+    let _ = CONTEXT.set(format!("[profile {name}] "));
+}
+
+fn context() -> &'static str {
+    CONTEXT.get().map_or("", String::as_str)
+}
+
+/// True when stderr is the journal (see [`init`]).
+pub fn is_journal() -> bool {
+    JOURNAL.get().copied().unwrap_or(false)
+}
+
+/// A command's whole text report as one journal event at info priority: its lines joined with
+/// `; `, after the profile.
+pub fn event_line(report: &str) -> String {
+    // Columns aligned for a terminal are runs of spaces: one space each in the journal.
+    let parts: Vec<String> = report
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    format!("<{}>cairn: {}{}\n", priority(Level::Info), context(), one_line(&parts.join("; ")))
+}
+
 /// A line a command prints on stderr itself (a report's per-file warnings), as the journal
 /// must get it when stderr is the journal: one line, with `level`'s priority. On a terminal it
 /// stays as it is.
 pub fn stderr_line(level: Level, text: &str) -> String {
-    if JOURNAL.get().copied().unwrap_or(false) {
-        format!("<{}>{}", priority(level), one_line(text))
+    if is_journal() {
+        format!("<{}>{}{}", priority(level), context(), one_line(text))
     } else {
         text.to_owned()
     }
@@ -84,8 +115,8 @@ fn one_line(text: &str) -> String {
     text.trim_end().replace("\r\n", " ").replace(['\n', '\r'], " ")
 }
 
-/// One event as written to stderr, newline included.
-fn format_line(level: Level, message: &str, journal: bool) -> String {
+/// One event as written to stderr, newline included; `context` names the profile.
+fn format_line(level: Level, message: &str, journal: bool, context: &str) -> String {
     let name = match level {
         Level::Error => "error",
         Level::Warn => "warning",
@@ -96,7 +127,7 @@ fn format_line(level: Level, message: &str, journal: bool) -> String {
     if !journal {
         return format!("cairn: {name}: {message}\n");
     }
-    format!("<{}>cairn: {name}: {}\n", priority(level), one_line(message))
+    format!("<{}>cairn: {context}{name}: {}\n", priority(level), one_line(message))
 }
 
 /// True when stderr is the journal stream systemd set up, as systemd.exec(5) says to tell:
@@ -126,22 +157,23 @@ mod tests {
 
     #[test]
     fn terminal_lines_keep_the_cli_prefix_and_the_message_as_it_is() {
-        assert_eq!(format_line(Level::Warn, "disk nearly full", false), "cairn: warning: disk nearly full\n");
-        assert_eq!(format_line(Level::Error, "a\nb", false), "cairn: error: a\nb\n");
-        assert_eq!(format_line(Level::Info, "x", false), "cairn: info: x\n");
-        assert_eq!(format_line(Level::Debug, "x", false), "cairn: debug: x\n");
+        assert_eq!(format_line(Level::Warn, "disk nearly full", false, ""), "cairn: warning: disk nearly full\n");
+        assert_eq!(format_line(Level::Error, "a\nb", false, ""), "cairn: error: a\nb\n");
+        assert_eq!(format_line(Level::Info, "x", false, ""), "cairn: info: x\n");
+        assert_eq!(format_line(Level::Debug, "x", false, ""), "cairn: debug: x\n");
     }
 
     #[test]
     fn journal_lines_are_one_line_with_the_sd_daemon_priority() {
-        assert_eq!(format_line(Level::Error, "cannot\nopen\r\nit\n", true), "<3>cairn: error: cannot open it\n");
-        assert_eq!(format_line(Level::Warn, "w", true), "<4>cairn: warning: w\n");
-        assert_eq!(format_line(Level::Info, "i", true), "<6>cairn: info: i\n");
-        assert_eq!(format_line(Level::Debug, "d", true), "<7>cairn: debug: d\n");
-        assert_eq!(format_line(Level::Trace, "t", true), "<7>cairn: trace: t\n");
+        assert_eq!(format_line(Level::Error, "cannot\nopen\r\nit\n", true, ""), "<3>cairn: error: cannot open it\n");
+        assert_eq!(format_line(Level::Warn, "w", true, ""), "<4>cairn: warning: w\n");
+        assert_eq!(format_line(Level::Info, "i", true, ""), "<6>cairn: info: i\n");
+        assert_eq!(format_line(Level::Debug, "d", true, ""), "<7>cairn: debug: d\n");
+        assert_eq!(format_line(Level::Trace, "t", true, ""), "<7>cairn: trace: t\n");
         for level in [Level::Error, Level::Warn, Level::Info, Level::Debug] {
-            assert_eq!(format_line(level, "a\nb\rc\n\n", true).lines().count(), 1);
+            assert_eq!(format_line(level, "a\nb\rc\n\n", true, "").lines().count(), 1);
         }
+        assert_eq!(format_line(Level::Warn, "w", true, "[profile gw] "), "<4>cairn: [profile gw] warning: w\n");
     }
 
     #[test]

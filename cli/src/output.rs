@@ -12,6 +12,11 @@ use crate::args::Cli;
 /// Set once a write to stdout met EPIPE: the reader has gone for good.
 static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// While a report is folded into one journal event, what it writes to stdout lands here.
+    static FOLDING: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// cairn's stdout. A reader that went away (`cairn snapshot SRC | head -c0`) ends the output,
 /// not the command: a report is printed after its work is done (a snapshot is committed, a
 /// pack deleted), and the exit code must still say how that work went (a scrub read by
@@ -26,6 +31,10 @@ pub fn stdout() -> Stdout {
 
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let folded = FOLDING.with(|f| f.borrow_mut().as_mut().map(|v| v.extend_from_slice(buf)).is_some());
+        if folded {
+            return Ok(buf.len());
+        }
         if STDOUT_GONE.load(Ordering::Relaxed) {
             return Ok(buf.len());
         }
@@ -90,6 +99,17 @@ where
         return json(value);
     }
     if cli.quiet && matches!(quiet, Quiet::Silences) {
+        return Ok(());
+    }
+    if crate::logging::is_journal() {
+        // Under systemd every line is an event of its own: the report is folded into one,
+        // which names the profile and keeps the snapshot's ID beside what it says of it.
+        FOLDING.with(|f| *f.borrow_mut() = Some(Vec::new()));
+        let rendered = text(value).map_err(Into::into);
+        let folded = FOLDING.with(|f| f.borrow_mut().take()).unwrap_or_default();
+        rendered?;
+        let mut out = stdout();
+        out.write_all(crate::logging::event_line(&String::from_utf8_lossy(&folded)).as_bytes())?;
         return Ok(());
     }
     text(value).map_err(Into::into)

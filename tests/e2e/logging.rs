@@ -123,3 +123,44 @@ fn under_the_journal_a_report_warning_is_one_line_with_its_priority() {
     assert!(notes[0].starts_with("<6>note: ") && notes[0].contains("two lines"), "{text}");
     assert!(text.lines().all(|l| l.starts_with('<')), "every line carries a priority: {text}");
 }
+
+#[test]
+fn issue19_under_the_journal_a_run_is_one_event_naming_the_profile_and_the_snapshot() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let conf = dir.path().join("conf");
+    fs::create_dir_all(&conf).unwrap();
+    fs::write(conf.join("gw.toml"), format!("sources = [{src:?}]\ntags = [\"gw\"]\n")).unwrap();
+    let log = dir.path().join("journal");
+    let stream = stream_of(&log);
+    // As a unit runs it: stdout and stderr both the journal's stream.
+    let run = |args: &[&str]| {
+        let out = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::process::Command::new(cairn_bin())
+            .env("CAIRN_REPO", &repo)
+            .env("CAIRN_CONFIG_DIR", &conf)
+            .env("JOURNAL_STREAM", &stream)
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
+            .unwrap()
+    };
+    assert!(run(&["snapshot", "--profile", "gw"]).success());
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 1, "one event: {text}");
+    let line = text.lines().next().unwrap();
+    let id = cairn_json(&repo, args!["list"], 0)[0]["id"].as_str().unwrap().to_owned();
+    assert!(line.starts_with("<6>cairn: [profile gw] snapshot "), "{line}");
+    assert!(line.contains(&id) && line.contains("files: 1 new"), "the ID and the counts in one line: {line}");
+
+    // A failure is one error line, naming the profile too.
+    fs::write(&log, b"").unwrap();
+    fs::write(conf.join("gw.toml"), format!("sources = [{:?}]\n", dir.path().join("gone"))).unwrap();
+    assert!(!run(&["snapshot", "--profile", "gw"]).success());
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("<3>cairn: [profile gw] error: "), "{text}");
+}

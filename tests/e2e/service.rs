@@ -242,7 +242,7 @@ fn systemd_install_dry_run_prints_every_file_and_command_and_changes_nothing() {
         );
     }
     assert!(out.contains(&format!("# would write {} (unless it exists; mode 0600)", host.path("etc/gw.env").display())));
-    assert!(out.contains(&format!("ExecStart={} snapshot --profile %i -q", cairn_bin().display())), "{out}");
+    assert!(out.contains(&format!("ExecStart={} snapshot --profile %i", cairn_bin().display())), "{out}");
     // A repository in the state directory needs no ReadWritePaths; the profile's dir does.
     assert!(!out.contains("ReadWritePaths=-/var/lib/cairn"), "{out}");
     for cmd in [

@@ -70,6 +70,9 @@ fn recorded_as(command: &Command) -> Option<&'static str> {
 /// they ended in the repository's run log, failures too (a failed snapshot is what `status`
 /// must be able to tell), and then rewrite the metrics file when one is asked for.
 pub fn run(cli: &Cli) -> Result<u8> {
+    if let Ok(Some(p)) = profile(cli) {
+        logging::set_profile(&p.name);
+    }
     let Some(command) = recorded_as(&cli.command) else {
         return dispatch(cli);
     };
