@@ -80,11 +80,8 @@ pub fn is_journal() -> bool {
 /// `; `, after the profile.
 pub fn event_line(report: &str) -> String {
     // Columns aligned for a terminal are runs of spaces: one space each in the journal.
-    let parts: Vec<String> = report
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|l| !l.is_empty())
-        .collect();
+    let parts: Vec<String> =
+        report.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect();
     format!("<{}>cairn: {}{}\n", priority(Level::Info), context(), one_line(&parts.join("; ")))
 }
 

@@ -15,7 +15,6 @@ mod commands;
 mod hooks;
 mod logging;
 mod lower;
-mod metrics;
 mod output;
 mod profile;
 mod progress;

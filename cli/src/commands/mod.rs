@@ -13,7 +13,6 @@ mod service;
 mod snapshot;
 pub mod status;
 mod tag;
-mod validated;
 
 use std::sync::Mutex;
 

@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use cairn_store::{remove_created, RemoveReport, Repo, RestoreAction, RestoreOptions, RestoreReport, Snapshot};
 use serde::Serialize;
 
-use super::restore::{exit_code, print_summary};
+use super::{exit_code, print_summary};
 use crate::args::{Cli, RestoreArgs};
 use crate::exit;
 use crate::hooks::{Context, HookRun, Phase, Runner};

@@ -1,5 +1,7 @@
 //! `cairn restore`
 
+mod validated;
+
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
@@ -48,13 +50,13 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     // state in a scratch directory) stops nothing and validates nothing.
     let hooked = profile.filter(|_| in_place && !args.dry_run);
     if let Some(p) = hooked {
-        super::validated::check(args, &opts, p)?;
+        validated::check(args, &opts, p)?;
     }
     if in_place && !args.dry_run && !args.yes && on_a_terminal() {
         confirm(&repo, &snapshot, &opts, hooked)?;
     }
     if let Some(p) = hooked {
-        return super::validated::run(cli, args, &repo, &snapshot, opts, p);
+        return validated::run(cli, args, &repo, &snapshot, opts, p);
     }
     let bar = Bar::for_cli(cli);
     let report = repo

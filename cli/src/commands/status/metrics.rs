@@ -16,7 +16,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::commands::status::{Status, RECORDED};
+use super::{Status, RECORDED};
 
 /// A metric family being written: its samples follow its HELP and TYPE lines.
 struct Out {
@@ -71,7 +71,7 @@ pub fn render(s: &Status, profile: &str) -> String {
     out.family("cairn_repository_snapshots", "Snapshots in the repository.", &[(p(), s.snapshots as f64)]);
 
     let groups: Vec<_> = s.groups.iter().map(|g| (vec![("profile", profile), ("group", g.name.as_str())], g)).collect();
-    let per_group = |f: &dyn Fn(&crate::commands::status::Group) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
+    let per_group = |f: &dyn Fn(&super::Group) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
         groups.iter().filter_map(|(l, g)| f(g).map(|v| (l.clone(), v))).collect()
     };
     out.family("cairn_group_snapshots", "Snapshots of the group.", &per_group(&|g| Some(g.snapshots as f64)));
@@ -124,7 +124,7 @@ pub fn render(s: &Status, profile: &str) -> String {
 
     for command in RECORDED {
         let runs: Vec<_> = s.runs.iter().filter(|r| r.command == command).collect();
-        let fam = |f: &dyn Fn(&crate::commands::status::Runs) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
+        let fam = |f: &dyn Fn(&super::Runs) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
             runs.iter()
                 .filter_map(|r| f(r).map(|v| (vec![("profile", r.profile.as_deref().unwrap_or(""))], v)))
                 .collect()

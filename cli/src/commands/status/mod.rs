@@ -6,6 +6,8 @@
 //! (0), alert (9) or that status could not look (1). The metrics file is rendered from the
 //! same data (metrics.rs), so the two never disagree.
 
+mod metrics;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -141,7 +143,7 @@ pub struct Group {
 pub fn run(cli: &Cli, args: &StatusArgs) -> Result<u8> {
     let status = gather(cli, &args.select)?;
     if let Some(path) = metrics_path(cli)? {
-        crate::metrics::write(&path, &status)?;
+        metrics::write(&path, &status)?;
     }
     output::report(cli, &status, Quiet::Ignored, print)?;
     Ok(if status.ok { exit::OK } else { exit::ALERT })
@@ -160,7 +162,7 @@ fn metrics_path(cli: &Cli) -> Result<Option<std::path::PathBuf>> {
 pub fn write_metrics_after(cli: &Cli) -> Result<()> {
     let Some(path) = metrics_path(cli)? else { return Ok(()) };
     let status = gather(cli, &SelectArgs::default())?;
-    crate::metrics::write(&path, &status)
+    metrics::write(&path, &status)
 }
 
 /// Looks at the repository: everything status reports.
