@@ -9,7 +9,10 @@
 //! a thread that keeps the last 4 KiB. At its timeout the whole group is killed (a shell and
 //! everything it started). Its exit status is decided only once it has exited; then whatever is
 //! left of its group (background children holding the pipes) is killed too, so a capture never
-//! outlives its snapshot.
+//! outlives its snapshot. The pipes are polled, not read to their end: a process outside the
+//! group (`setsid`) holding stdout open past the timeout, or a child holding it open for a
+//! second after the command exited (then killed with the group), ends the capture as failed
+//! instead of holding the snapshot until that process ends.
 //!
 //! A capture that fails (a status other than 0, a signal, the timeout, not started) leaves its
 //! output out of the snapshot: a truncated dump that looks whole is worse than none. With
@@ -391,9 +394,11 @@ fn run_command(argv: &[String], timeout: Option<Duration>, upload: &Upload<'_>) 
         return Err(Error::InvalidInput("a capture's pipes were not set up".into()));
     };
     let timed_out = AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
     let (done, finished) = mpsc::channel::<()>();
     let (streamed, tail) = std::thread::scope(|s| {
-        let tail = s.spawn(move || read_tail(&mut stderr));
+        let stop = &stop;
+        let tail = s.spawn(move || read_tail(&mut Pipe::new(&mut stderr, None, Some(stop))));
         let timed_out = &timed_out;
         let watchdog = s.spawn(move || match timeout {
             Some(t) => {
@@ -406,7 +411,7 @@ fn run_command(argv: &[String], timeout: Option<Duration>, upload: &Upload<'_>) 
                 let _ = finished.recv();
             }
         });
-        let streamed = stream(upload, &mut stdout);
+        let streamed = stream(upload, &mut Pipe::new(&mut stdout, Some((pid, timed_out)), None));
         drop(stdout);
         if streamed.is_err() {
             // The repository failed: the command's output has nowhere to go.
@@ -419,6 +424,9 @@ fn run_command(argv: &[String], timeout: Option<Duration>, upload: &Upload<'_>) 
         let _ = watchdog.join();
         // What the command left running in its group (a background child holding a pipe).
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        // A process outside the group (`setsid`) may hold stderr open for good: its tail is
+        // read while it comes, not to its end.
+        stop.store(true, Ordering::SeqCst);
         let tail = tail.join().unwrap_or_default();
         (streamed, tail)
     });
@@ -438,6 +446,81 @@ fn run_command(argv: &[String], timeout: Option<Duration>, upload: &Upload<'_>) 
         }
     };
     Ok(Outcome { exit, duration, stderr_tail: tail, content, read_error })
+}
+
+/// How often a capture's pipe is looked at while nothing comes through it.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long the output of a command that has exited may stay open with nothing coming
+/// before what is left of its group is killed and the capture ended.
+const EXITED_GRACE: Duration = Duration::from_secs(1);
+
+/// A pipe from a capture's command, read without blocking for good: the end of the pipe
+/// is not the end of the command. A process outside the command's group (`setsid`) can hold
+/// it open after the group was killed at the timeout, and a background child can hold it
+/// open after the command exited; either way the read stops with an error (the output is
+/// not known to be whole) rather than wait for that process.
+struct Pipe<'a, R> {
+    inner: &'a mut R,
+    /// The command (stdout): its exit, and the watchdog's word that its time is up.
+    command: Option<(Pid, &'a AtomicBool)>,
+    /// Set when the reader should give up once the pipe is idle (stderr).
+    stop: Option<&'a AtomicBool>,
+    /// When the command was first seen to have exited.
+    exited: Option<Instant>,
+}
+
+impl<'a, R: Read + std::os::fd::AsFd> Pipe<'a, R> {
+    fn new(inner: &'a mut R, command: Option<(Pid, &'a AtomicBool)>, stop: Option<&'a AtomicBool>) -> Self {
+        Self { inner, command, stop, exited: None }
+    }
+
+    /// True when something can be read (data or the end of the pipe).
+    fn ready(&self) -> io::Result<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&*self.inner, PollFlags::IN)];
+        let wait = Timespec { tv_sec: 0, tv_nsec: i64::from(u32::try_from(POLL.as_nanos()).unwrap_or(0)) };
+        match poll(&mut fds, Some(&wait)) {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl<R: Read + std::os::fd::AsFd> Read for Pipe<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some((_, timed_out)) = self.command {
+                if timed_out.load(Ordering::SeqCst) {
+                    return Err(io::Error::other("the command was killed at its timeout"));
+                }
+            }
+            if self.ready()? {
+                return self.inner.read(buf);
+            }
+            if self.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                return Ok(0);
+            }
+            let Some((pid, _)) = self.command else { continue };
+            match self.exited {
+                None => {
+                    let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+                    if matches!(rustix::process::waitid(WaitId::Pid(pid), opts), Ok(Some(_))) {
+                        self.exited = Some(Instant::now());
+                    }
+                }
+                Some(at) if at.elapsed() >= EXITED_GRACE => {
+                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                    return Err(io::Error::other(
+                        "the command exited, but a process it left running held its output open \
+                         (killed with the command's process group; the output may be incomplete)",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 /// Reads a stream to its end, keeping its last `STDERR_TAIL` bytes.

@@ -33,6 +33,7 @@ mod restore_everyday;
 mod restore_options;
 mod restore_safety;
 mod review15;
+mod review18;
 mod roundtrip;
 mod selection;
 mod service;
