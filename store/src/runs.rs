@@ -10,8 +10,10 @@
 //! under an exclusive `flock` of `runs.lock` and fsync; when the file has grown past
 //! [`COMPACT_AT`] bytes, the writer rewrites it (temp file, fsync, rename) keeping the newest
 //! [`KEEP_PER_KIND`] runs of each command and profile. A reader skips a line that is not JSON
-//! (the torn tail of a run killed mid-write), ignores fields it does not know, and refuses a
-//! line of a newer version with [`Error::UnsupportedVersion`].
+//! (the torn tail of a run killed mid-write), ignores fields it does not know, and skips a
+//! line of a newer version with a warning (a newer cairn ran on this repository): the log is
+//! history for `status`, and one line it cannot read must not hide the others. Compaction
+//! keeps such lines as they are.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -239,13 +241,18 @@ impl RunLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(&self.path, e)),
         };
-        parse(&text, &self.path)
+        Ok(parse(&text, &self.path).0)
     }
 
     /// Keeps the newest [`KEEP_PER_KIND`] runs of each command and profile: written beside
     /// the log, fsynced, renamed over it (the caller holds the lock).
     fn compact(&self) -> Result<()> {
-        let runs = self.read()?;
+        let text = match fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        let (runs, newer) = parse(&text, &self.path);
         let mut seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
         let mut keep = vec![false; runs.len()];
         for (i, r) in runs.iter().enumerate().rev() {
@@ -254,6 +261,10 @@ impl RunLog {
             keep[i] = *n <= KEEP_PER_KIND;
         }
         let mut out = Vec::new();
+        for line in newer {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
         for (r, _) in runs.iter().zip(&keep).filter(|(_, k)| **k) {
             out.extend(serde_json::to_vec(r).map_err(|e| Error::InvalidInput(e.to_string()))?);
             out.push(b'\n');
@@ -281,32 +292,37 @@ fn ends_with_newline(path: &Path, len: u64) -> bool {
     File::open(path).and_then(|f| f.read_exact_at(&mut last, len - 1)).is_ok_and(|()| last[0] == b'\n')
 }
 
-/// The lines of a log: a line that is not JSON is skipped (a torn write), one of a newer
-/// version refused.
-fn parse(text: &[u8], path: &Path) -> Result<Vec<RunOutcome>> {
+/// The lines of a log, and those of a newer version (skipped, with a warning); a line that
+/// is not JSON is skipped (a torn write).
+fn parse<'a>(text: &'a [u8], path: &Path) -> (Vec<RunOutcome>, Vec<&'a [u8]>) {
     #[derive(Deserialize)]
     struct Version {
         v: u32,
     }
     let mut runs = Vec::new();
+    let mut newer = Vec::new();
     for line in text.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
         let Ok(Version { v }) = serde_json::from_slice::<Version>(line) else {
             log::debug!("{}: skipped a line that is not a run record", path.display());
             continue;
         };
         if v > RUNS_VERSION {
-            return Err(Error::UnsupportedVersion {
-                what: format!("run log {}", path.display()),
-                found: v,
-                supported: RUNS_VERSION,
-            });
+            newer.push(line);
+            continue;
         }
         match serde_json::from_slice::<RunOutcome>(line) {
             Ok(r) => runs.push(r),
             Err(e) => log::debug!("{}: skipped a run record: {e}", path.display()),
         }
     }
-    Ok(runs)
+    if !newer.is_empty() {
+        log::warn!(
+            "{}: skipped {} runs recorded by a newer cairn (format version above {RUNS_VERSION}); upgrade cairn to see them",
+            path.display(),
+            newer.len()
+        );
+    }
+    (runs, newer)
 }
 
 #[cfg(test)]
@@ -334,13 +350,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_ignored_and_a_newer_version_is_refused() {
+    fn unknown_fields_are_ignored_and_a_newer_version_is_skipped() {
         let p = Path::new("runs.jsonl");
         let old = br#"{"v":1,"command":"gc","profile":null,"start_ns":5,"duration_secs":1.0,"exit_code":0,"error":null,"future":7}"#;
-        assert_eq!(parse(old, p).unwrap()[0].start_ns, 5);
-        let newer = br#"{"v":2,"command":"gc"}"#;
-        let e = parse(newer, p).unwrap_err().to_string();
-        assert!(e.contains("version 2") && e.contains("upgrade"), "{e}");
+        assert_eq!(parse(old, p).0[0].start_ns, 5);
+        let both = [&old[..], b"\n", br#"{"v":2,"command":"gc"}"#].concat();
+        let (runs, newer) = parse(&both, p);
+        assert_eq!((runs.len(), newer.len()), (1, 1));
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Alert {
     /// The group (profile name) it is about, or null for the whole repository.
     pub group: Option<String>,
     /// `no_snapshot`, `snapshot_too_old`, `snapshot_too_small`, `growth`, `run_failed`,
-    /// `scrub_damage`, `scrub_too_old`.
+    /// `scrub_damage`, `scrub_too_old`, `run_log_unreadable`.
     pub kind: &'static str,
     pub message: String,
 }
@@ -176,7 +176,12 @@ pub fn gather(cli: &Cli, select: &SelectArgs) -> Result<Status> {
     let now_secs = now.as_second();
     let now_ns = i64::try_from(now.as_nanosecond()).unwrap_or(i64::MAX);
     let all = repo.snapshots()?;
-    let runs = repo.runs()?;
+    // The run log is history, not data: one that cannot be read is an alert (failures may
+    // be hidden), never a status that cannot say anything.
+    let (runs, log_error) = match repo.runs() {
+        Ok(r) => (r, None),
+        Err(e) => (Vec::new(), Some(format!("the run log cannot be read ({e}): failed runs may not be shown"))),
+    };
     let window = monitoring.max_scrub_age.unwrap_or(DEFAULT_SCRUB_WINDOW);
     let coverage = repo.pack_coverage(window.as_secs())?;
     let (free_space, disk_size) = location
@@ -198,6 +203,10 @@ pub fn gather(cli: &Cli, select: &SelectArgs) -> Result<Status> {
         groups: groups(&all, select, profile, now_ns)?,
     };
     judge(&mut status, &monitoring, profile.map(|p| p.name.clone()), now_ns);
+    if let Some(message) = log_error {
+        status.alerts.insert(0, Alert { group: None, kind: "run_log_unreadable", message });
+        status.ok = false;
+    }
     Ok(status)
 }
 
