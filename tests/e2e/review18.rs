@@ -96,3 +96,27 @@ fn review18_status_with_an_unreadable_run_log_alerts_instead_of_failing() {
     assert_eq!(v["snapshots"], 1, "{v}");
     assert!(v["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "run_log_unreadable"), "{v}");
 }
+
+#[test]
+fn review18_a_label_template_that_makes_a_bad_label_stops_no_service() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    let calls = dir.path().join("calls");
+    let profile = dir.path().join("svc.toml");
+    fs::write(
+        &profile,
+        format!(
+            "sources = [{:?}]\nlabel = \"{{profile}} {{utc}}\"\n[hooks]\nbefore_snapshot = [[\"sh\", \"-c\", \"echo stop >> {}\"]]\n",
+            src.to_str().unwrap(),
+            calls.display()
+        ),
+    )
+    .unwrap();
+    let out = cairn(&repo).arg("--profile").arg(&profile).arg("snapshot").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("label"), "{err}");
+    assert!(!calls.exists(), "a profile that can never snapshot stopped the service first");
+}

@@ -20,6 +20,11 @@ use crate::progress::Bar;
 pub fn run(cli: &Cli, args: &SnapshotArgs) -> Result<u8> {
     let profile = super::profile(cli)?;
     let mut opts = lower::snapshot_options(args, profile)?;
+    if let Some(label) = &opts.label {
+        // Before any hook runs (and before a repository is created): a template that makes a bad label would otherwise stop the
+        // service on every run for a snapshot that can never be taken.
+        cairn_store::check_label(label).context("snapshot failed; no snapshot was recorded")?;
+    }
     let repo = open_or_create(cli, &opts)?;
     if args.label.is_none() {
         if let Some(label) = &opts.label {
