@@ -12,7 +12,7 @@ use cairn_store::{
 use crate::args::{
     ForgetArgs, GcArgs, InitArgs, RepairConfigArgs, RestoreArgs, ScrubArgs, SelectArgs, SnapshotArgs, TagArgs,
 };
-use crate::profile::Profile;
+use crate::profile::{Profile, Retention};
 
 /// For a command that only reads or adds.
 pub fn open_options() -> OpenOptions {
@@ -149,7 +149,12 @@ pub fn filter(args: &SelectArgs, profile: Option<&Profile>) -> Result<SnapshotFi
     }
     f.tags.clone_from(&args.tags);
     f.host.clone_from(&args.host);
-    f.paths = args.paths.iter().map(std::path::absolute).collect::<std::io::Result<_>>()?;
+    // As snapshot sources are: relative to the working directory, `..` taken lexically.
+    f.paths = args
+        .paths
+        .iter()
+        .map(|p| std::path::absolute(p).map(|a| cairn_store::snapshot_path(&a)))
+        .collect::<std::io::Result<_>>()?;
     Ok(f)
 }
 
@@ -243,41 +248,53 @@ pub fn forget_gc_options(args: &ForgetArgs, removed: &[SnapshotId]) -> GcOptions
     opts
 }
 
-/// `cairn forget`'s keep-policy.
+/// `cairn forget`'s keep-policy: the rules on the command line, or, when there are none and
+/// no IDs, the profile's `[retention]` (with `--keep-safety-*` still taking precedence).
 pub fn keep_policy(args: &ForgetArgs, profile: Option<&Profile>) -> KeepPolicy {
+    let given = Retention {
+        keep_last: args.keep_last,
+        keep_hourly: args.keep_hourly,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
+        keep_within: args.keep_within,
+        keep_tags: args.keep_tags.clone(),
+        keep_safety_last: args.keep_safety_last,
+        keep_safety_within: args.keep_safety_within,
+    };
+    let none_given = [
+        given.keep_last,
+        given.keep_hourly,
+        given.keep_daily,
+        given.keep_weekly,
+        given.keep_monthly,
+        given.keep_yearly,
+    ]
+    .iter()
+    .all(Option::is_none)
+        && given.keep_within.is_none()
+        && given.keep_tags.is_empty();
+    let r = match profile.and_then(|p| p.retention.as_ref()) {
+        Some(r) if none_given && args.ids.is_empty() => Retention {
+            keep_safety_last: given.keep_safety_last.or(r.keep_safety_last),
+            keep_safety_within: given.keep_safety_within.or(r.keep_safety_within),
+            ..r.clone()
+        },
+        _ => given,
+    };
     let mut policy = KeepPolicy::default();
-    let given =
-        [args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly, args.keep_monthly, args.keep_yearly]
-            .iter()
-            .any(Option::is_some)
-            || args.keep_within.is_some()
-            || !args.keep_tags.is_empty();
-    if let (Some(r), false, true) = (profile.and_then(|p| p.retention.as_ref()), given, args.ids.is_empty()) {
-        // No rule on the command line and no IDs: the profile's policy.
-        policy.last = r.keep_last;
-        policy.hourly = r.keep_hourly;
-        policy.daily = r.keep_daily;
-        policy.weekly = r.keep_weekly;
-        policy.monthly = r.keep_monthly;
-        policy.yearly = r.keep_yearly;
-        policy.within = r.keep_within;
-        policy.tags.clone_from(&r.keep_tags);
-        policy.include_pinned = args.include_pinned;
-        policy.safety_last = args.keep_safety_last.or(r.keep_safety_last);
-        policy.safety_within = args.keep_safety_within.or(r.keep_safety_within);
-        return policy;
-    }
-    policy.last = args.keep_last;
-    policy.hourly = args.keep_hourly;
-    policy.daily = args.keep_daily;
-    policy.weekly = args.keep_weekly;
-    policy.monthly = args.keep_monthly;
-    policy.yearly = args.keep_yearly;
-    policy.within = args.keep_within;
-    policy.tags.clone_from(&args.keep_tags);
+    policy.last = r.keep_last;
+    policy.hourly = r.keep_hourly;
+    policy.daily = r.keep_daily;
+    policy.weekly = r.keep_weekly;
+    policy.monthly = r.keep_monthly;
+    policy.yearly = r.keep_yearly;
+    policy.within = r.keep_within;
+    policy.tags = r.keep_tags;
     policy.include_pinned = args.include_pinned;
-    policy.safety_last = args.keep_safety_last;
-    policy.safety_within = args.keep_safety_within;
+    policy.safety_last = r.keep_safety_last;
+    policy.safety_within = r.keep_safety_within;
     policy
 }
 

@@ -103,7 +103,7 @@ pub use select::{check_label, check_tags, SnapshotFilter};
 pub use snapshot::SnapshotOptions;
 pub use state::StateDir;
 pub use tally::Warning;
-pub use tree::{ChunkRef, Entry, EntryKind, Timestamp, Tree};
+pub use tree::{snapshot_path, ChunkRef, Entry, EntryKind, Timestamp, Tree};
 
 /// Decoders of on-disk bytes, exposed for the fuzz targets.
 pub mod decode {

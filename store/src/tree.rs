@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::path::{Component, Path, PathBuf};
+
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileHash, TreeId};
@@ -182,9 +184,38 @@ impl Tree {
     }
 }
 
+/// A path as the snapshot path it names: absolute (a relative one is taken from `/`), `.`
+/// dropped, and `..` taken lexically and never above `/` (as the kernel does at `/`), so
+/// `/../../etc/ssh` is `/etc/ssh`. Every path a user gives for a snapshot's tree (an include,
+/// a diff path, a `--path` filter, a source) goes through here, so that none can name a place
+/// above the root or outside a restore's target.
+#[must_use]
+pub fn snapshot_path(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_given_for_a_snapshot_never_climb_above_the_root() {
+        assert_eq!(snapshot_path(Path::new("/../../etc/ssh")), Path::new("/etc/ssh"));
+        assert_eq!(snapshot_path(Path::new("etc/./nginx/../ssh")), Path::new("/etc/ssh"));
+        assert_eq!(snapshot_path(Path::new("/a/b/../../..")), Path::new("/"));
+        assert_eq!(snapshot_path(Path::new("etc/../../srv/./app")), Path::new("/srv/app"));
+        assert_eq!(snapshot_path(Path::new("/")), Path::new("/"));
+    }
 
     #[test]
     fn tree_round_trip_is_order_independent() {

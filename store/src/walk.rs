@@ -72,18 +72,7 @@ pub(crate) fn sources(
 /// Makes a path absolute and removes `.` and `..` lexically: the snapshot keeps the path as
 /// given (a source that is a symlink is followed when it is read, but stored under its own path).
 fn normalise(path: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(path).at(path)?;
-    let mut out = PathBuf::from("/");
-    for c in abs.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    Ok(out)
+    Ok(crate::tree::snapshot_path(&std::path::absolute(path).at(path)?))
 }
 
 /// The source paths arranged as a tree from `/`: inner nodes are directories above a source.

@@ -85,6 +85,9 @@ fn issue15_item3_latest_and_at_take_the_filters_on_every_command_that_names_a_sn
     let listed = cairn_json(&t.repo, args!["list", "--path", t.svc.join("conf.d")], 0);
     let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![t.svc_id.as_str(), newer.as_str()]);
+    // `..` is taken lexically, as for snapshot sources.
+    let dotted = cairn_json(&t.repo, args!["list", "--path", t.svc.join("conf.d/../conf.d")], 0);
+    assert_eq!(dotted, listed);
 
     // No match names the filter.
     let out = cairn(&t.repo).args(["show", "latest", "--tag", "weekly"]).output().unwrap();

@@ -19,13 +19,14 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use super::{meta_differs, snapshot_path, DiffReport};
+use super::{meta_differs, DiffReport};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
 use crate::fsmeta::{self, Meta, Names};
 use crate::id::{FileHash, TreeId};
 use crate::repo::{Repo, Snapshot};
 use crate::tally::Warning;
+use crate::tree::snapshot_path;
 use crate::tree::{Entry, EntryKind, Tree};
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);

@@ -12,7 +12,7 @@ mod live;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -98,22 +98,6 @@ fn meta_differs(a: &Entry, b: &Entry) -> bool {
 
 fn content_differs(a: &Entry, b: &Entry) -> bool {
     a.size != b.size || a.file_hash != b.file_hash || (a.file_hash.is_none() && a.content != b.content)
-}
-
-/// A path given on the command line as the snapshot path it names: absolute (relative paths
-/// are taken from `/`), `.` and `..` taken lexically, never above `/`.
-fn snapshot_path(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 impl Repo {
@@ -215,11 +199,5 @@ mod tests {
         let mut f = a.clone();
         f.mtime = Timestamp { sec: 9, nsec: 0 };
         assert!(meta_differs(&a, &f), "a file's mtime still counts");
-    }
-
-    #[test]
-    fn given_paths_are_snapshot_paths() {
-        assert_eq!(snapshot_path(Path::new("etc/../../srv/./app")), PathBuf::from("/srv/app"));
-        assert_eq!(snapshot_path(Path::new("/")), PathBuf::from("/"));
     }
 }
