@@ -105,15 +105,7 @@ impl LocalBackend {
     }
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
-        match kind {
-            // Two copies of the config; any other name still means the main one.
-            FileKind::Config if name == CONFIG_COPY => self.root.join(CONFIG_COPY),
-            FileKind::Config => self.root.join("config"),
-            FileKind::Pack => self.root.join("packs").join(name.get(..2).unwrap_or("xx")).join(name),
-            FileKind::Snapshot => self.root.join("snapshots").join(name),
-            FileKind::Tombstone => self.root.join("forgotten").join(name),
-            FileKind::Quarantine => self.root.join("quarantine").join(name),
-        }
+        self.root.join(super::relative_path(kind, name))
     }
 
     fn forget_handle(&self, path: &Path) {

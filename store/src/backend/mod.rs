@@ -26,6 +26,7 @@ mod local;
 mod location;
 mod memory;
 mod retry;
+mod s3;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,7 @@ pub use local::{LocalBackend, Modes};
 pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
 pub use retry::RetryBackend;
+pub use s3::{S3Backend, S3Location};
 
 use crate::error::{Error, Result};
 
@@ -189,6 +191,31 @@ pub(crate) fn not_found(kind: FileKind, location: &str, name: &str) -> Error {
     crate::error::BackendError::from_io(location, std::io::Error::from(std::io::ErrorKind::NotFound))
         .about(kind, name)
         .into()
+}
+
+/// The folder of a kind of file under a repository's root (none for the config, which sits at
+/// the root): the one layout the local directory and an object store's keys both follow, so a
+/// local repository and a bucket holding the same repository hold the same relative names.
+pub(crate) fn folder(kind: FileKind) -> Option<&'static str> {
+    match kind {
+        FileKind::Config => None,
+        FileKind::Pack => Some("packs"),
+        FileKind::Snapshot => Some("snapshots"),
+        FileKind::Tombstone => Some("forgotten"),
+        FileKind::Quarantine => Some("quarantine"),
+    }
+}
+
+/// Where a file is under a repository's root, `/`-separated: `config`, `config.copy`,
+/// `packs/<2 hex>/<64 hex>` (packs are spread over 256 folders), `snapshots/<64 hex>`, ...
+pub(crate) fn relative_path(kind: FileKind, name: &str) -> String {
+    match (kind, folder(kind)) {
+        // Two copies of the config; any other name still means the main one.
+        (FileKind::Config, _) if name == CONFIG_COPY => CONFIG_COPY.to_owned(),
+        (_, None) => "config".to_owned(),
+        (FileKind::Pack, Some(dir)) => format!("{dir}/{}/{name}", name.get(..2).unwrap_or("xx")),
+        (_, Some(dir)) => format!("{dir}/{name}"),
+    }
 }
 
 /// The name of the config's second copy (`FileKind::Config`); the first is `config`. Both
