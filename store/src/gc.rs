@@ -168,6 +168,18 @@ impl Repo {
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let started = Instant::now();
         self.writable("gc")?;
+        if !opts.dry_run && !self.locks.sees_every_session() {
+            // gc deletes a condemned pack once no older session is alive; sessions it cannot
+            // see (another machine's, on a bucket) would make that a guess.
+            return Err(Error::Refused {
+                reason: format!(
+                    "gc cannot run on {} yet: its locks see only this machine's sessions, and gc may delete \
+                     only what no session anywhere can still use (lease locks in the bucket come next; \
+                     `gc --dry-run` works)",
+                    self.location
+                ),
+            });
+        }
         let _lock = self.locks.gc_lock("gc")?;
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();

@@ -192,7 +192,7 @@ impl Repo {
     pub fn repair_config(location: &Location, opts: &ConfigRepair) -> Result<ConfigRepairReport> {
         use crate::backend::CONFIG_COPY;
         use crate::config::{ChunkerParams, RepoConfig};
-        let backend = location.storage().backend;
+        let backend = location.backend()?;
         let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
         let (main, copy) = (read("config"), read(CONFIG_COPY));
         for r in [&main, &copy] {
@@ -250,7 +250,7 @@ impl Repo {
     /// ready, and running the repair again starts over. A repair that refuses (a newer format)
     /// or fails leaves the repository as it found it, without a half-built index file.
     pub fn repair_index(location: &Location, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
-        Self::repair_index_storage(location.storage(), progress)
+        Self::repair_index_storage(location.storage()?, progress)
     }
 
     /// `repair_index` of a repository in storage the caller assembled (a test's backend).

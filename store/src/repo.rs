@@ -201,14 +201,20 @@ impl Repo {
     pub fn init(location: &Location, opts: &InitOptions) -> Result<Self> {
         opts.chunker.validate()?;
         let modes = if opts.group_readable { Modes::group_readable() } else { Modes::private() };
-        Self::init_storage(location.create(modes)?, opts)
+        // The ID comes first: a repository in a bucket keeps its local state under it.
+        let repo_id = new_repo_id();
+        Self::init_with_id(location.create(modes, &repo_id)?, opts, repo_id)
     }
 
     /// Creates a repository in storage the caller assembled (a test's backend).
     pub fn init_storage(storage: Storage, opts: &InitOptions) -> Result<Self> {
+        Self::init_with_id(storage, opts, new_repo_id())
+    }
+
+    fn init_with_id(storage: Storage, opts: &InitOptions, repo_id: String) -> Result<Self> {
         opts.chunker.validate()?;
         let config = RepoConfig {
-            repo_id: new_repo_id(),
+            repo_id,
             created: now_secs(),
             chunker: opts.chunker,
             compression_level: opts.compression_level,
@@ -254,7 +260,7 @@ impl Repo {
         if !location.holds_repository()? {
             return Err(Error::NotARepository(location.to_string().into()));
         }
-        Self::open_storage(location.storage(), opts)
+        Self::open_storage(location.storage()?, opts)
     }
 
     /// Opens a repository in storage the caller assembled (a test's backend). An index that

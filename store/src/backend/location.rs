@@ -7,15 +7,22 @@
 //! its state, `REPO/locks/` for its `flock`ed sessions and the index hold `REPO/locks/index`.
 //! This module is the one place that knows that layout beside local.rs; the engine joins no
 //! path under a repository's root.
+//!
+//! A repository in an S3 bucket (`s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`) keeps its objects
+//! in the bucket through [`S3Backend`] (behind [`RetryBackend`]), its state in the user's cache
+//! directory keyed by the repository's ID ([`StateDir::cache_for`]), and, for now, its locks in
+//! that cache directory too ([`SingleHostLocks`]): they see only this machine's sessions, so gc
+//! refuses on such a repository until lease objects exist (docs/GC.md, docs/S3.md).
 
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Backend, FileKind, LocalBackend, Modes, CONFIG_COPY};
+use super::{Backend, FileKind, LocalBackend, Modes, RetryBackend, S3Backend, S3Location, CONFIG_COPY};
+use crate::config::RepoConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::lock::{FlockLocks, Locks};
+use crate::lock::{FlockLocks, Locks, SingleHostLocks};
 use crate::state::StateDir;
 
 /// Where a repository is.
@@ -24,11 +31,19 @@ use crate::state::StateDir;
 pub enum Location {
     /// A folder on this machine.
     Local(PathBuf),
+    /// A bucket (and a folder in it) of an S3 server.
+    S3(S3Location),
 }
 
-/// Schemes of remote repositories in peers' notation: refused by name rather than taken for a
-/// relative folder called `s3:bucket`, which would be created and filled on the local disk.
-const REMOTE_SCHEMES: &[&str] = &["s3", "sftp", "rest", "rclone", "b2", "gs", "azure", "swift"];
+/// How often an S3 call is tried before its transient error is reported, and the first wait
+/// (doubling, at most 30 s): about five minutes of a server that stays down, then a clear error.
+const S3_ATTEMPTS: u32 = 10;
+const S3_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Schemes of remote repositories in peers' notation that this build does not support: refused
+/// by name rather than taken for a relative folder called `sftp:host`, which would be created
+/// and filled on the local disk.
+const REMOTE_SCHEMES: &[&str] = &["sftp", "rest", "rclone", "b2", "gs", "azure", "swift"];
 
 impl Location {
     /// A local folder.
@@ -36,9 +51,15 @@ impl Location {
         Self::Local(path.into())
     }
 
-    /// Reads a location as a user writes it (`--repo`, `$CAIRN_REPO`): a path, or
-    /// `local:<path>`. A remote scheme this build does not support is refused.
+    /// Reads a location as a user writes it (`--repo`, `$CAIRN_REPO`): a path, `local:<path>`,
+    /// or `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`. A remote scheme this build does not
+    /// support is refused.
     pub fn parse(text: &str) -> Result<Self> {
+        if let Some((scheme, rest)) = text.split_once(':') {
+            if scheme.eq_ignore_ascii_case("s3") {
+                return Ok(Self::S3(S3Location::parse(rest)?));
+            }
+        }
         if let Some(path) = text.strip_prefix("local:") {
             if path.is_empty() {
                 return Err(Error::InvalidInput("`local:` needs a path after it".into()));
@@ -61,12 +82,13 @@ impl Location {
     pub fn as_local(&self) -> Option<&Path> {
         match self {
             Self::Local(p) => Some(p),
+            Self::S3(_) => None,
         }
     }
 
     /// Whether a repository is there (its config, or the config's copy, exists).
     pub fn holds_repository(&self) -> Result<bool> {
-        let backend = self.backend();
+        let backend = self.backend()?;
         for name in ["config", CONFIG_COPY] {
             match backend.size(FileKind::Config, name) {
                 Ok(_) => return Ok(true),
@@ -77,24 +99,55 @@ impl Location {
         Ok(false)
     }
 
-    fn backend(&self) -> LocalBackend {
-        match self {
-            Self::Local(root) => LocalBackend::new(root),
-        }
+    /// The objects alone (for mending a config, which comes before knowing the state's place).
+    pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(match self {
+            Self::Local(root) => Arc::new(LocalBackend::new(root)),
+            Self::S3(s3) => Arc::new(RetryBackend::new(Arc::new(S3Backend::from_env(s3)?), S3_ATTEMPTS, S3_BACKOFF)),
+        })
     }
 
-    /// What an existing repository here is reached through.
-    pub(crate) fn storage(&self) -> Storage {
+    /// What an existing repository here is reached through. For a repository in a bucket that
+    /// reads its config first: the local state's place is named by the repository's ID.
+    pub(crate) fn storage(&self) -> Result<Storage> {
         match self {
-            Self::Local(root) => Storage::local(root, Modes::of(root), self.clone()),
+            Self::Local(root) => Ok(Storage::local(root, Modes::of(root), self.clone())),
+            Self::S3(_) => {
+                let backend = self.backend()?;
+                let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
+                let config = match read("config") {
+                    Ok(c) => c,
+                    // The damaged or missing main copy is reported and mended by the opening.
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => read(CONFIG_COPY).map_err(|_| e)?,
+                };
+                Ok(Storage::cached(backend, &config.repo_id, self.clone())?)
+            }
         }
     }
 
     /// Makes the place of a new repository (which must not exist, or be an empty folder) and
     /// returns what it is reached through. The config is not written here: a place without it
     /// is not yet a repository.
-    pub(crate) fn create(&self, modes: Modes) -> Result<Storage> {
-        let Self::Local(path) = self;
+    pub(crate) fn create(&self, modes: Modes, repo_id: &str) -> Result<Storage> {
+        let path = match self {
+            Self::Local(path) => path,
+            Self::S3(_) => {
+                if self.holds_repository()? {
+                    return Err(Error::InvalidInput(format!("{self} is already a cairn repository")));
+                }
+                let backend = self.backend()?;
+                for kind in [FileKind::Pack, FileKind::Snapshot] {
+                    if !backend.list(kind)?.is_empty() {
+                        return Err(Error::InvalidInput(format!(
+                            "{self} holds {} but no config; refusing to initialise it",
+                            super::folder(kind).unwrap_or("objects")
+                        )));
+                    }
+                }
+                return Storage::cached(backend, repo_id, self.clone());
+            }
+        };
         if self.holds_repository()? {
             return Err(Error::InvalidInput(format!("{} is already a cairn repository", path.display())));
         }
@@ -141,6 +194,7 @@ impl fmt::Display for Location {
                     write!(f, "local:{text}")
                 }
             }
+            Self::S3(s3) => s3.fmt(f),
         }
     }
 }
@@ -174,6 +228,15 @@ impl Storage {
         storage
     }
 
+    /// A repository whose objects are elsewhere: its state in the user's cache directory,
+    /// keyed by the repository's ID, and its locks there too (single-host: see
+    /// [`SingleHostLocks`]).
+    fn cached(backend: Arc<dyn Backend>, repo_id: &str, location: Location) -> Result<Self> {
+        let state = StateDir::cache_for(repo_id)?;
+        let locks = Arc::new(SingleHostLocks::new(&state.dir().join("locks"), Modes::private()));
+        Ok(Self { backend, state, locks, location })
+    }
+
     fn local(root: &Path, modes: Modes, location: Location) -> Self {
         let locks = root.join("locks");
         Self {
@@ -191,9 +254,11 @@ mod tests {
 
     #[test]
     fn a_location_reads_back_as_it_is_written() {
-        for text in ["/var/backups/cairn", "relative/repo", "s3:x", "local:y", "a:b", "./s3:z"] {
+        for text in
+            ["/var/backups/cairn", "relative/repo", "s3:x", "local:y", "a:b", "./s3:z", "s3:http://h:1/b/p", "sftp:h"]
+        {
             let Ok(location) = Location::parse(text) else {
-                assert!(text.starts_with("s3:"), "{text} is refused");
+                assert!(text == "s3:x" || text == "sftp:h", "{text} is refused");
                 continue;
             };
             assert_eq!(Location::parse(&location.to_string()).unwrap(), location, "{text}");
@@ -201,6 +266,7 @@ mod tests {
         assert_eq!(Location::parse("local:s3:x").unwrap().to_string(), "local:s3:x");
         assert_eq!(Location::parse("/srv/repo").unwrap().to_string(), "/srv/repo");
         assert!(Location::parse("local:").is_err());
-        assert!(Location::parse("S3:bucket").is_err(), "schemes are refused in any case");
+        assert!(Location::parse("SFTP:host").is_err(), "schemes are refused in any case");
+        assert!(matches!(Location::parse("S3:http://h/b"), Ok(Location::S3(_))));
     }
 }

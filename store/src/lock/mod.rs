@@ -10,9 +10,11 @@
 //! writes down that design and why gc stays safe with it.
 
 mod flock;
+mod single_host;
 
 pub(crate) use flock::lock_file;
 pub use flock::FlockLocks;
+pub use single_host::SingleHostLocks;
 
 use crate::error::Result;
 use crate::id::PackId;
@@ -78,6 +80,14 @@ pub trait Locks: Send + Sync {
     /// index when it starts a session, before it deduplicates against anything.
     fn published_condemned(&self) -> Result<Vec<(PackId, i64)>> {
         Ok(Vec::new())
+    }
+
+    /// True when `live_sessions` sees every session of every process that can use the
+    /// repository: what gc's safety stands on. Locks that see only this machine's sessions
+    /// (a repository in a bucket that other machines may write, before lease objects) say no,
+    /// and gc refuses to run on them.
+    fn sees_every_session(&self) -> bool {
+        true
     }
 }
 
