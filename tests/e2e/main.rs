@@ -35,6 +35,7 @@ mod restore_safety;
 mod review15;
 mod review18;
 mod roundtrip;
+mod s3;
 mod selection;
 mod service;
 mod snapshot_everyday;

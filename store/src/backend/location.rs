@@ -35,8 +35,9 @@ pub enum Location {
     S3(S3Location),
 }
 
-/// How often an S3 call is tried before its transient error is reported, and the first wait
-/// (doubling, at most 30 s): about five minutes of a server that stays down, then a clear error.
+/// How often an S3 call is tried before its transient error is reported (`CAIRN_S3_ATTEMPTS`
+/// changes it), and the first wait (doubling, at most 30 s): about two minutes of a server that
+/// stays down, then a clear error.
 const S3_ATTEMPTS: u32 = 10;
 const S3_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -103,7 +104,11 @@ impl Location {
     pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>> {
         Ok(match self {
             Self::Local(root) => Arc::new(LocalBackend::new(root)),
-            Self::S3(s3) => Arc::new(RetryBackend::new(Arc::new(S3Backend::from_env(s3)?), S3_ATTEMPTS, S3_BACKOFF)),
+            Self::S3(s3) => {
+                let attempts =
+                    std::env::var("CAIRN_S3_ATTEMPTS").ok().and_then(|a| a.parse().ok()).unwrap_or(S3_ATTEMPTS);
+                Arc::new(RetryBackend::new(Arc::new(S3Backend::from_env(s3)?), attempts, S3_BACKOFF))
+            }
         })
     }
 

@@ -1,0 +1,111 @@
+//! A repository in an S3 bucket, through the binary, against a real server: the 3-node Garage
+//! cluster of `scripts/garage-cluster.sh` (`eval "$(scripts/garage-cluster.sh up)"` sets
+//! `CAIRN_TEST_S3_URL` and the AWS variables). Skipped, with a message, when
+//! `CAIRN_TEST_S3_URL` is not set: CI does not start the cluster yet.
+//!
+//! Each test works under its own prefix of the bucket and its own cache folder, so runs never
+//! see each other's repositories.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use crate::args;
+use crate::util::*;
+
+/// The test's repository URL (a fresh prefix of the test bucket), or `None` to skip.
+fn s3_repo(test: &str) -> Option<String> {
+    let Ok(url) = std::env::var("CAIRN_TEST_S3_URL") else {
+        eprintln!("{test}: skipped (set CAIRN_TEST_S3_URL; `scripts/garage-cluster.sh up` prints it)");
+        return None;
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    Some(format!("{}/{test}-{}-{nanos}", url.trim_end_matches('/'), std::process::id()))
+}
+
+/// Runs cairn on `repo` with its cache under `cache`; checks the exit code; returns stdout and
+/// stderr.
+fn run(repo: &str, cache: &Path, args: &[&OsStr], code: i32) -> (String, String) {
+    let out = cairn(Path::new(repo)).env("XDG_CACHE_HOME", cache).args(args).output().expect("run cairn");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(code), "cairn {args:?}: stdout {stdout} stderr {stderr}");
+    (stdout, stderr)
+}
+
+fn json(repo: &str, cache: &Path, args: &[&OsStr]) -> serde_json::Value {
+    let mut all: Vec<&OsStr> = vec![OsStr::new("--json")];
+    all.extend_from_slice(args);
+    let (stdout, _) = run(repo, cache, &all, 0);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {stdout}"))
+}
+
+#[test]
+fn a_tree_round_trips_through_a_bucket_and_a_fresh_cache_rebuilds_from_it() {
+    let Some(repo) = s3_repo("roundtrip") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
+    generate(&src, 11, 1);
+    run(&repo, &cache, args!["init"], 0);
+
+    let mut expected = Vec::new();
+    let mut ids = Vec::new();
+    for round in 0..2u64 {
+        if round > 0 {
+            mutate(&src, round);
+        }
+        expected.push(describe(&src));
+        let r = json(&repo, &cache, args!["snapshot", &src]);
+        ids.push(r["id"].as_str().expect("id").to_owned());
+    }
+    let list = json(&repo, &cache, args!["list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+
+    for (i, id) in ids.iter().enumerate() {
+        let target = dir.path().join(format!("restore{i}"));
+        json(&repo, &cache, args!["restore", id, "--target", &target]);
+        assert_same(&expected[i], &describe(&restored(&target, &src)), &format!("snapshot {i} from the bucket"));
+    }
+    let scrub = json(&repo, &cache, args!["scrub", "--read-data"]);
+    assert_eq!(scrub["clean"], true, "{scrub}");
+    assert_eq!(scrub["all_packs_verified_this_run"], true, "{scrub}");
+
+    // Another machine, or this one with its cache lost: the index is rebuilt from the bucket.
+    let fresh = dir.path().join("fresh-cache");
+    let list = json(&repo, &fresh, args!["list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    let target = dir.path().join("restore-fresh");
+    json(&repo, &fresh, args!["restore", &ids[1], "--target", &target]);
+    assert_same(&expected[1], &describe(&restored(&target, &src)), "the newest snapshot through a fresh cache");
+}
+
+#[test]
+fn gc_refuses_on_a_bucket_until_lease_locks_exist_and_a_dry_run_works() {
+    let Some(repo) = s3_repo("gc-refuses") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
+    generate(&src, 3, 1);
+    run(&repo, &cache, args!["init"], 0);
+    run(&repo, &cache, args!["snapshot", &src], 0);
+    run(&repo, &cache, args!["forget", "latest"], 0);
+    let (_, stderr) = run(&repo, &cache, args!["gc"], 1);
+    assert!(stderr.contains("only this machine's sessions") && stderr.contains("nothing was changed"), "{stderr}");
+    run(&repo, &cache, args!["gc", "--dry-run"], 0);
+}
+
+#[test]
+fn a_bucket_that_cannot_be_reached_is_a_clear_error() {
+    // A port nothing listens on, with retries cut short: an error naming the place, not a hang.
+    let dir = tempfile::tempdir().unwrap();
+    let out = cairn(Path::new("s3:http://127.0.0.1:9/nobucket"))
+        .env("XDG_CACHE_HOME", dir.path())
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("CAIRN_S3_ATTEMPTS", "1")
+        .arg("list")
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .expect("run cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+}
