@@ -79,8 +79,12 @@ fn a_remote_location_this_build_cannot_reach_is_refused_not_made_a_local_folder(
     let dir = tempfile::tempdir().unwrap();
     for command in [&["init"][..], &["snapshot", "/etc/hostname"], &["list"]] {
         let out =
-            cairn(std::path::Path::new("s3:backups/cairn")).current_dir(dir.path()).args(command).assert().code(1);
+            cairn(std::path::Path::new("sftp:backups/cairn")).current_dir(dir.path()).args(command).assert().code(1);
         assert!(stderr_of(&out).contains("not supported by this build"), "{}", stderr_of(&out));
+        // `s3:` without an endpoint is not a folder either: the form is shown.
+        let out =
+            cairn(std::path::Path::new("s3:backups/cairn")).current_dir(dir.path()).args(command).assert().code(1);
+        assert!(stderr_of(&out).contains("s3:http://HOST[:PORT]/BUCKET"), "{}", stderr_of(&out));
     }
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written in the working directory");
     // `local:` says a folder is meant, whatever its name looks like.
