@@ -16,7 +16,11 @@
 //!   bytes and time). Two writers racing on one name both PUT, which is harmless because the
 //!   name is the hash of the bytes. Nothing depends on `If-None-Match` (Garage ignores it).
 //! - Ranged reads are HTTP `Range` requests; the ranges of one `get_ranges` call that lie
-//!   close together are fetched by one request spanning them.
+//!   close together are fetched by one request spanning them. A read of a pack that starts
+//!   where an earlier read of it ended (a restore walking a file's frames one by one) reads
+//!   ahead: one request fetches [`READAHEAD`] bytes, kept in a few windows that the next
+//!   reads are served from. Packs never change under their name, so a window is never stale;
+//!   the windows are bounded ([`READAHEAD_WINDOWS`]), so memory is too.
 //! - Errors: 404 is `NotFound`; 408, 429, 5xx, timeouts and connection failures are
 //!   `Transient` (retried by [`RetryBackend`](super::RetryBackend), which wraps every S3
 //!   backend); any other status is `Permanent`. Messages carry the HTTP status and S3's error
@@ -24,7 +28,9 @@
 //! - Temporaries: none (puts leave nothing behind). Incomplete multipart uploads will be this
 //!   backend's temporaries once multipart exists.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusty_s3::actions::{ListObjectsV2, S3Action};
@@ -42,6 +48,14 @@ const COALESCE_GAP: u64 = 256 * 1024;
 
 /// The most one coalesced request spans (bounds the memory of one read).
 const COALESCE_SPAN: u64 = 64 * 1024 * 1024;
+
+/// How much a sequential read of a pack fetches at once.
+const READAHEAD: u64 = 2 * 1024 * 1024;
+
+/// How many read-ahead windows are kept (their memory is at most this many times
+/// [`READAHEAD`]), and how many recent read ends are remembered to spot sequential reads.
+const READAHEAD_WINDOWS: usize = 16;
+const READ_ENDS: usize = 64;
 
 /// The largest object body read into memory (a pack is ~16 MiB; a config is small).
 const BODY_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
@@ -112,6 +126,30 @@ pub struct S3Backend {
     bucket: Bucket,
     credentials: Credentials,
     agent: ureq::Agent,
+    readahead: Mutex<ReadAhead>,
+}
+
+/// What sequential reads of packs are served from (see the module's notes).
+#[derive(Default)]
+struct ReadAhead {
+    /// Spans of packs fetched ahead, newest last: (pack name, offset, bytes).
+    windows: VecDeque<(String, u64, Arc<Vec<u8>>)>,
+    /// Where recent reads of packs ended, newest last.
+    ends: VecDeque<(String, u64)>,
+}
+
+impl ReadAhead {
+    fn ended(&mut self, name: &str, end: u64) {
+        if self.ends.len() == READ_ENDS {
+            self.ends.pop_front();
+        }
+        self.ends.push_back((name.to_owned(), end));
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.windows.retain(|w| w.0 != name);
+        self.ends.retain(|e| e.0 != name);
+    }
 }
 
 /// What a request came back with: its status and its body (S3's error XML on failure).
@@ -153,7 +191,7 @@ impl S3Backend {
             .max_idle_connections_per_host(32)
             .build()
             .into();
-        Ok(Self { location: location.clone(), bucket, credentials, agent })
+        Ok(Self { location: location.clone(), bucket, credentials, agent, readahead: Mutex::default() })
     }
 
     fn key(&self, kind: FileKind, name: &str) -> String {
@@ -215,11 +253,55 @@ impl S3Backend {
         }
     }
 
-    /// Reads bytes `offset..offset + len` of an object (len > 0).
-    fn fetch_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    fn readahead(&self) -> std::sync::MutexGuard<'_, ReadAhead> {
+        self.readahead.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads bytes `offset..offset + len` of an object (len > 0), from a read-ahead window or
+    /// reading ahead when it continues an earlier read of the same pack.
+    fn read_span(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if kind != FileKind::Pack {
+            return self.fetch_range(kind, name, offset, len, len);
+        }
+        let end = offset + len;
+        let sequential = {
+            let mut ra = self.readahead();
+            let hit = ra
+                .windows
+                .iter()
+                .rev()
+                .find(|(n, start, data)| n == name && *start <= offset && end <= start + data.len() as u64);
+            if let Some((_, start, data)) = hit {
+                let at = usize::try_from(offset - start).unwrap_or(usize::MAX);
+                let out = data[at..at + usize::try_from(len).unwrap_or(usize::MAX)].to_vec();
+                ra.ended(name, end);
+                return Ok(out);
+            }
+            ra.ends.iter().any(|(n, e)| n == name && offset >= *e && offset - e <= COALESCE_GAP)
+        };
+        let ask = if sequential { len.max(READAHEAD) } else { len };
+        let mut data = self.fetch_range(kind, name, offset, len, ask)?;
+        let mut ra = self.readahead();
+        ra.ended(name, end);
+        if data.len() as u64 > len {
+            let out = data[..usize::try_from(len).unwrap_or(usize::MAX)].to_vec();
+            if ra.windows.len() == READAHEAD_WINDOWS {
+                ra.windows.pop_front();
+            }
+            ra.windows.push_back((name.to_owned(), offset, Arc::new(data)));
+            return Ok(out);
+        }
+        data.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        Ok(data)
+    }
+
+    /// Reads bytes `offset..offset + ask` of an object (ask >= need > 0); fewer than `need`
+    /// is damage, fewer than `ask` (the object ends before) is what there is.
+    fn fetch_range(&self, kind: FileKind, name: &str, offset: u64, need: u64, ask: u64) -> Result<Vec<u8>> {
+        let len = need;
         let key = self.key(kind, name);
         let url = self.bucket.get_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
-        let range = format!("bytes={offset}-{}", offset + len - 1);
+        let range = format!("bytes={offset}-{}", offset + ask - 1);
         let reply = self.send("GET", &key, self.agent.get(url.as_str()).header("range", &range).call())?;
         let short = |got: usize| {
             Error::corrupt(
@@ -237,11 +319,10 @@ impl S3Backend {
             416 => return Err(short(0)),
             _ => return Err(self.status_error("GET", &key, &reply).about(kind, name).into()),
         };
-        let want = usize::try_from(len).unwrap_or(usize::MAX);
-        if body.len() < want {
+        if body.len() < usize::try_from(need).unwrap_or(usize::MAX) {
             return Err(short(body.len()));
         }
-        body.truncate(want);
+        body.truncate(usize::try_from(ask).unwrap_or(usize::MAX));
         Ok(body)
     }
 }
@@ -321,7 +402,7 @@ impl Backend for S3Backend {
             return Ok(out);
         }
         for (start, end, members) in groups {
-            let span = self.fetch_range(kind, name, start, end - start)?;
+            let span = self.read_span(kind, name, start, end - start)?;
             for i in members {
                 let (offset, len) = ranges[i];
                 let at = usize::try_from(offset - start).unwrap_or(usize::MAX);
@@ -401,6 +482,7 @@ impl Backend for S3Backend {
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.readahead().forget(name);
         let key = self.key(kind, name);
         let url = self.bucket.delete_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
         let reply = self.send("DELETE", &key, self.agent.delete(url.as_str()).call())?;

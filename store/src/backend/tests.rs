@@ -221,6 +221,25 @@ fn s3_keeps_the_contract() -> Result<()> {
         threads.into_iter().try_for_each(|t| t.join().expect("a remove thread"))
     })?;
     assert!(b.list(FileKind::Snapshot)?.is_empty());
+
+    // A pack read frame by frame, as a restore reads it: served by read-ahead windows, every
+    // byte as stored, to the end and not past it; a removed pack is gone, window or not.
+    let pack: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let name = id(9);
+    b.put(FileKind::Pack, &name, &pack)?;
+    let mut offset = 0usize;
+    for step in (0..).map(|i| 1_000 + (i * 7_919) % 60_000) {
+        let len = step.min(pack.len() - offset);
+        assert_eq!(b.get_range(FileKind::Pack, &name, offset as u64, len)?, &pack[offset..offset + len], "at {offset}");
+        offset += len;
+        if offset == pack.len() {
+            break;
+        }
+    }
+    let past = b.get_range(FileKind::Pack, &name, pack.len() as u64 - 10, 11).expect_err("past the end");
+    assert!(past.is_damage(), "{past:?}");
+    b.remove(FileKind::Pack, &name)?;
+    assert_not_found(b.get_range(FileKind::Pack, &name, 0, 100), FileKind::Pack, &name);
     Ok(())
 }
 
