@@ -145,7 +145,7 @@ impl Repo {
     /// `clear`), but for the packs in `skip`. A pack is indexed by what `entries` reads from
     /// it: its outer error stops the run, its inner one names the pack as damaged. A record is
     /// indexed once it verifies. What cannot be read is named in the report, not indexed.
-    fn index_from_files(
+    pub(crate) fn index_from_files(
         &self,
         skip: &[String],
         now: i64,

@@ -315,6 +315,18 @@ impl Repo {
                     }
                 ));
                 repo.rebuild_index()?;
+            } else if repo.location.is_shared() {
+                // Other machines write to a bucket too: what they stored since this cache last
+                // looked is indexed from the packs' trailers (ranged reads), so their snapshots
+                // restore here and scrub does not mistake their packs for unindexed leftovers.
+                let caught_up =
+                    repo.index_from_files(&[], now_secs(), |name, size| Ok(repo.pack_trailer(name, size)))?;
+                if caught_up.packs > 0 {
+                    log::info!("indexed {} packs written elsewhere since this cache last looked", caught_up.packs);
+                }
+                for damaged in &caught_up.damaged {
+                    log::warn!("not indexed: {damaged}");
+                }
             }
         }
         notices.extend(repo.reconcile_snapshots()?);

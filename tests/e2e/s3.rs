@@ -109,3 +109,25 @@ fn a_bucket_that_cannot_be_reached_is_a_clear_error() {
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
 }
+
+#[test]
+fn two_machines_writing_one_bucket_see_and_restore_each_others_snapshots() {
+    let Some(repo) = s3_repo("two-hosts") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (cache_a, cache_b) = (dir.path().join("cache-a"), dir.path().join("cache-b"));
+    generate(&a, 21, 1);
+    generate(&b, 22, 1);
+    run(&repo, &cache_a, args!["init"], 0);
+    run(&repo, &cache_b, args!["list"], 0); // b's cache exists (and is empty) before a writes
+    let id_a = json(&repo, &cache_a, args!["snapshot", &a])["id"].as_str().unwrap().to_owned();
+    let id_b = json(&repo, &cache_b, args!["snapshot", &b])["id"].as_str().unwrap().to_owned();
+    // Each cache catches up with the other's packs when it opens the repository.
+    for (cache, id, src, name) in [(&cache_a, &id_b, &b, "a restores b's"), (&cache_b, &id_a, &a, "b restores a's")] {
+        let target = dir.path().join(format!("restore-{name}"));
+        json(&repo, cache, args!["restore", id, "--target", &target]);
+        assert_same(&describe(src), &describe(&restored(&target, src)), name);
+        let scrub = json(&repo, cache, args!["scrub"]);
+        assert_eq!(scrub["clean"], true, "{name}: {scrub}");
+    }
+}

@@ -87,6 +87,13 @@ impl Location {
         }
     }
 
+    /// True for a repository other machines may write to at the same time (a bucket): its
+    /// local index is a cache that must catch up with what they stored.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::S3(_))
+    }
+
     /// Whether a repository is there (its config, or the config's copy, exists).
     pub fn holds_repository(&self) -> Result<bool> {
         let backend = self.backend()?;
