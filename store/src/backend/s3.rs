@@ -458,7 +458,10 @@ impl Backend for S3Backend {
             for o in page.contents {
                 let name = o.key.rsplit('/').next().unwrap_or("");
                 // Packs sit one folder deeper (`packs/ab/<id>`); anything else is skipped.
-                let depth_ok = o.key[prefix.len()..].matches('/').count() == usize::from(kind == FileKind::Pack);
+                let depth_ok = o
+                    .key
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.matches('/').count() == usize::from(kind == FileKind::Pack));
                 if !is_id_name(name) || !depth_ok {
                     continue;
                 }
