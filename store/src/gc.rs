@@ -181,6 +181,13 @@ impl Repo {
             });
         }
         let _lock = self.locks.gc_lock("gc")?;
+        // Condemnations a collector on another machine published are this gc's to finish, and
+        // are published again with its own (publishing replaces the older records).
+        if !opts.dry_run {
+            for (pack, at_ns) in self.locks.published_condemned()? {
+                self.index.condemn(pack, at_ns)?;
+            }
+        }
         let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
         let t0 = now_ns();
         let on_disk_at_start = self.packs_at_start()?;
@@ -318,8 +325,11 @@ impl Repo {
     /// condemnation can still use; returns the bytes deleted.
     fn sweep(&self, mark: &MarkSet, oldest_live: Option<i64>, report: &mut GcReport) -> Result<u64> {
         let mut deleted_bytes = 0u64;
+        let min_age = i64::try_from(self.locks.min_condemned_age().as_nanos()).unwrap_or(i64::MAX);
+        let now = now_ns();
         for (pack, at_ns) in self.index.condemned()? {
-            if oldest_live.is_some_and(|o| o < at_ns) {
+            // Too young (lease locks keep condemned packs a day), or an older session may use it.
+            if now.saturating_sub(at_ns) < min_age || oldest_live.is_some_and(|o| o < at_ns) {
                 report.packs_pending += 1;
                 continue;
             }

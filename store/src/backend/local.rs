@@ -217,6 +217,9 @@ impl LocalBackend {
             FileKind::Snapshot => scan(&self.root.join("snapshots"))?,
             FileKind::Tombstone => scan(&self.root.join("forgotten"))?,
             FileKind::Quarantine => scan(&self.root.join("quarantine"))?,
+            FileKind::SessionLease | FileKind::GcLease | FileKind::Condemned => {
+                scan(&self.root.join(super::folder(kind).unwrap_or("")))?;
+            }
             FileKind::Pack => {
                 let packs = self.root.join("packs");
                 let shards = match fs::read_dir(&packs) {

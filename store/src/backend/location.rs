@@ -10,9 +10,9 @@
 //!
 //! A repository in an S3 bucket (`s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`) keeps its objects
 //! in the bucket through [`S3Backend`] (behind [`RetryBackend`]), its state in the user's cache
-//! directory keyed by the repository's ID ([`StateDir::cache_for`]), and, for now, its locks in
-//! that cache directory too ([`SingleHostLocks`]): they see only this machine's sessions, so gc
-//! refuses on such a repository until lease objects exist (docs/GC.md, docs/S3.md).
+//! directory keyed by the repository's ID ([`StateDir::cache_for`]), and its locks as lease
+//! objects in the bucket ([`ObjectLocks`]), which every machine writing the bucket sees, so gc
+//! runs there too (with a 24-hour minimum condemned age; docs/GC.md, docs/S3.md).
 
 use std::fmt;
 use std::fs;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::{Backend, FileKind, LocalBackend, Modes, RetryBackend, S3Backend, S3Location, CONFIG_COPY};
 use crate::config::RepoConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::lock::{FlockLocks, Locks, SingleHostLocks};
+use crate::lock::{FlockLocks, Locks, ObjectLocks};
 use crate::state::StateDir;
 
 /// Where a repository is.
@@ -241,11 +241,11 @@ impl Storage {
     }
 
     /// A repository whose objects are elsewhere: its state in the user's cache directory,
-    /// keyed by the repository's ID, and its locks there too (single-host: see
-    /// [`SingleHostLocks`]).
+    /// keyed by the repository's ID, and its locks as lease objects beside the objects
+    /// ([`ObjectLocks`]), seen by every machine.
     fn cached(backend: Arc<dyn Backend>, repo_id: &str, location: Location) -> Result<Self> {
         let state = StateDir::cache_for(repo_id)?;
-        let locks = Arc::new(SingleHostLocks::new(&state.dir().join("locks"), Modes::private()));
+        let locks = Arc::new(ObjectLocks::new(backend.clone()));
         Ok(Self { backend, state, locks, location })
     }
 

@@ -29,6 +29,9 @@ fn key(kind: FileKind, name: &str) -> (u8, String) {
         FileKind::Snapshot => 2,
         FileKind::Tombstone => 3,
         FileKind::Quarantine => 4,
+        FileKind::SessionLease => 5,
+        FileKind::GcLease => 6,
+        FileKind::Condemned => 7,
     };
     (k, name.to_owned())
 }

@@ -59,6 +59,14 @@ pub enum FileKind {
     /// Damaged files moved out of the way by [`Backend::quarantine`], under the name they had:
     /// kept for inspection, never read by the engine.
     Quarantine,
+    /// A session's lease on a repository in an object store (`leases/sessions/<random hex>`):
+    /// its holder, rewritten under a new name by its heartbeat (`lock::ObjectLocks`).
+    SessionLease,
+    /// A collector's lease, the gc lock of an object store (`leases/gc/<random hex>`).
+    GcLease,
+    /// Packs a collector condemned, published for writers on other machines
+    /// (`condemned/<random hex>`, docs/GC.md).
+    Condemned,
 }
 
 /// One object of a listing.
@@ -183,6 +191,9 @@ pub(crate) fn describe(kind: FileKind, name: &str) -> String {
         FileKind::Snapshot => format!("snapshot record {name}"),
         FileKind::Tombstone => format!("tombstone {name}"),
         FileKind::Quarantine => format!("quarantined file {name}"),
+        FileKind::SessionLease => format!("session lease {name}"),
+        FileKind::GcLease => format!("gc lease {name}"),
+        FileKind::Condemned => format!("condemnation record {name}"),
     }
 }
 
@@ -203,6 +214,9 @@ pub(crate) fn folder(kind: FileKind) -> Option<&'static str> {
         FileKind::Snapshot => Some("snapshots"),
         FileKind::Tombstone => Some("forgotten"),
         FileKind::Quarantine => Some("quarantine"),
+        FileKind::SessionLease => Some("leases/sessions"),
+        FileKind::GcLease => Some("leases/gc"),
+        FileKind::Condemned => Some("condemned"),
     }
 }
 

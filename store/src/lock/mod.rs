@@ -10,11 +10,11 @@
 //! writes down that design and why gc stays safe with it.
 
 mod flock;
-mod single_host;
+mod object;
 
 pub(crate) use flock::lock_file;
 pub use flock::FlockLocks;
-pub use single_host::SingleHostLocks;
+pub use object::{LeaseTiming, ObjectLocks, OnLost};
 
 use crate::error::Result;
 use crate::id::PackId;
@@ -28,6 +28,11 @@ impl Hold {
     /// Wraps whatever keeps the lock alive (a locked file, a lease's heartbeat thread).
     pub fn new(inner: impl std::any::Any + Send + Sync) -> Self {
         Self { _inner: Box::new(inner) }
+    }
+
+    /// What keeps it alive, when it is a `T`.
+    pub(crate) fn inner<T: 'static>(&self) -> Option<&T> {
+        self._inner.downcast_ref::<T>()
     }
 }
 
@@ -88,6 +93,14 @@ pub trait Locks: Send + Sync {
     /// and gc refuses to run on them.
     fn sees_every_session(&self) -> bool {
         true
+    }
+
+    /// How long a pack stays condemned before gc may delete it, whatever the sessions say.
+    /// Nothing more than the wait for older sessions is needed with `flock` (a session is seen
+    /// from the moment it starts until its process is gone); lease locks keep 24 hours, which
+    /// covers what leases cannot see (docs/GC.md, "Why gc stays safe").
+    fn min_condemned_age(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 
