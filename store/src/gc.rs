@@ -236,6 +236,7 @@ impl Repo {
     ) -> Result<(MarkSet, Vec<Snapshot>)> {
         let mark = MarkSet::create(&self.scratch_path(&format!("gc-mark-{}.sqlite", std::process::id())))?;
         let mut snaps = self.live_snapshots()?;
+        self.index_other_machines_packs()?;
         snaps.retain(|s| !forgotten.contains(&s.id));
         self.mark(&mark, &snaps.iter().collect::<Vec<_>>(), progress)?;
         report.snapshots = snaps.len() as u64;
@@ -314,10 +315,25 @@ impl Repo {
         Ok(self.locks.live_sessions()?.iter().map(|s| s.started_ns).min())
     }
 
+    /// On a repository other machines write (a bucket), indexes the packs they stored since
+    /// this cache last looked. Called after the snapshots are listed: a snapshot's packs are
+    /// stored before its record, so every pack a listed snapshot needs is indexed by then, and
+    /// the sweep sees the fresh copies of condemned blobs they hold.
+    fn index_other_machines_packs(&self) -> Result<()> {
+        if self.location.is_shared() {
+            let caught_up = self.index_from_files(&[], now_secs(), |name, size| Ok(self.pack_trailer(name, size)))?;
+            for damaged in &caught_up.damaged {
+                log::warn!("not indexed: {damaged}");
+            }
+        }
+        Ok(())
+    }
+
     /// Marks the snapshots committed since `live` was listed: they may need condemned blobs.
     fn mark_newer(&self, mark: &MarkSet, live: &[Snapshot], progress: &dyn Progress) -> Result<()> {
         let seen: HashSet<SnapshotId> = live.iter().map(|s| s.id).collect();
         let newer: Vec<Snapshot> = self.live_snapshots()?.into_iter().filter(|s| !seen.contains(&s.id)).collect();
+        self.index_other_machines_packs()?;
         self.mark(mark, &newer.iter().collect::<Vec<_>>(), progress)
     }
 

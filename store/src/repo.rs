@@ -327,6 +327,7 @@ impl Repo {
                 for damaged in &caught_up.damaged {
                     log::warn!("not indexed: {damaged}");
                 }
+                repo.forget_collected_packs()?;
             }
         }
         notices.extend(repo.reconcile_snapshots()?);
@@ -338,6 +339,30 @@ impl Repo {
     #[must_use]
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// On a repository other machines write: the packs a collector elsewhere condemned and
+    /// has since deleted leave this cache's index (their rows would read as missing packs).
+    /// Only condemned packs go (condemned here, or in a published condemnation): a pack that
+    /// vanished without being condemned is damage, and scrub reports it. A cache that missed
+    /// two gc runs may no longer find the condemnation published; `repair index` settles those.
+    fn forget_collected_packs(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let published = self.locks.published_condemned()?;
+        let mut condemned: HashSet<PackId> = self.index.condemned()?.into_iter().map(|(p, _)| p).collect();
+        condemned.extend(published.iter().map(|(p, _)| *p));
+        if condemned.is_empty() {
+            return Ok(());
+        }
+        let present: HashSet<String> = self.backend.list(FileKind::Pack)?.into_iter().map(|o| o.name).collect();
+        for pack in condemned {
+            if !present.contains(&pack.to_hex()) {
+                self.index.delete_pack(pack, &[])?;
+            }
+        }
+        Ok(())
     }
 
     /// Registers a session of `kind` (gc waits for sessions, docs/GC.md); none in a read-only

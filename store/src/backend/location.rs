@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::{Backend, FileKind, LocalBackend, Modes, RetryBackend, S3Backend, S3Location, CONFIG_COPY};
 use crate::config::RepoConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::lock::{FlockLocks, Locks, ObjectLocks};
+use crate::lock::{FlockLocks, LeaseTiming, Locks, ObjectLocks};
 use crate::state::StateDir;
 
 /// Where a repository is.
@@ -245,7 +245,13 @@ impl Storage {
     /// ([`ObjectLocks`]), seen by every machine.
     fn cached(backend: Arc<dyn Backend>, repo_id: &str, location: Location) -> Result<Self> {
         let state = StateDir::cache_for(repo_id)?;
-        let locks = Arc::new(ObjectLocks::new(backend.clone()));
+        let mut timing = LeaseTiming::default();
+        // For tests of gc on a real bucket only: the 24 hours are what keeps a stalled writer's
+        // data (docs/GC.md), and nothing but a test should shorten them.
+        if let Some(secs) = std::env::var("CAIRN_TEST_MIN_CONDEMNED_AGE_SECS").ok().and_then(|s| s.parse().ok()) {
+            timing.min_condemned_age = std::time::Duration::from_secs(secs);
+        }
+        let locks = Arc::new(ObjectLocks::with_timing(backend.clone(), timing));
         Ok(Self { backend, state, locks, location })
     }
 
