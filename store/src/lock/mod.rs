@@ -5,9 +5,9 @@
 //! delete, with the time it started), and one *gc lock* that two collectors never hold at once.
 //! [`FlockLocks`] gives both with `flock` on files beside a local repository: the kernel drops
 //! a dead process's locks, so a crash never leaves a lock to clear by hand. A store with no
-//! `flock` and no rename (an object store) implements the same trait with lease objects that
-//! carry a heartbeat and are judged stale by age; docs/GC.md ("Locks on an object store")
-//! writes down that design and why gc stays safe with it.
+//! `flock` and no rename (an object store) uses [`ObjectLocks`]: lease objects that carry a
+//! heartbeat and are judged stale by the server's clock; docs/GC.md ("Lease objects") writes
+//! down that design and why gc stays safe with it.
 
 mod flock;
 mod object;
@@ -89,8 +89,8 @@ pub trait Locks: Send + Sync {
 
     /// True when `live_sessions` sees every session of every process that can use the
     /// repository: what gc's safety stands on. Locks that see only this machine's sessions
-    /// (a repository in a bucket that other machines may write, before lease objects) say no,
-    /// and gc refuses to run on them.
+    /// (say `flock` files in a cache folder for a repository other machines write) must say
+    /// no, and gc refuses to run on them.
     fn sees_every_session(&self) -> bool {
         true
     }
