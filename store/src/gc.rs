@@ -205,6 +205,8 @@ impl Repo {
         let oldest_live = self.wait_for_sessions(opts, &mut report)?;
         self.mark_newer(&mark, &live, progress)?;
         let mut deleted_bytes = self.sweep(&mark, oldest_live, &mut report)?;
+        // Published again: what was deleted is named as gone, for caches elsewhere.
+        self.locks.publish_condemned(&self.index.condemned()?)?;
         deleted_bytes += self.remove_leftovers(on_disk_at_start, t0, oldest_live, &mark, &mut report)?;
         report.bytes_freed =
             i64::try_from(deleted_bytes).unwrap_or(i64::MAX) - i64::try_from(written_bytes).unwrap_or(0);

@@ -88,7 +88,7 @@ pub struct ObjectLocks {
 }
 
 /// A condemnation record's name and the condemnations it holds.
-type Published = (String, Vec<(PackId, i64)>);
+type Published = (String, Vec<Entry>);
 
 /// How long a measured server clock offset is trusted.
 const OFFSET_FOR: Duration = Duration::from_secs(300);
@@ -167,19 +167,49 @@ impl ObjectLocks {
         Ok(out)
     }
 
-    fn write_condemned(&self, packs: Vec<(PackId, i64)>, replace: &[String]) -> Result<()> {
+    /// Writes one record (`<pack hex> <at ns>` lines, ` gone` after a pack gc has deleted)
+    /// and removes `replace`.
+    fn write_condemned(&self, entries: Vec<Entry>, replace: &[String]) -> Result<()> {
         let name = random_name(&self.host);
-        if !packs.is_empty() {
-            let body: String = packs.iter().map(|(p, at)| format!("{} {at}\n", p.to_hex())).collect();
+        if !entries.is_empty() {
+            let body: String = entries
+                .iter()
+                .map(|(p, at, gone)| format!("{} {at}{}\n", p.to_hex(), if *gone { " gone" } else { "" }))
+                .collect();
             self.backend.put(FileKind::Condemned, &name, body.as_bytes())?;
         }
         for old in replace {
             self.backend.remove(FileKind::Condemned, old)?;
         }
-        *lock(&self.published) = (!packs.is_empty()).then_some((name, packs));
+        *lock(&self.published) = (!entries.is_empty()).then_some((name, entries));
         Ok(())
     }
+
+    /// Every entry of every record (names of the records, entries).
+    fn read_condemned(&self) -> Result<(Vec<String>, Vec<Entry>)> {
+        let (mut names, mut out) = (Vec::new(), Vec::new());
+        for (info, text) in self.read_records(FileKind::Condemned)? {
+            names.push(info.name);
+            for line in text.lines() {
+                let mut parts = line.split(' ');
+                let (Some(Ok(p)), Some(Ok(at))) =
+                    (parts.next().map(str::parse::<PackId>), parts.next().map(str::parse::<i64>))
+                else {
+                    continue;
+                };
+                out.push((p, at, parts.next() == Some("gone")));
+            }
+        }
+        Ok((names, out))
+    }
 }
+
+/// A published condemnation: the pack, when it was condemned, and whether gc has deleted it.
+type Entry = (PackId, i64, bool);
+
+/// How long the record keeps naming a pack gc deleted, for caches on other machines that last
+/// looked before it was condemned (they drop its rows when they open the repository).
+const GONE_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -354,27 +384,46 @@ impl Locks for ObjectLocks {
     }
 
     /// One record holding every condemnation gc's index knows (it loaded the published ones
-    /// first), then the older records go.
+    /// first), and the packs older records named that are gone from the store (gc deleted
+    /// them) for [`GONE_KEPT`]; then the older records go. gc publishes when it has condemned
+    /// and again when it has swept.
     fn publish_condemned(&self, packs: &[(PackId, i64)]) -> Result<()> {
-        let older: Vec<String> = self.backend.list(FileKind::Condemned)?.into_iter().map(|o| o.name).collect();
-        self.write_condemned(packs.to_vec(), &older)
+        let (older, entries) = self.read_condemned()?;
+        let mut out: Vec<Entry> = packs.iter().map(|&(p, at)| (p, at, false)).collect();
+        let now = now_ns();
+        let kept = i64::try_from(GONE_KEPT.as_nanos()).unwrap_or(i64::MAX);
+        let mut seen: std::collections::HashSet<PackId> = packs.iter().map(|(p, _)| *p).collect();
+        for (p, at, gone) in entries {
+            if seen.contains(&p) || now.saturating_sub(at) > kept {
+                continue;
+            }
+            let gone = gone
+                || match self.backend.size(FileKind::Pack, &p.to_hex()) {
+                    Ok(_) => false, // rescued: no longer condemned
+                    Err(e) if e.is_not_found() => true,
+                    Err(e) => return Err(e),
+                };
+            if gone {
+                seen.insert(p);
+                out.push((p, at, true));
+            }
+        }
+        self.write_condemned(out, &older)
     }
 
     fn withdraw_condemned(&self, pack: PackId) -> Result<()> {
-        let Some((name, packs)) = lock(&self.published).clone() else { return Ok(()) };
-        let left: Vec<(PackId, i64)> = packs.into_iter().filter(|(p, _)| *p != pack).collect();
+        let Some((name, entries)) = lock(&self.published).clone() else { return Ok(()) };
+        let left: Vec<Entry> = entries.into_iter().filter(|(p, _, _)| *p != pack).collect();
         self.write_condemned(left, &[name])
     }
 
+    /// Gone packs included: loading their condemnation is harmless (they have no file), and
+    /// it lets a cache drop their rows.
     fn published_condemned(&self) -> Result<Vec<(PackId, i64)>> {
         let mut out: HashMap<PackId, i64> = HashMap::new();
-        for (_, text) in self.read_records(FileKind::Condemned)? {
-            for line in text.lines() {
-                let Some((p, at)) = line.split_once(' ') else { continue };
-                let (Ok(p), Ok(at)) = (p.parse::<PackId>(), at.parse::<i64>()) else { continue };
-                let e = out.entry(p).or_insert(at);
-                *e = (*e).min(at);
-            }
+        for (p, at, _) in self.read_condemned()?.1 {
+            let e = out.entry(p).or_insert(at);
+            *e = (*e).min(at);
         }
         Ok(out.into_iter().collect())
     }
@@ -512,6 +561,17 @@ mod tests {
         writer.withdraw_condemned(pack(2)).unwrap();
         writer.withdraw_condemned(pack(3)).unwrap();
         assert!(backend.list(FileKind::Condemned).unwrap().is_empty());
+
+        // A pack swept since it was published stays named (as gone) for caches elsewhere; one
+        // that still exists and is no longer condemned (rescued) is dropped.
+        let now = now_ns();
+        backend.put(FileKind::Pack, &pack(5).to_hex(), b"still here").unwrap();
+        gc.publish_condemned(&[(pack(4), now), (pack(5), now)]).unwrap();
+        gc.publish_condemned(&[]).unwrap();
+        assert_eq!(writer.published_condemned().unwrap(), [(pack(4), now)]);
+        let record = backend.list(FileKind::Condemned).unwrap();
+        let text = String::from_utf8(backend.get(FileKind::Condemned, &record[0].name).unwrap()).unwrap();
+        assert_eq!(text, format!("{} {now} gone\n", pack(4).to_hex()));
     }
 
     /// A store that refuses writes once told to.
