@@ -16,7 +16,8 @@
 # minutes on 2 cores, once per machine). State (configs, data, logs, pid files) lives in
 # $CAIRN_GARAGE_DIR (default /tmp/cairn-garage-$UID); ports start at $CAIRN_GARAGE_PORT
 # (default 39400: node N listens for S3 on 39400+10N, RPC +1, admin +3). Loopback only; every
-# wait is bounded.
+# wait is bounded. With $CAIRN_GARAGE_OWNER set to a process ID, `up` also leaves a watchdog that
+# runs `down` once that process has ended, so a test run that is killed still stops its cluster.
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
@@ -155,6 +156,12 @@ EOF
   done
   [ -n "$ok" ] || die "a probe PUT did not succeed in 30 s (see $DIR/n*/log)"
   s3_curl -X DELETE "$url" >/dev/null || true
+  if [ -n "${CAIRN_GARAGE_OWNER:-}" ]; then
+    kill -0 "$CAIRN_GARAGE_OWNER" 2>/dev/null || die "CAIRN_GARAGE_OWNER=$CAIRN_GARAGE_OWNER is not a running process"
+    CAIRN_GARAGE_WATCHDOG=1 setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 2; done; exec "$2" down' \
+      watchdog "$CAIRN_GARAGE_OWNER" "$(realpath "$0")" >>"$DIR/watchdog.log" 2>&1 </dev/null &
+    echo $! >"$DIR/watchdog.pid"
+  fi
   log "3 nodes up in $DIR; bucket $BUCKET"
   cat "$DIR/env"
 }
@@ -163,6 +170,7 @@ down() {
   [ -d "$DIR" ] || { log "nothing in $DIR"; return 0; }
   [ -f "$DIR/$MARK" ] || die "$DIR is not this script's; not touching it"
   for i in 1 2 3; do stop_pid_file "$DIR/n$i/pid"; done
+  [ -n "${CAIRN_GARAGE_WATCHDOG:-}" ] || stop_pid_file "$DIR/watchdog.pid"
   rm -rf "$DIR"
   log "stopped; $DIR removed"
 }

@@ -1,7 +1,7 @@
 //! A repository in an S3 bucket, through the binary, against a real server: the 3-node Garage
 //! cluster of `scripts/garage-cluster.sh` (`eval "$(scripts/garage-cluster.sh up)"` sets
-//! `CAIRN_TEST_S3_URL` and the AWS variables). Skipped, with a message, when
-//! `CAIRN_TEST_S3_URL` is not set: CI does not start the cluster yet.
+//! `CAIRN_TEST_S3_URL` and the AWS variables; `scripts/test.sh`, the README's test command, starts
+//! one for the run). Skipped, with a message, when `CAIRN_TEST_S3_URL` is not set.
 //!
 //! Each test works under its own prefix of the bucket and its own cache folder, so runs never
 //! see each other's repositories.
