@@ -65,6 +65,62 @@ pub struct Profile {
     /// Thresholds `status` turns into alerts, and where metrics go.
     #[serde(default)]
     pub monitoring: Monitoring,
+    /// Credentials and region for a repository in a bucket (`repo = "s3:..."`).
+    #[serde(default)]
+    pub s3: S3Settings,
+}
+
+/// The `[s3]` table: what `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `CAIRN_S3_REGION`
+/// say otherwise. A profile's value wins over the environment's, as its `repo` wins over
+/// `$CAIRN_REPO`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// The access key's ID.
+    pub access_key_id: Option<String>,
+    /// The secret, written in the profile (which should then be readable by its owner only).
+    pub secret_access_key: Option<String>,
+    /// A file holding the secret (its first line), so the profile itself can be shared.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// The region the server expects (`garage` for Garage's default configuration).
+    pub region: Option<String>,
+}
+
+impl S3Settings {
+    /// Puts the profile's settings where the S3 backend reads them (the process environment).
+    /// Called once, at the start of a run, before any thread exists.
+    pub fn apply(&self, profile: &Path) -> Result<()> {
+        if let Some(id) = &self.access_key_id {
+            std::env::set_var("AWS_ACCESS_KEY_ID", id);
+        }
+        if let Some(secret) = &self.secret_access_key {
+            warn_if_others_can_read(profile, "the profile holds s3.secret_access_key");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", secret);
+        }
+        if let Some(file) = &self.secret_access_key_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read s3.secret_access_key_file {}", file.display()))?;
+            let secret = text.lines().next().unwrap_or("").trim();
+            if secret.is_empty() {
+                bail!("s3.secret_access_key_file {} is empty", file.display());
+            }
+            warn_if_others_can_read(file, "it holds the S3 secret key");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", secret);
+        }
+        if let Some(region) = &self.region {
+            std::env::set_var("CAIRN_S3_REGION", region);
+        }
+        Ok(())
+    }
+}
+
+fn warn_if_others_can_read(file: &Path, why: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file) {
+        if meta.permissions().mode() & 0o044 != 0 {
+            log::warn!("{} can be read by other users, and {why}: chmod 600 it", file.display());
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -286,6 +342,9 @@ pub fn parse(text: &str) -> Result<Profile> {
         if paths.is_empty() {
             bail!("component {name:?} has no paths");
         }
+    }
+    if p.s3.secret_access_key.is_some() && p.s3.secret_access_key_file.is_some() {
+        bail!("s3: give secret_access_key or secret_access_key_file, not both");
     }
     Ok(p)
 }

@@ -7,6 +7,7 @@
 //! see each other's repositories.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::args;
@@ -180,4 +181,63 @@ fn two_machines_writing_one_bucket_see_and_restore_each_others_snapshots() {
         let scrub = json(&repo, cache, args!["scrub"]);
         assert_eq!(scrub["clean"], true, "{name}: {scrub}");
     }
+}
+
+/// A profile's `[s3]` table reaches the bucket with no AWS variable set: the key ID and region
+/// inline, the secret from a file; a profile that holds the secret inline and can be read by
+/// others gets a warning.
+#[test]
+fn a_profile_carries_the_bucket_credentials() {
+    let Some(repo) = s3_repo("profile") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
+    generate(&src, 5, 1);
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set with CAIRN_TEST_S3_URL"));
+    let (id, secret) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"));
+    let region = std::env::var("AWS_DEFAULT_REGION").unwrap_or_else(|_| "garage".into());
+    let secret_file = dir.path().join("s3-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let profile = dir.path().join("offsite.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "repo = {repo:?}\nsources = [{:?}]\n[s3]\naccess_key_id = {id:?}\nsecret_access_key_file = {:?}\nregion = {region:?}\n",
+            src.display().to_string(),
+            secret_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let bare = |args: &[&OsStr]| {
+        let mut cmd = std::process::Command::new(cairn_bin());
+        cmd.env("XDG_CACHE_HOME", &cache).env("TZ", "UTC").env_remove("CAIRN_REPO");
+        for v in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION", "CAIRN_S3_REGION"] {
+            cmd.env_remove(v);
+        }
+        cmd.args(args).output().expect("run cairn")
+    };
+    // Without the profile there are no credentials: a clear error.
+    let out = bare(args!["--repo", &repo, "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_ACCESS_KEY_ID"), "{out:?}");
+
+    let out = bare(args!["--profile", &profile, "--json", "snapshot"]);
+    assert!(out.status.success(), "{out:?}");
+    let target = dir.path().join("restore");
+    let out = bare(args!["--profile", &profile, "restore", "latest", "--target", &target]);
+    assert!(out.status.success(), "{out:?}");
+    assert_same(&describe(&src), &describe(&restored(&target, &src)), "restored through the profile's credentials");
+
+    // The secret inline in a profile others can read: it works, with a warning.
+    let inline = dir.path().join("inline.toml");
+    std::fs::write(
+        &inline,
+        format!("repo = {repo:?}\n[s3]\naccess_key_id = {id:?}\nsecret_access_key = {secret:?}\nregion = {region:?}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&inline, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bare(args!["--profile", &inline, "--json", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("can be read by other users"), "{stderr}");
 }

@@ -71,6 +71,7 @@ fn recorded_as(command: &Command) -> Option<&'static str> {
 pub fn run(cli: &Cli) -> Result<u8> {
     if let Ok(Some(p)) = profile(cli) {
         logging::set_profile(&p.name);
+        p.s3.apply(&p.file)?;
     }
     let Some(command) = recorded_as(&cli.command) else {
         return dispatch(cli);
