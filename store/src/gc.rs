@@ -323,7 +323,8 @@ impl Repo {
     /// the sweep sees the fresh copies of condemned blobs they hold.
     fn index_other_machines_packs(&self) -> Result<()> {
         if self.location.is_shared() {
-            let caught_up = self.index_from_files(&[], now_secs(), |name, size| Ok(self.pack_trailer(name, size)))?;
+            let caught_up =
+                self.index_from_files(&[], now_secs(), &crate::progress::NoProgress, crate::repo::pack_trailer)?;
             for damaged in &caught_up.damaged {
                 log::warn!("not indexed: {damaged}");
             }

@@ -88,7 +88,7 @@ pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
 pub use inspect::{kind_name, listing, Listing, ShowReport, Stats, Version, Visit};
 pub use lock::{FlockLocks, Hold, LeaseTiming, Locks, ObjectLocks, OnLost, SessionInfo};
 pub use pack::{check_pack, BlobKind, PackEntry, PackWriter, SealedFrame};
-pub use progress::{NoProgress, Progress, Unit};
+pub use progress::{NoProgress, Progress, SharedProgress, Unit};
 pub use record::{CaptureExit, CaptureRecord, SnapshotKind, SnapshotRecord, SnapshotTotals, SAFETY_TAG};
 pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
 pub use repo::{InitOptions, OpenOptions, RebuildReport, Repo, Snapshot};

@@ -27,3 +27,13 @@ pub enum Unit {
 pub struct NoProgress;
 
 impl Progress for NoProgress {}
+
+/// A `Progress` handed over in options (`OpenOptions::progress`).
+#[derive(Clone)]
+pub struct SharedProgress(pub std::sync::Arc<dyn Progress>);
+
+impl std::fmt::Debug for SharedProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedProgress")
+    }
+}

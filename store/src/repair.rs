@@ -133,8 +133,13 @@ struct Salvage {
 impl Repo {
     /// Rebuilds the index from the packs' trailers and the snapshot records alone.
     pub fn rebuild_index(&self) -> Result<RebuildReport> {
+        self.rebuild_index_reporting(&NoProgress)
+    }
+
+    /// `rebuild_index`, counting the packs on `progress`.
+    pub(crate) fn rebuild_index_reporting(&self, progress: &dyn Progress) -> Result<RebuildReport> {
         self.index.clear()?;
-        let report = self.index_from_files(&[], now_secs(), |name, size| Ok(self.pack_trailer(name, size)))?;
+        let report = self.index_from_files(&[], now_secs(), progress, crate::repo::pack_trailer)?;
         // Chunks may have gone with the old index: snapshots recorded so far are no longer
         // trusted as parents without checking their chunks (so a new snapshot heals).
         self.index.bump_generation()?;
@@ -145,27 +150,49 @@ impl Repo {
     /// `clear`), but for the packs in `skip`. A pack is indexed by what `entries` reads from
     /// it: its outer error stops the run, its inner one names the pack as damaged. A record is
     /// indexed once it verifies. What cannot be read is named in the report, not indexed.
+    ///
+    /// The packs are read `READERS` at a time (on a bucket each read is two round trips for
+    /// the footer and trailer, so a fresh cache of thousands of packs is a wait on latency,
+    /// not on the disk), a batch at a time so memory stays bounded; the index is written by
+    /// this thread alone. `progress` counts the packs.
     pub(crate) fn index_from_files(
         &self,
         skip: &[String],
         now: i64,
-        entries: impl Fn(&str, u64) -> Result<Result<Vec<PackEntry>>>,
+        progress: &dyn Progress,
+        entries: impl Fn(&dyn Backend, &str, u64) -> Result<Result<Vec<PackEntry>>> + Sync,
     ) -> Result<RebuildReport> {
+        const READERS: usize = 8;
+        const BATCH: usize = 256;
         let mut report = RebuildReport::default();
         let indexed: HashSet<PackId> = self.index.packs()?.into_iter().map(|p| p.id).collect();
-        for ObjectInfo { name, size, .. } in self.backend.list(FileKind::Pack)? {
-            let Ok(id) = name.parse::<PackId>() else { continue };
-            if indexed.contains(&id) || skip.contains(&name) {
-                continue;
-            }
-            match entries(&name, size)? {
-                Ok(entries) => {
-                    self.index.add_pack(id, size, &entries, now)?;
-                    report.packs += 1;
-                    report.blobs += entries.len() as u64;
+        let todo: Vec<(PackId, String, u64)> = self
+            .backend
+            .list(FileKind::Pack)?
+            .into_iter()
+            .filter_map(|ObjectInfo { name, size, .. }| Some((name.parse::<PackId>().ok()?, name, size)))
+            .filter(|(id, name, _)| !indexed.contains(id) && !skip.contains(name))
+            .collect();
+        if !todo.is_empty() {
+            progress.start("indexing packs", Some(todo.len() as u64), Unit::Items);
+        }
+        let backend = self.backend.as_ref();
+        for batch in todo.chunks(BATCH) {
+            let read = read_concurrently(batch, READERS, |(_, name, size)| entries(backend, name, *size));
+            for ((id, name, size), found) in batch.iter().zip(read) {
+                match found? {
+                    Ok(entries) => {
+                        self.index.add_pack(*id, *size, &entries, now)?;
+                        report.packs += 1;
+                        report.blobs += entries.len() as u64;
+                    }
+                    Err(e) => report.damaged.push(format!("pack {name}: {e}")),
                 }
-                Err(e) => report.damaged.push(format!("pack {name}: {e}")),
+                progress.inc(1);
             }
+        }
+        if !todo.is_empty() {
+            progress.finish();
         }
         let known: HashSet<SnapshotId> = self.index.snapshot_ids()?.into_iter().collect();
         for ObjectInfo { name, .. } in self.backend.list(FileKind::Snapshot)? {
@@ -415,8 +442,8 @@ impl Repo {
     /// between this and the swap is left unindexed: scrub then blames the index for its
     /// blobs, and gc indexes it again.)
     fn catch_up(&self, damaged: &[String], now: i64) -> Result<()> {
-        self.index_from_files(damaged, now, |name, _| {
-            Ok(match self.read_damaged(name)? {
+        self.index_from_files(damaged, now, &NoProgress, |backend, name, _| {
+            Ok(match read_damaged(backend, name)? {
                 Some(bytes) => pack::check_pack(name, &bytes),
                 None => Err(Error::Missing { what: "pack", id: name.to_owned() }), // gone meanwhile
             })
@@ -471,11 +498,7 @@ impl Repo {
 
     /// A damaged pack's bytes; none when it is gone meanwhile.
     fn read_damaged(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        match self.backend.get(FileKind::Pack, name) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if missing(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        read_damaged(self.backend.as_ref(), name)
     }
 
     /// Everything the snapshots need that the new index does not hold: trees that cannot be
@@ -566,4 +589,29 @@ fn infer_chunk_size(backend: &dyn Backend) -> Result<u32> {
             entries.iter().filter(|e| e.kind == BlobKind::Chunk).map(|e| e.raw_len).max().unwrap_or(0).max(longest);
     }
     Ok((longest.max(8 * 1024).next_power_of_two() / 8).clamp(1024, 4 << 20))
+}
+
+/// A pack's bytes, or `None` when it is gone.
+fn read_damaged(backend: &dyn Backend, name: &str) -> Result<Option<Vec<u8>>> {
+    match backend.get(FileKind::Pack, name) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `read` of every item, by `readers` threads at once, in the items' order.
+fn read_concurrently<T: Sync, R: Send>(items: &[T], readers: usize, read: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..readers.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                *lock(&slots[i]) = Some(read(item));
+            });
+        }
+    });
+    slots.into_iter().filter_map(workers::into_inner).collect()
 }

@@ -52,6 +52,9 @@ pub struct OpenOptions {
     /// Give back the space reserve when the disk is nearly full: for the commands that free
     /// space (`forget`, `gc`, `repair index`); see reserve.rs.
     pub use_reserve: bool,
+    /// Where opening reports indexing packs it has not seen (a fresh cache of a bucket, a
+    /// lost index, other machines' new packs).
+    pub progress: Option<crate::progress::SharedProgress>,
 }
 
 /// A snapshot: its ID and record.
@@ -302,7 +305,22 @@ impl Repo {
         if !read_only {
             repo.index.set_repo_id(&repo.config.repo_id)?;
             let lost = !existed || (repo.index.is_empty()? && !repo.backend.list(FileKind::Snapshot)?.is_empty());
-            if lost && !repo.backend.list(FileKind::Pack)?.is_empty() {
+            let progress: &dyn crate::progress::Progress =
+                opts.progress.as_ref().map_or(&crate::progress::NoProgress, |p| p.0.as_ref());
+            if lost && repo.location.is_shared() {
+                // A bucket seen from a new machine (or a cache that was cleared): the normal
+                // first open, not damage.
+                let built = repo.rebuild_index_reporting(progress)?;
+                log::info!(
+                    "built this machine's cache of the repository's index from {} packs and {} snapshots (their trailers, read by range) in {}",
+                    built.packs,
+                    built.snapshots,
+                    path.display()
+                );
+                for damaged in &built.damaged {
+                    log::warn!("not indexed: {damaged}");
+                }
+            } else if lost && !repo.backend.list(FileKind::Pack)?.is_empty() {
                 notices.push(format!(
                     "the index {} was {}; it was rebuilt from the packs",
                     path.display(),
@@ -314,13 +332,12 @@ impl Repo {
                         "missing"
                     }
                 ));
-                repo.rebuild_index()?;
+                repo.rebuild_index_reporting(progress)?;
             } else if repo.location.is_shared() {
                 // Other machines write to a bucket too: what they stored since this cache last
                 // looked is indexed from the packs' trailers (ranged reads), so their snapshots
                 // restore here and scrub does not mistake their packs for unindexed leftovers.
-                let caught_up =
-                    repo.index_from_files(&[], now_secs(), |name, size| Ok(repo.pack_trailer(name, size)))?;
+                let caught_up = repo.index_from_files(&[], now_secs(), progress, pack_trailer)?;
                 if caught_up.packs > 0 {
                     log::info!("indexed {} packs written elsewhere since this cache last looked", caught_up.packs);
                 }
@@ -491,6 +508,18 @@ impl Repo {
 
     /// A pack's trailer entries, read from its footer (44 bytes) and trailer alone.
     pub(crate) fn pack_trailer(&self, name: &str, size: u64) -> Result<Vec<pack::PackEntry>> {
-        pack::read_trailer(name, size, |offset, len| self.backend.get_range(FileKind::Pack, name, offset, len))
+        read_pack_trailer(self.backend.as_ref(), name, size)
     }
+}
+
+/// A pack's trailer entries, read from its footer and trailer alone (ranged reads).
+fn read_pack_trailer(backend: &dyn Backend, name: &str, size: u64) -> Result<Vec<pack::PackEntry>> {
+    pack::read_trailer(name, size, |offset, len| backend.get_range(FileKind::Pack, name, offset, len))
+}
+
+/// For `index_from_files`: a pack's trailer entries; a pack whose trailer cannot be read is
+/// named as not indexed, the run goes on.
+#[allow(clippy::unnecessary_wraps)] // the shape index_from_files takes
+pub(crate) fn pack_trailer(backend: &dyn Backend, name: &str, size: u64) -> Result<Result<Vec<pack::PackEntry>>> {
+    Ok(read_pack_trailer(backend, name, size))
 }

@@ -180,7 +180,9 @@ pub fn repo_location(cli: &Cli) -> Result<(Location, bool)> {
 /// here, so that how a repository is located and opened is decided in one place.
 pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
     let (location, _) = repo_location(cli)?;
-    let repo = Repo::open(&location, opts).with_context(|| format!("cannot open repository {location}"))?;
+    let mut opts = opts.clone();
+    opts.progress = Some(cairn_store::SharedProgress(std::sync::Arc::new(crate::progress::Bar::for_cli(cli))));
+    let repo = Repo::open(&location, &opts).with_context(|| format!("cannot open repository {location}"))?;
     print_notices(&repo);
     note_repo(&repo);
     Ok(repo)
