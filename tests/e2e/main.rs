@@ -36,6 +36,7 @@ mod review15;
 mod review18;
 mod roundtrip;
 mod s3;
+mod s3_commands;
 mod selection;
 mod service;
 mod snapshot_everyday;

@@ -14,7 +14,7 @@ use crate::args;
 use crate::util::*;
 
 /// The test's repository URL (a fresh prefix of the test bucket), or `None` to skip.
-fn s3_repo(test: &str) -> Option<String> {
+pub(crate) fn s3_repo(test: &str) -> Option<String> {
     let Ok(url) = std::env::var("CAIRN_TEST_S3_URL") else {
         eprintln!("{test}: skipped (set CAIRN_TEST_S3_URL; `scripts/garage-cluster.sh up` prints it)");
         return None;
