@@ -312,12 +312,7 @@ impl Repo {
     /// `cairn tag` wrote again, and its old record a crash left behind) are not "another".
     pub fn check_label_free(&self, label: &str, except: Option<&Snapshot>) -> Result<()> {
         check_label(label)?;
-        let lineage = |s: &Snapshot| s.record.original.unwrap_or(s.id);
-        if let Some(other) = self
-            .snapshots()?
-            .into_iter()
-            .find(|s| s.record.label.as_deref() == Some(label) && except.is_none_or(|e| lineage(e) != lineage(s)))
-        {
+        if let Some(other) = self.label_holder(label, except)? {
             return Err(Error::InvalidInput(format!(
                 "label {label:?} is already the label of snapshot {}; labels name one snapshot: pick another, \
                  or take it off that one first (`cairn tag {} --unlabel`)",
@@ -326,6 +321,19 @@ impl Repo {
             )));
         }
         Ok(())
+    }
+}
+
+impl Repo {
+    /// The live snapshot other than `except` that has `label`, if any. Records of the same
+    /// snapshot (one `cairn tag` wrote again, and its old record a crash left behind; a copy
+    /// of it) are not "another": they share `original`, or are it.
+    pub(crate) fn label_holder(&self, label: &str, except: Option<&Snapshot>) -> Result<Option<Snapshot>> {
+        let lineage = |s: &Snapshot| s.record.original.unwrap_or(s.id);
+        Ok(self
+            .snapshots()?
+            .into_iter()
+            .find(|s| s.record.label.as_deref() == Some(label) && except.is_none_or(|e| lineage(e) != lineage(s))))
     }
 }
 

@@ -286,11 +286,23 @@ impl Repo {
     /// Makes a snapshot exist: its record is written durably, then indexed.
     pub(crate) fn commit(&self, record: &SnapshotRecord) -> Result<SnapshotId> {
         let (id, bytes) = record.seal();
-        crate::failpoint::hit("snapshot.before_record");
-        self.backend.put(FileKind::Snapshot, &id.to_hex(), &bytes)?;
-        crate::failpoint::hit("snapshot.record_written");
-        self.index.add_snapshot(id, record.time_ns, &record.host, record.label.as_deref(), &bytes)?;
+        self.commit_sealed("snapshot", id, &bytes, record)?;
         Ok(id)
+    }
+
+    /// Writes the record file `bytes` (sealed as `id`, decoding as `record`) durably, then
+    /// indexes it; `kind` names the fail-points (`KIND.before_record`, `KIND.record_written`).
+    pub(crate) fn commit_sealed(
+        &self,
+        kind: &str,
+        id: SnapshotId,
+        bytes: &[u8],
+        record: &SnapshotRecord,
+    ) -> Result<()> {
+        crate::failpoint::hit(&format!("{kind}.before_record"));
+        self.backend.put(FileKind::Snapshot, &id.to_hex(), bytes)?;
+        crate::failpoint::hit(&format!("{kind}.record_written"));
+        self.index.add_snapshot(id, record.time_ns, &record.host, record.label.as_deref(), bytes)
     }
 
     /// Snapshots what a restore is about to overwrite, `paths`: a source that is a symlink is

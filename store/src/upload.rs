@@ -67,6 +67,20 @@ pub(crate) fn run<T>(
     dry_run: bool,
     walk: impl FnOnce(&Upload<'_>) -> Result<T>,
 ) -> Result<T> {
+    run_as("snapshot", repo, progress, counters, workers, dry_run, walk)
+}
+
+/// `run` for the operation `kind` (`snapshot`, `copy`), which names the writer's fail-points
+/// (`KIND.pack_written`, `KIND.pack_indexed`).
+pub(crate) fn run_as<T>(
+    kind: &'static str,
+    repo: &Repo,
+    progress: &dyn Progress,
+    counters: &Counters,
+    workers: usize,
+    dry_run: bool,
+    walk: impl FnOnce(&Upload<'_>) -> Result<T>,
+) -> Result<T> {
     let upload = |sender| Upload {
         repo,
         progress,
@@ -85,7 +99,7 @@ pub(crate) fn run<T>(
     let upload = upload(Some(tx));
     std::thread::scope(|s| {
         let pending = Arc::clone(&upload.pending);
-        let handle = s.spawn(move || writer(repo, rx, &pending));
+        let handle = s.spawn(move || writer(kind, repo, rx, &pending));
         let walked = walk(&upload);
         drop(upload); // closes the channel: the writer flushes and ends
         let written = handle.join().unwrap_or_else(|_| Err(Error::Writer("pack writer panicked")));
@@ -102,7 +116,7 @@ impl Upload<'_> {
     }
 
     /// `claim` for many blobs, with one index transaction for those not pending.
-    fn claim_many(&self, ids: &[BlobId]) -> Result<Vec<bool>> {
+    pub(crate) fn claim_many(&self, ids: &[BlobId]) -> Result<Vec<bool>> {
         let pending: Vec<bool> = {
             let p = lock(&self.pending);
             ids.iter().map(|id| p.contains(id)).collect()
@@ -117,6 +131,15 @@ impl Upload<'_> {
             .collect())
     }
 
+    /// Gives back claims on blobs that will not be sent after all (a copy that could not read
+    /// them): they count as absent again, so that a later claim sends them.
+    pub(crate) fn unclaim(&self, ids: &[BlobId]) {
+        let mut p = lock(&self.pending);
+        for id in ids {
+            p.remove(id);
+        }
+    }
+
     /// True when every chunk is still indexed, so reusing the parent's list keeps the snapshot
     /// complete (a chunk lost to damage and dropped by `repair index` is read and stored again).
     pub(crate) fn all_present(&self, content: &[ChunkRef]) -> Result<bool> {
@@ -127,7 +150,7 @@ impl Upload<'_> {
     }
 
     /// Hands a sealed frame to the pack writer (or, on a dry run, only counts it).
-    fn send(&self, frame: SealedFrame) -> Result<()> {
+    pub(crate) fn send(&self, frame: SealedFrame) -> Result<()> {
         self.counters.blobs_new.add(frame.members.len() as u64);
         self.counters.data_added.add(u64::from(frame.raw_len));
         self.counters.data_stored.add(frame.data.len() as u64);
@@ -348,7 +371,8 @@ fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
 
 /// The writer thread: fills packs, makes each durable, indexes it, then forgets its blobs from
 /// the pending set (after the index commit, so a blob is always either pending or indexed).
-fn writer(repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId>>) -> Result<()> {
+fn writer(kind: &str, repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId>>) -> Result<()> {
+    let (written, indexed) = (format!("{kind}.pack_written"), format!("{kind}.pack_indexed"));
     let target = repo.config.pack_size as usize;
     // Room for a full pack, the frame that tips it over and the trailer (64 bytes a blob: an
     // eighth of the pack covers blobs stored in 512 bytes or more), so the buffer never grows.
@@ -360,9 +384,9 @@ fn writer(repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId
         }
         w.finish_with(|id, bytes, entries| {
             repo.backend.put(FileKind::Pack, &id.to_hex(), bytes)?;
-            crate::failpoint::hit("snapshot.pack_written");
+            crate::failpoint::hit(&written);
             repo.index.add_pack(id, bytes.len() as u64, entries, now_secs())?;
-            crate::failpoint::hit("snapshot.pack_indexed");
+            crate::failpoint::hit(&indexed);
             let mut p = lock(pending);
             for e in entries {
                 p.remove(&e.id);
