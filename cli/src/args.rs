@@ -139,6 +139,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Check the repository: structure always, stored data with --read-data
     Scrub(ScrubArgs),
+    /// Copy snapshots from another repository (a folder or an s3: bucket) into this one,
+    /// sending only the data it lacks; they keep their IDs
+    Copy(CopyArgs),
     /// How the backups are doing: newest snapshot, last runs and failures, scrub coverage,
     /// space; the profile's [monitoring] thresholds as alerts (exit code 9)
     Status(StatusArgs),
@@ -216,6 +219,24 @@ pub struct ScrubArgs {
     /// Limit the scrub to what this snapshot needs (ID, prefix, `latest` or label; repeatable)
     #[arg(long = "snapshot", value_name = "ID")]
     pub snapshots: Vec<String>,
+}
+
+/// `cairn copy`
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Snapshots to copy (ID, prefix, `latest` or label, as the source names them); every
+    /// snapshot of the source that the selection flags let through when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// The repository to copy from: a path, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
+    #[arg(long, value_name = "REPO")]
+    pub from: PathBuf,
+    /// The repository to copy into [default: the repository, as --repo, the profile or
+    /// $CAIRN_REPO name it]
+    #[arg(long, value_name = "REPO")]
+    pub to: Option<PathBuf>,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 /// `cairn status`

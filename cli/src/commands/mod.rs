@@ -1,5 +1,6 @@
 //! One module per command; `run` dispatches.
 
+mod copy;
 mod docs;
 mod forget;
 mod gc;
@@ -123,6 +124,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
         Command::List(a) => list::run(cli, a),
         Command::Restore(a) => restore::run(cli, a),
         Command::Scrub(a) => scrub::run(cli, a),
+        Command::Copy(a) => copy::run(cli, a),
         Command::Forget(a) => forget::run(cli, a),
         Command::Tag(a) => tag::run(cli, a),
         Command::Show(a) => inspect::show(cli, a),
@@ -165,15 +167,19 @@ pub fn repo_location(cli: &Cli) -> Result<(Location, bool)> {
         (None, p) => p.map(std::path::PathBuf::from),
     };
     if let Some(p) = &named {
-        let location = match p.to_str() {
-            Some(text) => Location::parse(text)?,
-            None => Location::local(p), // not UTF-8: a path, whatever it looks like
-        };
-        return Ok((location, false));
+        return Ok((location_arg(p)?, false));
     }
     let base = dirs::data_dir()
         .context("no --repo given and no data directory known for this user (set $HOME or CAIRN_REPO)")?;
     Ok((Location::local(base.join("cairn").join("repo")), true))
+}
+
+/// A location given on the command line (`--from`, `--to`), read as `--repo` is.
+pub fn location_arg(p: &std::path::Path) -> Result<Location> {
+    Ok(match p.to_str() {
+        Some(text) => Location::parse(text)?,
+        None => Location::local(p), // not UTF-8: a path, whatever it looks like
+    })
 }
 
 /// Opens the repository named by the global options. Every command that opens one comes
