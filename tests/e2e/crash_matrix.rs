@@ -51,6 +51,11 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
         states.insert(last.clone(), describe(&src));
     }
     mutate(&src, 9); // the next snapshot has new data to write
+                     // A second repository holding a snapshot of that state, for `copy` to bring over.
+    let other = dir.path().join("other");
+    init_repo(&other, Some("64K"));
+    let copied = cairn_json(&other, args!["snapshot", &src], 0)["id"].as_str().unwrap().to_owned();
+    states.insert(copied, describe(&src));
     let hits: Vec<u64> = std::env::var("CAIRN_CRASH_HITS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
@@ -82,6 +87,11 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
             Some(&forget),
         ),
         (vec!["repair".into(), "index".into()], &["repair.pack_indexed", "repair.before_swap"], None),
+        (
+            vec!["copy".into(), "--from".into(), other.to_string_lossy().into()],
+            &["copy.pack_written", "copy.pack_indexed", "copy.before_record", "copy.record_written"],
+            None,
+        ),
         (
             vec![
                 "restore".into(),
@@ -169,6 +179,10 @@ fn every_mutating_command_killed_at_every_fail_point_leaves_a_consistent_reposit
     eprintln!("crash matrix: {exercised} runs, {killed} killed at a fail-point");
     assert!(killed >= exercised * 3 / 4, "most points must be reached: {killed} of {exercised}");
     assert!(killed_at.contains("index.merge_slice"), "a merge of index levels was killed: {killed_at:?}");
+    assert!(
+        ["copy.pack_indexed", "copy.record_written"].iter().all(|p| killed_at.contains(p)),
+        "a copy was killed while it wrote packs and records: {killed_at:?}"
+    );
 }
 
 /// Every snapshot in `states` restores byte-identical (by ID, whether or not it is listed).

@@ -9,6 +9,7 @@ mod util;
 mod captures;
 mod changing;
 mod cli_output;
+mod copy;
 mod crash;
 mod crash_matrix;
 mod data_safety;

@@ -33,7 +33,7 @@ fn run(repo: &str, cache: &Path, args: &[&OsStr], code: i32) -> (String, String)
     (stdout, stderr)
 }
 
-fn json(repo: &str, cache: &Path, args: &[&OsStr]) -> serde_json::Value {
+pub(crate) fn json(repo: &str, cache: &Path, args: &[&OsStr]) -> serde_json::Value {
     let mut all: Vec<&OsStr> = vec![OsStr::new("--json")];
     all.extend_from_slice(args);
     let (stdout, _) = run(repo, cache, &all, 0);
