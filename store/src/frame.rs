@@ -32,6 +32,11 @@ pub trait FrameCodec: Send + Sync {
     /// Opens a frame's stored bytes, as described by the trailer entry of any blob in it.
     fn open(&self, entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>>;
 
+    /// Names the frames this codec seals: two codecs of the same name open each other's
+    /// frames (the same compression; no key, or the same key), so `cairn copy` may move a
+    /// frame between their repositories as stored instead of sealing it again.
+    fn frame_format(&self) -> String;
+
     /// Takes a blob out of its opened frame and checks it against its ID.
     fn blob_from_frame(&self, entry: &PackEntry, frame: &[u8]) -> Result<Vec<u8>> {
         let start = entry.frame_offset as usize;
@@ -87,6 +92,11 @@ fn len32(n: usize) -> u32 {
 impl FrameCodec for ZstdFrames {
     fn id_of(&self, plaintext: &[u8]) -> BlobId {
         BlobId::of(plaintext)
+    }
+
+    fn frame_format(&self) -> String {
+        // The level is the sealer's choice: any level's frame opens the same way.
+        "zstd".to_owned()
     }
 
     fn seal(&self, blobs: &[(BlobKind, BlobId, &[u8])]) -> SealedFrame {
@@ -175,6 +185,9 @@ mod tests {
             let plain: Vec<u8> = stored.iter().zip(self.key.iter().cycle()).map(|(b, k)| b ^ k).collect();
             ZstdFrames::default().open(entry, &plain)
         }
+        fn frame_format(&self) -> String {
+            format!("zstd+xor:{}", hex::encode(blake3::hash(&self.key).as_bytes()))
+        }
     }
 
     fn entries(frame: &SealedFrame) -> Vec<PackEntry> {
@@ -216,6 +229,10 @@ mod tests {
                 assert!(entries.iter().any(|e| codec.open_blob(e, &damaged).is_err()), "byte {at}");
             }
         }
+        // Frames move between repositories as stored only where both codecs seal alike.
+        assert_eq!(plain.frame_format(), ZstdFrames::new(19).frame_format(), "the level is the sealer's choice");
+        assert_ne!(keyed.frame_format(), plain.frame_format());
+        assert_ne!(keyed.frame_format(), other.frame_format());
         // IDs of one key mean nothing under another: a blob is checked by its codec's ID.
         let frame = keyed.seal(&[(BlobKind::Chunk, keyed.id_of(&a), &a[..])]);
         let e = entries(&frame)[0];

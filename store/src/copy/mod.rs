@@ -279,7 +279,14 @@ impl Repo {
         let trees = SentTrees::default();
         let pool = workers::pool(opts.threads)?;
         let mut b = Batching {
-            sender: Sender { source, dest: self, pool: &pool, progress, trees: &trees },
+            sender: Sender {
+                source,
+                dest: self,
+                pool: &pool,
+                progress,
+                trees: &trees,
+                as_stored: source.frames.frame_format() == self.frames.frame_format(),
+            },
             counters: &counters,
             done: walked_trees(self, 0)?,
             scratch: 0,

@@ -17,7 +17,7 @@ use crate::backend::FileKind;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, TreeId};
 use crate::index::{BlobLocation, MarkSet};
-use crate::pack::{BlobKind, PackEntry};
+use crate::pack::{BlobKind, Member, PackEntry, SealedFrame};
 use crate::progress::Progress;
 use crate::repo::{missing, Repo, Snapshot};
 use crate::tally::Counter;
@@ -85,6 +85,8 @@ pub(super) struct Sender<'a> {
     pub(super) pool: &'a rayon::ThreadPool,
     pub(super) progress: &'a dyn Progress,
     pub(super) trees: &'a SentTrees,
+    /// The two codecs seal alike (`FrameCodec::frame_format`): a frame may be sent as stored.
+    pub(super) as_stored: bool,
 }
 
 impl Sender<'_> {
@@ -203,14 +205,36 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// Opens one source frame, takes out the wanted blobs (each checked against its ID: damage
-    /// is never copied) and sends them sealed with the destination's codec, together (per
-    /// kind), so that they keep the context zstd had in the source. Nothing of the frame is
-    /// sent unless all of it reads back.
+    /// Opens one source frame and checks every wanted blob in it against its ID (damage is
+    /// never copied). A frame the destination lacks whole, between repositories whose codecs
+    /// seal alike, is sent as stored: checked, not compressed again. Otherwise the wanted
+    /// blobs are sealed with the destination's codec, together (per kind), so that they keep
+    /// the context zstd had in the source. Nothing of the frame is sent unless all of it
+    /// reads back.
     fn send_frame(&self, up: &Upload<'_>, planned: &PlannedFrame, stored: &[u8]) -> Result<()> {
         let mut entries = planned.entries.clone();
         entries.sort_by_key(|e| e.frame_offset);
         let opened = self.source.frames.open(&entries[0], stored)?;
+        if self.as_stored && whole_frame(&entries) {
+            for e in &entries {
+                let start = e.frame_offset as usize;
+                let blob = opened.get(start..start + e.raw_len as usize);
+                if blob.is_none_or(|b| self.source.frames.id_of(b) != e.id) {
+                    return Err(Error::HashMismatch { what: "blob", id: e.id.to_hex() });
+                }
+            }
+            let members = entries
+                .iter()
+                .map(|e| Member { kind: e.kind, id: e.id, offset: e.frame_offset, len: e.raw_len })
+                .collect();
+            let first = &entries[0];
+            return up.send(SealedFrame {
+                members,
+                raw_len: first.frame_len,
+                compression: first.compression,
+                data: stored.to_vec(),
+            });
+        }
         let mut blobs: Vec<(BlobKind, BlobId, Vec<u8>)> = Vec::with_capacity(entries.len());
         for e in &entries {
             blobs.push((e.kind, e.id, self.source.frames.blob_from_frame(e, &opened)?));
@@ -224,5 +248,52 @@ impl Sender<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// True when `entries` (sorted by their place in the frame) are the whole frame: one kind,
+/// back to back from its start to its end, so no other blob shares it.
+fn whole_frame(entries: &[PackEntry]) -> bool {
+    let Some(first) = entries.first() else { return false };
+    let mut at: u64 = 0;
+    for e in entries {
+        if e.kind != first.kind || u64::from(e.frame_offset) != at || e.frame_len != first.frame_len {
+            return false;
+        }
+        at += u64::from(e.raw_len);
+    }
+    at == u64::from(first.frame_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::Compression;
+
+    fn entry(kind: BlobKind, frame_offset: u32, raw_len: u32, frame_len: u32) -> PackEntry {
+        let id = BlobId::of(&frame_offset.to_le_bytes());
+        PackEntry {
+            kind,
+            id,
+            offset: 28,
+            stored_len: 10,
+            frame_len,
+            frame_offset,
+            raw_len,
+            compression: Compression::Zstd,
+        }
+    }
+
+    #[test]
+    fn a_frame_is_sent_as_stored_only_when_every_blob_of_it_is_wanted() {
+        let c = BlobKind::Chunk;
+        assert!(whole_frame(&[entry(c, 0, 10, 30), entry(c, 10, 20, 30)]));
+        assert!(whole_frame(&[entry(c, 0, 30, 30)]));
+        assert!(!whole_frame(&[]));
+        assert!(!whole_frame(&[entry(c, 0, 10, 30)]), "the rest of the frame is not wanted");
+        assert!(!whole_frame(&[entry(c, 10, 20, 30)]), "its start is not wanted");
+        assert!(!whole_frame(&[entry(c, 0, 10, 30), entry(c, 15, 15, 30)]), "a gap");
+        assert!(!whole_frame(&[entry(c, 0, 10, 30), entry(BlobKind::Tree, 10, 20, 30)]), "two kinds");
+        assert!(!whole_frame(&[entry(c, 0, 10, 30), entry(c, 10, 20, 31)]), "two frame lengths");
     }
 }
