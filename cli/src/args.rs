@@ -231,8 +231,7 @@ pub struct CopyArgs {
     /// The repository to copy from: a path, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
     #[arg(long, value_name = "REPO")]
     pub from: PathBuf,
-    /// The repository to copy into [default: the repository, as --repo, the profile or
-    /// $CAIRN_REPO name it]
+    /// The repository to copy into [default: the one every other command would use]
     #[arg(long, value_name = "REPO")]
     pub to: Option<PathBuf>,
     #[command(flatten)]

@@ -109,6 +109,10 @@ fn issue13_every_command_survives_a_closed_stdout_with_its_own_exit_code() {
     check_survives(&mut failures, &repo, args!["restore", b, "--target", dir.path().join("r2"), "--dry-run"], 0);
     check_survives(&mut failures, &repo, args!["repair", "config"], 0);
     check_survives(&mut failures, &repo, args!["repair", "index"], 0);
+    let offsite = dir.path().join("offsite");
+    init_repo(&offsite, None);
+    check_survives(&mut failures, &offsite, args!["copy", "--from", &repo], 0);
+    assert_eq!(snapshot_ids(&offsite), snapshot_ids(&repo), "the copy was made");
 
     // forget removes one snapshot each run (text, then JSON); both count.
     let before = snapshot_ids(&repo);
@@ -335,7 +339,8 @@ fn issue13_a_read_data_scrub_without_a_budget_does_not_speak_of_one() {
 #[test]
 fn issue15_global_flags_have_their_own_heading_in_every_help() {
     let dir = tempfile::tempdir().unwrap();
-    for command in ["init", "snapshot", "list", "restore", "scrub", "forget", "gc", "show", "ls", "diff", "log", "cat"]
+    for command in
+        ["init", "snapshot", "list", "restore", "scrub", "forget", "gc", "show", "ls", "diff", "log", "cat", "copy"]
     {
         let out = cairn(dir.path()).args([command, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout).into_owned();
