@@ -34,7 +34,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAIRN_PROFILE", value_name = "NAME|PATH", help_heading = GLOBAL)]
     pub profile: Option<String>,
     /// Write Prometheus metrics (node_exporter's textfile format) to this file after snapshot,
-    /// forget, gc, scrub or status: the repository's state, rewritten whole each time
+    /// copy, forget, gc, scrub or status: the repository's state, rewritten whole each time
     /// [default: the profile's monitoring.metrics_file]
     #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     pub metrics_file: Option<PathBuf>,
@@ -229,9 +229,11 @@ pub struct CopyArgs {
     #[arg(value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
     /// The repository to copy from: a path, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
+    /// [default with a profile that names `offsite`: the profile's repository]
     #[arg(long, value_name = "REPO")]
-    pub from: PathBuf,
-    /// The repository to copy into [default: the one every other command would use]
+    pub from: Option<PathBuf>,
+    /// The repository to copy into [default: the profile's `offsite` when --from is not
+    /// given, else the one every other command would use]
     #[arg(long, value_name = "REPO")]
     pub to: Option<PathBuf>,
     #[command(flatten)]

@@ -28,6 +28,9 @@ pub struct Profile {
     pub version: u32,
     /// The repository (else `--repo`, `$CAIRN_REPO`, the default).
     pub repo: Option<String>,
+    /// The off-site repository (a bucket, `s3:...`, or a path) that `cairn copy --profile`
+    /// copies the profile's snapshots to.
+    pub offsite: Option<String>,
     /// Tags added to every snapshot of the profile; they also scope `forget`, `list` and
     /// `restore` to the profile's snapshots.
     #[serde(default)]
@@ -217,7 +220,10 @@ pub struct Monitoring {
     /// The last scrub older than this (or none) is an alert.
     #[serde(default, deserialize_with = "duration", serialize_with = "ser_duration")]
     pub max_scrub_age: Option<Duration>,
-    /// The node_exporter textfile every snapshot, forget, gc, scrub and status of the profile
+    /// The last successful `copy` (the off-site copy) older than this (or none) is an alert.
+    #[serde(default, deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub max_copy_age: Option<Duration>,
+    /// The node_exporter textfile every snapshot, copy, forget, gc, scrub and status of the profile
     /// rewrites (as `--metrics-file`).
     pub metrics_file: Option<PathBuf>,
 }

@@ -26,7 +26,7 @@ fn dist_units() -> Vec<(String, String)> {
         .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read_to_string(&p).unwrap()))
         .collect();
     v.sort();
-    assert_eq!(v.len(), 5, "the five units: {:?}", v.iter().map(|u| &u.0).collect::<Vec<_>>());
+    assert_eq!(v.len(), 7, "the seven units: {:?}", v.iter().map(|u| &u.0).collect::<Vec<_>>());
     v
 }
 
@@ -134,7 +134,9 @@ fn the_services_share_one_sandbox_that_writes_only_the_state_cache_and_metrics_d
 fn the_timers_are_hourly_and_daily_persistent_and_spread() {
     let units = dist_units();
     let unit = |n: &str| &units.iter().find(|(name, _)| name == n).unwrap().1;
-    for (timer, when) in [("cairn-snapshot@.timer", "hourly"), ("cairn-maintain@.timer", "daily")] {
+    for (timer, when) in
+        [("cairn-snapshot@.timer", "hourly"), ("cairn-maintain@.timer", "daily"), ("cairn-offsite@.timer", "daily")]
+    {
         let t = unit(timer);
         for line in [format!("OnCalendar={when}"), "Persistent=true".into(), "WantedBy=timers.target".into()] {
             assert!(t.lines().any(|l| l == line), "{timer} lacks {line}");
@@ -145,6 +147,10 @@ fn the_timers_are_hourly_and_daily_persistent_and_spread() {
     let starts: Vec<&str> = maintain.lines().filter_map(|l| l.strip_prefix("ExecStart=")).collect();
     assert!(starts[0].contains("forget --profile %i --gc"), "{starts:?}");
     assert!(starts[1].contains("scrub --profile %i --read-data --max-duration 10m"), "{starts:?}");
+    let offsite = unit("cairn-offsite@.service");
+    let starts: Vec<&str> = offsite.lines().filter_map(|l| l.strip_prefix("ExecStart=")).collect();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert!(starts[0].ends_with(" copy --profile %i"), "{starts:?}");
     let boot = unit("cairn-boot@.service");
     for line in ["DefaultDependencies=no", "Before=multi-user.target shutdown.target", "WantedBy=multi-user.target"] {
         assert!(boot.lines().any(|l| l == line), "cairn-boot@.service lacks {line}");
@@ -212,7 +218,7 @@ fn systemd_install_writes_the_units_an_env_file_and_drop_ins_then_enables_the_ti
     }
     let env = host.path("etc/gw.env");
     assert_eq!(fs::metadata(&env).unwrap().permissions().mode() & 0o777, 0o600);
-    for s in ["cairn-snapshot", "cairn-maintain", "cairn-boot"] {
+    for s in ["cairn-snapshot", "cairn-maintain", "cairn-boot", "cairn-offsite"] {
         let dropin = fs::read_to_string(host.path(&format!("units/{s}@gw.service.d/cairn-profile.conf"))).unwrap();
         assert!(dropin.contains(&format!("Environment=CAIRN_CONFIG_DIR={}", host.path("conf").display())), "{dropin}");
         assert!(dropin.contains("ReadWritePaths=-/srv/backups\n"), "{dropin}");
@@ -228,6 +234,20 @@ fn systemd_install_writes_the_units_an_env_file_and_drop_ins_then_enables_the_ti
     fs::write(&env, "CAIRN_REPO=/elsewhere\n").unwrap();
     host.install("gw", &[]).assert().success();
     assert_eq!(fs::read_to_string(&env).unwrap(), "CAIRN_REPO=/elsewhere\n");
+}
+
+#[test]
+fn systemd_install_enables_the_offsite_timer_for_a_profile_that_names_an_offsite_repository() {
+    let host = Host::new("/var/lib/cairn/repo");
+    let conf = host.path("conf/gw.toml");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(&conf, format!("offsite = \"s3:https://s3.example.net/backups/gw\"\n{text}")).unwrap();
+    host.install("gw", &[]).assert().success();
+    assert_eq!(
+        host.systemctl_log(),
+        "daemon-reload\nenable --now cairn-snapshot@gw.timer cairn-maintain@gw.timer cairn-offsite@gw.timer\nenable cairn-boot@gw.service\n"
+    );
+    verify_all(&host.path("units"));
 }
 
 #[test]

@@ -190,6 +190,46 @@ fn max_scrub_age_alerts_until_a_scrub_has_run() {
     k.json(args!["--profile", "svc", "status"], 0);
 }
 
+/// The off-site copy of a profile: `copy --profile` sends the profile's snapshots (and only
+/// them) to its `offsite` repository, the run is recorded where status looks, and
+/// `max_copy_age` alerts until a copy has succeeded, and again when the last one fails.
+#[test]
+fn copy_to_the_profiles_offsite_repository_is_recorded_and_max_copy_age_alerts_until_it_ran() {
+    let k = kit();
+    let offsite = k.dir.path().join("offsite");
+    let body = format!(
+        "repo = {:?}\noffsite = {offsite:?}\ntags = [\"svc\"]\nsources = [{:?}]\n[monitoring]\nmax_copy_age = \"1d\"\n",
+        k.repo, k.src
+    );
+    fs::write(k.conf.join("svc.toml"), body).unwrap();
+    k.run(args!["--profile", "svc", "snapshot"], 0);
+    k.run(args!["snapshot", &k.src, "--tag", "other"], 0); // not the profile's: stays home
+    let s = k.json(args!["--profile", "svc", "status"], 9);
+    assert_eq!(alert_kinds(&s), ["copy_too_old"], "{s:#}");
+
+    // Without --from or --to and without a profile there is nothing to go by.
+    let out = k.cairn().args(["copy"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("offsite"), "{out:?}");
+
+    init_repo(&offsite, None);
+    let r = k.json(args!["--profile", "svc", "copy"], 0);
+    assert_eq!(r["copied"], 1, "{r:#}");
+    let there =
+        serde_json::from_slice::<serde_json::Value>(&cairn(&offsite).args(["--json", "list"]).output().unwrap().stdout)
+            .unwrap();
+    let tags: Vec<&serde_json::Value> = there.as_array().unwrap().iter().map(|s| &s["tags"]).collect();
+    assert_eq!(tags, [&serde_json::json!(["svc"])], "only the profile's snapshot: {there:#}");
+    let s = k.json(args!["--profile", "svc", "status"], 0);
+    assert_eq!(runs_of(&s, "copy")["last_success"]["exit_code"], 0, "{s:#}");
+
+    // The off-site repository gone: the copy fails, status names the failed run.
+    fs::rename(&offsite, k.dir.path().join("offsite-moved")).unwrap();
+    k.run(args!["--profile", "svc", "copy"], 1);
+    let s = k.json(args!["--profile", "svc", "status"], 9);
+    assert_eq!(alert_kinds(&s), ["run_failed"], "{s:#}");
+}
+
 #[test]
 fn status_of_a_place_without_a_repository_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,21 +10,36 @@ use crate::output::{self, local_time, outln, size, Quiet};
 use crate::progress::Bar;
 
 pub fn run(cli: &Cli, args: &CopyArgs) -> Result<u8> {
-    let filter = lower::filter(&args.select, super::profile(cli)?)?;
-    let from = super::location_arg(&args.from)?;
-    let source = Repo::open(&from, &lower::open_options())
-        .with_context(|| format!("cannot open the source repository {from}"))?;
-    super::print_notices(&source);
-    let dest = match &args.to {
-        Some(to) => {
-            let to = super::location_arg(to)?;
-            let repo = Repo::open(&to, &lower::open_options())
-                .with_context(|| format!("cannot open the destination repository {to}"))?;
-            super::print_notices(&repo);
-            repo
-        }
-        None => super::open(cli)?,
+    let profile = super::profile(cli)?;
+    let filter = lower::filter(&args.select, profile)?;
+    let open_other = |path: &std::path::Path, role: &str| -> Result<Repo> {
+        let at = super::location_arg(path)?;
+        let repo = Repo::open(&at, &lower::open_options())
+            .with_context(|| format!("cannot open the {role} repository {at}"))?;
+        super::print_notices(&repo);
+        Ok(repo)
     };
+    // With --from, the copy comes into the repository every command uses (or --to); without
+    // it, a profile's snapshots go from its repository to its `offsite` (or --to). Either
+    // way the run is recorded in the repository every command uses, where `status` looks.
+    let (source, dest) = match (&args.from, &args.to) {
+        (Some(from), to) => {
+            let source = open_other(from, "source")?;
+            let dest = match to {
+                Some(to) => open_other(to, "destination")?,
+                None => super::open(cli)?,
+            };
+            (source, dest)
+        }
+        (None, to) => {
+            let offsite = profile.and_then(|p| p.offsite.as_deref()).map(std::path::PathBuf::from);
+            let Some(to) = to.clone().or(offsite) else {
+                anyhow::bail!("say which repository to copy from (--from REPO), or give a profile that names an `offsite` repository");
+            };
+            (super::open(cli)?, open_other(&to, "destination")?)
+        }
+    };
+    let from = source.location().clone();
     let snaps: Vec<Snapshot> = if args.snapshots.is_empty() {
         source.snapshots()?.into_iter().filter(|s| filter.matches(s)).collect()
     } else {

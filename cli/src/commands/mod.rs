@@ -26,7 +26,7 @@ use crate::lower;
 use crate::output::errln;
 use crate::profile::Profile;
 
-/// The run of a command that records its outcome (snapshot, forget, gc, scrub): what the
+/// The run of a command that records its outcome (snapshot, copy, forget, gc, scrub): what the
 /// command learned for the record, and the run log of the repository it opened.
 struct Recording {
     outcome: RunOutcome,
@@ -62,11 +62,12 @@ fn recorded_as(command: &Command) -> Option<&'static str> {
         Command::Forget(a) if !a.dry_run => Some("forget"),
         Command::Gc(a) if !a.dry_run => Some("gc"),
         Command::Scrub(_) => Some("scrub"),
+        Command::Copy(_) => Some("copy"),
         _ => None,
     }
 }
 
-/// Runs the parsed command; returns the exit code. Snapshot, forget, gc and scrub record how
+/// Runs the parsed command; returns the exit code. Snapshot, copy, forget, gc and scrub record how
 /// they ended in the repository's run log, failures too (a failed snapshot is what `status`
 /// must be able to tell), and then rewrite the metrics file when one is asked for.
 pub fn run(cli: &Cli) -> Result<u8> {

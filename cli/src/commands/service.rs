@@ -18,16 +18,18 @@ use crate::output::{errln, outln};
 use crate::profile::Profile;
 
 /// The unit files, by name, as `dist/systemd/` has them.
-pub const UNITS: [(&str, &str); 5] = [
+pub const UNITS: [(&str, &str); 7] = [
     ("cairn-snapshot@.service", include_str!("../../../dist/systemd/cairn-snapshot@.service")),
     ("cairn-snapshot@.timer", include_str!("../../../dist/systemd/cairn-snapshot@.timer")),
     ("cairn-maintain@.service", include_str!("../../../dist/systemd/cairn-maintain@.service")),
     ("cairn-maintain@.timer", include_str!("../../../dist/systemd/cairn-maintain@.timer")),
     ("cairn-boot@.service", include_str!("../../../dist/systemd/cairn-boot@.service")),
+    ("cairn-offsite@.service", include_str!("../../../dist/systemd/cairn-offsite@.service")),
+    ("cairn-offsite@.timer", include_str!("../../../dist/systemd/cairn-offsite@.timer")),
 ];
 
 /// The services, which each get the profile's drop-in.
-const SERVICES: [&str; 3] = ["cairn-snapshot", "cairn-maintain", "cairn-boot"];
+const SERVICES: [&str; 4] = ["cairn-snapshot", "cairn-maintain", "cairn-boot", "cairn-offsite"];
 
 /// The binary path and env-file directory the files in `dist/systemd/` name.
 const DIST_BIN: &str = "/usr/local/bin/cairn";
@@ -59,7 +61,7 @@ pub fn install(cli: &Cli, args: &SystemdInstallArgs) -> Result<u8> {
         bail!("--bin {} must be an absolute path (systemd runs it from /)", bin.display());
     }
     let files = files(&profile, args, &bin)?;
-    let commands = commands(name);
+    let commands = commands(&profile);
     if args.dry_run {
         for f in &files {
             let how = if f.secret { " (unless it exists; mode 0600)" } else { "" };
@@ -158,17 +160,17 @@ fn env_file(profile: &Profile) -> String {
 }
 
 /// What makes systemd see the units and start the timers.
-fn commands(name: &str) -> Vec<Vec<String>> {
+/// The off-site copy's timer only for a profile that names an `offsite` repository.
+fn commands(profile: &Profile) -> Vec<Vec<String>> {
+    let name = &profile.name;
     let v = |s: &[&str]| s.iter().map(|&x| x.to_owned()).collect::<Vec<_>>();
+    let mut timers = vec![format!("cairn-snapshot@{name}.timer"), format!("cairn-maintain@{name}.timer")];
+    if profile.offsite.is_some() {
+        timers.push(format!("cairn-offsite@{name}.timer"));
+    }
     vec![
         v(&["systemctl", "daemon-reload"]),
-        v(&[
-            "systemctl",
-            "enable",
-            "--now",
-            &format!("cairn-snapshot@{name}.timer"),
-            &format!("cairn-maintain@{name}.timer"),
-        ]),
+        ["systemctl", "enable", "--now"].iter().map(|&x| x.to_owned()).chain(timers).collect(),
         // Enabled, not started: it is the checkpoint of the next boot.
         v(&["systemctl", "enable", &format!("cairn-boot@{name}.service")]),
     ]

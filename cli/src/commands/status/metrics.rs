@@ -1,6 +1,6 @@
 //! Prometheus metrics in node_exporter's textfile format (issue 19), rendered from what
 //! `status` found, so the file and `cairn status` never disagree. Every command that writes it
-//! (snapshot, forget, gc, scrub, status) rewrites the whole file from the repository's state
+//! (snapshot, copy, forget, gc, scrub, status) rewrites the whole file from the repository's state
 //! and run log; nothing is accumulated in the file itself.
 //!
 //! All metrics are gauges (none counts up over the life of a process), named with their unit

@@ -26,7 +26,7 @@ use crate::units::format_age;
 const DEFAULT_SCRUB_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
 /// The commands whose runs are recorded, in the order status shows them.
-pub const RECORDED: [&str; 4] = ["snapshot", "forget", "gc", "scrub"];
+pub const RECORDED: [&str; 5] = ["snapshot", "copy", "forget", "gc", "scrub"];
 
 /// What `status` found (its `--json`, docs/JSON.md).
 #[derive(Serialize)]
@@ -125,6 +125,7 @@ pub struct Thresholds {
     pub min_size: Option<u64>,
     pub max_growth: Option<String>,
     pub max_scrub_age_secs: Option<u64>,
+    pub max_copy_age_secs: Option<u64>,
 }
 
 /// A profile's snapshots, or one host-and-tags group of them.
@@ -314,6 +315,7 @@ fn group(name: String, profile: Option<&Profile>, f: &SnapshotFilter, snaps: &[&
             min_size: m.and_then(|m| m.min_size),
             max_growth: m.and_then(|m| m.max_growth).map(|g| g.to_string()),
             max_scrub_age_secs: m.and_then(|m| m.max_scrub_age).map(|d| d.as_secs()),
+            max_copy_age_secs: m.and_then(|m| m.max_copy_age).map(|d| d.as_secs()),
         },
         alerts: Vec::new(),
     }
@@ -402,6 +404,27 @@ fn judge(status: &mut Status, m: &Monitoring, profile: Option<String>, now_ns: i
                 kind: "scrub_too_old",
                 message: format!("no scrub has run (max_scrub_age {})", format_age(max)),
             }),
+        }
+    }
+    if let Some(max) = m.max_copy_age {
+        let last = status
+            .runs
+            .iter()
+            .filter(|r| r.command == "copy")
+            .filter_map(|r| r.last_success.as_ref())
+            .map(|v| v.outcome.start_ns)
+            .max();
+        let message = match last.map(|ns| age_secs(ns, now_ns)) {
+            Some(a) if a <= max.as_secs() => None,
+            Some(a) => Some(format!(
+                "the last successful copy was {} ago (max_copy_age {})",
+                format_age(Duration::from_secs(a)),
+                format_age(max)
+            )),
+            None => Some(format!("no copy has succeeded (max_copy_age {})", format_age(max))),
+        };
+        if let Some(message) = message {
+            repo_alerts.push(Alert { group: profile.clone(), kind: "copy_too_old", message });
         }
     }
     let mut alerts = repo_alerts;
