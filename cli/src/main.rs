@@ -74,7 +74,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &args::Cli) -> ExitCode {
-    match commands::run(cli) {
+    let result = commands::run(cli);
+    commands::log_requests();
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             // Reports never get here with EPIPE (output::Stdout ends the output, not the command,

@@ -115,10 +115,26 @@ where
     text(value).map_err(Into::into)
 }
 
-/// Writes `value` as JSON (one document, newline-terminated) on stdout.
+/// Writes `value` as JSON (one document, newline-terminated) on stdout. A command that sent
+/// requests to a bucket says how many in its report, as `s3_requests`, when the report is an
+/// object; a report that is an array (`list`, `ls`, `find`, `log`, `manifest`, `tag`) stays
+/// the array scripts index, and `-v` gives the counts of those on stderr.
 fn json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    /// The report's fields, then `s3_requests`.
+    #[derive(Serialize)]
+    struct WithRequests<'a, T: ?Sized> {
+        #[serde(flatten)]
+        report: &'a T,
+        s3_requests: cairn_store::RequestCounts,
+    }
     let mut out = io::BufWriter::new(stdout());
-    serde_json::to_writer_pretty(&mut out, value)?;
+    // Only a map can take one more field: anything else is written as it is.
+    let counted = crate::commands::s3_requests()
+        .and_then(|s3_requests| serde_json::to_vec_pretty(&WithRequests { report: value, s3_requests }).ok());
+    match counted {
+        Some(bytes) => out.write_all(&bytes)?,
+        None => serde_json::to_writer_pretty(&mut out, value)?,
+    }
     writeln!(out)?;
     out.flush()?;
     Ok(())

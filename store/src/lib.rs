@@ -73,7 +73,7 @@ mod workers;
 
 pub use backend::{
     Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo,
-    RetryBackend, Storage, TEMPORARY_GRACE,
+    RequestCounter, RequestCounts, RequestKind, RetryBackend, Storage, RETRY_BUDGET, TEMPORARY_GRACE,
 };
 pub use capture::{Capture, CaptureSource, OnFailure, CAPTURES_DIR};
 pub use catalog::{GroupBy, Retag, Retagged};

@@ -260,10 +260,8 @@ impl Repo {
     /// Opens the repository at `location`.
     pub fn open(location: &Location, opts: &OpenOptions) -> Result<Self> {
         // Nothing (not even a lock file) is made where no repository is.
-        if !location.holds_repository()? {
-            return Err(Error::NotARepository(location.to_string().into()));
-        }
-        Self::open_storage(location.storage()?, opts)
+        let storage = location.existing_storage()?.ok_or_else(|| Error::NotARepository(location.to_string().into()))?;
+        Self::open_storage(storage, opts)
     }
 
     /// Opens a repository in storage the caller assembled (a test's backend). An index that
@@ -350,6 +348,14 @@ impl Repo {
         notices.extend(repo.reconcile_snapshots()?);
         repo.notices = notices;
         Ok(repo)
+    }
+
+    /// The counts of the requests sent to the repository's store so far, for a store billed by
+    /// the request (a bucket); `None` for a local repository. The handle stays valid after the
+    /// repository is dropped, so a caller can read what closing it cost too.
+    #[must_use]
+    pub fn request_counter(&self) -> Option<Arc<crate::backend::RequestCounter>> {
+        self.backend.requests()
     }
 
     /// True when the repository was opened read-only (see `OpenOptions::read_only`).

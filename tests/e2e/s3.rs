@@ -241,3 +241,37 @@ fn a_profile_carries_the_bucket_credentials() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("can be read by other users"), "{stderr}");
 }
+
+#[test]
+fn a_snapshot_reports_its_requests_and_a_snapshot_of_nothing_new_puts_far_fewer() {
+    let Some(repo) = s3_repo("requests") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
+    generate(&src, 31, 1);
+    run(&repo, &cache, args!["init", "--pack-size", "256K"], 0);
+    let first = json(&repo, &cache, args!["snapshot", &src])["s3_requests"].clone();
+    let second = json(&repo, &cache, args!["snapshot", &src])["s3_requests"].clone();
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    // The tree is a few MiB in 256 KiB packs: more than ten pack PUTs, and their bytes.
+    assert!(n(&first, "put") > 10, "{first}");
+    assert!(n(&first, "bytes_up") > 1 << 20, "{first}");
+    let kinds = ["get", "ranged_get", "put", "head", "list", "delete"].iter().map(|k| n(&first, k)).sum::<u64>();
+    assert_eq!(n(&first, "requests"), kinds, "{first}");
+    // Nothing new: the record and a lease, no pack.
+    assert!(n(&second, "put") > 0 && n(&second, "put") * 4 < n(&first, "put"), "{first} then {second}");
+    assert!(n(&second, "bytes_up") * 20 < n(&first, "bytes_up"), "{first} then {second}");
+
+    // -v says it in one line on stderr, for a command whose JSON is an array too.
+    let (_, stderr) = run(&repo, &cache, args!["-v", "list"], 0);
+    let line = stderr.lines().find(|l| l.contains("s3: ")).unwrap_or_else(|| panic!("no s3 line: {stderr}"));
+    assert!(line.contains(" requests (") && line.contains("LIST ") && line.contains(" down"), "{line}");
+    let listed = json(&repo, &cache, args!["list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "list stays an array: {listed}");
+
+    // A local repository has no requests to count.
+    let local = dir.path().join("local");
+    let report = cairn_json(&local, args!["snapshot", &src], 0);
+    assert!(report.get("s3_requests").is_none(), "{report}");
+    let (_, stderr) = run(local.to_str().unwrap(), &cache, args!["-v", "list"], 0);
+    assert!(!stderr.contains("s3: "), "{stderr}");
+}

@@ -21,6 +21,7 @@ pub fn run(cli: &Cli, args: &InitArgs) -> Result<u8> {
     let (location, _) = super::repo_location(cli)?;
     let opts = lower::init_options(args)?;
     let repo = Repo::init(&location, &opts).with_context(|| format!("cannot create repository {location}"))?;
+    super::note_requests(&repo);
     let report = Initialised {
         repository: location.to_string(),
         repo_id: repo.config().repo_id.clone(),

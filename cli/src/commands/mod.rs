@@ -15,10 +15,10 @@ mod snapshot;
 pub mod status;
 mod tag;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use cairn_store::{Location, OpenOptions, Repo, RunLog, RunOutcome, Warning};
+use cairn_store::{Location, OpenOptions, Repo, RequestCounter, RequestCounts, RunLog, RunOutcome, Warning};
 
 use crate::args::{Cli, Command};
 use crate::logging;
@@ -52,6 +52,54 @@ fn note_repo(repo: &Repo) {
     if let Some(r) = RECORDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
         r.log.get_or_insert_with(|| repo.run_log());
     }
+}
+
+/// The request counters of the repositories in buckets that the running command opened.
+static REQUESTS: Mutex<Vec<Arc<RequestCounter>>> = Mutex::new(Vec::new());
+
+/// Counts the requests `repo` sends to its bucket into the command's (nothing for a local
+/// repository).
+pub fn note_requests(repo: &Repo) {
+    if let Some(counter) = repo.request_counter() {
+        let mut all = REQUESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !all.iter().any(|c| Arc::ptr_eq(c, &counter)) {
+            all.push(counter);
+        }
+    }
+}
+
+/// The requests the running command has sent to buckets so far; `None` when it opened no
+/// repository in one.
+pub fn s3_requests() -> Option<RequestCounts> {
+    let all = REQUESTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.iter().map(|c| c.counts()).reduce(|mut sum, c| {
+        sum += c;
+        sum
+    })
+}
+
+/// With `-v`: one line on stderr with what the command cost in requests, for a command that
+/// worked on a bucket (`s3: 412 requests (GET 3, ranged GET 300, PUT 80, ...), 120 MiB up,
+/// 3 MiB down`). Called once the command is over, so it counts the requests of closing the
+/// repository too (a lease's removal).
+pub fn log_requests() {
+    let Some(c) = s3_requests() else { return };
+    let kinds = [
+        ("GET", c.get),
+        ("ranged GET", c.ranged_get),
+        ("PUT", c.put),
+        ("HEAD", c.head),
+        ("LIST", c.list),
+        ("DELETE", c.delete),
+    ];
+    let by_kind: Vec<String> = kinds.iter().filter(|k| k.1 > 0).map(|(k, n)| format!("{k} {n}")).collect();
+    log::info!(
+        "s3: {} requests ({}), {} up, {} down",
+        c.requests,
+        by_kind.join(", "),
+        crate::output::size(c.bytes_up),
+        crate::output::size(c.bytes_down)
+    );
 }
 
 /// The name a command's run is recorded under, for those that record one. Dry runs change
@@ -190,6 +238,7 @@ pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
     let mut opts = opts.clone();
     opts.progress = Some(cairn_store::SharedProgress(std::sync::Arc::new(crate::progress::Bar::for_cli(cli))));
     let repo = Repo::open(&location, &opts).with_context(|| format!("cannot open repository {location}"))?;
+    note_requests(&repo);
     print_notices(&repo);
     note_repo(&repo);
     Ok(repo)

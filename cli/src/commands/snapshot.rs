@@ -69,6 +69,7 @@ fn open_or_create(cli: &Cli, opts: &SnapshotOptions) -> Result<Repo> {
         let hint = if is_default { "use --repo or CAIRN_REPO for another" } else { "with init's defaults" };
         errln!("cairn: created {which} at {location} ({hint})");
     }
+    super::note_requests(&repo);
     super::note_repo(&repo);
     Ok(repo)
 }

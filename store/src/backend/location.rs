@@ -37,7 +37,8 @@ pub enum Location {
 
 /// How often an S3 call is tried before its transient error is reported (`CAIRN_S3_ATTEMPTS`
 /// changes it), and the first wait (doubling, at most 30 s): about two minutes of a server that
-/// stays down, then a clear error.
+/// stays down, then a clear error (within [`RETRY_BUDGET`](super::RETRY_BUDGET) per call, and
+/// about one budget per command: retry.rs).
 const S3_ATTEMPTS: u32 = 10;
 const S3_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -96,15 +97,17 @@ impl Location {
 
     /// Whether a repository is there (its config, or the config's copy, exists).
     pub fn holds_repository(&self) -> Result<bool> {
+        holds_repository(self.backend()?.as_ref())
+    }
+
+    /// What an existing repository here is reached through, or `None` when there is none.
+    /// One backend serves both questions, so that its request counts cover the whole command.
+    pub(crate) fn existing_storage(&self) -> Result<Option<Storage>> {
         let backend = self.backend()?;
-        for name in ["config", CONFIG_COPY] {
-            match backend.size(FileKind::Config, name) {
-                Ok(_) => return Ok(true),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
+        if !holds_repository(backend.as_ref())? {
+            return Ok(None);
         }
-        Ok(false)
+        self.storage_with(backend).map(Some)
     }
 
     /// The objects alone (for mending a config, which comes before knowing the state's place).
@@ -122,10 +125,14 @@ impl Location {
     /// What an existing repository here is reached through. For a repository in a bucket that
     /// reads its config first: the local state's place is named by the repository's ID.
     pub(crate) fn storage(&self) -> Result<Storage> {
+        self.storage_with(self.backend()?)
+    }
+
+    /// `storage` through `backend` (this location's, from [`Location::backend`]).
+    fn storage_with(&self, backend: Arc<dyn Backend>) -> Result<Storage> {
         match self {
             Self::Local(root) => Ok(Storage::local(root, Modes::of(root), self.clone())),
             Self::S3(_) => {
-                let backend = self.backend()?;
                 let read = |name: &str| backend.get(FileKind::Config, name).and_then(|b| RepoConfig::decode(&b));
                 let config = match read("config") {
                     Ok(c) => c,
@@ -145,10 +152,10 @@ impl Location {
         let path = match self {
             Self::Local(path) => path,
             Self::S3(_) => {
-                if self.holds_repository()? {
+                let backend = self.backend()?;
+                if holds_repository(backend.as_ref())? {
                     return Err(Error::InvalidInput(format!("{self} is already a cairn repository")));
                 }
-                let backend = self.backend()?;
                 for kind in [FileKind::Pack, FileKind::Snapshot] {
                     if !backend.list(kind)?.is_empty() {
                         return Err(Error::InvalidInput(format!(
@@ -191,6 +198,18 @@ impl Location {
         local.create_layout()?;
         Ok(Storage::local(path, modes, self.clone()))
     }
+}
+
+/// Whether `backend` holds a repository (its config, or the config's copy, exists).
+fn holds_repository(backend: &dyn Backend) -> Result<bool> {
+    for name in ["config", CONFIG_COPY] {
+        match backend.size(FileKind::Config, name) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 impl fmt::Display for Location {

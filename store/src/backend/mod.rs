@@ -25,11 +25,13 @@ mod faulty;
 mod local;
 mod location;
 mod memory;
+mod requests;
 mod retry;
 mod s3;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use faulty::{FaultPlan, FaultyBackend};
@@ -37,7 +39,8 @@ pub(crate) use local::{create_dir_with, sync_dir};
 pub use local::{LocalBackend, Modes};
 pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
-pub use retry::RetryBackend;
+pub use requests::{RequestCounter, RequestCounts, RequestKind};
+pub use retry::{RetryBackend, RETRY_BUDGET};
 pub use s3::{S3Backend, S3Location};
 
 use crate::error::{Error, Result};
@@ -168,6 +171,11 @@ pub trait Backend: Send + Sync {
     /// is not an error.
     fn remove_temporary(&self, _name: &str) -> Result<()> {
         Ok(())
+    }
+    /// The counts of the requests this backend sent, for a backend that talks to a store
+    /// billed by the request (S3); none for the local directory and the test backends.
+    fn requests(&self) -> Option<Arc<RequestCounter>> {
+        None
     }
 }
 

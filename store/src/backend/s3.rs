@@ -27,6 +27,8 @@
 //!   code.
 //! - Temporaries: none (puts leave nothing behind). Incomplete multipart uploads will be this
 //!   backend's temporaries once multipart exists.
+//! - Every request is counted by kind, with the bytes it moved ([`RequestCounter`]), for the
+//!   request counts a command reports.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -36,7 +38,7 @@ use std::time::Duration;
 use rusty_s3::actions::{ListObjectsV2, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
-use super::{folder, is_id_name, relative_path, Backend, FileKind, ObjectInfo};
+use super::{folder, is_id_name, relative_path, Backend, FileKind, ObjectInfo, RequestCounter, RequestKind};
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
 
 /// How long a signed request stays valid: long enough for a slow upload of one pack to start.
@@ -127,6 +129,7 @@ pub struct S3Backend {
     credentials: Credentials,
     agent: ureq::Agent,
     readahead: Mutex<ReadAhead>,
+    requests: Arc<RequestCounter>,
 }
 
 /// What sequential reads of packs are served from (see the module's notes).
@@ -185,13 +188,22 @@ impl S3Backend {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
+            // A reply (headers) is due within a minute of the request's end: a server that
+            // accepts and never answers costs a bounded attempt (docs/S3.md, "retries").
+            .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_per_read(Some(Duration::from_secs(60)))
             .timeout_per_write(Some(Duration::from_secs(60)))
             .max_idle_connections_per_host(32)
             .build()
             .into();
-        Ok(Self { location: location.clone(), bucket, credentials, agent, readahead: Mutex::default() })
+        Ok(Self {
+            location: location.clone(),
+            bucket,
+            credentials,
+            agent,
+            readahead: Mutex::default(),
+            requests: Arc::default(),
+        })
     }
 
     fn key(&self, kind: FileKind, name: &str) -> String {
@@ -221,10 +233,19 @@ impl S3Backend {
             };
             Error::from(BackendError::new(kind, self.where_is(key), format!("{what}: {e}")))
         };
-        let mut response = request.map_err(transport)?;
+        let kind = match what {
+            "HEAD" => RequestKind::Head,
+            "PUT" => RequestKind::Put,
+            "LIST" => RequestKind::List,
+            "DELETE" => RequestKind::Delete,
+            "ranged GET" => RequestKind::RangedGet,
+            _ => RequestKind::Get,
+        };
+        let mut response = request.inspect_err(|_| self.requests.count(kind, 0)).map_err(transport)?;
         let status = response.status().as_u16();
-        let body = response.body_mut().with_config().limit(BODY_LIMIT).read_to_vec().map_err(transport)?;
-        Ok(Reply { status, body })
+        let body = response.body_mut().with_config().limit(BODY_LIMIT).read_to_vec();
+        self.requests.count(kind, body.as_ref().map_or(0, |b| b.len() as u64));
+        Ok(Reply { status, body: body.map_err(transport)? })
     }
 
     /// The error for a reply that is not a success, typed by its status.
@@ -302,7 +323,7 @@ impl S3Backend {
         let key = self.key(kind, name);
         let url = self.bucket.get_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
         let range = format!("bytes={offset}-{}", offset + ask - 1);
-        let reply = self.send("GET", &key, self.agent.get(url.as_str()).header("range", &range).call())?;
+        let reply = self.send("ranged GET", &key, self.agent.get(url.as_str()).header("range", &range).call())?;
         let short = |got: usize| {
             Error::corrupt(
                 super::describe(kind, name),
@@ -317,7 +338,7 @@ impl S3Backend {
                 reply.body[start..].to_vec()
             }
             416 => return Err(short(0)),
-            _ => return Err(self.status_error("GET", &key, &reply).about(kind, name).into()),
+            _ => return Err(self.status_error("ranged GET", &key, &reply).about(kind, name).into()),
         };
         if body.len() < usize::try_from(need).unwrap_or(usize::MAX) {
             return Err(short(body.len()));
@@ -361,6 +382,7 @@ impl Backend for S3Backend {
         }
         let key = self.key(kind, name);
         let url = self.bucket.put_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
+        self.requests.sent(data.len() as u64);
         let reply = self.send("PUT", &key, self.agent.put(url.as_str()).send(data))?;
         if (200..300).contains(&reply.status) {
             Ok(())
@@ -482,6 +504,10 @@ impl Backend for S3Backend {
         }
         Err(BackendError::new(BackendErrorKind::Permanent, self.where_is(&prefix), "LIST: the listing never ended")
             .into())
+    }
+
+    fn requests(&self) -> Option<Arc<RequestCounter>> {
+        Some(self.requests.clone())
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {

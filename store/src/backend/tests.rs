@@ -316,6 +316,107 @@ fn the_retry_wrapper_gives_up_after_its_attempts_and_never_retries_a_missing_obj
 }
 
 #[test]
+fn s3_counts_each_request_by_kind_with_the_bytes_it_moved() -> Result<()> {
+    let Ok(url) = std::env::var("CAIRN_TEST_S3_URL") else {
+        eprintln!("s3_counts_each_request: skipped (set CAIRN_TEST_S3_URL; scripts/garage-cluster.sh up prints it)");
+        return Ok(());
+    };
+    let rest = url.strip_prefix("s3:").expect("CAIRN_TEST_S3_URL starts with s3:");
+    let location = super::S3Location::parse(&format!(
+        "{}/counts-{}-{}",
+        rest.trim_end_matches('/'),
+        std::process::id(),
+        now_ns()
+    ))?;
+    let b = RetryBackend::new(Arc::new(super::S3Backend::from_env(&location)?), 3, Duration::from_millis(100));
+    let counter = b.requests().expect("an S3 backend counts its requests");
+    let data = vec![7u8; 10_000];
+    b.put(FileKind::Pack, &id(1), &data)?; // HEAD (absent), PUT
+    b.put(FileKind::Pack, &id(1), &data)?; // HEAD (there): no PUT
+    assert_eq!(b.get_range(FileKind::Pack, &id(1), 100, 50)?.len(), 50);
+    assert_eq!(b.get(FileKind::Pack, &id(1))?.len(), data.len());
+    assert_eq!(b.list(FileKind::Pack)?.len(), 1);
+    b.remove(FileKind::Pack, &id(1))?;
+    let c = counter.counts();
+    assert_eq!((c.head, c.put, c.ranged_get, c.get, c.list, c.delete, c.requests), (2, 1, 1, 1, 1, 1, 7), "{c:?}");
+    assert_eq!(c.bytes_up, 10_000, "{c:?}");
+    assert!(c.bytes_down >= 10_050 && c.bytes_down < 20_000, "the bodies and a listing: {c:?}");
+    assert!(MemoryBackend::default().requests().is_none(), "other backends count nothing");
+    Ok(())
+}
+
+/// A store that is down (every call a transient error) until told otherwise; counts calls.
+struct Outage {
+    inner: MemoryBackend,
+    down: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl Outage {
+    fn call(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(
+                crate::error::BackendError::new(BackendErrorKind::Transient, "outage", "connection refused").into()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Outage {
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.call().and_then(|()| self.inner.put(kind, name, data))
+    }
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.call().and_then(|()| self.inner.get(kind, name))
+    }
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.call().and_then(|()| self.inner.get_range(kind, name, offset, len))
+    }
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+        self.call().and_then(|()| self.inner.size(kind, name))
+    }
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        self.call().and_then(|()| self.inner.list(kind))
+    }
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.call().and_then(|()| self.inner.remove(kind, name))
+    }
+}
+
+#[test]
+fn a_store_that_stays_down_costs_one_retry_budget_then_calls_fail_at_once() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(Outage {
+        inner: MemoryBackend::default(),
+        down: true.into(),
+        calls: std::sync::atomic::AtomicU64::new(0),
+    });
+    let calls = || store.calls.load(Ordering::SeqCst);
+    // The budget ends the retries before the attempts do: 10, 20, 40 ms waits fit in 100 ms, 80 does not.
+    let retry = RetryBackend::new(store.clone(), 50, Duration::from_millis(10)).with_budget(Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    let e = retry.get(FileKind::Pack, &id(1)).expect_err("down");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(e.is_transient(), "{e:?}");
+    assert!(e.to_string().contains("gave up after 4 attempts"), "{e}");
+    assert_eq!(calls(), 4);
+    // Known to be down: the next calls try once each, saying why.
+    let e = retry.put(FileKind::Pack, &id(2), b"x").expect_err("down");
+    assert!(e.to_string().contains("an earlier call already gave up"), "{e}");
+    retry.remove(FileKind::Pack, &id(2)).expect_err("down");
+    assert_eq!(calls(), 6);
+    // Back up: the first answer (here "not found") clears it, and retries come back.
+    store.down.store(false, Ordering::SeqCst);
+    assert!(retry.get(FileKind::Pack, &id(1)).expect_err("missing").is_not_found());
+    store.down.store(true, Ordering::SeqCst);
+    retry.list(FileKind::Pack).expect_err("down");
+    assert_eq!(calls(), 7 + 4, "a full budget of attempts again");
+}
+
+#[test]
 fn local_errors_read_as_the_io_errors_they_were() -> Result<()> {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = local(dir.path())?;

@@ -172,6 +172,7 @@ pub fn gather(cli: &Cli, select: &SelectArgs) -> Result<Status> {
     let (location, _) = super::repo_location(cli)?;
     let repo = Repo::open(&location, &lower::open_options())
         .map_err(|e| anyhow::anyhow!(e).context(format!("cannot open repository {location}")))?;
+    super::note_requests(&repo);
     let monitoring = profile.map(|p| p.monitoring.clone()).unwrap_or_default();
     let now = jiff::Timestamp::now();
     let now_secs = now.as_second();
