@@ -7,7 +7,7 @@
 //! 5 `forget --gc` removed the snapshots, but its gc was deferred (another gc was running);
 //! 6 `diff --exit-code` found differences; 7 a validated restore failed its validation and was
 //! rolled back; 8 it failed its validation and was kept (`--no-rollback`); 9 `status` raised
-//! an alert.
+//! an alert; 75 the run's lease on a repository in a bucket was lost, and it stopped.
 
 mod args;
 mod choices;
@@ -56,6 +56,11 @@ pub mod exit {
     /// failed, the last scrub found damage or is too old (the profile's `[monitoring]`).
     /// Not 1, which says status itself could not look; not 4, which says this run found damage.
     pub const ALERT: u8 = 9;
+    /// The run's lease on a repository in a bucket went unrenewed so long (the store was
+    /// unreachable, or the machine was suspended) that other machines may count the run as
+    /// ended: it stopped between two steps and wrote nothing after (no snapshot record, no
+    /// deletion). `EX_TEMPFAIL`: running it again is the remedy.
+    pub const LEASE_LOST: u8 = 75;
 }
 
 fn main() -> ExitCode {
@@ -91,11 +96,15 @@ fn run(cli: &args::Cli) -> ExitCode {
     }
 }
 
-/// The exit code a command that failed with `err` ends with: 4 when it found damage, 0 when
-/// its reader went away, else 1.
+/// The exit code a command that failed with `err` ends with: 4 when it found damage, 75 when
+/// its lease was lost, 0 when its reader went away, else 1.
 pub fn exit_code_of(err: &anyhow::Error) -> u8 {
     if is_broken_pipe(err) {
         return exit::OK;
+    }
+    if err.chain().any(|c| matches!(c.downcast_ref::<cairn_store::Error>(), Some(cairn_store::Error::LeaseLost { .. })))
+    {
+        return exit::LEASE_LOST;
     }
     let damage = err.chain().any(|c| c.downcast_ref::<cairn_store::Error>().is_some_and(cairn_store::Error::is_damage));
     if damage {

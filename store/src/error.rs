@@ -174,6 +174,15 @@ pub enum Error {
         /// What the holder is doing (`gc` or `repair index`), as its lock file says.
         holder: String,
     },
+    /// This run's lease on a repository in an object store went unrenewed for so long that
+    /// other machines may soon count the run as ended (and gc delete what it uses): it stopped
+    /// between two steps, and wrote nothing after (no snapshot record, no deletion). What it
+    /// stored before is reused by the next run or settled by gc.
+    #[error("lease lost: {reason}; stopped, and nothing more was written (run it again)")]
+    LeaseLost {
+        /// Why, and for how long the lease went unrenewed.
+        reason: String,
+    },
     /// Another command holds what this one needs alone (`repair index` and everything else);
     /// nothing was changed.
     #[error("{reason}; nothing was changed")]

@@ -282,6 +282,7 @@ impl Repo {
         progress.start("gc: repack", Some(plan.repack.iter().map(|u| u.size).sum()), Unit::Bytes);
         let mut written_bytes = 0u64;
         for u in &plan.repack {
+            self.check_lease()?;
             if let Some(size) = self.repack(u.id, mark)? {
                 report.packs_written += 1;
                 written_bytes += size;
@@ -352,6 +353,8 @@ impl Repo {
                 report.packs_pending += 1;
                 continue;
             }
+            // A collector whose lease is lost may have a second one beside it by now.
+            self.check_lease()?;
             match self.finish_condemned(pack, mark)? {
                 Finished::Deleted(size) => {
                     report.packs_deleted += 1;
@@ -381,6 +384,7 @@ impl Repo {
                 if indexed.contains(&name) || self.backend.size(FileKind::Pack, &name).is_err() {
                     continue;
                 }
+                self.check_lease()?;
                 match self.settle_unindexed(&name, size, mark)? {
                     Unindexed::Removed => {
                         report.leftovers_removed += 1;
@@ -394,6 +398,7 @@ impl Repo {
         let now = now_ns();
         for temp in self.backend.temporaries()? {
             if self.backend.is_abandoned(&temp, now) {
+                self.check_lease()?;
                 self.backend.remove_temporary(&temp.name)?;
                 report.leftovers_removed += 1;
             }

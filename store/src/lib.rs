@@ -88,7 +88,7 @@ pub use frame::{open_blob, seal_frame, FrameCodec, ZstdFrames};
 pub use gc::{emptied_groups, ForgetReport, GcOptions, GcReport};
 pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
 pub use inspect::{kind_name, listing, Listing, ShowReport, Stats, Version, Visit};
-pub use lock::{FlockLocks, Hold, LeaseTiming, Locks, ObjectLocks, OnLost, SessionInfo};
+pub use lock::{FlockLocks, Hold, LeaseTiming, Locks, ObjectLocks, SessionInfo};
 pub use pack::{check_pack, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, SharedProgress, Unit};
 pub use record::{CaptureExit, CaptureRecord, SnapshotKind, SnapshotRecord, SnapshotTotals, SAFETY_TAG};

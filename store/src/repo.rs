@@ -402,6 +402,18 @@ impl Repo {
         Ok(Some(session))
     }
 
+    /// Fails once this process's session or gc lease is lost (`Locks::check_held`): asked
+    /// before each step that writes or deletes what others rely on.
+    pub(crate) fn check_lease(&self) -> Result<()> {
+        self.locks.check_held()
+    }
+
+    /// `result`, unless the lease was lost meanwhile: then that is the error, since what a
+    /// reader found (a pack gone) may be gc's work on a run it counted as ended.
+    pub(crate) fn leased<T>(&self, result: Result<T>) -> Result<T> {
+        self.check_lease().and(result)
+    }
+
     /// A scratch file (a mark set): beside the index, or in the system's temporary folder when
     /// the repository is read-only.
     pub(crate) fn scratch_path(&self, name: &str) -> PathBuf {

@@ -300,6 +300,8 @@ impl Repo {
         record: &SnapshotRecord,
     ) -> Result<()> {
         crate::failpoint::hit(&format!("{kind}.before_record"));
+        // Never a record under a lost lease: gc elsewhere may have counted this run as ended.
+        self.check_lease()?;
         self.backend.put(FileKind::Snapshot, &id.to_hex(), bytes)?;
         crate::failpoint::hit(&format!("{kind}.record_written"));
         self.index.add_snapshot(id, record.time_ns, &record.host, record.label.as_deref(), bytes)

@@ -383,6 +383,7 @@ fn writer(kind: &str, repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<Ha
             return Ok(());
         }
         w.finish_with(|id, bytes, entries| {
+            repo.check_lease()?;
             repo.backend.put(FileKind::Pack, &id.to_hex(), bytes)?;
             crate::failpoint::hit(&written);
             repo.index.add_pack(id, bytes.len() as u64, entries, now_secs())?;

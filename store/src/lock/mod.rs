@@ -14,7 +14,7 @@ mod object;
 
 pub(crate) use flock::lock_file;
 pub use flock::FlockLocks;
-pub use object::{LeaseTiming, ObjectLocks, OnLost};
+pub use object::{LeaseTiming, ObjectLocks};
 
 use crate::error::Result;
 use crate::id::PackId;
@@ -101,6 +101,13 @@ pub trait Locks: Send + Sync {
     /// covers what leases cannot see (docs/GC.md, "Why gc stays safe").
     fn min_condemned_age(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+
+    /// Fails with `Error::LeaseLost` once a session or gc lock this process holds can no longer
+    /// be trusted to be seen by others (a lease that went unrenewed too long): the engine asks
+    /// between its steps and stops there. A `flock` is held as long as its process lives.
+    fn check_held(&self) -> Result<()> {
+        Ok(())
     }
 }
 

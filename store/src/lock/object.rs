@@ -15,11 +15,15 @@
 //!   probe's `put` returned, and servers that truncate `Last-Modified` to the second, both make
 //!   a lease look younger than it is, never older. So clock skew between machines does not
 //!   matter.
-//! - A holder that could not renew its lease for [`LeaseTiming::give_up_after`] (shorter than
-//!   `stale_after`) calls its `on_lost` hook before anyone can count it as ended. The default
-//!   hook prints why and ends the process with exit status 75 (`EX_TEMPFAIL`): the engine has
-//!   no cancellation point in every loop, and every step of a snapshot is crash-safe (a killed
-//!   run leaves unindexed packs that the next gc settles), so ending is the safe way to stop.
+//! - A lease not renewed for [`LeaseTiming::give_up_after`] (shorter than `stale_after`) is
+//!   *lost*, for good, before anyone can count it as ended: its renewals failed that long, or
+//!   the process was suspended that long (a paused VM, SIGSTOP), whichever thread notices
+//!   first. The engine asks [`Locks::check_held`] between its steps (before each pack and each
+//!   snapshot record it writes, before gc deletes anything) and stops with
+//!   `Error::LeaseLost`; every step before was crash-safe, so stopping there leaves what a
+//!   killed run leaves (packs that the next run reuses or gc settles), and no snapshot record.
+//!   A renewal counts from when it was *sent*, so a renewal that took long (retries) makes the
+//!   lease look older, never younger, than the server has it.
 //! - The gc lock: a collector writes `leases/gc/<random hex>`, waits
 //!   [`LeaseTiming::gc_settle`] (longer than the store's listing lag) and lists `leases/gc/`:
 //!   among the leases that are not stale, the one with the earliest (server time, name) wins;
@@ -33,8 +37,8 @@
 //!   [`LeaseTiming::min_condemned_age`] (24 hours), whatever the leases say.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -72,15 +76,13 @@ impl Default for LeaseTiming {
     }
 }
 
-/// What a holder does when it could not renew its lease for `give_up_after`.
-pub type OnLost = Arc<dyn Fn(&str) + Send + Sync>;
-
 /// Locks as lease objects in the repository (see the module's notes).
 pub struct ObjectLocks {
     backend: Arc<dyn Backend>,
     timing: LeaseTiming,
     host: String,
-    on_lost: OnLost,
+    /// The leases this process holds now (a dropped one's entry is dead and skipped).
+    held: Mutex<Vec<Weak<Renewal>>>,
     /// Server clock minus local clock (ns), and when it was measured.
     offset: Mutex<Option<(i64, Instant)>>,
     /// The condemnation record this process wrote last, and what it holds.
@@ -94,8 +96,7 @@ type Published = (String, Vec<Entry>);
 const OFFSET_FOR: Duration = Duration::from_secs(300);
 
 impl ObjectLocks {
-    /// Leases in `backend` with the default timing; a holder that loses its lease ends the
-    /// process.
+    /// Leases in `backend` with the default timing.
     #[must_use]
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         Self::with_timing(backend, LeaseTiming::default())
@@ -104,25 +105,14 @@ impl ObjectLocks {
     /// Leases with other times (tests shorten them).
     #[must_use]
     pub fn with_timing(backend: Arc<dyn Backend>, timing: LeaseTiming) -> Self {
-        let on_lost: OnLost = Arc::new(|why: &str| {
-            eprintln!("cairn: stopping: {why}");
-            std::process::exit(75);
-        });
         Self {
             backend,
             timing,
             host: rustix::system::uname().nodename().to_string_lossy().into_owned(),
-            on_lost,
+            held: Mutex::new(Vec::new()),
             offset: Mutex::new(None),
             published: Mutex::new(None),
         }
-    }
-
-    /// Replaces what a holder does when its lease is lost (tests record it instead of exiting).
-    #[must_use]
-    pub fn on_lost(mut self, hook: OnLost) -> Self {
-        self.on_lost = hook;
-        self
     }
 
     /// "Now" on the server's clock, erring early (see the module's notes).
@@ -151,8 +141,14 @@ impl ObjectLocks {
 
     fn lease(&self, kind: FileKind, body: String) -> Result<Hold> {
         let name = random_name(&self.host);
+        let sent = Instant::now();
         self.backend.put(kind, &name, body.as_bytes())?;
-        Ok(Hold::new(Lease::start(self.backend.clone(), kind, name, body, self.timing.clone(), self.on_lost.clone())))
+        let renewal = Arc::new(Renewal::new(sent, self.timing.give_up_after));
+        let mut held = lock(&self.held);
+        held.retain(|r| r.strong_count() > 0);
+        held.push(Arc::downgrade(&renewal));
+        drop(held);
+        Ok(Hold::new(Lease::start(self.backend.clone(), kind, name, body, self.timing.clone(), renewal)))
     }
 
     fn read_records(&self, kind: FileKind) -> Result<Vec<(ObjectInfo, String)>> {
@@ -233,6 +229,49 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
 }
 
+/// When a lease was last renewed, and whether it is lost (for good).
+struct Renewal {
+    give_up_after: Duration,
+    /// When the last renewal that succeeded was sent.
+    sent: Mutex<Instant>,
+    lost: Mutex<Option<String>>,
+}
+
+impl Renewal {
+    fn new(sent: Instant, give_up_after: Duration) -> Self {
+        Self { give_up_after, sent: Mutex::new(sent), lost: Mutex::new(None) }
+    }
+
+    /// Why the lease is lost, if it is: said once, then for good. Unrenewed for
+    /// `give_up_after` is lost even when the next renewal would succeed: the gap happened.
+    fn lost(&self, failure: Option<&str>) -> Option<String> {
+        let mut lost = lock(&self.lost);
+        if lost.is_none() {
+            let unrenewed = lock(&self.sent).elapsed();
+            if unrenewed >= self.give_up_after {
+                let why = failure.map_or_else(|| "the process was suspended or starved".to_owned(), str::to_owned);
+                let reason = format!(
+                    "the lease on the repository was not renewed for {} s ({why}), so another machine's gc \
+                     may soon count this run as ended",
+                    unrenewed.as_secs()
+                );
+                log::warn!("{reason}");
+                *lost = Some(reason);
+            }
+        }
+        lost.clone()
+    }
+
+    /// Records a renewal sent at `sent` that succeeded, unless the lease was lost before it.
+    fn renewed(&self, sent: Instant) -> bool {
+        if self.lost(None).is_some() {
+            return false;
+        }
+        *lock(&self.sent) = sent;
+        true
+    }
+}
+
 /// A held lease and its heartbeat thread; dropping it stops the thread and removes the lease.
 struct Lease {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -240,6 +279,8 @@ struct Lease {
     current: Arc<Mutex<String>>,
     backend: Arc<dyn Backend>,
     kind: FileKind,
+    /// Kept alive as long as the lease is held: `ObjectLocks::check_held` looks at it.
+    _renewal: Arc<Renewal>,
 }
 
 impl Lease {
@@ -249,18 +290,18 @@ impl Lease {
         name: String,
         body: String,
         timing: LeaseTiming,
-        on_lost: OnLost,
+        renewal: Arc<Renewal>,
     ) -> Self {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let current = Arc::new(Mutex::new(name));
         let thread = {
-            let (stop, current, backend) = (stop.clone(), current.clone(), backend.clone());
+            let (stop, current, backend, renewal) = (stop.clone(), current.clone(), backend.clone(), renewal.clone());
             std::thread::Builder::new()
                 .name("cairn-lease".into())
-                .spawn(move || heartbeat(&*backend, kind, &body, &timing, &stop, &current, &on_lost))
+                .spawn(move || heartbeat(&*backend, kind, &body, &timing, &stop, &current, &renewal))
                 .ok()
         };
-        Self { stop, thread, current, backend, kind }
+        Self { stop, thread, current, backend, kind, _renewal: renewal }
     }
 }
 
@@ -271,13 +312,10 @@ fn heartbeat(
     timing: &LeaseTiming,
     stop: &(Mutex<bool>, Condvar),
     current: &Mutex<String>,
-    on_lost: &OnLost,
+    renewal: &Renewal,
 ) {
-    let lost = AtomicBool::new(false);
-    let mut renewed = Instant::now();
     let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
     loop {
-        // Sleep a heartbeat, or less after a failed renewal (retry sooner).
         let mut stopped = lock(&stop.0);
         let (guard, _) = stop
             .1
@@ -289,23 +327,24 @@ fn heartbeat(
         }
         drop(stopped);
         let next = random_name(&host);
-        match backend.put(kind, &next, body.as_bytes()) {
+        let sent = Instant::now();
+        let failure = match backend.put(kind, &next, body.as_bytes()) {
             Ok(()) => {
                 let old = std::mem::replace(&mut *lock(current), next);
                 let _ = backend.remove(kind, &old);
-                renewed = Instant::now();
+                if renewal.renewed(sent) {
+                    continue;
+                }
+                None
             }
             Err(e) => {
                 log::warn!("could not renew a lease: {e}");
-                if renewed.elapsed() >= timing.give_up_after && !lost.swap(true, Ordering::SeqCst) {
-                    on_lost(&format!(
-                        "the lease on the repository could not be renewed for {}s ({e}); another machine's gc \
-                         would soon count this run as ended",
-                        renewed.elapsed().as_secs()
-                    ));
-                    return;
-                }
+                Some(e.to_string())
             }
+        };
+        // Lost: the holder stops at its next check; renewing further would change nothing.
+        if renewal.lost(failure.as_deref()).is_some() {
+            return;
         }
     }
 }
@@ -431,11 +470,20 @@ impl Locks for ObjectLocks {
     fn min_condemned_age(&self) -> Duration {
         self.timing.min_condemned_age
     }
+
+    /// Fails once a lease this process holds is lost (see the module's notes).
+    fn check_held(&self) -> Result<()> {
+        let held: Vec<Arc<Renewal>> = lock(&self.held).iter().filter_map(Weak::upgrade).collect();
+        match held.iter().find_map(|r| r.lost(None)) {
+            Some(reason) => Err(Error::LeaseLost { reason }),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::AtomicBool;
 
     use super::*;
     use crate::backend::MemoryBackend;
@@ -605,7 +653,7 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_that_cannot_renew_stops_itself_before_its_lease_is_stale() {
+    fn a_lease_that_cannot_be_renewed_is_lost_before_it_is_stale_and_stays_lost() {
         let backend = Arc::new(Failing { inner: MemoryBackend::default(), fail: AtomicBool::new(false) });
         let timing = LeaseTiming {
             heartbeat: Duration::from_millis(10),
@@ -613,17 +661,40 @@ mod tests {
             stale_after: Duration::from_millis(300),
             ..fast()
         };
-        let lost = Arc::new(AtomicUsize::new(0));
-        let counter = lost.clone();
-        let locks = ObjectLocks::with_timing(backend.clone(), timing).on_lost(Arc::new(move |_: &str| {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }));
+        let locks = ObjectLocks::with_timing(backend.clone(), timing);
+        assert!(locks.check_held().is_ok(), "nothing held, nothing lost");
         let held = locks.start_session("snapshot").unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(lost.load(Ordering::SeqCst), 0);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(locks.check_held().is_ok(), "renewed every 10 ms");
         backend.fail.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(lost.load(Ordering::SeqCst), 1, "told once, before the lease went stale");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(locks.check_held().is_ok(), "not yet: 60 ms without a renewal");
+        std::thread::sleep(Duration::from_millis(100));
+        let Err(Error::LeaseLost { reason }) = locks.check_held() else { panic!("lost after 160 ms") };
+        assert!(reason.contains("refused"), "says why: {reason}");
+        // Renewals working again do not bring it back: the gap happened.
+        backend.fail.store(false, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(matches!(locks.check_held(), Err(Error::LeaseLost { .. })));
+        // A session of its own, after the lost one ended, is held again.
         drop(held);
+        assert!(locks.check_held().is_ok());
+        let again = locks.start_session("snapshot").unwrap();
+        assert!(locks.check_held().is_ok());
+        drop(again);
+    }
+
+    #[test]
+    fn a_holder_suspended_past_its_give_up_time_finds_its_lease_lost_however_it_wakes() {
+        // No failure at all: the process stops (here: the heartbeat is an hour away, as if
+        // the whole process had been paused) longer than the lease allows.
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let timing = LeaseTiming { give_up_after: Duration::from_millis(80), ..fast() };
+        let locks = ObjectLocks::with_timing(backend, timing);
+        let _gc = locks.gc_lock("gc").unwrap();
+        assert!(locks.check_held().is_ok());
+        std::thread::sleep(Duration::from_millis(120));
+        let Err(Error::LeaseLost { reason }) = locks.check_held() else { panic!("lost") };
+        assert!(reason.contains("suspended"), "{reason}");
     }
 }

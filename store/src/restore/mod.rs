@@ -257,7 +257,7 @@ impl Repo {
         let job = self.restore_job(snapshot, opts, includes, progress)?;
         let total = job.includes.is_empty().then_some(snapshot.record.totals.bytes_total);
         progress.start("restore", total, Unit::Bytes);
-        pool.install(|| job.run(snapshot.record.root, target))?;
+        self.leased(pool.install(|| job.run(snapshot.record.root, target)))?;
         progress.finish();
         let mut warnings = job.warnings.into_vec();
         let c = &job.counts;
@@ -294,7 +294,7 @@ impl Repo {
         report.failed = job.failed.into_vec();
         report.warnings = warnings;
         report.duration_secs = started.elapsed().as_secs_f64();
-        Ok(report)
+        self.leased(Ok(report))
     }
 
     fn restore_job<'a>(

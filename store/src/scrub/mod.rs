@@ -240,7 +240,8 @@ impl Repo {
             run.report.all_packs_verified_this_run = verified_now.len() == in_scope.len();
         }
         run.coverage(&in_scope)?;
-        run.conclude(&scope)
+        let concluded = run.conclude(&scope);
+        self.leased(concluded)
     }
 }
 
