@@ -2,8 +2,10 @@
 //!
 //! `CAIRN_FAILPOINTS=name=kill@N` makes the process SIGKILL itself the Nth time it reaches the
 //! point `name` (a real `kill -9`: no destructor runs, nothing is flushed);
-//! `name=pause@MS` makes it sleep there, so a test can change a file mid-read. Several points
-//! are separated by commas. Unset, a point costs one check of a value read once.
+//! `name=pause@MS` makes it sleep there, so a test can change a file mid-read;
+//! `name=stop@N` makes it stop itself (SIGSTOP) the Nth time, so a test knows where the run
+//! is, acts (kills a storage node, waits past a lease's time) and lets it go on with SIGCONT.
+//! Several points are separated by commas. Unset, a point costs one check of a value read once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,7 @@ use std::time::Duration;
 enum Action {
     KillAt(u64),
     Pause(u64),
+    StopAt(u64),
 }
 
 struct Armed {
@@ -32,6 +35,7 @@ fn armed() -> &'static HashMap<String, Armed> {
                 let action = match verb {
                     "kill" => Action::KillAt(n.max(1)),
                     "pause" => Action::Pause(n),
+                    "stop" => Action::StopAt(n.max(1)),
                     _ => return None,
                 };
                 Some((name.to_owned(), Armed { action, hits: AtomicU64::new(0) }))
@@ -48,8 +52,11 @@ pub(crate) fn hit(name: &str) {
         Action::KillAt(at) if n == at => {
             let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         }
+        Action::StopAt(at) if n == at => {
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+        }
         Action::Pause(ms) => std::thread::sleep(Duration::from_millis(ms)),
-        Action::KillAt(_) => {}
+        Action::KillAt(_) | Action::StopAt(_) => {}
     }
 }
 

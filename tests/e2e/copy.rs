@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::args;
-use crate::s3::{json, s3_repo};
+use crate::s3::{json, s3_repo, s3_url};
 use crate::util::*;
 
 /// A tree as `describe` gives it.
@@ -390,8 +390,8 @@ fn gc_beside_a_copy_keeps_what_the_copy_deduplicated_against() {
 
 #[test]
 fn local_to_a_bucket_and_back_to_a_fresh_local_repository() {
-    let Some(bucket) = s3_repo("copy-offsite") else { return };
-    let Some(bucket2) = s3_repo("copy-offsite-2") else { return };
+    let Some((bucket, _cluster)) = s3_repo("copy-offsite") else { return };
+    let Some(bucket2) = s3_url("copy-offsite-2") else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let (source, mut snaps) = two_snapshots(dir.path(), &src);
@@ -438,7 +438,7 @@ fn local_to_a_bucket_and_back_to_a_fresh_local_repository() {
 
 #[test]
 fn a_copy_into_a_bucket_killed_midway_finishes_on_the_rerun() {
-    let Some(bucket) = s3_repo("copy-killed") else { return };
+    let Some((bucket, _cluster)) = s3_repo("copy-killed") else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     generate(&src, 73, 1);

@@ -4,23 +4,39 @@
 //! one for the run). Skipped, with a message, when `CAIRN_TEST_S3_URL` is not set.
 //!
 //! Each test works under its own prefix of the bucket and its own cache folder, so runs never
-//! see each other's repositories.
+//! see each other's repositories. The fault tests (faults.rs) stop nodes of the cluster: they
+//! take it alone, and the others share it ([`CLUSTER`]).
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use crate::args;
 use crate::util::*;
 
-/// The test's repository URL (a fresh prefix of the test bucket), or `None` to skip.
-pub(crate) fn s3_repo(test: &str) -> Option<String> {
+#[path = "s3_faults.rs"]
+mod faults;
+
+/// Shared by the tests that need the whole cluster up, taken alone by those that stop nodes.
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+/// A fresh prefix of the test bucket for `test`, or `None` to skip (a test holds the cluster
+/// through `s3_repo`, once: a second share taken while a fault test waits would deadlock).
+pub(crate) fn s3_url(test: &str) -> Option<String> {
     let Ok(url) = std::env::var("CAIRN_TEST_S3_URL") else {
         eprintln!("{test}: skipped (set CAIRN_TEST_S3_URL; `scripts/garage-cluster.sh up` prints it)");
         return None;
     };
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     Some(format!("{}/{test}-{}-{nanos}", url.trim_end_matches('/'), std::process::id()))
+}
+
+/// The test's repository URL, and its share of the cluster (no node is stopped while it is
+/// held); `None` to skip.
+pub(crate) fn s3_repo(test: &str) -> Option<(String, RwLockReadGuard<'static, ()>)> {
+    let url = s3_url(test)?;
+    Some((url, CLUSTER.read().unwrap_or_else(PoisonError::into_inner)))
 }
 
 /// Runs cairn on `repo` with its cache under `cache`; checks the exit code; returns stdout and
@@ -42,7 +58,7 @@ pub(crate) fn json(repo: &str, cache: &Path, args: &[&OsStr]) -> serde_json::Val
 
 #[test]
 fn a_tree_round_trips_through_a_bucket_and_a_fresh_cache_rebuilds_from_it() {
-    let Some(repo) = s3_repo("roundtrip") else { return };
+    let Some((repo, _cluster)) = s3_repo("roundtrip") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
     generate(&src, 11, 1);
@@ -97,7 +113,7 @@ fn run_aged(repo: &str, cache: &Path, min_age: &str, args: &[&OsStr]) -> serde_j
 
 #[test]
 fn gc_runs_on_a_bucket_and_a_snapshot_beside_it_keeps_its_data() {
-    let Some(repo) = s3_repo("gc-leases") else { return };
+    let Some((repo, _cluster)) = s3_repo("gc-leases") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (x, y, x_again) = (dir.path().join("x"), dir.path().join("y"), dir.path().join("x-again"));
     let (cache, other) = (dir.path().join("cache"), dir.path().join("other-machine"));
@@ -163,7 +179,7 @@ fn a_bucket_that_cannot_be_reached_is_a_clear_error() {
 
 #[test]
 fn two_machines_writing_one_bucket_see_and_restore_each_others_snapshots() {
-    let Some(repo) = s3_repo("two-hosts") else { return };
+    let Some((repo, _cluster)) = s3_repo("two-hosts") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let (cache_a, cache_b) = (dir.path().join("cache-a"), dir.path().join("cache-b"));
@@ -188,7 +204,7 @@ fn two_machines_writing_one_bucket_see_and_restore_each_others_snapshots() {
 /// others gets a warning.
 #[test]
 fn a_profile_carries_the_bucket_credentials() {
-    let Some(repo) = s3_repo("profile") else { return };
+    let Some((repo, _cluster)) = s3_repo("profile") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
     generate(&src, 5, 1);
@@ -244,7 +260,7 @@ fn a_profile_carries_the_bucket_credentials() {
 
 #[test]
 fn a_snapshot_reports_its_requests_and_a_snapshot_of_nothing_new_puts_far_fewer() {
-    let Some(repo) = s3_repo("requests") else { return };
+    let Some((repo, _cluster)) = s3_repo("requests") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
     generate(&src, 31, 1);

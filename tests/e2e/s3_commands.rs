@@ -38,7 +38,7 @@ fn json(repo: &str, cache: &Path, args: &[&OsStr]) -> serde_json::Value {
 
 #[test]
 fn every_command_works_on_a_bucket() {
-    let Some(repo) = s3_repo("commands") else { return };
+    let Some((repo, _cluster)) = s3_repo("commands") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
     generate(&src, 21, 1);

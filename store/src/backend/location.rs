@@ -270,6 +270,15 @@ impl Storage {
         if let Some(secs) = std::env::var("CAIRN_TEST_MIN_CONDEMNED_AGE_SECS").ok().and_then(|s| s.parse().ok()) {
             timing.min_condemned_age = std::time::Duration::from_secs(secs);
         }
+        // For tests of a lost lease through the binary only: `HEARTBEAT,GIVE_UP,STALE` in ms.
+        if let Ok(spec) = std::env::var("CAIRN_TEST_LEASE_MS") {
+            let ms: Vec<u64> = spec.split(',').filter_map(|v| v.trim().parse().ok()).collect();
+            if let [heartbeat, give_up, stale] = ms[..] {
+                timing.heartbeat = std::time::Duration::from_millis(heartbeat);
+                timing.give_up_after = std::time::Duration::from_millis(give_up);
+                timing.stale_after = std::time::Duration::from_millis(stale);
+            }
+        }
         let locks = Arc::new(ObjectLocks::with_timing(backend.clone(), timing));
         Ok(Self { backend, state, locks, location })
     }
