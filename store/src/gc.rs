@@ -300,7 +300,7 @@ impl Repo {
     fn wait_for_sessions(&self, opts: &GcOptions, report: &mut GcReport) -> Result<Option<i64>> {
         let wait_started = Instant::now();
         let latest_condemnation = now_ns();
-        loop {
+        for polls in 0.. {
             let older: Vec<_> =
                 self.locks.live_sessions()?.into_iter().filter(|s| s.started_ns < latest_condemnation).collect();
             for s in &older {
@@ -309,10 +309,11 @@ impl Repo {
                     report.waited_for.push(who);
                 }
             }
-            if older.is_empty() || wait_started.elapsed() >= opts.max_wait {
+            let left = opts.max_wait.saturating_sub(wait_started.elapsed());
+            if older.is_empty() || left.is_zero() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(self.locks.poll_interval(polls).min(left));
         }
         report.waited_secs = wait_started.elapsed().as_secs_f64();
         Ok(self.locks.live_sessions()?.iter().map(|s| s.started_ns).min())

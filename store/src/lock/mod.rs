@@ -103,6 +103,12 @@ pub trait Locks: Send + Sync {
         std::time::Duration::ZERO
     }
 
+    /// How long gc waits before it asks `live_sessions` again, after `polls` polls: asking a
+    /// `flock` costs a few system calls, so every 100 ms; lease objects back off.
+    fn poll_interval(&self, _polls: u32) -> std::time::Duration {
+        std::time::Duration::from_millis(100)
+    }
+
     /// Fails with `Error::LeaseLost` once a session or gc lock this process holds can no longer
     /// be trusted to be seen by others (a lease that went unrenewed too long): the engine asks
     /// between its steps and stops there. A `flock` is held as long as its process lives.

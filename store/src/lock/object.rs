@@ -35,6 +35,10 @@
 //!   rescue rewrites it without the rescued pack. Writers read them all when a session starts.
 //! - gc on these locks deletes a condemned pack only once it has been condemned for
 //!   [`LeaseTiming::min_condemned_age`] (24 hours), whatever the leases say.
+//! - Polling is cheap: an object under a name never changes (renewals and new records take
+//!   new names), so what a listing shows under a name already read (same size and time) is
+//!   not read again: a `live_sessions` call is one listing plus a read per *new* lease. gc
+//!   polls every second at first, backing off to every 5 s ([`Locks::poll_interval`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +91,9 @@ pub struct ObjectLocks {
     offset: Mutex<Option<(i64, Instant)>>,
     /// The condemnation record this process wrote last, and what it holds.
     published: Mutex<Option<Published>>,
+    /// What records (leases, condemnations) read before hold, by kind and name, with the size
+    /// and time they were listed with: read again only when those change.
+    read: Mutex<HashMap<(FileKind, String), (ObjectInfo, String)>>,
 }
 
 /// A condemnation record's name and the condemnations it holds.
@@ -112,6 +119,7 @@ impl ObjectLocks {
             held: Mutex::new(Vec::new()),
             offset: Mutex::new(None),
             published: Mutex::new(None),
+            read: Mutex::new(HashMap::new()),
         }
     }
 
@@ -151,15 +159,30 @@ impl ObjectLocks {
         Ok(Hold::new(Lease::start(self.backend.clone(), kind, name, body, self.timing.clone(), renewal)))
     }
 
+    /// The records of a kind and their text, as listed now; only those not read before (under
+    /// that name, size and time) are read.
     fn read_records(&self, kind: FileKind) -> Result<Vec<(ObjectInfo, String)>> {
+        let listed = self.backend.list(kind)?;
         let mut out = Vec::new();
-        for info in self.backend.list(kind)? {
-            match self.backend.get(kind, &info.name) {
-                Ok(bytes) => out.push((info, String::from_utf8_lossy(&bytes).into_owned())),
-                Err(e) if e.is_not_found() => {} // renewed or ended meanwhile
-                Err(e) => return Err(e),
-            }
+        for info in listed {
+            let known = lock(&self.read)
+                .get(&(kind, info.name.clone()))
+                .filter(|(seen, _)| *seen == info)
+                .map(|(_, text)| text.clone());
+            let text = match known {
+                Some(text) => text,
+                None => match self.backend.get(kind, &info.name) {
+                    Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    Err(e) if e.is_not_found() => continue, // renewed or ended meanwhile
+                    Err(e) => return Err(e),
+                },
+            };
+            out.push((info, text));
         }
+        // What is no longer listed is forgotten, so the memory is that of one listing.
+        let mut read = lock(&self.read);
+        read.retain(|(k, _), _| *k != kind);
+        read.extend(out.iter().map(|(info, text)| ((kind, info.name.clone()), (info.clone(), text.clone()))));
         Ok(out)
     }
 
@@ -471,6 +494,12 @@ impl Locks for ObjectLocks {
         self.timing.min_condemned_age
     }
 
+    /// Each poll is a request (or more) to a store that may bill for it and that other
+    /// machines share: every second at first, then every 2, 4 and 5 seconds.
+    fn poll_interval(&self, polls: u32) -> Duration {
+        Duration::from_secs(1u64 << polls.min(3)).min(Duration::from_secs(5))
+    }
+
     /// Fails once a lease this process holds is lost (see the module's notes).
     fn check_held(&self) -> Result<()> {
         let held: Vec<Arc<Renewal>> = lock(&self.held).iter().filter_map(Weak::upgrade).collect();
@@ -622,10 +651,12 @@ mod tests {
         assert_eq!(text, format!("{} {now} gone\n", pack(4).to_hex()));
     }
 
-    /// A store that refuses writes once told to.
+    /// A store that refuses writes once told to, and counts the whole-object reads made of it.
+    #[derive(Default)]
     struct Failing {
         inner: MemoryBackend,
         fail: AtomicBool,
+        gets: AtomicU64,
     }
 
     impl Backend for Failing {
@@ -636,6 +667,7 @@ mod tests {
             self.inner.put(kind, name, data)
         }
         fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
             self.inner.get(kind, name)
         }
         fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -653,8 +685,42 @@ mod tests {
     }
 
     #[test]
+    fn polling_reads_each_lease_once_and_backs_off() {
+        let backend = Arc::new(Failing::default());
+        let renewing = LeaseTiming { heartbeat: Duration::from_millis(100), ..fast() };
+        let (gc, a, b) = (
+            ObjectLocks::with_timing(backend.clone(), fast()),
+            ObjectLocks::with_timing(backend.clone(), fast()),
+            ObjectLocks::with_timing(backend.clone(), renewing),
+        );
+        let _s1 = a.start_session("snapshot").unwrap();
+        let _s2 = a.start_session("restore").unwrap();
+        let gets = || backend.gets.load(Ordering::SeqCst);
+        assert_eq!(gc.live_sessions().unwrap().len(), 2);
+        assert_eq!(gets(), 2, "each lease read once");
+        for _ in 0..5 {
+            assert_eq!(gc.live_sessions().unwrap().len(), 2);
+        }
+        assert_eq!(gets(), 2, "unchanged leases are not read again");
+        // A new session, and one renewed under a new name: only those are read.
+        let s3 = b.start_session("scrub").unwrap();
+        assert_eq!(gc.live_sessions().unwrap().len(), 3);
+        assert_eq!(gets(), 3);
+        std::thread::sleep(Duration::from_millis(250));
+        let before = gets();
+        assert_eq!(gc.live_sessions().unwrap().len(), 3, "renewed, still one session");
+        assert!((1..=2).contains(&(gets() - before)), "only the renewed lease is read: {}", gets() - before);
+        drop(s3);
+        assert_eq!(gc.live_sessions().unwrap().len(), 2);
+        assert_eq!(lock(&gc.read).len(), 2, "what is no longer listed is forgotten");
+
+        let waits: Vec<u64> = (0..6).map(|n| gc.poll_interval(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5, 5]);
+    }
+
+    #[test]
     fn a_lease_that_cannot_be_renewed_is_lost_before_it_is_stale_and_stays_lost() {
-        let backend = Arc::new(Failing { inner: MemoryBackend::default(), fail: AtomicBool::new(false) });
+        let backend = Arc::new(Failing::default());
         let timing = LeaseTiming {
             heartbeat: Duration::from_millis(10),
             give_up_after: Duration::from_millis(100),
