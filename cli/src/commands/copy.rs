@@ -16,6 +16,7 @@ pub fn run(cli: &Cli, args: &CopyArgs) -> Result<u8> {
         let at = super::location_arg(path)?;
         let repo = Repo::open(&at, &lower::open_options())
             .with_context(|| format!("cannot open the {role} repository {at}"))?;
+        super::note_requests(&repo);
         super::print_notices(&repo);
         Ok(repo)
     };

@@ -246,7 +246,9 @@ impl Repo {
         let mut outcomes: Vec<CopiedSnapshot> = Vec::with_capacity(selected.len());
         let to_copy = self.decide(source, &selected, &mut outcomes)?;
 
-        self.send_batches(source, &selected, to_copy, &mut outcomes, opts, progress)?;
+        // A source read under a lost lease may find a pack its gc deleted: not damage, a lost lease.
+        let sent = self.send_batches(source, &selected, to_copy, &mut outcomes, opts, progress);
+        source.leased(sent)?;
         self.top_up_reserve();
         let count = |status| outcomes.iter().filter(|o| o.status == status).count() as u64;
         Ok(CopyReport {
