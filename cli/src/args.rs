@@ -38,6 +38,14 @@ pub struct Cli {
     /// [default: the profile's monitoring.metrics_file]
     #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     pub metrics_file: Option<PathBuf>,
+    /// The passphrase of an encrypted repository: the first line of this file
+    /// (docs/ENCRYPTION.md); never given as an argument itself
+    #[arg(long, global = true, env = "CAIRN_PASSWORD_FILE", value_name = "PATH", help_heading = GLOBAL)]
+    pub password_file: Option<PathBuf>,
+    /// The passphrase of an encrypted repository: the first line this command prints (run
+    /// without a shell; for a secret manager)
+    #[arg(long, global = true, env = "CAIRN_PASSWORD_COMMAND", value_name = "COMMAND", help_heading = GLOBAL)]
+    pub password_command: Option<String>,
     /// True when `repo` came from $CAIRN_REPO rather than --repo: a profile's `repo` then wins.
     #[arg(skip)]
     pub repo_from_env: bool,
@@ -148,6 +156,9 @@ pub enum Command {
     /// Repair the repository
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Manage the key files of an encrypted repository (each one passphrase)
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run a profile as a service: install its systemd units and enable its timers
     #[command(subcommand)]
     Systemd(SystemdCommand),
@@ -156,6 +167,59 @@ pub enum Command {
     /// Write man pages (cairn.1, cairn-snapshot.1, ...) into a directory, for packaging
     #[command(hide = true)]
     Man(ManArgs),
+}
+
+/// `cairn key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the key files: which is in use, which are put-only, their KDF parameters
+    List,
+    /// Add a key file: a new passphrase for the same repository, or a put-only key
+    Add(KeyAddArgs),
+    /// Remove a key file (never the last one, nor the last full one)
+    Remove(KeyRemoveArgs),
+    /// Change the passphrase of the key in use
+    Passwd(KeyPasswdArgs),
+}
+
+/// How a new passphrase is stretched, and where it comes from.
+#[derive(Debug, Args)]
+pub struct NewKeyArgs {
+    /// The new key's passphrase: the first line of this file [default: a prompt on the terminal]
+    #[arg(long, env = "CAIRN_NEW_PASSWORD_FILE", value_name = "PATH")]
+    pub new_password_file: Option<PathBuf>,
+    /// Argon2id memory for the new key, MiB
+    #[arg(long, default_value_t = choices::default_kdf_memory(), value_name = "MIB")]
+    pub kdf_memory: u32,
+    /// Argon2id passes for the new key
+    #[arg(long, default_value_t = choices::default_kdf_time(), value_name = "N")]
+    pub kdf_time: u32,
+}
+
+/// `cairn key add`
+#[derive(Debug, Args)]
+pub struct KeyAddArgs {
+    /// A key that can add snapshots and cannot read, forget or collect anything stored (for
+    /// an unattended job; docs/ENCRYPTION.md says what a stolen one gives)
+    #[arg(long)]
+    pub put_only: bool,
+    #[command(flatten)]
+    pub new: NewKeyArgs,
+}
+
+/// `cairn key remove`
+#[derive(Debug, Args)]
+pub struct KeyRemoveArgs {
+    /// The key file's name, or a unique prefix of it (`cairn key list`)
+    #[arg(value_name = "KEY")]
+    pub key: String,
+}
+
+/// `cairn key passwd`
+#[derive(Debug, Args)]
+pub struct KeyPasswdArgs {
+    #[command(flatten)]
+    pub new: NewKeyArgs,
 }
 
 /// `cairn systemd ...`
@@ -287,6 +351,16 @@ pub struct InitArgs {
     /// Let the owner's group read the repository (files 0640, folders 0750); private otherwise
     #[arg(long)]
     pub group_readable: bool,
+    /// Encrypt the repository (docs/ENCRYPTION.md); its first key's passphrase comes from
+    /// --password-file, CAIRN_PASSWORD_FILE, --password-command or the terminal
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Argon2id memory for the first key, MiB (with --encrypt)
+    #[arg(long, default_value_t = choices::default_kdf_memory(), value_name = "MIB", requires = "encrypt")]
+    pub kdf_memory: u32,
+    /// Argon2id passes for the first key (with --encrypt)
+    #[arg(long, default_value_t = choices::default_kdf_time(), value_name = "N", requires = "encrypt")]
+    pub kdf_time: u32,
 }
 
 /// `cairn snapshot`

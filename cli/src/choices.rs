@@ -70,6 +70,16 @@ pub fn default_compression() -> i32 {
     InitOptions::default().compression_level
 }
 
+/// `--kdf-memory`'s default (MiB): the store's.
+pub fn default_kdf_memory() -> u32 {
+    cairn_store::KdfParams::default().memory_kib / 1024
+}
+
+/// `--kdf-time`'s default: the store's.
+pub fn default_kdf_time() -> u32 {
+    cairn_store::KdfParams::default().iterations
+}
+
 /// `init --chunk-size`'s default: the store's average chunk size.
 pub fn default_chunk_size() -> u32 {
     ChunkerParams::default().avg_size

@@ -44,6 +44,7 @@ pub fn init_options(args: &InitArgs) -> Result<InitOptions> {
     opts.compression_level = args.compression;
     opts.pack_size = args.pack_size as u32;
     opts.group_readable = args.group_readable;
+    opts.kdf = cairn_store::KdfParams::new(args.kdf_memory, args.kdf_time);
     opts.chunker =
         ChunkerParams { min_size: args.chunk_size / 4, avg_size: args.chunk_size, max_size: args.chunk_size * 8 };
     Ok(opts)

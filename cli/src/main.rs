@@ -16,6 +16,7 @@ mod hooks;
 mod logging;
 mod lower;
 mod output;
+mod password;
 mod profile;
 mod progress;
 mod units;
@@ -61,6 +62,9 @@ pub mod exit {
     /// ended: it stopped between two steps and wrote nothing after (no snapshot record, no
     /// deletion). `EX_TEMPFAIL`: running it again is the remedy.
     pub const LEASE_LOST: u8 = 75;
+    /// An encrypted repository's passphrase opens none of its key files. Tried before any
+    /// work: nothing was read but the config and the key files, nothing written.
+    pub const WRONG_PASSPHRASE: u8 = 10;
 }
 
 fn main() -> ExitCode {
@@ -102,11 +106,14 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
     if is_broken_pipe(err) {
         return exit::OK;
     }
-    if err.chain().any(|c| matches!(c.downcast_ref::<cairn_store::Error>(), Some(cairn_store::Error::LeaseLost { .. })))
-    {
+    let store_errors = || err.chain().filter_map(|c| c.downcast_ref::<cairn_store::Error>());
+    if store_errors().any(|e| matches!(e, cairn_store::Error::LeaseLost { .. })) {
         return exit::LEASE_LOST;
     }
-    let damage = err.chain().any(|c| c.downcast_ref::<cairn_store::Error>().is_some_and(cairn_store::Error::is_damage));
+    if store_errors().any(|e| matches!(e, cairn_store::Error::WrongPassphrase { .. })) {
+        return exit::WRONG_PASSPHRASE;
+    }
+    let damage = store_errors().any(cairn_store::Error::is_damage);
     if damage {
         exit::DAMAGE
     } else {

@@ -121,7 +121,7 @@ impl Repo {
         }
         for id in files.iter().filter(|id| !tombs.contains(id) && !known.contains(id)) {
             let name = id.to_hex();
-            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(*id, &b)?, b))) {
+            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((self.open_record(*id, &b)?, b))) {
                 Ok((record, _)) if self.read_only => self.overlay.0.push(Snapshot { id: *id, record }),
                 Ok((rec, bytes)) => {
                     self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
@@ -186,10 +186,10 @@ impl Repo {
             if tombs.contains(&id) {
                 continue;
             }
-            let record = match self.backend.get(FileKind::Snapshot, &name).and_then(|b| SnapshotRecord::open(id, &b)) {
+            let record = match self.backend.get(FileKind::Snapshot, &name).and_then(|b| self.open_record(id, &b)) {
                 Ok(r) => r,
                 Err(e) if missing(&e) => continue, // forgotten since the listing
-                Err(e) => match rows.get(&id).map(|b| SnapshotRecord::open(id, b)) {
+                Err(e) => match rows.get(&id).map(|b| self.open_record(id, b)) {
                     // A damaged file whose verified copy the index holds: the copy says what it needs.
                     Some(Ok(r)) if !matches!(e, Error::UnsupportedVersion { .. }) => r,
                     _ => {
@@ -206,7 +206,7 @@ impl Repo {
         }
         for (id, bytes) in &rows {
             if !seen.contains(id) && !tombs.contains(id) {
-                out.push(Snapshot { id: *id, record: SnapshotRecord::open(*id, bytes)? });
+                out.push(Snapshot { id: *id, record: self.open_record(*id, bytes)? });
             }
         }
         out.sort_by_key(|s| (s.record.time_ns, s.id));
@@ -220,11 +220,11 @@ impl Repo {
             if self.overlay.1.contains(&row.id) {
                 continue;
             }
-            let record = match SnapshotRecord::open(row.id, &row.record) {
+            let record = match self.open_record(row.id, &row.record) {
                 Ok(r) => r,
                 // The index's copy is damaged: the record file is the truth, when it is good.
                 Err(e) => match self.backend.get(FileKind::Snapshot, &row.id.to_hex()) {
-                    Ok(bytes) => SnapshotRecord::open(row.id, &bytes).map_err(|_| e)?,
+                    Ok(bytes) => self.open_record(row.id, &bytes).map_err(|_| e)?,
                     Err(_) => return Err(e),
                 },
             };

@@ -6,8 +6,11 @@ use crate::codec;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"CAIRNCFG";
-/// Newest config format this build reads and the one it writes.
-pub const CONFIG_VERSION: u32 = 1;
+/// Newest config format this build reads: version 2 is version 1 and an encryption scheme, and
+/// is written only for encrypted repositories (docs/ENCRYPTION.md), which older builds then
+/// refuse by its version; an unencrypted repository's config stays version 1.
+pub const CONFIG_VERSION: u32 = 2;
+const PLAIN_CONFIG_VERSION: u32 = 1;
 
 /// Content-defined chunking parameters (FastCDC 2020, normalisation level 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,16 +65,37 @@ pub struct RepoConfig {
     pub compression_level: i32,
     /// Target size of a data pack, in bytes.
     pub pack_size: u32,
+    /// The encryption scheme (`crypto::SCHEME_V1`) of an encrypted repository (config version
+    /// 2, where it follows the fields above); `None` for an unencrypted one (version 1).
+    #[serde(skip)]
+    pub encryption: Option<u32>,
 }
 
 impl RepoConfig {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        codec::frame(MAGIC, CONFIG_VERSION, &codec::encode(self))
+        match self.encryption {
+            None => codec::frame(MAGIC, PLAIN_CONFIG_VERSION, &codec::encode(self)),
+            // A tuple encodes as its fields back to back: version 1's fields, then the scheme.
+            Some(scheme) => codec::frame(MAGIC, CONFIG_VERSION, &codec::encode(&(self, scheme))),
+        }
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        let (_, body) = codec::unframe("repository config", bytes, MAGIC, CONFIG_VERSION)?;
-        let config: Self = codec::decode("repository config", body)?;
+        let config: Self = match codec::unframe("repository config", bytes, MAGIC, CONFIG_VERSION)? {
+            (1, body) => codec::decode("repository config", body)?,
+            (_, body) => {
+                let (mut config, scheme): (Self, u32) = codec::decode("repository config", body)?;
+                if scheme != crate::crypto::SCHEME_V1 {
+                    return Err(Error::UnsupportedVersion {
+                        what: "the repository's encryption scheme".into(),
+                        found: scheme,
+                        supported: crate::crypto::SCHEME_V1,
+                    });
+                }
+                config.encryption = Some(scheme);
+                config
+            }
+        };
         config.chunker.validate().map_err(|e| Error::corrupt("repository config", e.to_string()))?;
         if !(1..=1 << 30).contains(&config.pack_size) || !(-7..=22).contains(&config.compression_level) {
             return Err(Error::corrupt("repository config", "pack size or compression level out of range"));

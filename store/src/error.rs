@@ -195,6 +195,26 @@ pub enum Error {
     /// the underlying error, as an I/O error on a path is.
     #[error(transparent)]
     Backend(Box<BackendError>),
+    /// No key file of an encrypted repository opens with the passphrase given
+    /// (docs/ENCRYPTION.md). Nothing was read but the config and the key files.
+    #[error("wrong passphrase: it opens none of the {tried} key files of this repository")]
+    WrongPassphrase {
+        /// How many key files were tried.
+        tried: usize,
+    },
+    /// The repository is encrypted and this command has no key for it: no passphrase source,
+    /// or no key file in the repository.
+    #[error("{reason}")]
+    KeyNeeded {
+        /// What is missing and what to do.
+        reason: String,
+    },
+    /// The key in use is put-only: it can add snapshots, never read or remove what is stored.
+    #[error("this key is put-only: it cannot {what} (use a full key)")]
+    PutOnly {
+        /// What was asked ("read snapshot records", "forget", ...).
+        what: String,
+    },
     /// The SQLite index reported an error.
     #[error("index {path}: {source}")]
     Index {

@@ -10,6 +10,7 @@
 //! is encrypted. The engine holds one codec per open repository (`Repo::frames`) and never
 //! calls zstd or computes a blob ID any other way.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::error::{Error, Result};
@@ -52,6 +53,47 @@ pub trait FrameCodec: Send + Sync {
     /// Opens a blob from its frame's stored bytes and checks it. Any damage is an error.
     fn open_blob(&self, entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
         self.blob_from_frame(entry, &self.open(entry, stored)?)
+    }
+
+    /// Seals a pack trailer or a snapshot record's body (the plain codec keeps them as they are).
+    fn seal_object(&self, _domain: Domain, plain: Vec<u8>) -> Vec<u8> {
+        plain
+    }
+
+    /// Opens what `seal_object` sealed; damage is an error naming `what`.
+    fn open_object<'a>(&self, _domain: Domain, _what: &str, stored: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        Ok(Cow::Borrowed(stored))
+    }
+
+    /// True when this codec seals (an encrypted repository's): packs are then written as
+    /// version 2 and records as version 3 (docs/FORMAT.md).
+    fn encrypted(&self) -> bool {
+        false
+    }
+
+    /// True for an encrypted repository opened with a put-only key: it seals, and opens nothing.
+    fn put_only(&self) -> bool {
+        false
+    }
+}
+
+/// What a sealed object is: its associated data, so that none passes for another.
+#[derive(Clone, Copy, Debug)]
+pub enum Domain {
+    /// A pack trailer.
+    Trailer,
+    /// A snapshot record's body.
+    Record,
+}
+
+impl Domain {
+    /// The associated data sealed with an object of this kind.
+    #[must_use]
+    pub fn aad(self) -> &'static [u8] {
+        match self {
+            Self::Trailer => b"cairn trailer",
+            Self::Record => b"cairn record",
+        }
     }
 }
 

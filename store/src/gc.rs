@@ -415,11 +415,11 @@ impl Repo {
             Err(e) if e.is_damage() => return Ok(None), // scrub reports it; nothing safe to do
             Err(e) => return Err(e),
         };
-        let Ok(entries) = pack::check_pack(&old.to_hex(), &bytes) else { return Ok(None) };
+        let Ok(entries) = pack::check_pack_with(&old.to_hex(), &bytes, self.frames.as_ref()) else { return Ok(None) };
         let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
         let live = mark.contains(&ids)?;
         let here = self.index.locate_many(&ids)?;
-        let mut writer = PackWriter::new();
+        let mut writer = PackWriter::for_codec(&self.frames, 0);
         // Blobs of one old frame stay together in one new frame.
         let mut frames: Vec<(u64, Vec<OwnedBlob>)> = Vec::new();
         for ((e, live), loc) in entries.iter().zip(live).zip(here) {
@@ -457,7 +457,7 @@ impl Repo {
             Err(e) if crate::repo::missing(&e) || e.is_damage() => return Ok(()),
             Err(e) => return Err(e),
         };
-        match pack::check_pack(name, &bytes) {
+        match pack::check_pack_with(name, &bytes, self.frames.as_ref()) {
             Err(e @ Error::UnsupportedVersion { .. }) => Err(Error::Refused {
                 reason: format!("pack {name} cannot be read ({e}); upgrade cairn before running gc"),
             }),
@@ -476,8 +476,11 @@ impl Repo {
             Err(e) if e.is_damage() => return Ok(Unindexed::Unreadable(e.to_string())),
             Err(e) => return Err(e),
         };
-        let (Ok(id), Ok(entries)) = (name.parse::<PackId>(), pack::check_pack(name, &bytes)) else {
-            let why = pack::check_pack(name, &bytes).err().map_or_else(|| "bad name".to_owned(), |e| e.to_string());
+        let (Ok(id), Ok(entries)) = (name.parse::<PackId>(), pack::check_pack_with(name, &bytes, self.frames.as_ref()))
+        else {
+            let why = pack::check_pack_with(name, &bytes, self.frames.as_ref())
+                .err()
+                .map_or_else(|| "bad name".to_owned(), |e| e.to_string());
             return Ok(Unindexed::Unreadable(why));
         };
         let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();

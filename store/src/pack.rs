@@ -15,17 +15,23 @@
 //! without the index, and `repair index` can rebuild the index from trailers alone, reading 44
 //! bytes plus the trailer of each pack.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::frame::{Domain, FrameCodec};
 use crate::id::{BlobId, PackId};
 
 const MAGIC: &[u8; 8] = b"CAIRNPAK";
 /// The footer's last bytes: salvage looks for them in a pack whose end is damaged.
 pub(crate) const END_MAGIC: &[u8; 8] = b"CAIRNEND";
-/// Newest pack format this build reads and the one it writes.
-pub const PACK_VERSION: u32 = 1;
+/// Newest pack format this build reads. Version 2 is an encrypted repository's: its frames and
+/// its trailer are sealed (docs/ENCRYPTION.md); an unencrypted repository writes version 1.
+pub const PACK_VERSION: u32 = 2;
+const PLAIN_PACK_VERSION: u32 = 1;
+const SEALED_PACK_VERSION: u32 = 2;
 /// Length of the footer.
 pub const FOOTER_LEN: usize = 4 + 32 + 8;
 /// Length of the header: magic, version, and a 16-byte nonce that makes every pack file
@@ -35,10 +41,10 @@ pub const PACK_HEADER_LEN: usize = codec::HEADER_LEN + 16;
 /// Encoded length of one trailer entry (for size accounting).
 pub const TRAILER_ENTRY_LEN: u64 = 64;
 
-fn new_header() -> Vec<u8> {
+fn new_header(version: u32) -> Vec<u8> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut out = codec::header(MAGIC, PACK_VERSION).to_vec();
+    let mut out = codec::header(MAGIC, version).to_vec();
     let seed = format!(
         "{:?} {} {} {:?}",
         jiff::Timestamp::now(),
@@ -184,6 +190,8 @@ pub(crate) fn frame_in<'a>(pack: &'a [u8], entry: &PackEntry) -> Option<&'a [u8]
 pub struct PackWriter {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// The codec of an encrypted repository, which seals the trailer; `None` for a plain pack.
+    sealer: Option<Arc<dyn FrameCodec>>,
 }
 
 impl Default for PackWriter {
@@ -196,7 +204,28 @@ impl PackWriter {
     /// An empty pack.
     #[must_use]
     pub fn new() -> Self {
-        Self { buf: new_header(), entries: Vec::new() }
+        Self { buf: new_header(PLAIN_PACK_VERSION), entries: Vec::new(), sealer: None }
+    }
+
+    /// An empty pack for frames `codec` sealed: when it encrypts, the pack is version 2 and
+    /// its trailer is sealed by it too.
+    #[must_use]
+    pub fn for_codec(codec: &Arc<dyn FrameCodec>, capacity: usize) -> Self {
+        let mut w = Self::with_capacity(capacity);
+        if codec.encrypted() {
+            w.sealer = Some(Arc::clone(codec));
+            w.buf.clear();
+            w.buf.extend_from_slice(&new_header(SEALED_PACK_VERSION));
+        }
+        w
+    }
+
+    fn version(&self) -> u32 {
+        if self.sealer.is_some() {
+            SEALED_PACK_VERSION
+        } else {
+            PLAIN_PACK_VERSION
+        }
     }
 
     /// An empty pack whose buffer holds `bytes` without growing: a pack filled to its target
@@ -205,8 +234,8 @@ impl PackWriter {
     #[must_use]
     pub fn with_capacity(bytes: usize) -> Self {
         let mut buf = Vec::with_capacity(bytes);
-        buf.extend_from_slice(&new_header());
-        Self { buf, entries: Vec::new() }
+        buf.extend_from_slice(&new_header(PLAIN_PACK_VERSION));
+        Self { buf, entries: Vec::new(), sealer: None }
     }
 
     /// Appends a frame.
@@ -244,7 +273,7 @@ impl PackWriter {
     pub fn finish(&mut self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
         let capacity = self.buf.capacity();
         let mut fresh = Vec::with_capacity(capacity);
-        fresh.extend_from_slice(&new_header());
+        fresh.extend_from_slice(&new_header(self.version()));
         let entries = self.seal();
         let buf = std::mem::replace(&mut self.buf, fresh);
         (PackId::of(&buf), buf, entries)
@@ -258,7 +287,7 @@ impl PackWriter {
         let entries = self.seal();
         let out = f(PackId::of(&self.buf), &self.buf, &entries);
         self.buf.clear();
-        self.buf.extend_from_slice(&new_header());
+        self.buf.extend_from_slice(&new_header(self.version()));
         self.entries = entries;
         self.entries.clear();
         out
@@ -267,7 +296,10 @@ impl PackWriter {
     /// Appends trailer and footer to the buffer; returns the entries.
     fn seal(&mut self) -> Vec<PackEntry> {
         let entries = std::mem::take(&mut self.entries);
-        let trailer = codec::encode(&PackTrailerRef { entries: &entries });
+        let mut trailer = codec::encode(&PackTrailerRef { entries: &entries });
+        if let Some(sealer) = &self.sealer {
+            trailer = sealer.seal_object(Domain::Trailer, trailer);
+        }
         // Exactly what the trailer and footer need: letting `extend` double a full 16 MiB
         // buffer for a 1 MiB trailer briefly held 50 MiB.
         self.buf.reserve_exact(trailer.len() + 4 + 32 + END_MAGIC.len());
@@ -315,11 +347,24 @@ pub fn parse_footer(name: &str, footer: &[u8], pack_size: u64) -> Result<Footer>
 /// Checks and decodes a trailer. Frames must be back to back in file order, inside the frame
 /// area; blobs of one frame share its offset and lie inside its plaintext.
 pub fn parse_trailer(name: &str, footer: &Footer, trailer: &[u8]) -> Result<Vec<PackEntry>> {
+    parse_trailer_with(name, footer, trailer, &crate::frame::ZstdFrames::PLAIN)
+}
+
+/// `parse_trailer` for a pack of a repository whose codec is `codec`: an encrypted
+/// repository's trailers are sealed (the footer's checksum is of the sealed bytes, so a pack
+/// can be checked without the key).
+pub fn parse_trailer_with(
+    name: &str,
+    footer: &Footer,
+    trailer: &[u8],
+    codec: &dyn FrameCodec,
+) -> Result<Vec<PackEntry>> {
     let what = format!("pack {name}");
     if blake3::hash(trailer).as_bytes() != &footer.checksum {
         return Err(Error::corrupt(what, "trailer checksum mismatch"));
     }
-    let PackTrailer { entries } = codec::decode(&what, trailer)?;
+    let trailer = codec.open_object(Domain::Trailer, &format!("the trailer of pack {name}"), trailer)?;
+    let PackTrailer { entries } = codec::decode(&what, &trailer)?;
     let mut frame: Option<(u64, u32, u32)> = None; // offset, stored_len, frame_len
     let mut next_free = PACK_HEADER_LEN as u64;
     for e in &entries {
@@ -342,17 +387,31 @@ pub fn parse_trailer(name: &str, footer: &Footer, trailer: &[u8]) -> Result<Vec<
 /// its header says (a flipped version byte must not pass for a newer format), and only an
 /// intact pack of a newer format is refused as such.
 pub fn check_pack(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
+    check_pack_with(name, bytes, &crate::frame::ZstdFrames::PLAIN)
+}
+
+/// `check_pack` for a pack of a repository whose codec is `codec`.
+pub fn check_pack_with(name: &str, bytes: &[u8], codec: &dyn FrameCodec) -> Result<Vec<PackEntry>> {
     if PackId::of(bytes).to_hex() != name {
         return Err(Error::corrupt(format!("pack {name}"), "content does not hash to its name"));
     }
-    check_pack_layout(name, bytes)
+    check_pack_layout(name, bytes, codec)
 }
 
 /// Parses a pack's header, footer and trailer without checking its hash (a damaged pack's
-/// blobs can still be checked one by one against their own IDs).
-pub fn check_pack_layout(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
-    codec::check_header(&format!("pack {name}"), bytes, MAGIC, PACK_VERSION)?;
-    read_trailer(name, bytes.len() as u64, |offset, len| {
+/// blobs can still be checked one by one against their own IDs). A plain pack in an encrypted
+/// repository is refused (nobody with the key wrote it), and so is a sealed one without a key.
+pub fn check_pack_layout(name: &str, bytes: &[u8], codec: &dyn FrameCodec) -> Result<Vec<PackEntry>> {
+    let what = format!("pack {name}");
+    let version = codec::check_header(&what, bytes, MAGIC, PACK_VERSION)?;
+    match (version == SEALED_PACK_VERSION, codec.encrypted()) {
+        (true, false) => {
+            return Err(Error::KeyNeeded { reason: format!("{what} is encrypted: its repository's key is needed") })
+        }
+        (false, true) => return Err(Error::corrupt(what, "is not sealed, in an encrypted repository")),
+        _ => {}
+    }
+    read_trailer(name, bytes.len() as u64, codec, |offset, len| {
         usize::try_from(offset)
             .ok()
             .and_then(|start| bytes.get(start..start.checked_add(len)?))
@@ -365,12 +424,13 @@ pub fn check_pack_layout(name: &str, bytes: &[u8]) -> Result<Vec<PackEntry>> {
 pub(crate) fn read_trailer<B: AsRef<[u8]>>(
     name: &str,
     size: u64,
+    codec: &dyn FrameCodec,
     mut read: impl FnMut(u64, usize) -> Result<B>,
 ) -> Result<Vec<PackEntry>> {
     let tail = read(size.saturating_sub(FOOTER_LEN as u64), FOOTER_LEN.min(size as usize))?;
     let footer = parse_footer(name, tail.as_ref(), size)?;
     let trailer = read(footer.trailer_offset, footer.trailer_len as usize)?;
-    parse_trailer(name, &footer, trailer.as_ref())
+    parse_trailer_with(name, &footer, trailer.as_ref(), codec)
 }
 
 #[cfg(test)]

@@ -5,15 +5,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::frame::{Domain, FrameCodec, ZstdFrames};
 use crate::id::{SnapshotId, TreeId};
 
 const MAGIC: &[u8; 8] = b"CAIRNSNP";
 const TOMBSTONE_MAGIC: &[u8; 8] = b"CAIRNFGT";
 /// Newest tombstone format this build writes (a tombstone's body, a time, is never needed).
 pub const TOMBSTONE_VERSION: u32 = 1;
-/// Newest snapshot record format this build reads and the one it writes. Version 2 added
-/// `pinned`, `original` and `captures`; version-1 records are still read (docs/FORMAT.md).
-pub const RECORD_VERSION: u32 = 2;
+/// Newest snapshot record format this build reads. Version 2 added `pinned`, `original` and
+/// `captures`; version 3 is version 2's body sealed, the record of an encrypted repository
+/// (docs/ENCRYPTION.md). Versions 1 and 2 are still read; an unencrypted repository writes 2.
+pub const RECORD_VERSION: u32 = 3;
+const PLAIN_RECORD_VERSION: u32 = 2;
+const SEALED_RECORD_VERSION: u32 = 3;
 
 /// The tag of a restore's safety snapshot, reserved for them.
 pub const SAFETY_TAG: &str = "safety";
@@ -205,22 +209,50 @@ impl From<RecordV1> for SnapshotRecord {
 }
 
 impl SnapshotRecord {
-    /// Encodes the record file; returns its ID and bytes.
+    /// Encodes the record file of an unencrypted repository; returns its ID and bytes.
     #[must_use]
     pub fn seal(&self) -> (SnapshotId, Vec<u8>) {
-        let bytes = codec::frame(MAGIC, RECORD_VERSION, &codec::encode(self));
+        self.seal_with(&ZstdFrames::PLAIN)
+    }
+
+    /// Encodes the record file for a repository whose codec is `codec`: sealed (version 3)
+    /// when it encrypts. The ID is the BLAKE3 of the file as stored, so it is checked without
+    /// the key.
+    #[must_use]
+    pub fn seal_with(&self, codec: &dyn FrameCodec) -> (SnapshotId, Vec<u8>) {
+        let bytes = if codec.encrypted() {
+            codec::frame(MAGIC, SEALED_RECORD_VERSION, &codec.seal_object(Domain::Record, codec::encode(self)))
+        } else {
+            codec::frame(MAGIC, PLAIN_RECORD_VERSION, &codec::encode(self))
+        };
         (SnapshotId::of(&bytes), bytes)
     }
 
-    /// Decodes a record file and checks it against its ID.
+    /// Decodes a record file of an unencrypted repository and checks it against its ID.
     pub fn open(id: SnapshotId, bytes: &[u8]) -> Result<Self> {
+        Self::open_with(id, bytes, &ZstdFrames::PLAIN)
+    }
+
+    /// Decodes a record file of a repository whose codec is `codec`, and checks it against its
+    /// ID. An unsealed record in an encrypted repository is damage (nobody with the key wrote
+    /// it); a sealed one without the key says a key is needed.
+    pub fn open_with(id: SnapshotId, bytes: &[u8], codec: &dyn FrameCodec) -> Result<Self> {
         if SnapshotId::of(bytes) != id {
             return Err(Error::HashMismatch { what: "snapshot record", id: id.to_hex() });
         }
         let what = format!("snapshot {id}");
-        match codec::unframe(&what, bytes, MAGIC, RECORD_VERSION)? {
-            (1, body) => codec::decode::<RecordV1>(&what, body).map(Self::from),
-            (_, body) => codec::decode(&what, body),
+        let (version, body) = codec::unframe(&what, bytes, MAGIC, RECORD_VERSION)?;
+        match (version, codec.encrypted()) {
+            (SEALED_RECORD_VERSION, true) => {
+                let body = codec.open_object(Domain::Record, &format!("snapshot record {id}"), body)?;
+                codec::decode(&what, &body)
+            }
+            (SEALED_RECORD_VERSION, false) => {
+                Err(Error::KeyNeeded { reason: format!("snapshot record {id} is encrypted: a key is needed") })
+            }
+            (_, true) => Err(Error::corrupt(what, "is not sealed, in an encrypted repository")),
+            (1, false) => codec::decode::<RecordV1>(&what, body).map(Self::from),
+            (_, false) => codec::decode(&what, body),
         }
     }
 

@@ -28,12 +28,12 @@ use serde::Serialize;
 
 use crate::backend::{Backend, FileKind, Location, ObjectInfo, Storage};
 use crate::error::{Error, Result};
+use crate::frame::FrameCodec;
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::Index;
 use crate::pack::{self, BlobKind, PackEntry, PackWriter};
 use crate::progress::{NoProgress, Progress, Unit};
-use crate::record::SnapshotRecord;
-use crate::repo::{missing, now_secs, RebuildReport, Repo};
+use crate::repo::{missing, now_secs, OpenOptions, RebuildReport, Repo};
 use crate::salvage::{self, Blob, Wanted};
 use crate::scrub::{Damage, ScrubOptions};
 use crate::tally::Counter;
@@ -116,9 +116,9 @@ struct Records {
 }
 
 impl Records {
-    fn roots(&self) -> Result<Vec<TreeId>> {
+    fn roots(&self, repo: &Repo) -> Result<Vec<TreeId>> {
         let all = self.good.iter().map(|(id, b)| (id, b)).chain(self.rewrite.iter().map(|(id, b, _)| (id, b)));
-        all.map(|(id, bytes)| Ok(SnapshotRecord::open(*id, bytes)?.root)).collect()
+        all.map(|(id, bytes)| Ok(repo.open_record(*id, bytes)?.root)).collect()
     }
 }
 
@@ -160,7 +160,7 @@ impl Repo {
         skip: &[String],
         now: i64,
         progress: &dyn Progress,
-        entries: impl Fn(&dyn Backend, &str, u64) -> Result<Result<Vec<PackEntry>>> + Sync,
+        entries: impl Fn(&dyn Backend, &dyn FrameCodec, &str, u64) -> Result<Result<Vec<PackEntry>>> + Sync,
     ) -> Result<RebuildReport> {
         const READERS: usize = 8;
         const BATCH: usize = 256;
@@ -177,8 +177,9 @@ impl Repo {
             progress.start("indexing packs", Some(todo.len() as u64), Unit::Items);
         }
         let backend = self.backend.as_ref();
+        let codec = self.frames.as_ref();
         for batch in todo.chunks(BATCH) {
-            let read = read_concurrently(batch, READERS, |(_, name, size)| entries(backend, name, *size));
+            let read = read_concurrently(batch, READERS, |(_, name, size)| entries(backend, codec, name, *size));
             for ((id, name, size), found) in batch.iter().zip(read) {
                 match found? {
                     Ok(entries) => {
@@ -200,7 +201,7 @@ impl Repo {
             if known.contains(&id) {
                 continue;
             }
-            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((SnapshotRecord::open(id, &b)?, b))) {
+            match self.backend.get(FileKind::Snapshot, &name).and_then(|b| Ok((self.open_record(id, &b)?, b))) {
                 Ok((rec, bytes)) => {
                     self.index.add_snapshot(id, rec.time_ns, &rec.host, rec.label.as_deref(), &bytes)?;
                     report.snapshots += 1;
@@ -261,6 +262,8 @@ impl Repo {
             chunker,
             compression_level: opts.compression_level.unwrap_or(defaults.compression_level),
             pack_size: opts.pack_size.unwrap_or(defaults.pack_size),
+            // Key files say the repository is encrypted: its packs and records are sealed.
+            encryption: (!backend.list(FileKind::Key)?.is_empty()).then_some(crate::crypto::SCHEME_V1),
         };
         // Validated as any config read back is.
         let bytes = config.encode();
@@ -276,12 +279,25 @@ impl Repo {
     /// never leaves a partial index that looks whole: the old one stays until the new one is
     /// ready, and running the repair again starts over. A repair that refuses (a newer format)
     /// or fails leaves the repository as it found it, without a half-built index file.
-    pub fn repair_index(location: &Location, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
-        Self::repair_index_storage(location.storage()?, progress)
+    pub fn repair_index(
+        location: &Location,
+        opts: &OpenOptions,
+        progress: &dyn Progress,
+    ) -> Result<(Self, RepairReport)> {
+        Self::repair_index_storage(location.storage()?, opts, progress)
     }
 
     /// `repair_index` of a repository in storage the caller assembled (a test's backend).
-    pub fn repair_index_storage(storage: Storage, progress: &dyn Progress) -> Result<(Self, RepairReport)> {
+    pub fn repair_index_storage(
+        storage: Storage,
+        opts: &OpenOptions,
+        progress: &dyn Progress,
+    ) -> Result<(Self, RepairReport)> {
+        // Keys first, as every open does: a wrong passphrase does no work.
+        let unlocked = crate::keyring::unlock(&storage, opts)?;
+        if unlocked.as_ref().is_some_and(|u| u.keys.is_put_only()) {
+            return Err(Error::PutOnly { what: "rebuild the index (it reads every trailer and record)".into() });
+        }
         storage.state.create()?;
         // Alone: the index file is replaced under every connection, and a forget or snapshot
         // running beside the rebuild would be judged by evidence read before it.
@@ -304,6 +320,7 @@ impl Repo {
             .filter(|old| old.repo_id().ok().flatten().is_none_or(|id| id == config.repo_id));
         let built = Index::open(&fresh).and_then(|index| {
             let mut building = Self::assemble(storage, index, config);
+            building.install_keys(unlocked.clone())?;
             building.notices = notices;
             let report = building.rebuild_verified(evidence.as_ref(), progress)?;
             Ok((building, report))
@@ -320,7 +337,7 @@ impl Repo {
         drop(building); // closes every connection: the new index's WAL is checkpointed
         again.state.swap_in_rebuilt()?;
         drop(alone); // the new index is in force; others may open it (this process too)
-        let repo = Self::open_storage(again, &crate::repo::OpenOptions::default())?;
+        let repo = Self::open_unlocked(again, opts, unlocked)?;
         // The damaged packs go only now: the index in force no longer names them, and every
         // blob in them that verified is in a new pack it does name.
         for name in &report.packs_quarantined {
@@ -347,7 +364,7 @@ impl Repo {
                     Err(e) if missing(&e) => return Ok(()),
                     Err(e) => return Err(e),
                 };
-                match (name.parse::<PackId>(), pack::check_pack(name, &bytes)) {
+                match (name.parse::<PackId>(), pack::check_pack_with(name, &bytes, self.frames.as_ref())) {
                     (Ok(id), Ok(entries)) => {
                         self.index.add_pack(id, *size, &entries, now)?;
                         blobs.add(entries.len() as u64);
@@ -369,9 +386,16 @@ impl Repo {
         // From each damaged pack, every blob its trailer or the old index places and that
         // verifies; then, for what the snapshots still miss, a scan of its frames, again while
         // it finds trees (a salvaged tree can name more that is missing).
-        let mut salvage = Salvage { chunks: PackWriter::new(), trees: PackWriter::new(), written: HashSet::new() };
+        let mut salvage = Salvage {
+            chunks: PackWriter::for_codec(&self.frames, 0),
+            trees: PackWriter::for_codec(&self.frames, 0),
+            written: HashSet::new(),
+        };
         let mut known: HashSet<BlobId> = HashSet::new();
-        for name in &damaged {
+        // Salvage reads plain frames and trailers: a sealed pack's damage is reported, not
+        // salvaged (docs/ENCRYPTION.md, "Not done here").
+        let salvageable: &[String] = if self.frames.encrypted() { &[] } else { &damaged };
+        for name in salvageable {
             let Some(bytes) = self.read_damaged(name)? else { continue };
             let mut entries = salvage::trailer_entries(&bytes);
             if let (Some(old), Ok(id)) = (evidence, name.parse::<PackId>()) {
@@ -380,14 +404,14 @@ impl Repo {
             known.extend(entries.iter().map(|e| e.id));
             self.keep(&mut salvage, salvage::blobs_of(&bytes, &entries), now, &mut report)?;
         }
-        let roots = records.roots()?;
+        let roots = records.roots(self)?;
         loop {
-            let wanted = if damaged.is_empty() { Wanted::default() } else { self.missing_blobs(&roots)? };
+            let wanted = if salvageable.is_empty() { Wanted::default() } else { self.missing_blobs(&roots)? };
             if wanted.is_empty() {
                 break;
             }
             let before = report.blobs_salvaged;
-            for name in &damaged {
+            for name in salvageable {
                 let Some(bytes) = self.read_damaged(name)? else { continue };
                 self.keep(&mut salvage, salvage::scan(&bytes, &wanted, self.config.chunker), now, &mut report)?;
             }
@@ -404,7 +428,7 @@ impl Repo {
 
         // Records: the intact ones indexed, the others written again from their copy first.
         for (id, bytes) in &records.good {
-            let rec = SnapshotRecord::open(*id, bytes)?;
+            let rec = self.open_record(*id, bytes)?;
             self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), bytes)?;
             report.snapshots += 1;
         }
@@ -415,7 +439,7 @@ impl Repo {
             }
             self.backend.put(FileKind::Snapshot, &name, bytes)?;
             crate::failpoint::hit("repair.record_rewritten");
-            let rec = SnapshotRecord::open(*id, bytes)?;
+            let rec = self.open_record(*id, bytes)?;
             self.index.add_snapshot(*id, rec.time_ns, &rec.host, rec.label.as_deref(), bytes)?;
             report.snapshots += 1;
             report.snapshots_rewritten.push(name);
@@ -442,9 +466,9 @@ impl Repo {
     /// between this and the swap is left unindexed: scrub then blames the index for its
     /// blobs, and gc indexes it again.)
     fn catch_up(&self, damaged: &[String], now: i64) -> Result<()> {
-        self.index_from_files(damaged, now, &NoProgress, |backend, name, _| {
+        self.index_from_files(damaged, now, &NoProgress, |backend, codec, name, _| {
             Ok(match read_damaged(backend, name)? {
-                Some(bytes) => pack::check_pack(name, &bytes),
+                Some(bytes) => pack::check_pack_with(name, &bytes, codec),
                 None => Err(Error::Missing { what: "pack", id: name.to_owned() }), // gone meanwhile
             })
         })
@@ -463,7 +487,7 @@ impl Repo {
             .and_then(|old| old.snapshots().ok())
             .unwrap_or_default()
             .into_iter()
-            .filter(|row| SnapshotRecord::open(row.id, &row.record).is_ok())
+            .filter(|row| self.open_record(row.id, &row.record).is_ok())
             .map(|row| (row.id, row.record))
             .collect();
         let mut seen = HashSet::new();
@@ -478,7 +502,7 @@ impl Repo {
                 Err(e) if missing(&e) => continue,
                 Err(e) => return Err(e),
             };
-            match SnapshotRecord::open(id, &bytes) {
+            match self.open_record(id, &bytes) {
                 Ok(_) => out.good.push((id, bytes)),
                 Err(e @ Error::UnsupportedVersion { .. }) => return Err(newer(format!("snapshot record {name}"), &e)),
                 Err(_) => match copies.get(&id) {

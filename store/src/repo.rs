@@ -11,10 +11,13 @@ use serde::Serialize;
 
 use crate::backend::{Backend, FileKind, Location, Modes, Storage, CONFIG_COPY};
 use crate::config::{ChunkerParams, RepoConfig};
+use crate::crypto::keyfile::KdfParams;
+use crate::crypto::{MasterKeys, Passphrase};
 use crate::error::{Error, Result};
 use crate::frame::{FrameCodec, ZstdFrames};
 use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::{BlobLocation, Index};
+use crate::keyring::{PassphraseSource, Unlocked};
 use crate::lock::{Hold, Locks};
 use crate::pack;
 use crate::record::SnapshotRecord;
@@ -34,11 +37,22 @@ pub struct InitOptions {
     /// Let the owner's group read the repository (0640 files, 0750 folders) instead of the
     /// owner alone.
     pub group_readable: bool,
+    /// Encrypt it (docs/ENCRYPTION.md): the first key file's passphrase.
+    pub encrypt: Option<Passphrase>,
+    /// How that passphrase is stretched (Argon2id parameters, recorded in the key file).
+    pub kdf: KdfParams,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        Self { chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 << 20, group_readable: false }
+        Self {
+            chunker: ChunkerParams::default(),
+            compression_level: 3,
+            pack_size: 16 << 20,
+            group_readable: false,
+            encrypt: None,
+            kdf: KdfParams::default(),
+        }
     }
 }
 
@@ -55,6 +69,11 @@ pub struct OpenOptions {
     /// Where opening reports indexing packs it has not seen (a fresh cache of a bucket, a
     /// lost index, other machines' new packs).
     pub progress: Option<crate::progress::SharedProgress>,
+    /// The passphrase of an encrypted repository, asked only when it is one.
+    pub passphrase: Option<PassphraseSource>,
+    /// The caller brought a passphrase on purpose (a file, a command): a repository that is
+    /// not encrypted is then refused rather than written in clear.
+    pub expect_encrypted: bool,
 }
 
 /// A snapshot: its ID and record.
@@ -98,7 +117,9 @@ pub struct Repo {
     pub(crate) index: Index,
     pub(crate) config: RepoConfig,
     /// Seals and opens every stored frame, and names blobs (frame.rs).
-    pub(crate) frames: Box<dyn FrameCodec>,
+    pub(crate) frames: Arc<dyn FrameCodec>,
+    /// The keys of an encrypted repository and the key file that gave them (keyring.rs).
+    pub(crate) unlocked: Option<Unlocked>,
     /// What opening found that the user should hear about (a damaged config copy, a record
     /// file that vanished or cannot be read); the CLI prints them.
     pub(crate) notices: Vec<String>,
@@ -216,12 +237,24 @@ impl Repo {
 
     fn init_with_id(storage: Storage, opts: &InitOptions, repo_id: String) -> Result<Self> {
         opts.chunker.validate()?;
+        opts.kdf.validate()?;
         let config = RepoConfig {
             repo_id,
             created: now_secs(),
             chunker: opts.chunker,
             compression_level: opts.compression_level,
             pack_size: opts.pack_size,
+            encryption: opts.encrypt.as_ref().map(|_| crate::crypto::SCHEME_V1),
+        };
+        // The key file before the config: a place without a config is not (yet) a repository,
+        // and an encrypted one must never exist without a key.
+        let unlocked = match &opts.encrypt {
+            Some(pass) => {
+                let keys = MasterKeys::generate()?;
+                let key_name = crate::keyring::write_key_file(&storage, &keys, pass, opts.kdf)?;
+                Some(Unlocked { keys, key_name })
+            }
+            None => None,
         };
         storage.state.create()?;
         let index_path = storage.state.index_path();
@@ -237,7 +270,9 @@ impl Repo {
             let _ = fs::set_permissions(&index_path, fs::Permissions::from_mode(storage.state.modes().file));
         }
         crate::reserve::top_up(&storage.state, crate::reserve::size_for(0));
-        Ok(Self::assemble(storage, index, config))
+        let mut repo = Self::assemble(storage, index, config);
+        repo.install_keys(unlocked)?;
+        Ok(repo)
     }
 
     /// A handle with nothing found yet and full rights.
@@ -248,7 +283,8 @@ impl Repo {
             state: storage.state,
             locks: storage.locks,
             index,
-            frames: Box::new(ZstdFrames::new(config.compression_level)),
+            frames: Arc::new(ZstdFrames::new(config.compression_level)),
+            unlocked: None,
             config,
             notices: Vec::new(),
             read_only: false,
@@ -270,6 +306,13 @@ impl Repo {
     /// cache (invariant 3). When the repository cannot be written, it is opened read-only
     /// instead, and nothing is written at all.
     pub fn open_storage(storage: Storage, opts: &OpenOptions) -> Result<Self> {
+        // An encrypted repository is unlocked first: a wrong passphrase does no work at all.
+        let unlocked = crate::keyring::unlock(&storage, opts)?;
+        Self::open_unlocked(storage, opts, unlocked)
+    }
+
+    /// `open_storage` with the keys already unlocked (`repair index` opens twice).
+    pub(crate) fn open_unlocked(storage: Storage, opts: &OpenOptions, unlocked: Option<Unlocked>) -> Result<Self> {
         // Before the index is touched: a `repair index` swapping it under us must not start,
         // and one that is running makes this open wait for nothing and say so.
         let index_use = storage.state.share_index()?;
@@ -298,6 +341,7 @@ impl Repo {
         };
         let (config, mut notices) = load_config(&storage.location, storage.backend.as_ref(), !read_only)?;
         let mut repo = Self::assemble(storage, index, config);
+        repo.install_keys(unlocked)?;
         repo.read_only = read_only;
         repo.index_use = index_use;
         if !read_only {
@@ -490,6 +534,12 @@ impl Repo {
         self.frames.blob_from_frame(&loc.entry, &frame)
     }
 
+    /// Decodes a snapshot record file (sealed in an encrypted repository) and checks it
+    /// against its ID.
+    pub(crate) fn open_record(&self, id: SnapshotId, bytes: &[u8]) -> Result<SnapshotRecord> {
+        SnapshotRecord::open_with(id, bytes, self.frames.as_ref())
+    }
+
     /// Loads and decodes a tree.
     pub fn load_tree(&self, id: TreeId) -> Result<Tree> {
         let bytes = self.read_blob(id.into(), "tree")?;
@@ -526,18 +576,28 @@ impl Repo {
 
     /// A pack's trailer entries, read from its footer (44 bytes) and trailer alone.
     pub(crate) fn pack_trailer(&self, name: &str, size: u64) -> Result<Vec<pack::PackEntry>> {
-        read_pack_trailer(self.backend.as_ref(), name, size)
+        read_pack_trailer(self.backend.as_ref(), name, size, self.frames.as_ref())
     }
 }
 
 /// A pack's trailer entries, read from its footer and trailer alone (ranged reads).
-fn read_pack_trailer(backend: &dyn Backend, name: &str, size: u64) -> Result<Vec<pack::PackEntry>> {
-    pack::read_trailer(name, size, |offset, len| backend.get_range(FileKind::Pack, name, offset, len))
+fn read_pack_trailer(
+    backend: &dyn Backend,
+    name: &str,
+    size: u64,
+    codec: &dyn FrameCodec,
+) -> Result<Vec<pack::PackEntry>> {
+    pack::read_trailer(name, size, codec, |offset, len| backend.get_range(FileKind::Pack, name, offset, len))
 }
 
 /// For `index_from_files`: a pack's trailer entries; a pack whose trailer cannot be read is
 /// named as not indexed, the run goes on.
 #[allow(clippy::unnecessary_wraps)] // the shape index_from_files takes
-pub(crate) fn pack_trailer(backend: &dyn Backend, name: &str, size: u64) -> Result<Result<Vec<pack::PackEntry>>> {
-    Ok(read_pack_trailer(backend, name, size))
+pub(crate) fn pack_trailer(
+    backend: &dyn Backend,
+    codec: &dyn FrameCodec,
+    name: &str,
+    size: u64,
+) -> Result<Result<Vec<pack::PackEntry>>> {
+    Ok(read_pack_trailer(backend, name, size, codec))
 }

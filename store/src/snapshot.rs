@@ -285,7 +285,7 @@ impl Repo {
 
     /// Makes a snapshot exist: its record is written durably, then indexed.
     pub(crate) fn commit(&self, record: &SnapshotRecord) -> Result<SnapshotId> {
-        let (id, bytes) = record.seal();
+        let (id, bytes) = record.seal_with(self.frames.as_ref());
         self.commit_sealed("snapshot", id, &bytes, record)?;
         Ok(id)
     }

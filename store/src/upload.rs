@@ -376,8 +376,8 @@ fn writer(kind: &str, repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<Ha
     let target = repo.config.pack_size as usize;
     // Room for a full pack, the frame that tips it over and the trailer (64 bytes a blob: an
     // eighth of the pack covers blobs stored in 512 bytes or more), so the buffer never grows.
-    let mut data = PackWriter::with_capacity(target + target / 8 + 2 * FRAME_TARGET + 4096);
-    let mut trees = PackWriter::new();
+    let mut data = PackWriter::for_codec(&repo.frames, target + target / 8 + 2 * FRAME_TARGET + 4096);
+    let mut trees = PackWriter::for_codec(&repo.frames, 0);
     let flush = |w: &mut PackWriter| -> Result<()> {
         if w.is_empty() {
             return Ok(());

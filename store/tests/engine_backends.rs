@@ -156,7 +156,8 @@ fn snapshot_restore_scrub_gc_and_repair_run_over_every_backend() {
         drop(repo);
 
         // And the index rebuilt by repair verifies every pack it reads.
-        let (repo, report) = Repo::repair_index_storage(storage(dir.path(), &backend), &NoProgress).unwrap();
+        let (repo, report) =
+            Repo::repair_index_storage(storage(dir.path(), &backend), &Default::default(), &NoProgress).unwrap();
         assert!(report.complete(), "{name}: {report:?}");
         assert_eq!(repo.snapshots().unwrap().len(), 1, "{name}");
         assert_clean(&repo, name);

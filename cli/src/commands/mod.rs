@@ -6,6 +6,7 @@ mod forget;
 mod gc;
 mod init;
 mod inspect;
+mod key;
 mod list;
 mod repair;
 mod restore;
@@ -147,10 +148,22 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
     // A command that failed before it opened the repository: open it now to record that, when
     // there is one (a repository that cannot be opened cannot record anything).
+    // A command refused for its key would be refused again (and a prompt would ask again).
+    let keyless = result.as_ref().err().is_some_and(|e| {
+        e.chain()
+            .filter_map(|c| c.downcast_ref::<cairn_store::Error>())
+            .any(|e| matches!(e, cairn_store::Error::WrongPassphrase { .. } | cairn_store::Error::KeyNeeded { .. }))
+    });
     let log = log.or_else(|| {
+        if keyless {
+            return None;
+        }
         let (location, _) = repo_location(cli).ok()?;
         location.holds_repository().ok()?.then_some(())?;
-        Repo::open(&location, &lower::open_options()).ok().filter(|r| !r.is_read_only()).map(|r| r.run_log())
+        Repo::open(&location, &with_passphrase(cli, &lower::open_options()))
+            .ok()
+            .filter(|r| !r.is_read_only())
+            .map(|r| r.run_log())
     });
     match log {
         Some(log) => {
@@ -188,6 +201,7 @@ fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Status(a) => status::run(cli, a),
         Command::Repair(crate::args::RepairCommand::Index) => repair::run_index(cli),
         Command::Repair(crate::args::RepairCommand::Config(a)) => repair::run_config(cli, a),
+        Command::Key(k) => key::run(cli, k),
         Command::Systemd(crate::args::SystemdCommand::Install(a)) => service::install(cli, a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
@@ -235,13 +249,21 @@ pub fn location_arg(p: &std::path::Path) -> Result<Location> {
 /// here, so that how a repository is located and opened is decided in one place.
 pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
     let (location, _) = repo_location(cli)?;
-    let mut opts = opts.clone();
+    let mut opts = with_passphrase(cli, opts);
     opts.progress = Some(cairn_store::SharedProgress(std::sync::Arc::new(crate::progress::Bar::for_cli(cli))));
     let repo = Repo::open(&location, &opts).with_context(|| format!("cannot open repository {location}"))?;
     note_requests(&repo);
     print_notices(&repo);
     note_repo(&repo);
     Ok(repo)
+}
+
+/// `opts` with the passphrase the global options give (asked only of an encrypted repository).
+pub fn with_passphrase(cli: &Cli, opts: &OpenOptions) -> OpenOptions {
+    let mut opts = opts.clone();
+    opts.passphrase = Some(crate::password::source(cli));
+    opts.expect_encrypted = crate::password::given(cli);
+    opts
 }
 
 /// Opens the repository for a command that only reads or adds.

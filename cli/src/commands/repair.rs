@@ -12,7 +12,8 @@ use crate::progress::Bar;
 pub fn run_index(cli: &Cli) -> Result<u8> {
     let (location, _) = super::repo_location(cli)?;
     let bar = Bar::for_cli(cli);
-    let (repo, report) = Repo::repair_index(&location, &bar).with_context(|| format!("cannot repair {location}"))?;
+    let (repo, report) = Repo::repair_index(&location, &super::with_passphrase(cli, &lower::open_options()), &bar)
+        .with_context(|| format!("cannot repair {location}"))?;
     super::note_requests(&repo);
     // -q keeps a repair quiet only when nothing was lost.
     let quiet = if report.complete() { Quiet::Silences } else { Quiet::Ignored };

@@ -217,7 +217,7 @@ impl LocalBackend {
             FileKind::Snapshot => scan(&self.root.join("snapshots"))?,
             FileKind::Tombstone => scan(&self.root.join("forgotten"))?,
             FileKind::Quarantine => scan(&self.root.join("quarantine"))?,
-            FileKind::SessionLease | FileKind::GcLease | FileKind::Condemned => {
+            FileKind::SessionLease | FileKind::GcLease | FileKind::Condemned | FileKind::Key => {
                 scan(&self.root.join(super::folder(kind).unwrap_or("")))?;
             }
             FileKind::Pack => {

@@ -32,6 +32,7 @@ fn key(kind: FileKind, name: &str) -> (u8, String) {
         FileKind::SessionLease => 5,
         FileKind::GcLease => 6,
         FileKind::Condemned => 7,
+        FileKind::Key => 8,
     };
     (k, name.to_owned())
 }

@@ -70,6 +70,9 @@ pub enum FileKind {
     /// Packs a collector condemned, published for writers on other machines
     /// (`condemned/<random hex>`, docs/GC.md).
     Condemned,
+    /// Key files of an encrypted repository (`keys/<64 hex>`, docs/ENCRYPTION.md): the master
+    /// key set wrapped by one passphrase each.
+    Key,
 }
 
 /// One object of a listing.
@@ -202,6 +205,7 @@ pub(crate) fn describe(kind: FileKind, name: &str) -> String {
         FileKind::SessionLease => format!("session lease {name}"),
         FileKind::GcLease => format!("gc lease {name}"),
         FileKind::Condemned => format!("condemnation record {name}"),
+        FileKind::Key => format!("key file {name}"),
     }
 }
 
@@ -225,6 +229,7 @@ pub(crate) fn folder(kind: FileKind) -> Option<&'static str> {
         FileKind::SessionLease => Some("leases/sessions"),
         FileKind::GcLease => Some("leases/gc"),
         FileKind::Condemned => Some("condemned"),
+        FileKind::Key => Some("keys"),
     }
 }
 

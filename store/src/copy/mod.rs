@@ -141,17 +141,18 @@ fn same_place(a: &Location, b: &Location) -> bool {
 /// The record file of `snap` as the source holds it: re-encoding gives the same bytes for a
 /// record of the current version; an older one is read from its file (or the index's copy).
 fn record_bytes(source: &Repo, snap: &Snapshot) -> Result<Vec<u8>> {
-    let (id, bytes) = snap.record.seal();
+    // (A sealed record never encodes to the same bytes twice: it is read from its file.)
+    let (id, bytes) = snap.record.seal_with(source.frames.as_ref());
     if id == snap.id {
         return Ok(bytes);
     }
     match source.backend.get(FileKind::Snapshot, &snap.id.to_hex()) {
-        Ok(b) if SnapshotRecord::open(snap.id, &b).is_ok() => Ok(b),
+        Ok(b) if source.open_record(snap.id, &b).is_ok() => Ok(b),
         _ => source
             .index
             .snapshots()?
             .into_iter()
-            .find(|r| r.id == snap.id && SnapshotRecord::open(snap.id, &r.record).is_ok())
+            .find(|r| r.id == snap.id && source.open_record(snap.id, &r.record).is_ok())
             .map(|r| r.record)
             .ok_or_else(|| Error::Missing { what: "snapshot record", id: snap.id.to_hex() }),
     }

@@ -7,7 +7,6 @@ use super::{Damage, Scrub};
 use crate::backend::{FileKind, ObjectInfo, CONFIG_COPY};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
-use crate::record::SnapshotRecord;
 
 impl Scrub<'_> {
     /// Both copies of the config: one that cannot be read is damage (opening mends it when the
@@ -43,14 +42,14 @@ impl Scrub<'_> {
             if tombs.contains(name) {
                 continue; // being forgotten
             }
-            match repo.backend.get(FileKind::Snapshot, name).and_then(|b| SnapshotRecord::open(id, &b)) {
+            match repo.backend.get(FileKind::Snapshot, name).and_then(|b| repo.open_record(id, &b)) {
                 Ok(_) => {}
                 Err(e) if crate::repo::missing(&e) => {} // forgotten since the listing
                 Err(e @ Error::UnsupportedVersion { .. }) => {
                     self.report.unreadable.push(format!("snapshot record {name}: {e}"))
                 }
                 Err(e) => {
-                    let copy = rows.get(&id).is_some_and(|b| SnapshotRecord::open(id, b).is_ok());
+                    let copy = rows.get(&id).is_some_and(|b| repo.open_record(id, b).is_ok());
                     let detail = if copy {
                         format!("{e}; the index holds a verified copy: `cairn repair index` writes the file again")
                     } else {

@@ -57,7 +57,7 @@ fn check_entries(frames: &dyn FrameCodec, bytes: &[u8], entries: &[PackEntry]) -
 fn verify_pack(repo: &Repo, pack: PackId, indexed_size: u64, bytes: &[u8]) -> Result<Verdict> {
     let name = pack.to_hex();
     let whole_ok = PackId::of(bytes) == pack;
-    let layout = match pack::check_pack_layout(&name, bytes) {
+    let layout = match pack::check_pack_layout(&name, bytes, repo.frames.as_ref()) {
         // Only an intact pack is of a newer format; a damaged one's header is not believed.
         Err(e @ Error::UnsupportedVersion { .. }) if whole_ok => return Err(e),
         other => other,

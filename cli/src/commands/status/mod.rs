@@ -170,7 +170,7 @@ pub fn write_metrics_after(cli: &Cli) -> Result<()> {
 pub fn gather(cli: &Cli, select: &SelectArgs) -> Result<Status> {
     let profile = super::profile(cli)?;
     let (location, _) = super::repo_location(cli)?;
-    let repo = Repo::open(&location, &lower::open_options())
+    let repo = Repo::open(&location, &crate::commands::with_passphrase(cli, &lower::open_options()))
         .map_err(|e| anyhow::anyhow!(e).context(format!("cannot open repository {location}")))?;
     super::note_requests(&repo);
     let monitoring = profile.map(|p| p.monitoring.clone()).unwrap_or_default();
