@@ -13,7 +13,7 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 # An explicit --target keeps RUSTFLAGS off build scripts, which do not link libFuzzer.
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 cargo build --release --locked --target "$HOST" --target-dir target/instrumented
-for t in config pack tree snapshot_record chunker salvage; do
+for t in config pack tree snapshot_record chunker salvage key_file sealed_frame sealed_record; do
   mkdir -p "corpus/$t" "artifacts/$t"
   work=$(mktemp -d)   # new inputs go to a scratch dir; the checked-in corpus stays as it is
   echo "== fuzz $t for ${SECS}s"

@@ -378,6 +378,7 @@ impl Repo {
     /// before the old one is forgotten: a crash in between leaves both, never neither. Runs as
     /// a session, so that a gc running beside it keeps what the new record needs.
     pub fn retag(&self, snap: &Snapshot, change: &Retag) -> Result<Retagged> {
+        self.need_full_key("tag snapshots")?;
         self.writable("tag")?;
         let _session = if change.dry_run { None } else { self.session("tag")? };
         let mut record = snap.record.clone();

@@ -114,6 +114,7 @@ impl Repo {
     /// commit of a forget. A run killed after it is finished by the next open; a record file
     /// that is gone without one was not forgotten, and is reported instead of being dropped.
     pub fn forget(&self, ids: &[SnapshotId]) -> Result<()> {
+        self.need_full_key("forget snapshots")?;
         self.writable("forget")?;
         for id in ids {
             let name = id.to_hex();
@@ -167,6 +168,7 @@ impl Repo {
     /// them has ended; then the leftovers of crashed runs go.
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let started = Instant::now();
+        self.need_full_key("collect garbage (gc reads every record and tree)")?;
         self.writable("gc")?;
         if !opts.dry_run && !self.locks.sees_every_session() {
             // gc deletes a condemned pack once no older session is alive; sessions it cannot

@@ -88,13 +88,13 @@ pub use diff::{Change, DiffReport};
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use exclude::read_exclude_file;
 pub use failpoint::POINTS as FAILPOINTS;
-pub use frame::{open_blob, seal_frame, FrameCodec, ZstdFrames};
+pub use frame::{open_blob, seal_frame, Domain, FrameCodec, ZstdFrames};
 pub use gc::{emptied_groups, ForgetReport, GcOptions, GcReport};
 pub use id::{BlobId, ChunkId, FileHash, PackId, SnapshotId, TreeId};
 pub use inspect::{kind_name, listing, Listing, ShowReport, Stats, Version, Visit};
 pub use keyring::PassphraseSource;
 pub use lock::{FlockLocks, Hold, LeaseTiming, Locks, ObjectLocks, SessionInfo};
-pub use pack::{check_pack, BlobKind, PackEntry, PackWriter, SealedFrame};
+pub use pack::{check_pack, check_pack_with, BlobKind, PackEntry, PackWriter, SealedFrame};
 pub use progress::{NoProgress, Progress, SharedProgress, Unit};
 pub use record::{CaptureExit, CaptureRecord, SnapshotKind, SnapshotRecord, SnapshotTotals, SAFETY_TAG};
 pub use repair::{ConfigRepair, ConfigRepairReport, RepairReport};
@@ -122,5 +122,16 @@ pub mod decode {
     /// Decodes a repository config file.
     pub fn config(bytes: &[u8]) -> crate::Result<RepoConfig> {
         RepoConfig::decode(bytes)
+    }
+
+    /// Decodes a key file (its name unchecked).
+    pub fn key_file(bytes: &[u8]) -> crate::Result<()> {
+        crate::crypto::keyfile::KeyFile::decode_unnamed("key file", bytes).map(|_| ())
+    }
+
+    /// The frame codec of an encrypted repository whose keys are fixed and public: for fuzz
+    /// targets of sealed frames, trailers and records, never for a repository.
+    pub fn sealed_codec_for_fuzzing() -> crate::Result<Box<dyn crate::FrameCodec>> {
+        Ok(Box::new(crate::crypto::SealedFrames::new(crate::crypto::MasterKeys::fixed_for_fuzzing(), 3)?))
     }
 }

@@ -392,17 +392,19 @@ impl Repo {
             written: HashSet::new(),
         };
         let mut known: HashSet<BlobId> = HashSet::new();
-        // Salvage reads plain frames and trailers: a sealed pack's damage is reported, not
-        // salvaged (docs/ENCRYPTION.md, "Not done here").
-        let salvageable: &[String] = if self.frames.encrypted() { &[] } else { &damaged };
-        for name in salvageable {
+        // A sealed pack's damaged trailer cannot be read without its checksum, nor its frames
+        // found by their zstd magic: its blobs are salvaged from the old index's rows alone
+        // (docs/ENCRYPTION.md, "Not done here").
+        let sealed = self.frames.encrypted();
+        let salvageable: &[String] = if sealed { &[] } else { &damaged };
+        for name in &damaged {
             let Some(bytes) = self.read_damaged(name)? else { continue };
-            let mut entries = salvage::trailer_entries(&bytes);
+            let mut entries = if sealed { Vec::new() } else { salvage::trailer_entries(&bytes) };
             if let (Some(old), Ok(id)) = (evidence, name.parse::<PackId>()) {
                 entries.extend(old.pack_rows(id).unwrap_or_default());
             }
             known.extend(entries.iter().map(|e| e.id));
-            self.keep(&mut salvage, salvage::blobs_of(&bytes, &entries), now, &mut report)?;
+            self.keep(&mut salvage, salvage::blobs_of_with(&bytes, &entries, self.frames.as_ref()), now, &mut report)?;
         }
         let roots = records.roots(self)?;
         loop {

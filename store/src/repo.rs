@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::backend::{Backend, FileKind, Location, Modes, Storage, CONFIG_COPY};
 use crate::config::{ChunkerParams, RepoConfig};
 use crate::crypto::keyfile::KdfParams;
+use crate::crypto::putcache::PutRun;
 use crate::crypto::{MasterKeys, Passphrase};
 use crate::error::{Error, Result};
 use crate::frame::{FrameCodec, ZstdFrames};
@@ -120,6 +121,9 @@ pub struct Repo {
     pub(crate) frames: Arc<dyn FrameCodec>,
     /// The keys of an encrypted repository and the key file that gave them (keyring.rs).
     pub(crate) unlocked: Option<Unlocked>,
+    /// A put-only key's snapshot in progress: its parent's trees from the put cache, and the
+    /// trees it names (crypto/putcache.rs).
+    pub(crate) put_run: std::sync::RwLock<Option<Arc<PutRun>>>,
     /// What opening found that the user should hear about (a damaged config copy, a record
     /// file that vanished or cannot be read); the CLI prints them.
     pub(crate) notices: Vec<String>,
@@ -285,6 +289,7 @@ impl Repo {
             index,
             frames: Arc::new(ZstdFrames::new(config.compression_level)),
             unlocked: None,
+            put_run: std::sync::RwLock::new(None),
             config,
             notices: Vec::new(),
             read_only: false,
@@ -349,7 +354,17 @@ impl Repo {
             let lost = !existed || (repo.index.is_empty()? && !repo.backend.list(FileKind::Snapshot)?.is_empty());
             let progress: &dyn crate::progress::Progress =
                 opts.progress.as_ref().map_or(&crate::progress::NoProgress, |p| p.0.as_ref());
-            if lost && repo.location.is_shared() {
+            if repo.is_put_only() {
+                // A put-only key reads no trailer and no record: the index is this machine's
+                // own record of what it stored, and is never rebuilt from the repository.
+                if lost && !repo.backend.list(FileKind::Pack)?.is_empty() {
+                    notices.push(
+                        "this key is put-only: the index of this machine cannot be rebuilt from the repository, \
+                         so this snapshot stores what it reads again (later ones deduplicate as usual)"
+                            .into(),
+                    );
+                }
+            } else if lost && repo.location.is_shared() {
                 // A bucket seen from a new machine (or a cache that was cleared): the normal
                 // first open, not damage.
                 let built = repo.rebuild_index_reporting(progress)?;
@@ -389,7 +404,9 @@ impl Repo {
                 repo.forget_collected_packs()?;
             }
         }
-        notices.extend(repo.reconcile_snapshots()?);
+        if !repo.is_put_only() {
+            notices.extend(repo.reconcile_snapshots()?);
+        }
         repo.notices = notices;
         Ok(repo)
     }
@@ -540,8 +557,19 @@ impl Repo {
         SnapshotRecord::open_with(id, bytes, self.frames.as_ref())
     }
 
+    /// The put-only snapshot in progress, if any.
+    pub(crate) fn put_run(&self) -> Option<Arc<PutRun>> {
+        self.put_run.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Loads and decodes a tree.
     pub fn load_tree(&self, id: TreeId) -> Result<Tree> {
+        if let Some(run) = self.put_run() {
+            // A put-only key reads its parent's trees from its own cache, and nothing else.
+            if let Some(bytes) = run.tree(id).filter(|b| self.frames.id_of(b) == id.into()) {
+                return Tree::decode(id, bytes);
+            }
+        }
         let bytes = self.read_blob(id.into(), "tree")?;
         Tree::decode(id, &bytes)
     }

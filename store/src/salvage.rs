@@ -139,12 +139,17 @@ fn plausible(e: &PackEntry, body_end: usize) -> bool {
 /// kept only if it hashes to its entry's ID.
 #[must_use]
 pub fn blobs_of(bytes: &[u8], entries: &[PackEntry]) -> Vec<Blob> {
+    blobs_of_with(bytes, entries, &PLAIN)
+}
+
+/// `blobs_of` for a repository whose codec is `codec` (an encrypted one's frames are sealed).
+pub(crate) fn blobs_of_with(bytes: &[u8], entries: &[PackEntry], codec: &dyn FrameCodec) -> Vec<Blob> {
     let mut out = Vec::new();
     let mut frames: HashMap<(u64, u32, u32, u8), Option<Vec<u8>>> = HashMap::new();
     for e in entries {
         let key = (e.offset, e.stored_len, e.frame_len, e.compression as u8);
-        let frame = frames.entry(key).or_insert_with(|| PLAIN.open(e, pack::frame_in(bytes, e)?).ok());
-        if let Some(data) = frame.as_deref().and_then(|f| PLAIN.blob_from_frame(e, f).ok()) {
+        let frame = frames.entry(key).or_insert_with(|| codec.open(e, pack::frame_in(bytes, e)?).ok());
+        if let Some(data) = frame.as_deref().and_then(|f| codec.blob_from_frame(e, f).ok()) {
             out.push(Blob { kind: e.kind, id: e.id, data, frame: e.offset });
         }
     }

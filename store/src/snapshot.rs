@@ -5,12 +5,14 @@
 //! (invariant 1).
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::FileKind;
 use crate::capture::{self, Capture, CAPTURES_DIR};
 use crate::catalog::GroupBy;
+use crate::crypto::putcache::{self, PutRun};
 use crate::error::{Error, Result};
 use crate::id::{SnapshotId, TreeId};
 use crate::progress::{NoProgress, Progress, Unit};
@@ -190,6 +192,20 @@ impl Repo {
         }))
     }
 
+    /// A put-only key's parent: the last snapshot this machine took of the same host and paths,
+    /// from its put cache (it cannot read records or trees in the repository). Starts the run
+    /// that serves the parent's trees and gathers the new snapshot's.
+    fn start_put_run(&self, opts: &SnapshotOptions, cache: &Path, host: &str, paths: &[Vec<u8>]) -> Option<Snapshot> {
+        let mut found = (opts.kind != SnapshotKind::Full).then(|| putcache::load(cache)).flatten().filter(|c| {
+            c.record.host == host
+                && c.record.paths == paths
+                && (opts.kind == SnapshotKind::Incremental || c.record.kind == SnapshotKind::Full)
+        });
+        let run = PutRun::new(found.as_mut());
+        *self.put_run.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(run));
+        found.map(|c| Snapshot { id: c.snapshot, record: c.record })
+    }
+
     /// Takes a snapshot: the sources are walked and stored against the parent, then the record
     /// makes the snapshot exist.
     pub fn snapshot(&self, opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
@@ -199,6 +215,15 @@ impl Repo {
         self.writable("a snapshot")?;
         if !opts.safety {
             check_tags(&opts.tags)?;
+        }
+        if self.is_put_only()
+            && (opts.parent.is_some() || opts.label.is_some() || opts.group_by != GroupBy::host_and_paths())
+        {
+            return Err(Error::PutOnly {
+                what: "read the snapshot records that --parent, --label and --group-by need (its parent is the last \
+                       snapshot this machine took of the same paths)"
+                    .into(),
+            });
         }
         if let Some(label) = &opts.label {
             self.check_label_free(label, None)?;
@@ -211,9 +236,15 @@ impl Repo {
         let (paths, missing) = opts.sources()?;
         let raw_paths: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
         let host = opts.host.clone().unwrap_or_else(host_name);
-        let parent = self.parent_for(opts, &host, &raw_paths)?;
+        let put_cache = self.is_put_only().then(|| putcache::path_for(self.state.dir(), &host, &raw_paths));
+        let parent = match &put_cache {
+            Some(path) => self.start_put_run(opts, path, &host, &raw_paths),
+            None => self.parent_for(opts, &host, &raw_paths)?,
+        };
         let counters = Counters::default();
-        let mut stored = self.store_sources(opts, &paths, parent.as_ref(), &counters, progress)?;
+        let stored = self.store_sources(opts, &paths, parent.as_ref(), &counters, progress);
+        let run = self.put_run.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let mut stored = stored?;
         stored.warnings.splice(0..0, missing);
         stored.notes.splice(0..0, absent);
         let record = SnapshotRecord {
@@ -236,6 +267,13 @@ impl Repo {
             captures: std::mem::take(&mut stored.captures),
         };
         let id = if opts.dry_run { None } else { Some(self.commit(&record)?) };
+        if let (Some(path), Some(run), Some(id)) = (&put_cache, run, id) {
+            let trees = Arc::try_unwrap(run).map(PutRun::into_trees).unwrap_or_default();
+            let cache = putcache::PutCache { snapshot: id, record: record.clone(), trees };
+            if let Err(e) = putcache::store(path, &cache) {
+                log::warn!("the put cache could not be written ({e}): the next snapshot reads every file");
+            }
+        }
         self.top_up_reserve();
         Ok(SnapshotReport::new(&record, id, time, started, stored.warnings, stored.notes))
     }

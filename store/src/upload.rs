@@ -230,6 +230,9 @@ impl Upload<'_> {
     pub(crate) fn store_tree(&self, tree: Tree) -> Result<TreeId> {
         let bytes = tree.encode();
         let id = self.repo.frames.id_of(&bytes).as_tree();
+        if let Some(run) = self.repo.put_run() {
+            run.keep(id, &bytes);
+        }
         if self.claim(id.into())? {
             self.send(self.repo.frames.seal(&[(BlobKind::Tree, id.into(), &bytes)]))?;
         }

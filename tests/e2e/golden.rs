@@ -77,3 +77,41 @@ fn a_format_v1_repository_opens_lists_restores_and_scrubs() {
     );
     assert_eq!(fs::read(repo.join("snapshots").join(new)).unwrap()[8], 2, "version 2 on disk");
 }
+
+/// The encrypted golden repository (tests/fixtures/repo-encrypted-v1, issue 16): config 2,
+/// pack 2, record 3, one key file of passphrase `golden passphrase` (Argon2id 8 MiB, 1 pass).
+/// Made from /tmp/golden-enc/src: etc/app.toml, dump.sql and current.toml -> etc/app.toml.
+#[test]
+fn an_encrypted_format_v1_repository_opens_lists_restores_and_scrubs_with_its_passphrase() {
+    const ENC_SNAPSHOT: &str = "ff1bce3adce97e72c6e466c7b6a2bfacc24ddca81a0f4449fcb76c886839b8ce";
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    copy(&fixtures.join("repo-encrypted-v1"), &repo);
+    let pass = fixtures.join("repo-encrypted-v1.pass");
+    let run = |args: &[&std::ffi::OsStr], code: i32| {
+        let out = cairn(&repo).env("CAIRN_PASSWORD_FILE", &pass).arg("--json").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let list = run(args!["list"], 0);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let s = &list[0];
+    assert_eq!(
+        (&s["id"], &s["label"], &s["tags"][0], &s["host"]),
+        (&ENC_SNAPSHOT.into(), &"golden".into(), &"enc1".into(), &"golden-host".into())
+    );
+    let target = dir.path().join("out");
+    run(args!["restore", "golden", "--target", &target, "--verify"], 0);
+    let root = target.join("tmp/golden-enc/src");
+    assert_eq!(fs::read(root.join("etc/app.toml")).unwrap(), b"port = 8443\ntls = true\n");
+    assert_eq!(fs::read(root.join("dump.sql")).unwrap(), b"CREATE TABLE t(x);\nINSERT INTO t VALUES (42);\n");
+    assert_eq!(fs::read_link(root.join("current.toml")).unwrap(), Path::new("etc/app.toml"));
+    let scrub = run(args!["scrub", "--read-data"], 0);
+    assert_eq!((&scrub["clean"], &scrub["packs_verified"]), (&true.into(), &2.into()), "{scrub}");
+    // Without the passphrase, nothing; with another, exit 10.
+    assert_eq!(cairn(&repo).arg("list").output().unwrap().status.code(), Some(1));
+    let wrong = dir.path().join("wrong");
+    fs::write(&wrong, "golden passphrasf\n").unwrap();
+    assert_eq!(cairn(&repo).env("CAIRN_PASSWORD_FILE", &wrong).arg("list").output().unwrap().status.code(), Some(10));
+}

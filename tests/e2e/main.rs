@@ -14,6 +14,7 @@ mod crash;
 mod crash_matrix;
 mod data_safety;
 mod diff_everyday;
+mod encrypt;
 mod errors;
 mod everyday;
 mod full_disk;

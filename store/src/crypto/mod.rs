@@ -8,6 +8,7 @@
 //! its process has ended.
 
 pub(crate) mod keyfile;
+pub(crate) mod putcache;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -97,6 +98,13 @@ impl MasterKeys {
         let secret: [u8; KEY_LEN] = random()?;
         let public = x25519_dalek::x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES);
         Ok(Self { id_key: random()?, psk: random()?, public, secret: Some(secret) })
+    }
+
+    /// A set whose keys are public constants (fuzz targets only).
+    pub(crate) fn fixed_for_fuzzing() -> Self {
+        let secret = [3u8; KEY_LEN];
+        let public = x25519_dalek::x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES);
+        Self { id_key: [1; KEY_LEN], psk: [2; KEY_LEN], public, secret: Some(secret) }
     }
 
     /// The same set less the secret.

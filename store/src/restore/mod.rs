@@ -197,6 +197,7 @@ impl Repo {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let started = Instant::now();
+        self.need_full_key("restore")?;
         if opts.delete && opts.overwrite == Overwrite::Never {
             return Err(Error::InvalidInput(
                 "--delete makes the restored paths equal to the snapshot, --overwrite never keeps every existing \
