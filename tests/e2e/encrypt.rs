@@ -395,3 +395,62 @@ fn encrypt_a_put_key_snapshots_incrementally_and_can_read_or_remove_nothing() {
     e.json(args!["restore", fourth["id"].as_str().unwrap(), "--target", &t], 0);
     assert_same(&describe(&e.src), &describe(&restored(&t, &e.src)), "after a lost index");
 }
+
+/// On a bucket (Garage, when `CAIRN_TEST_S3_URL` is set): the hourly job's put key snapshots
+/// from its cache, another machine with the full key builds a fresh cache from the sealed
+/// trailers and records and restores every snapshot exactly; a put key on a machine with no
+/// cache still snapshots (it rebuilds nothing).
+#[test]
+fn encrypt_on_a_bucket_a_put_key_writes_and_a_fresh_full_key_cache_reads_everything() {
+    let Some(repo) = crate::s3::s3_repo("encrypt") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    generate(&src, 23, 1);
+    let (full, put) = (root.join("full"), root.join("put"));
+    fs::write(&full, "full key passphrase\n").unwrap();
+    fs::write(&put, "put key passphrase\n").unwrap();
+    let run = |cache: &str, pass: &Path, args: &[&std::ffi::OsStr], extra: &[(&str, &Path)]| {
+        let mut c = cairn(Path::new(&repo));
+        c.env("XDG_CACHE_HOME", root.join(cache)).env("CAIRN_PASSWORD_FILE", pass);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let out = c.arg("--json").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    run("admin", &full, args!["init", "--encrypt", "--kdf-memory", "8", "--kdf-time", "1"], &[]);
+    run(
+        "admin",
+        &full,
+        args!["key", "add", "--put-only", "--kdf-memory", "8", "--kdf-time", "1"],
+        &[("CAIRN_NEW_PASSWORD_FILE", &put)],
+    );
+    let mut trees = Vec::new();
+    let mut ids = Vec::new();
+    for round in 0..2u64 {
+        if round > 0 {
+            mutate(&src, round);
+        }
+        trees.push(describe(&src));
+        let r = run("job", &put, args!["snapshot", &src], &[]);
+        if round > 0 {
+            assert!(r["files_unchanged"].as_u64().unwrap() > 0, "incremental with the put key: {r}");
+        }
+        ids.push(r["id"].as_str().unwrap().to_owned());
+    }
+    // Another machine, the full key, an empty cache: built from the bucket's sealed trailers.
+    let list = run("reader", &full, args!["list"], &[]);
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    for (i, id) in ids.iter().enumerate() {
+        let target = root.join(format!("out{i}"));
+        run("reader", &full, args!["restore", id, "--target", &target], &[]);
+        assert_same(&trees[i], &describe(&restored(&target, &src)), "put-key snapshot from the bucket");
+    }
+    assert_eq!(run("reader", &full, args!["scrub", "--read-data"], &[])["clean"], true);
+    // The job's machine lost its cache: the put key still snapshots, reading everything.
+    let again = run("job-fresh", &put, args!["snapshot", &src], &[]);
+    assert_eq!(again["files_unchanged"], 0, "{again}");
+    assert_eq!(run("reader", &full, args!["list"], &[]).as_array().map(Vec::len), Some(3));
+}
