@@ -66,7 +66,8 @@ fn prompt(question: &str) -> Result<Passphrase> {
 /// True when a passphrase was given on purpose (a file or a command): a repository that is
 /// not encrypted is then refused rather than written in clear.
 pub fn given(cli: &Cli) -> bool {
-    cli.password_file.is_some() || cli.password_command.is_some()
+    let args = PasswordArgs::of(cli);
+    args.file.is_some() || args.command.is_some()
 }
 
 /// The store's source of the passphrase, asked only when a repository is encrypted.
@@ -82,8 +83,16 @@ struct PasswordArgs {
 }
 
 impl PasswordArgs {
+    /// The command line's options, else the profile's.
     fn of(cli: &Cli) -> Self {
-        Self { file: cli.password_file.clone(), command: cli.password_command.clone() }
+        if cli.password_file.is_some() || cli.password_command.is_some() {
+            return Self { file: cli.password_file.clone(), command: cli.password_command.clone() };
+        }
+        let profile = crate::commands::profile(cli).ok().flatten();
+        Self {
+            file: profile.and_then(|p| p.password_file.clone()),
+            command: profile.and_then(|p| p.password_command.clone()),
+        }
     }
 
     /// The passphrase, read once per process (a prompt asks once).

@@ -31,6 +31,12 @@ pub struct Profile {
     /// The off-site repository (a bucket, `s3:...`, or a path) that `cairn copy --profile`
     /// copies the profile's snapshots to.
     pub offsite: Option<String>,
+    /// The passphrase of an encrypted repository: the first line of this file (as
+    /// `--password-file`, which wins; docs/ENCRYPTION.md). For an unattended job, a put-only
+    /// key's.
+    pub password_file: Option<PathBuf>,
+    /// The passphrase as the first line a command prints (as `--password-command`).
+    pub password_command: Option<String>,
     /// Tags added to every snapshot of the profile; they also scope `forget`, `list` and
     /// `restore` to the profile's snapshots.
     #[serde(default)]

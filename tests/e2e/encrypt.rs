@@ -454,3 +454,32 @@ fn encrypt_on_a_bucket_a_put_key_writes_and_a_fresh_full_key_cache_reads_everyth
     assert_eq!(again["files_unchanged"], 0, "{again}");
     assert_eq!(run("reader", &full, args!["list"], &[]).as_array().map(Vec::len), Some(3));
 }
+
+#[test]
+fn encrypt_a_profile_carries_the_put_keys_passphrase_file() {
+    let e = enc();
+    let put = add_put_key(&e);
+    let conf = e.root.join("conf");
+    fs::create_dir_all(&conf).unwrap();
+    fs::write(
+        conf.join("job.toml"),
+        format!("repo = {:?}\npassword_file = {:?}\nsources = [{:?}]\ntags = [\"hourly\"]\n", e.repo, put, e.src),
+    )
+    .unwrap();
+    let job = |args: &[&str]| {
+        let mut c = assert_cmd::Command::new(cairn_bin());
+        c.env("CAIRN_CONFIG_DIR", &conf).env_remove("CAIRN_REPO").env_remove("CAIRN_PASSWORD_FILE");
+        c.args(["--profile", "job"]).args(args).output().unwrap()
+    };
+    for _ in 0..2 {
+        let out = job(&["snapshot"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The profile's key is the put key: reading is refused; the full key lists both.
+    let out = job(&["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("put-only"));
+    let listed = e.json(args!["list"], 0);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[1]["parent"], listed[0]["id"], "the second took the first as its parent: {listed}");
+}
