@@ -483,3 +483,43 @@ fn encrypt_a_profile_carries_the_put_keys_passphrase_file() {
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert_eq!(listed[1]["parent"], listed[0]["id"], "the second took the first as its parent: {listed}");
 }
+
+#[test]
+fn encrypt_copy_moves_snapshots_between_repositories_of_one_key_set_and_refuses_others() {
+    let e = enc();
+    e.json(args!["snapshot", &e.src], 0);
+    // A second repository of the same key set: the first's files, copied before new snapshots.
+    let twin = e.root.join("twin");
+    let copy = |from: &Path, to: &Path| {
+        for f in walkdir::WalkDir::new(from).into_iter().filter_map(Result::ok) {
+            let dest = to.join(f.path().strip_prefix(from).unwrap());
+            if f.file_type().is_dir() {
+                fs::create_dir_all(&dest).unwrap();
+            } else if !f.path().starts_with(from.join("index")) {
+                fs::copy(f.path(), &dest).unwrap();
+            }
+        }
+    };
+    copy(&e.repo, &twin);
+    mutate(&e.src, 3);
+    let second = e.json(args!["snapshot", &e.src], 0);
+    let out = e.cmd().args(args!["--json", "copy", "--from", &e.repo, "--to", &twin]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let target = e.root.join("out");
+    cairn(&twin)
+        .env("CAIRN_PASSWORD_FILE", &e.pass)
+        .args(args!["restore", second["id"].as_str().unwrap(), "--target", &target])
+        .assert()
+        .success();
+    assert_same(&describe(&e.src), &describe(&restored(&target, &e.src)), "copied between twins");
+    // Another key set, or no encryption: refused, nothing sent.
+    let other = e.root.join("other");
+    e.cmd()
+        .args(args!["init", "--encrypt", "--kdf-memory", "8", "--kdf-time", "1", "--repo", &other])
+        .assert()
+        .success();
+    let out = e.cmd().args(args!["copy", "--from", &e.repo, "--to", &other]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("differently"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(pack_files(&other).is_empty());
+}

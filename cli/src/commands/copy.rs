@@ -14,7 +14,7 @@ pub fn run(cli: &Cli, args: &CopyArgs) -> Result<u8> {
     let filter = lower::filter(&args.select, profile)?;
     let open_other = |path: &std::path::Path, role: &str| -> Result<Repo> {
         let at = super::location_arg(path)?;
-        let repo = Repo::open(&at, &lower::open_options())
+        let repo = Repo::open(&at, &super::with_passphrase(cli, &lower::open_options()))
             .with_context(|| format!("cannot open the {role} repository {at}"))?;
         super::note_requests(&repo);
         super::print_notices(&repo);
