@@ -405,8 +405,14 @@ pub fn check_pack_layout(name: &str, bytes: &[u8], codec: &dyn FrameCodec) -> Re
     let what = format!("pack {name}");
     let version = codec::check_header(&what, bytes, MAGIC, PACK_VERSION)?;
     match (version == SEALED_PACK_VERSION, codec.encrypted()) {
+        // To an unencrypted repository a sealed pack is of a format it does not have: refused
+        // as a newer one is, so that gc, repair and scrub never take it for garbage.
         (true, false) => {
-            return Err(Error::KeyNeeded { reason: format!("{what} is encrypted: its repository's key is needed") })
+            return Err(Error::UnsupportedVersion {
+                what: format!("{what} (sealed, as an encrypted repository's)"),
+                found: version,
+                supported: PLAIN_PACK_VERSION,
+            })
         }
         (false, true) => return Err(Error::corrupt(what, "is not sealed, in an encrypted repository")),
         _ => {}

@@ -247,9 +247,12 @@ impl SnapshotRecord {
                 let body = codec.open_object(Domain::Record, &format!("snapshot record {id}"), body)?;
                 codec::decode(&what, &body)
             }
-            (SEALED_RECORD_VERSION, false) => {
-                Err(Error::KeyNeeded { reason: format!("snapshot record {id} is encrypted: a key is needed") })
-            }
+            // A sealed record in an unencrypted repository: of a format it does not have.
+            (SEALED_RECORD_VERSION, false) => Err(Error::UnsupportedVersion {
+                what: format!("{what} (sealed, as an encrypted repository's)"),
+                found: version,
+                supported: PLAIN_RECORD_VERSION,
+            }),
             (_, true) => Err(Error::corrupt(what, "is not sealed, in an encrypted repository")),
             (1, false) => codec::decode::<RecordV1>(&what, body).map(Self::from),
             (_, false) => codec::decode(&what, body),

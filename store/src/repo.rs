@@ -357,6 +357,11 @@ impl Repo {
             if repo.is_put_only() {
                 // A put-only key reads no trailer and no record: the index is this machine's
                 // own record of what it stored, and is never rebuilt from the repository.
+                if repo.location.is_shared() {
+                    // Needs no key: the packs a collector deleted leave this index, so that
+                    // nothing is deduplicated against them.
+                    repo.forget_collected_packs()?;
+                }
                 if lost && !repo.backend.list(FileKind::Pack)?.is_empty() {
                     notices.push(
                         "this key is put-only: the index of this machine cannot be rebuilt from the repository, \

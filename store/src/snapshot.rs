@@ -297,9 +297,13 @@ impl Repo {
             self.location.as_local(),
             !opts.safety,
         )?;
+        // A put-only key on a bucket never learns (it cannot read records) that another
+        // machine forgot its parent and collected the chunks only that parent held: each of
+        // the parent's chunks is looked up instead, in an index that drops collected packs.
+        let distrust = self.is_put_only() && self.location.is_shared();
         let trusted_parent = match parent {
-            Some(p) => self.index.snapshot_generation(p.id)? == Some(self.index.generation()?),
-            None => false,
+            Some(p) if !distrust => self.index.snapshot_generation(p.id)? == Some(self.index.generation()?),
+            _ => false,
         };
         let pool = workers::pool(opts.threads)?;
         // The parent's size is the best guess of this run's, and usually close: a bar with an
