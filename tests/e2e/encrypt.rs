@@ -402,7 +402,7 @@ fn encrypt_a_put_key_snapshots_incrementally_and_can_read_or_remove_nothing() {
 /// cache still snapshots (it rebuilds nothing).
 #[test]
 fn encrypt_on_a_bucket_a_put_key_writes_and_a_fresh_full_key_cache_reads_everything() {
-    let Some(repo) = crate::s3::s3_repo("encrypt") else { return };
+    let Some((repo, _cluster)) = crate::s3::s3_repo("encrypt") else { return };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let src = root.join("src");
