@@ -16,7 +16,9 @@
 # minutes on 2 cores, once per machine). State (configs, data, logs, pid files) lives in
 # $CAIRN_GARAGE_DIR (default /tmp/cairn-garage-$UID); ports start at $CAIRN_GARAGE_PORT
 # (default 39400: node N listens for S3 on 39400+10N, RPC +1, admin +3). Loopback only; every
-# wait is bounded. With $CAIRN_GARAGE_OWNER set to a process ID, `up` also leaves a watchdog that
+# wait is bounded. Nodes log at RUST_LOG=garage=warn; $CAIRN_GARAGE_LOG replaces that
+# (`garage=warn,garage_api_common=info` logs one line per S3 request: benches/s3.py counts them).
+# With $CAIRN_GARAGE_OWNER set to a process ID, `up` also leaves a watchdog that
 # runs `down` once that process has ended, so a test run that is killed still stops its cluster.
 set -euo pipefail
 
@@ -54,7 +56,7 @@ start_node() {
   local i=$1 d="$DIR/n$1"
   [ -f "$d/garage.toml" ] || die "no node $i in $DIR (run up first)"
   if alive "$d/pid"; then log "node $i is already running (pid $(cat "$d/pid"))"; return; fi
-  RUST_LOG=garage=warn setsid "$(cat "$DIR/garage-bin")" -c "$d/garage.toml" server >>"$d/log" 2>&1 </dev/null &
+  RUST_LOG=${CAIRN_GARAGE_LOG:-garage=warn} setsid "$(cat "$DIR/garage-bin")" -c "$d/garage.toml" server >>"$d/log" 2>&1 </dev/null &
   echo $! >"$d/pid"
 }
 
