@@ -531,24 +531,44 @@ impl Repo {
 
     /// Reads a blob whose location was looked up already (in a batch).
     pub(crate) fn read_located(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        self.read_located_in(loc, None)
+    }
+
+    /// Reads a blob whose location was looked up already, from `stored` (its frame's stored
+    /// bytes, when the caller fetched them with others of the same pack) or else from the
+    /// backend.
+    pub(crate) fn read_located_in(&self, loc: &BlobLocation, stored: Option<&[u8]>) -> Result<Vec<u8>> {
         let key = (loc.pack, loc.entry.offset);
         let cached = LAST_FRAME.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, f)| Rc::clone(f)));
         let frame = match cached {
             Some(f) => f,
             None => {
-                let stored = self
-                    .backend
-                    .get_range(FileKind::Pack, &loc.pack.to_hex(), loc.entry.offset, loc.entry.stored_len as usize)
-                    .map_err(|e| {
-                        // A pack the index names but the disk lacks is missing data, not a
-                        // fault of the environment: the reader goes on with what it can read.
-                        if missing(&e) {
-                            Error::Missing { what: "pack", id: loc.pack.to_hex() }
-                        } else {
-                            e
-                        }
-                    })?;
-                let f = Rc::new(self.frames.open(&loc.entry, &stored)?);
+                let fetched;
+                let stored = match stored {
+                    Some(s) => s,
+                    None => {
+                        fetched = self
+                            .backend
+                            .get_range(
+                                FileKind::Pack,
+                                &loc.pack.to_hex(),
+                                loc.entry.offset,
+                                loc.entry.stored_len as usize,
+                            )
+                            .map_err(|e| {
+                                // A pack the index names but the disk lacks is missing data, not
+                                // a fault of the environment: the reader goes on with what it
+                                // can read.
+                                if missing(&e) {
+                                    Error::Missing { what: "pack", id: loc.pack.to_hex() }
+                                } else {
+                                    e
+                                }
+                            })?;
+                        &fetched
+                    }
+                };
+                let f = Rc::new(self.frames.open(&loc.entry, stored)?);
                 LAST_FRAME.with(|c| *c.borrow_mut() = Some((key, Rc::clone(&f))));
                 f
             }

@@ -15,12 +15,14 @@
 //! - "A second put of a name is a no-op": a HEAD first; an existing name is left alone (its
 //!   bytes and time). Two writers racing on one name both PUT, which is harmless because the
 //!   name is the hash of the bytes. Nothing depends on `If-None-Match` (Garage ignores it).
-//! - Ranged reads are HTTP `Range` requests; the ranges of one `get_ranges` call that lie
-//!   close together are fetched by one request spanning them. A read of a pack that starts
-//!   where an earlier read of it ended (a restore walking a file's frames one by one) reads
-//!   ahead: one request fetches [`READAHEAD`] bytes, kept in a few windows that the next
-//!   reads are served from. Packs never change under their name, so a window is never stale;
-//!   the windows are bounded ([`READAHEAD_WINDOWS`]), so memory is too.
+//! - Ranged reads are HTTP `Range` requests. The ranges of one `get_ranges` call (a restore's
+//!   batch of the frames it needs of one pack, scrub's read-back of some blobs) are exact:
+//!   those that lie close together are fetched by one request spanning them, nothing more.
+//!   A single `get_range` of a pack that starts where an earlier read of it ended (a walk of
+//!   trees, one frame each) reads ahead: one request fetches [`READAHEAD`] bytes, kept in a
+//!   few windows that the next reads are served from. Packs never change under their name,
+//!   so a window is never stale; the windows are bounded ([`READAHEAD_WINDOWS`]), so memory is
+//!   too.
 //! - Errors: 404 is `NotFound`; 408, 429, 5xx, timeouts and connection failures are
 //!   `Transient` (retried by [`RetryBackend`](super::RetryBackend), which wraps every S3
 //!   backend); any other status is `Permanent`. Messages carry the HTTP status and S3's error
@@ -323,6 +325,7 @@ impl S3Backend {
         let key = self.key(kind, name);
         let url = self.bucket.get_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
         let range = format!("bytes={offset}-{}", offset + ask - 1);
+        log::debug!("s3: GET {key} {range}");
         let reply = self.send("ranged GET", &key, self.agent.get(url.as_str()).header("range", &range).call())?;
         let short = |got: usize| {
             Error::corrupt(
@@ -403,7 +406,10 @@ impl Backend for S3Backend {
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        Ok(self.get_ranges(kind, name, &[(offset, len)])?.pop().unwrap_or_default())
+        if len == 0 {
+            return Ok(self.get_ranges(kind, name, &[(offset, 0)])?.pop().unwrap_or_default());
+        }
+        self.read_span(kind, name, offset, len as u64)
     }
 
     fn get_ranges(&self, kind: FileKind, name: &str, ranges: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
@@ -424,7 +430,7 @@ impl Backend for S3Backend {
             return Ok(out);
         }
         for (start, end, members) in groups {
-            let span = self.read_span(kind, name, start, end - start)?;
+            let span = self.fetch_range(kind, name, start, end - start, end - start)?;
             for i in members {
                 let (offset, len) = ranges[i];
                 let at = usize::try_from(offset - start).unwrap_or(usize::MAX);

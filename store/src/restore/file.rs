@@ -4,28 +4,21 @@
 //! the walk is done.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rayon::prelude::*;
 use rustix::fs::FileType;
 
 use super::at::{self, Dir};
+use super::fetch::FileJob;
 use super::job::{file_type, reason, Deferred, Held, Job, LinkSource};
 use super::{Overwrite, RestoreAction};
 use crate::error::{Error, Result};
 use crate::fsmeta;
-use crate::id::BlobId;
-use crate::index::BlobLocation;
-use crate::tree::{ChunkRef, Entry};
+use crate::tree::Entry;
 use crate::workers::lock;
-
-/// Files up to this size without holes are written in one call.
-const SMALL_FILE: u64 = 1 << 20;
 
 impl Job<'_> {
     pub(super) fn restore_file(&self, e: &Entry, dir: Option<&Arc<Held>>, name: &OsStr, dest: &Path) -> Result<()> {
@@ -41,10 +34,10 @@ impl Job<'_> {
             self.change(dest, RestoreAction::Create);
             return Ok(());
         };
-        let d = &held.dir;
-        if e.nlink > 1 && e.dev != 0 {
+        let link = (e.nlink > 1 && e.dev != 0).then_some((e.dev, e.inode));
+        if let Some(key) = link {
             let mut links = lock(&self.links);
-            if links.contains_key(&(e.dev, e.inode)) {
+            if links.contains_key(&key) {
                 drop(links);
                 held.links_pending.store(true, Ordering::SeqCst);
                 lock(&self.deferred).push(Deferred {
@@ -54,23 +47,30 @@ impl Job<'_> {
                 });
                 return Ok(());
             }
-            links.insert(
-                (e.dev, e.inode),
-                LinkSource { dir: Arc::clone(held), name: name.to_os_string(), written: None },
-            );
+            links.insert(key, LinkSource { dir: Arc::clone(held), name: name.to_os_string(), written: None });
         }
-        self.write_file(e, d, name, dest).map(|written| {
-            if let (Some(ino), true) = (written, e.nlink > 1 && e.dev != 0) {
-                if let Some(src) = lock(&self.links).get_mut(&(e.dev, e.inode)) {
-                    src.written = Some(ino);
-                }
+        // Written by the pipeline, which records the inode of a link group's first member
+        // once it is placed; a file kept as it is has its inode at once.
+        if let (Some(kept), Some(key)) = (self.write_file(e, held, name, dest, link)?, link) {
+            if let Some(src) = lock(&self.links).get_mut(&key) {
+                src.written = Some(kept);
             }
-        })
+        }
+        Ok(())
     }
 
-    /// Writes one file (or leaves it as it is); the (dev, inode) now holding the snapshot's
-    /// content there, if any.
-    pub(super) fn write_file(&self, e: &Entry, d: &Dir, name: &OsStr, dest: &Path) -> Result<Option<(u64, u64)>> {
+    /// Writes one file (or leaves it as it is): decides here, then hands the file to the
+    /// pipeline (fetch.rs), which writes and places it (its failures are reported there).
+    /// The (dev, inode) of a file left as it is, which already holds the snapshot's content.
+    pub(super) fn write_file(
+        &self,
+        e: &Entry,
+        held: &Arc<Held>,
+        name: &OsStr,
+        dest: &Path,
+        link: Option<(u64, u64)>,
+    ) -> Result<Option<(u64, u64)>> {
+        let d = &held.dir;
         let io_err = |err: io::Error| Error::io(dest, err);
         let existing = d.stat(name).map_err(io_err)?;
         let action = if existing.is_some() { RestoreAction::Overwrite } else { RestoreAction::Create };
@@ -101,50 +101,8 @@ impl Job<'_> {
             self.change(dest, action);
             return Ok(None);
         }
-        let (file, tmp) = d.create_temp(&self.tmp_counter).map_err(io_err)?;
-        let verified = self.write_content(e, &file, dest).and_then(|()| {
-            // Checked before it replaces anything: a file that fails its hash is never put in place.
-            if !self.opts.verify {
-                return Ok(false);
-            }
-            match at::hash_open_file(&file) {
-                Ok(h) if Some(h) == e.file_hash => Ok(true),
-                Ok(_) => Err(Error::HashMismatch {
-                    what: "restored file (its stored BLAKE3 differs)",
-                    id: dest.display().to_string(),
-                }),
-                Err(err) => Err(io_err(err)),
-            }
-        });
-        let placed = verified.and_then(|verified| {
-            // setuid/setgid only once the file is in place: a killed restore never leaves a
-            // set-id copy under a temporary name.
-            self.apply_file_meta(&file, e, dest, e.mode & !0o6000);
-            crate::failpoint::hit("restore.temp_written");
-            d.rename(&tmp, name).map_err(io_err).map(|()| verified)
-        });
-        let verified = match placed {
-            Ok(v) => v,
-            Err(err) => {
-                let _ = d.remove_file(&tmp);
-                return Err(err);
-            }
-        };
-        crate::failpoint::hit("restore.file_written");
-        self.change(dest, action);
-        if e.mode & 0o6000 != 0 {
-            use std::os::unix::fs::PermissionsExt;
-            if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
-                self.warnings.add(dest, format!("cannot set mode: {err}"));
-            }
-        }
-        self.counts.files_written.add(1);
-        self.counts.bytes_written.add(e.size);
-        if verified {
-            self.counts.files_verified.add(1);
-        }
-        let st = rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?;
-        Ok(Some((st.st_dev, st.st_ino)))
+        self.enqueue(FileJob::new(held, name, dest.to_path_buf(), e, action, link));
+        Ok(None)
     }
 
     /// `if-changed`: the existing file is kept when it has the snapshot's content. It is opened
@@ -175,57 +133,6 @@ impl Job<'_> {
             self.apply_file_meta(&f, e, dest, e.mode);
         }
         Some((st.st_dev, st.st_ino))
-    }
-
-    /// A chunk's bytes, which must be as long as the file's list says.
-    fn fetch(&self, c: &ChunkRef, loc: Option<&BlobLocation>) -> Result<Vec<u8>> {
-        let loc = loc.ok_or_else(|| Error::Missing { what: "chunk", id: c.id.to_hex() })?;
-        let data = self.repo.read_located(loc)?;
-        if data.len() != c.len as usize {
-            return Err(misfit(c));
-        }
-        Ok(data)
-    }
-
-    /// Writes a file's content into its new temporary file; holes stay holes.
-    fn write_content(&self, e: &Entry, file: &File, dest: &Path) -> Result<()> {
-        let io_err = |err: io::Error| Error::io(dest, err);
-        let ids: Vec<BlobId> = e.content.iter().map(|c| BlobId::from(c.id)).collect();
-        let locations = self.repo.index.locate_many(&ids)?;
-        // A small file without holes is assembled in memory and written with one call, instead
-        // of one write per 4 KiB chunk (most files of a source tree are one to a few chunks).
-        let mut next = 0u64;
-        let dense = e.size <= SMALL_FILE
-            && e.content.iter().all(|c| {
-                let at = next;
-                next = next.saturating_add(u64::from(c.len));
-                c.offset == at
-            })
-            && next == e.size;
-        if dense {
-            let mut buf = Vec::with_capacity(e.size as usize);
-            for (c, loc) in e.content.iter().zip(&locations) {
-                buf.extend_from_slice(&self.fetch(c, loc.as_ref())?);
-            }
-            file.write_all_at(&buf, 0).map_err(io_err)?;
-            self.progress.inc(e.size);
-            return Ok(());
-        }
-        file.set_len(e.size).map_err(io_err)?;
-        let write = |(c, loc): (&ChunkRef, &Option<BlobLocation>)| -> Result<()> {
-            let data = self.fetch(c, loc.as_ref())?;
-            if c.offset.checked_add(u64::from(c.len)).is_none_or(|end| end > e.size) {
-                return Err(misfit(c));
-            }
-            file.write_all_at(&data, c.offset).map_err(io_err)?;
-            self.progress.inc(data.len() as u64);
-            Ok(())
-        };
-        if e.content.len() > 8 {
-            e.content.par_iter().zip(locations.par_iter()).try_for_each(write)
-        } else {
-            e.content.iter().zip(locations.iter()).try_for_each(write)
-        }
     }
 
     /// Links the remaining members of hard-link groups, then applies the metadata of the
@@ -276,7 +183,7 @@ impl Job<'_> {
             // (`--overwrite never`), or was changed since: this one is restored on its own.
             let mut alone = e.clone();
             alone.nlink = 1;
-            return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
+            return self.write_file(&alone, &d.dir, &d.name, dest, None).map(|_| ());
         }
         let here = d.dir.dir.stat(&d.name).map_err(io_err)?;
         if let Some(st) = here {
@@ -296,14 +203,10 @@ impl Job<'_> {
             // Changed between the check above and now: this member is restored on its own.
             let mut alone = e.clone();
             alone.nlink = 1;
-            return self.write_file(&alone, &d.dir.dir, &d.name, dest).map(|_| ());
+            return self.write_file(&alone, &d.dir, &d.name, dest, None).map(|_| ());
         }
         self.counts.hardlinks.add(1);
         self.change(dest, if here.is_some() { RestoreAction::Overwrite } else { RestoreAction::Create });
         Ok(())
     }
-}
-
-fn misfit(c: &ChunkRef) -> Error {
-    Error::corrupt(format!("chunk {}", c.id), "does not fit the file it belongs to")
 }

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use rustix::fs::{FileType, Stat};
 
 use super::at::{self, Dir};
+use super::fetch::{Pipeline, Plan};
 use super::{Overwrite, RestoreAction, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::exclude::Excludes;
@@ -60,12 +61,27 @@ pub(super) struct Counts {
     pub(super) deleted: Counter,
 }
 
-/// A destination directory held open for the walk below it, and for hard links made into it
-/// at the end.
+/// A destination directory held open for the walk below it, for the files the pipeline writes
+/// into it, and for hard links made into it at the end.
 pub(super) struct Held {
     pub(super) dir: Dir,
     /// Set when a hard link will be made into it at the end: its metadata waits for that.
     pub(super) links_pending: AtomicBool,
+    /// Files handed to the pipeline and not yet placed, and the metadata waiting for them.
+    pub(super) waiting: Mutex<Waiting>,
+}
+
+/// What a directory's metadata waits for (fetch.rs).
+#[derive(Default)]
+pub(super) struct Waiting {
+    pub(super) files: usize,
+    pub(super) meta: Option<Entry>,
+}
+
+impl Held {
+    fn new(dir: Dir) -> Arc<Self> {
+        Arc::new(Self { dir, links_pending: AtomicBool::new(false), waiting: Mutex::default() })
+    }
 }
 
 pub(super) struct Job<'a> {
@@ -99,6 +115,8 @@ pub(super) struct Job<'a> {
     /// What was done (or, in a dry run, would be) to each path, with `list_changes`.
     /// Paths, not strings: the safety snapshot is taken of them, whatever bytes they hold.
     pub(super) changes: Mutex<Vec<(PathBuf, RestoreAction)>>,
+    /// Where file content is fetched and written (fetch.rs).
+    pub(super) pipeline: Pipeline,
 }
 
 /// Whether `--delete` prunes a directory.
@@ -170,13 +188,14 @@ impl<'a> Job<'a> {
             late_dirs: Mutex::new(Vec::new()),
             tmp_counter: AtomicU64::new(0),
             changes: Mutex::new(Vec::new()),
+            pipeline: Pipeline::new(Plan::for_repo(repo, opts.threads)),
         }
     }
 
     /// Restores the whole snapshot below `target` (the snapshot's `/`), then the hard links
     /// and the directories waiting for them.
     pub(super) fn run(&self, root: TreeId, target: Option<Dir>) -> Result<()> {
-        let target = target.map(|dir| Arc::new(Held { dir, links_pending: AtomicBool::new(false) }));
+        let target = target.map(Held::new);
         // The target itself is restored only for a snapshot of `/`.
         let whole = self.sources.iter().any(|s| s == Path::new("/"));
         if let Some(t) = target.as_ref().filter(|_| whole) {
@@ -194,7 +213,7 @@ impl<'a> Job<'a> {
             }
             _ => Prune::Above,
         };
-        self.restore_tree(root, Path::new("/"), target.as_ref(), prune);
+        self.with_workers(|| self.restore_tree(root, Path::new("/"), target.as_ref(), prune));
         if let Some(e) = lock(&self.fatal).take() {
             return Err(e);
         }
@@ -256,17 +275,21 @@ impl<'a> Job<'a> {
 
     /// Records the failure of one entry and lets the walk go on; an index error stops it.
     fn fail(&self, snap_path: &Path, err: Error) {
-        let dest = self.dest_of(snap_path);
+        self.fail_at(&self.dest_of(snap_path), err);
+    }
+
+    /// `fail`, for the entry restored at `dest`.
+    pub(super) fn fail_at(&self, dest: &Path, err: Error) {
         if matches!(err, Error::Index { .. }) {
             lock(&self.fatal).get_or_insert(err);
         } else if err.is_damage() {
-            self.damaged.add(&dest, reason(&err));
+            self.damaged.add(dest, reason(&err));
         } else {
-            self.failed.add(&dest, reason(&err));
+            self.failed.add(dest, reason(&err));
         }
     }
 
-    fn stopped(&self) -> bool {
+    pub(super) fn stopped(&self) -> bool {
         lock(&self.fatal).is_some()
     }
 
@@ -350,7 +373,7 @@ impl<'a> Job<'a> {
                     return Ok(()); // skipped, with a warning
                 }
                 let created = opened.as_ref().is_some_and(|(_, c)| *c);
-                let child = opened.map(|(d, _)| Arc::new(Held { dir: d, links_pending: AtomicBool::new(false) }));
+                let child = opened.map(|(d, _)| Held::new(d));
                 self.counts.dirs.add(1);
                 if let Some(sub) = e.subtree {
                     let below = self.prune_below(prune, child.as_deref(), on_the_way, created, &dest);
@@ -361,7 +384,7 @@ impl<'a> Job<'a> {
                         if child.links_pending.load(Ordering::SeqCst) {
                             lock(&self.late_dirs).push((child, e.clone()));
                         } else {
-                            self.apply_dir_meta(&child.dir, e);
+                            self.dir_done(&child, e);
                         }
                     }
                 }

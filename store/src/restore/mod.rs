@@ -12,6 +12,7 @@
 //! removed when a later one passes through their directory.
 
 mod at;
+mod fetch;
 mod file;
 mod job;
 mod meta;
