@@ -279,6 +279,17 @@ impl PackWriter {
         (PackId::of(&buf), buf, entries)
     }
 
+    /// Writes trailer and footer; returns the pack's ID, bytes and entries, and starts the next
+    /// pack in `next` (a buffer a finished pack gave back, so that buffers are reused rather
+    /// than freed and allocated again; see `finish_with`).
+    pub fn finish_swap(&mut self, mut next: Vec<u8>) -> (PackId, Vec<u8>, Vec<PackEntry>) {
+        next.clear();
+        next.extend_from_slice(&new_header(self.version()));
+        let entries = self.seal();
+        let buf = std::mem::replace(&mut self.buf, next);
+        (PackId::of(&buf), buf, entries)
+    }
+
     /// Writes trailer and footer and hands the finished pack to `f`, then starts the next pack
     /// in the same buffer. A writer that lives for a whole snapshot never frees and reallocates
     /// its 16 MiB: glibc raises its mmap threshold after such a free, and the heap fragmentation

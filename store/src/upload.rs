@@ -19,8 +19,8 @@ use crate::backend::FileKind;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::fsmeta::Meta;
-use crate::id::{BlobId, ChunkId, FileHash, TreeId};
-use crate::pack::{BlobKind, PackWriter, SealedFrame, FRAME_TARGET};
+use crate::id::{BlobId, ChunkId, FileHash, PackId, TreeId};
+use crate::pack::{BlobKind, PackEntry, PackWriter, SealedFrame, FRAME_TARGET};
 use crate::progress::Progress;
 use crate::repo::{now_secs, Repo};
 use crate::report::Counters;
@@ -372,40 +372,129 @@ fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// What the packs uploaded at once to a remote repository (S3) may hold, besides the one being
+/// filled: an upload waits on the network, and the packs after it need not wait for it. Each
+/// holds a pack buffer (about 18.5 MiB for the default 16 MiB packs: three uploads at once);
+/// however large the packs, one upload runs beside the filling.
+const UPLOAD_BUDGET: usize = 64 << 20;
+/// The most uploads at once.
+const MAX_UPLOADS: usize = 3;
+
+/// A finished pack on its way to the backend.
+type Finished = (PackId, Vec<u8>, Vec<PackEntry>);
+
 /// The writer thread: fills packs, makes each durable, indexes it, then forgets its blobs from
 /// the pending set (after the index commit, so a blob is always either pending or indexed).
+/// A local repository's packs are written by this thread, one after the other; a remote
+/// repository's are handed to uploaders (as many as [`UPLOAD_BUDGET`] holds, 1 to
+/// [`MAX_UPLOADS`]), so that the next pack is filled (and the one after uploaded) while one is
+/// on the network.
 fn writer(kind: &str, repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<HashSet<BlobId>>) -> Result<()> {
     let (written, indexed) = (format!("{kind}.pack_written"), format!("{kind}.pack_indexed"));
     let target = repo.config.pack_size as usize;
     // Room for a full pack, the frame that tips it over and the trailer (64 bytes a blob: an
     // eighth of the pack covers blobs stored in 512 bytes or more), so the buffer never grows.
-    let mut data = PackWriter::for_codec(&repo.frames, target + target / 8 + 2 * FRAME_TARGET + 4096);
-    let mut trees = PackWriter::for_codec(&repo.frames, 0);
-    let flush = |w: &mut PackWriter| -> Result<()> {
-        if w.is_empty() {
-            return Ok(());
+    let capacity = target + target / 8 + 2 * FRAME_TARGET + 4096;
+    let store = |id: PackId, bytes: &[u8], entries: &[PackEntry]| -> Result<()> {
+        repo.check_lease()?;
+        repo.backend.put(FileKind::Pack, &id.to_hex(), bytes)?;
+        crate::failpoint::hit(&written);
+        repo.index.add_pack(id, bytes.len() as u64, entries, now_secs())?;
+        crate::failpoint::hit(&indexed);
+        let mut p = lock(pending);
+        for e in entries {
+            p.remove(&e.id);
         }
-        w.finish_with(|id, bytes, entries| {
-            repo.check_lease()?;
-            repo.backend.put(FileKind::Pack, &id.to_hex(), bytes)?;
-            crate::failpoint::hit(&written);
-            repo.index.add_pack(id, bytes.len() as u64, entries, now_secs())?;
-            crate::failpoint::hit(&indexed);
-            let mut p = lock(pending);
-            for e in entries {
-                p.remove(&e.id);
-            }
-            Ok(())
-        })
+        Ok(())
     };
-    for frame in rx {
-        let is_tree = frame.members.first().is_some_and(|m| m.kind == BlobKind::Tree);
-        let w = if is_tree { &mut trees } else { &mut data };
-        w.add(&frame);
-        if w.len() >= target {
-            flush(w)?;
-        }
+    if repo.location.as_local().is_some() {
+        let mut packs = Packs::new(repo, capacity);
+        let mut flush = |w: &mut PackWriter| w.finish_with(|id, bytes, entries| store(id, bytes, entries));
+        return packs.fill(rx, target, &mut flush);
     }
-    flush(&mut data)?;
-    flush(&mut trees)
+    let uploaders = (UPLOAD_BUDGET / capacity).clamp(1, MAX_UPLOADS);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    // A rendezvous: a finished pack is handed over only when an uploader is free, so at most
+    // `uploaders` packs are in flight; their buffers come back to be filled again.
+    let (to_upload, uploads) = sync_channel::<Finished>(0);
+    let (give_back, spares) = std::sync::mpsc::channel::<Vec<u8>>();
+    let uploads = Mutex::new(uploads);
+    let filled = std::thread::scope(|s| {
+        for _ in 0..uploaders {
+            let give_back = give_back.clone();
+            let (uploads, failure, store) = (&uploads, &failure, &store);
+            s.spawn(move || loop {
+                let next = lock(uploads).recv();
+                let Ok((id, bytes, entries)) = next else { return };
+                if lock(failure).is_none() {
+                    if let Err(e) = store(id, &bytes, &entries) {
+                        lock(failure).get_or_insert(e);
+                    }
+                }
+                let _ = give_back.send(bytes);
+            });
+        }
+        drop(give_back);
+        let mut packs = Packs::new(repo, capacity);
+        let mut made = 1; // buffers: the one being filled
+        let mut flush = |w: &mut PackWriter| -> Result<()> {
+            if lock(&failure).is_some() {
+                return Err(Error::Writer("a pack upload failed")); // replaced by its error below
+            }
+            let spare = match spares.try_recv() {
+                Ok(b) => b,
+                Err(_) if made <= uploaders => {
+                    made += 1;
+                    Vec::with_capacity(capacity)
+                }
+                Err(_) => spares.recv().map_err(|_| Error::Writer("the pack uploaders stopped"))?,
+            };
+            to_upload.send(w.finish_swap(spare)).map_err(|_| Error::Writer("the pack uploaders stopped"))
+        };
+        let filled = packs.fill(rx, target, &mut flush);
+        drop(to_upload); // the uploaders end once they are done
+        filled
+    });
+    // An upload's own error says more than the writer's "an upload failed".
+    match crate::workers::into_inner(failure) {
+        Some(e) => Err(e),
+        None => filled,
+    }
+}
+
+/// The two packs being filled: data, and trees (kept apart, so that the tree walks of later
+/// snapshots read small tree packs).
+struct Packs {
+    data: PackWriter,
+    trees: PackWriter,
+}
+
+impl Packs {
+    fn new(repo: &Repo, capacity: usize) -> Self {
+        Self { data: PackWriter::for_codec(&repo.frames, capacity), trees: PackWriter::for_codec(&repo.frames, 0) }
+    }
+
+    /// Adds every frame the channel brings, handing each full pack to `flush`, and the last
+    /// ones once the channel is closed.
+    fn fill(
+        &mut self,
+        rx: Receiver<SealedFrame>,
+        target: usize,
+        flush: &mut dyn FnMut(&mut PackWriter) -> Result<()>,
+    ) -> Result<()> {
+        for frame in rx {
+            let is_tree = frame.members.first().is_some_and(|m| m.kind == BlobKind::Tree);
+            let w = if is_tree { &mut self.trees } else { &mut self.data };
+            w.add(&frame);
+            if w.len() >= target {
+                flush(w)?;
+            }
+        }
+        for w in [&mut self.data, &mut self.trees] {
+            if !w.is_empty() {
+                flush(w)?;
+            }
+        }
+        Ok(())
+    }
 }
