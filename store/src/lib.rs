@@ -74,8 +74,9 @@ mod walk;
 mod workers;
 
 pub use backend::{
-    Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes, ObjectInfo,
-    RequestCounter, RequestCounts, RequestKind, RetryBackend, Storage, RETRY_BUDGET, TEMPORARY_GRACE,
+    parse_storage_class, Backend, FaultPlan, FaultyBackend, FileKind, LocalBackend, Location, MemoryBackend, Modes,
+    ObjectInfo, RequestCounter, RequestCounts, RequestKind, RetryBackend, Storage, RETRY_BUDGET, STORAGE_CLASSES,
+    TEMPORARY_GRACE,
 };
 pub use capture::{Capture, CaptureSource, OnFailure, CAPTURES_DIR};
 pub use catalog::{GroupBy, Retag, Retagged};

@@ -75,6 +75,10 @@ pub struct OpenOptions {
     /// The caller brought a passphrase on purpose (a file, a command): a repository that is
     /// not encrypted is then refused rather than written in clear.
     pub expect_encrypted: bool,
+    /// For a repository in S3: the storage class new data packs go to (`--s3-storage-class`,
+    /// one of [`STORAGE_CLASSES`](crate::STORAGE_CLASSES), checked when opening); tree packs
+    /// and every other object stay STANDARD. A local repository ignores it.
+    pub s3_storage_class: Option<String>,
 }
 
 /// A snapshot: its ID and record.
@@ -301,7 +305,9 @@ impl Repo {
     /// Opens the repository at `location`.
     pub fn open(location: &Location, opts: &OpenOptions) -> Result<Self> {
         // Nothing (not even a lock file) is made where no repository is.
-        let storage = location.existing_storage()?.ok_or_else(|| Error::NotARepository(location.to_string().into()))?;
+        let storage = location
+            .existing_storage_with(opts.s3_storage_class.as_deref())?
+            .ok_or_else(|| Error::NotARepository(location.to_string().into()))?;
         Self::open_storage(storage, opts)
     }
 

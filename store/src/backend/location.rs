@@ -102,8 +102,9 @@ impl Location {
 
     /// What an existing repository here is reached through, or `None` when there is none.
     /// One backend serves both questions, so that its request counts cover the whole command.
-    pub(crate) fn existing_storage(&self) -> Result<Option<Storage>> {
-        let backend = self.backend()?;
+    /// New data packs go to `storage_class` (S3 only; see `backend_with`).
+    pub(crate) fn existing_storage_with(&self, storage_class: Option<&str>) -> Result<Option<Storage>> {
+        let backend = self.backend_with(storage_class)?;
         if !holds_repository(backend.as_ref())? {
             return Ok(None);
         }
@@ -112,12 +113,19 @@ impl Location {
 
     /// The objects alone (for mending a config, which comes before knowing the state's place).
     pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>> {
+        self.backend_with(None)
+    }
+
+    /// The objects, new data packs going to `storage_class` when they are in S3 (a local
+    /// folder has no storage classes: it is ignored there).
+    fn backend_with(&self, storage_class: Option<&str>) -> Result<Arc<dyn Backend>> {
         Ok(match self {
             Self::Local(root) => Arc::new(LocalBackend::new(root)),
             Self::S3(s3) => {
                 let attempts =
                     std::env::var("CAIRN_S3_ATTEMPTS").ok().and_then(|a| a.parse().ok()).unwrap_or(S3_ATTEMPTS);
-                Arc::new(RetryBackend::new(Arc::new(S3Backend::from_env(s3)?), attempts, S3_BACKOFF))
+                let s3 = S3Backend::from_env(s3)?.with_storage_class(storage_class)?;
+                Arc::new(RetryBackend::new(Arc::new(s3), attempts, S3_BACKOFF))
             }
         })
     }

@@ -41,7 +41,7 @@ pub use location::{Location, Storage};
 pub use memory::MemoryBackend;
 pub use requests::{RequestCounter, RequestCounts, RequestKind};
 pub use retry::{RetryBackend, RETRY_BUDGET};
-pub use s3::{S3Backend, S3Location};
+pub use s3::{parse_storage_class, S3Backend, S3Location, STORAGE_CLASSES};
 
 use crate::error::{Error, Result};
 

@@ -10,8 +10,9 @@
 //!
 //! How the contract is kept without rename:
 //! - A PUT is atomic (the whole object or none of it under its name), so there is no `tmp/`
-//!   and nothing to rename; a put is one request (packs are ~16 MiB; multipart is for objects
-//!   far larger, and not needed yet).
+//!   and nothing to rename; a put is one request, or a multipart upload for an object over
+//!   64 MiB, which appears under its name only when it is completed (put.rs). Every body
+//!   carries a `Content-MD5`; data packs go to the storage class asked for.
 //! - "A second put of a name is a no-op": a HEAD first; an existing name is left alone (its
 //!   bytes and time). Two writers racing on one name both PUT, which is harmless because the
 //!   name is the hash of the bytes. Nothing depends on `If-None-Match` (Garage ignores it).
@@ -27,8 +28,10 @@
 //!   `Transient` (retried by [`RetryBackend`](super::RetryBackend), which wraps every S3
 //!   backend); any other status is `Permanent`. Messages carry the HTTP status and S3's error
 //!   code.
-//! - Temporaries: none (puts leave nothing behind). Incomplete multipart uploads will be this
-//!   backend's temporaries once multipart exists.
+//! - Temporaries: the incomplete multipart uploads of packs (an upload whose process died
+//!   between its first part and its completion); gc aborts those an hour old (put.rs).
+//! - An object in an archive storage class (GLACIER, DEEP_ARCHIVE) cannot be read until it is
+//!   restored: its `403 InvalidObjectState` is reported as such, naming the object.
 //! - Every request is counted by kind, with the bytes it moved ([`RequestCounter`]), for the
 //!   request counts a command reports.
 
@@ -42,6 +45,10 @@ use rusty_s3::{Bucket, Credentials, UrlStyle};
 
 use super::{folder, is_id_name, relative_path, Backend, FileKind, ObjectInfo, RequestCounter, RequestKind};
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
+
+mod put;
+
+pub use put::{parse_storage_class, STORAGE_CLASSES};
 
 /// How long a signed request stays valid: long enough for a slow upload of one pack to start.
 const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
@@ -132,6 +139,10 @@ pub struct S3Backend {
     agent: ureq::Agent,
     readahead: Mutex<ReadAhead>,
     requests: Arc<RequestCounter>,
+    /// The storage class of new data packs (put.rs); `None`: the bucket's default.
+    storage_class: Option<String>,
+    /// When objects are uploaded in parts (put.rs).
+    multipart: put::Multipart,
 }
 
 /// What sequential reads of packs are served from (see the module's notes).
@@ -157,10 +168,12 @@ impl ReadAhead {
     }
 }
 
-/// What a request came back with: its status and its body (S3's error XML on failure).
+/// What a request came back with: its status, its body (S3's error XML on failure) and its
+/// `ETag` (what completing a multipart upload names each part by).
 struct Reply {
     status: u16,
     body: Vec<u8>,
+    etag: Option<String>,
 }
 
 impl S3Backend {
@@ -205,6 +218,8 @@ impl S3Backend {
             agent,
             readahead: Mutex::default(),
             requests: Arc::default(),
+            storage_class: None,
+            multipart: put::Multipart::default(),
         })
     }
 
@@ -235,19 +250,22 @@ impl S3Backend {
             };
             Error::from(BackendError::new(kind, self.where_is(key), format!("{what}: {e}")))
         };
-        let kind = match what {
+        // Multipart's steps count as what they are: POSTs and part PUTs upload, `LIST uploads`
+        // lists, `DELETE upload` deletes.
+        let kind = match what.split(' ').next().unwrap_or("") {
             "HEAD" => RequestKind::Head,
-            "PUT" => RequestKind::Put,
+            "PUT" | "POST" => RequestKind::Put,
             "LIST" => RequestKind::List,
             "DELETE" => RequestKind::Delete,
-            "ranged GET" => RequestKind::RangedGet,
+            "ranged" => RequestKind::RangedGet,
             _ => RequestKind::Get,
         };
         let mut response = request.inspect_err(|_| self.requests.count(kind, 0)).map_err(transport)?;
         let status = response.status().as_u16();
+        let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.body_mut().with_config().limit(BODY_LIMIT).read_to_vec();
         self.requests.count(kind, body.as_ref().map_or(0, |b| b.len() as u64));
-        Ok(Reply { status, body: body.map_err(transport)? })
+        Ok(Reply { status, body: body.map_err(transport)?, etag })
     }
 
     /// The error for a reply that is not a success, typed by its status.
@@ -262,7 +280,15 @@ impl S3Backend {
         let message = xml_field(&text, "Message").unwrap_or("");
         let detail = [code, message].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(": ");
         let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
-        BackendError::new(kind, self.where_is(key), format!("{what}: HTTP {}{detail}", reply.status))
+        let hint = if code == "InvalidObjectState" {
+            // AWS's answer to a read of an object in GLACIER or DEEP_ARCHIVE that was not restored.
+            "; the object is in an archive storage class and must be restored before it can be \
+             read (`aws s3api restore-object`, then wait for the restore: minutes to hours); see \
+             docs/S3.md, \"Storage classes\""
+        } else {
+            ""
+        };
+        BackendError::new(kind, self.where_is(key), format!("{what}: HTTP {}{detail}{hint}", reply.status))
     }
 
     fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
@@ -383,15 +409,7 @@ impl Backend for S3Backend {
         if kind != FileKind::Config && self.exists(kind, name)? {
             return Ok(());
         }
-        let key = self.key(kind, name);
-        let url = self.bucket.put_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
-        self.requests.sent(data.len() as u64);
-        let reply = self.send("PUT", &key, self.agent.put(url.as_str()).send(data))?;
-        if (200..300).contains(&reply.status) {
-            Ok(())
-        } else {
-            Err(self.status_error("PUT", &key, &reply).about(kind, name).into())
-        }
+        self.put_object(kind, name, &self.key(kind, name), data)
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
@@ -514,6 +532,14 @@ impl Backend for S3Backend {
 
     fn requests(&self) -> Option<Arc<RequestCounter>> {
         Some(self.requests.clone())
+    }
+
+    fn temporaries(&self) -> Result<Vec<ObjectInfo>> {
+        self.multipart_temporaries()
+    }
+
+    fn remove_temporary(&self, name: &str) -> Result<()> {
+        self.abort_temporary(name)
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
