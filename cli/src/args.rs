@@ -46,6 +46,13 @@ pub struct Cli {
     /// without a shell; for a secret manager)
     #[arg(long, global = true, env = "CAIRN_PASSWORD_COMMAND", value_name = "COMMAND", help_heading = GLOBAL)]
     pub password_command: Option<String>,
+    /// For a repository in S3: the storage class new data packs go to (standard_ia,
+    /// glacier_ir, glacier, deep_archive, ...; tree packs and every other object stay
+    /// standard). Archive classes (glacier, deep_archive) must be restored before restore,
+    /// scrub --read-data or gc can read them: see docs/S3.md
+    #[arg(long, global = true, env = "CAIRN_S3_STORAGE_CLASS", value_name = "CLASS", help_heading = GLOBAL,
+          value_parser = storage_class)]
+    pub s3_storage_class: Option<String>,
     /// True when `repo` came from $CAIRN_REPO rather than --repo: a profile's `repo` then wins.
     #[arg(skip)]
     pub repo_from_env: bool,
@@ -690,4 +697,9 @@ pub struct ManifestArgs {
     pub path: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub select: SelectArgs,
+}
+
+/// `--s3-storage-class`: checked (and upper-cased) by the store's one list of classes.
+fn storage_class(text: &str) -> Result<String, String> {
+    cairn_store::parse_storage_class(text).map_err(|e| e.to_string())
 }

@@ -291,3 +291,36 @@ fn a_snapshot_reports_its_requests_and_a_snapshot_of_nothing_new_puts_far_fewer(
     let (_, stderr) = run(local.to_str().unwrap(), &cache, args!["-v", "list"], 0);
     assert!(!stderr.contains("s3: "), "{stderr}");
 }
+
+#[test]
+fn a_tree_larger_than_a_batch_restores_from_the_bucket_with_its_data_packs_in_the_class_asked() {
+    let Some((repo, _cluster)) = s3_repo("batches") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (src, cache) = (dir.path().join("src"), dir.path().join("cache"));
+    generate(&src, 31, 3);
+    // 20 MiB that do not compress: a restore writes it in pieces, several workers at once.
+    std::fs::write(src.join("huge.bin"), Rng::new(32).bytes(20 << 20)).unwrap();
+    run(&repo, &cache, args!["init"], 0);
+    let (_, stderr) = run(&repo, &cache, args!["snapshot", "--s3-storage-class", "freezer", &src], 2);
+    assert!(stderr.contains("\"freezer\" is not an S3 storage class"), "{stderr}");
+    // Garage takes any class and keeps serving the packs (docs/S3.md says what AWS does).
+    let r = json(&repo, &cache, args!["snapshot", "--s3-storage-class", "glacier_ir", &src]);
+    let id = r["id"].as_str().expect("id").to_owned();
+    let target = dir.path().join("restore");
+    json(&repo, &cache, args!["restore", &id, "--target", &target]);
+    assert_same(&describe(&src), &describe(&restored(&target, &src)), "a tree of several batches from the bucket");
+    let scrub = json(&repo, &cache, args!["scrub", "--read-data"]);
+    assert_eq!(scrub["clean"], true, "{scrub}");
+}
+
+#[test]
+fn a_storage_class_for_a_local_repository_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let out = cairn(&repo).arg("init").output().expect("run cairn");
+    assert_eq!(out.status.code(), Some(0));
+    let out = cairn(&repo).args(["snapshot", "--s3-storage-class", "glacier"]).arg(dir.path()).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("is a local repository, which has no storage classes"), "{stderr}");
+}

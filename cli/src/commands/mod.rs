@@ -251,6 +251,12 @@ pub fn open_repo(cli: &Cli, opts: &OpenOptions) -> Result<Repo> {
     let (location, _) = repo_location(cli)?;
     let mut opts = with_passphrase(cli, opts);
     opts.progress = Some(cairn_store::SharedProgress(std::sync::Arc::new(crate::progress::Bar::for_cli(cli))));
+    if let Some(class) = &cli.s3_storage_class {
+        if location.as_local().is_some() {
+            anyhow::bail!("--s3-storage-class {class}: {location} is a local repository, which has no storage classes");
+        }
+        opts.s3_storage_class = Some(class.clone());
+    }
     let repo = Repo::open(&location, &opts).with_context(|| format!("cannot open repository {location}"))?;
     note_requests(&repo);
     print_notices(&repo);
