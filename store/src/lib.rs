@@ -69,6 +69,7 @@ mod snapshot;
 mod state;
 mod tally;
 mod tree;
+mod treecache;
 mod upload;
 mod walk;
 mod workers;

@@ -20,10 +20,11 @@ use crate::id::{BlobId, PackId, SnapshotId, TreeId};
 use crate::index::{BlobLocation, Index};
 use crate::keyring::{PassphraseSource, Unlocked};
 use crate::lock::{Hold, Locks};
-use crate::pack;
+use crate::pack::{self, BlobKind};
 use crate::record::SnapshotRecord;
 use crate::state::{IndexUse, StateDir};
 use crate::tree::{Entry, Tree};
+use crate::treecache::TreeCache;
 
 /// How `Repo::init` sets up a repository.
 #[derive(Clone, Debug)]
@@ -139,6 +140,8 @@ pub struct Repo {
     /// The shared hold on the index that every open repository keeps (`repair index` swaps
     /// the index file only when nobody holds it).
     pub(crate) index_use: Option<IndexUse>,
+    /// Whole tree packs kept locally, for a remote repository (treecache.rs).
+    pub(crate) tree_cache: Option<TreeCache>,
 }
 
 /// A frame's place: its pack and its offset there.
@@ -285,6 +288,7 @@ impl Repo {
 
     /// A handle with nothing found yet and full rights.
     pub(crate) fn assemble(storage: Storage, index: Index, config: RepoConfig) -> Self {
+        let tree_cache = storage.location.is_shared().then(|| TreeCache::new(storage.state.trees_dir()));
         Self {
             location: storage.location,
             backend: storage.backend,
@@ -299,6 +303,7 @@ impl Repo {
             read_only: false,
             overlay: (Vec::new(), HashSet::new()),
             index_use: None,
+            tree_cache,
         }
     }
 
@@ -413,6 +418,10 @@ impl Repo {
                     log::warn!("not indexed: {damaged}");
                 }
                 repo.forget_collected_packs()?;
+                if let Some(cache) = &repo.tree_cache {
+                    let packs: HashSet<PackId> = repo.index.packs()?.into_iter().map(|p| p.id).collect();
+                    cache.prune(&|p| packs.contains(&p));
+                }
             }
         }
         if !repo.is_put_only() {
@@ -544,6 +553,20 @@ impl Repo {
     /// bytes, when the caller fetched them with others of the same pack) or else from the
     /// backend.
     pub(crate) fn read_located_in(&self, loc: &BlobLocation, stored: Option<&[u8]>) -> Result<Vec<u8>> {
+        if let (None, Some(cache), BlobKind::Tree) = (stored, &self.tree_cache, loc.entry.kind) {
+            match cache.frame(self.backend.as_ref(), loc).and_then(|s| self.blob_in(loc, Some(&s))) {
+                Ok(blob) => return Ok(blob),
+                // The copy (or the pack) is damaged or gone: read from the store, which says.
+                Err(e) if e.is_damage() || missing(&e) => cache.forget(loc.pack),
+                Err(e) => return Err(e),
+            }
+        }
+        self.blob_in(loc, stored)
+    }
+
+    /// A blob from its frame's stored bytes (`stored`, or else read from the backend), the
+    /// frame this thread decoded last being kept.
+    fn blob_in(&self, loc: &BlobLocation, stored: Option<&[u8]>) -> Result<Vec<u8>> {
         let key = (loc.pack, loc.entry.offset);
         let cached = LAST_FRAME.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, f)| Rc::clone(f)));
         let frame = match cached {

@@ -89,6 +89,11 @@ impl StateDir {
         }
     }
 
+    /// Whole tree packs of a remote repository (treecache.rs).
+    pub(crate) fn trees_dir(&self) -> PathBuf {
+        self.dir.join("trees")
+    }
+
     /// The space reserve (reserve.rs).
     pub(crate) fn reserve_path(&self) -> PathBuf {
         self.dir.join("reserve")

@@ -401,6 +401,10 @@ fn writer(kind: &str, repo: &Repo, rx: Receiver<SealedFrame>, pending: &Mutex<Ha
         crate::failpoint::hit(&written);
         repo.index.add_pack(id, bytes.len() as u64, entries, now_secs())?;
         crate::failpoint::hit(&indexed);
+        // The next snapshot reads these trees first: a remote repository keeps them here.
+        if let Some(cache) = repo.tree_cache.as_ref().filter(|_| entries.iter().all(|e| e.kind == BlobKind::Tree)) {
+            cache.keep(id, bytes);
+        }
         let mut p = lock(pending);
         for e in entries {
             p.remove(&e.id);
