@@ -247,9 +247,12 @@ fn issue13_a_rerun_removes_an_interrupted_restores_temporaries() {
     let id = snapshot_id(&repo, &src, args![]);
     let target = dir.path().join("target");
 
-    // A restore killed between writing a temporary file and renaming it into place.
+    // A restore over files that are there already, killed between writing a temporary file
+    // and renaming it into place (into a directory it makes, a file is written under its own
+    // name: see the next test).
+    cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
     let out = cairn_failing(&repo, "restore.temp_written=kill@1")
-        .args(["-q", "restore", &id, "--target"])
+        .args(["-q", "restore", &id, "--overwrite", "always", "--target"])
         .arg(&target)
         .output()
         .unwrap();
@@ -268,6 +271,71 @@ fn issue13_a_rerun_removes_an_interrupted_restores_temporaries() {
         files_below(&target).into_iter().filter(|p| p.to_string_lossy().contains(".cairn-restore.")).collect();
     assert!(left.is_empty(), "{left:?}");
     assert_same(&describe(&src), &describe(&restored(&target, &src)), "after the rerun");
+}
+
+#[test]
+fn issue17_a_restore_killed_while_it_writes_into_directories_it_made_finishes_when_run_again() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("srv");
+    let mut rng = Rng::new(17);
+    for d in 0..4 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..30 {
+            fs::write(src.join(format!("d{d}/f{f:02}")), rng.bytes(300 + 700 * f)).unwrap();
+        }
+    }
+    fs::write(src.join("d0/big"), rng.bytes(3 << 20)).unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let target = dir.path().join("target");
+    // Killed with about half of the files written, under their own names (a new target).
+    let out = cairn_failing(&repo, "restore.temp_written=kill@60")
+        .args(["-q", "restore", &id, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "the restore must have been killed");
+    let partial = files_below(&target).len();
+    assert!(partial > 10, "the killed run wrote files: {partial}");
+    // Run again, it writes what is missing or incomplete and the tree is the snapshot's.
+    let r = cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
+    assert!(r["files_written"].as_u64().unwrap() > 0, "{r}");
+    assert_same(&describe(&src), &describe(&restored(&target, &src)), "after the rerun");
+    let left: Vec<_> =
+        files_below(&target).into_iter().filter(|p| p.to_string_lossy().contains(".cairn-restore.")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn issue17_a_symlink_planted_in_a_directory_the_restore_made_is_replaced_not_followed() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/conf"), "x = 1\n").unwrap();
+    let id = snapshot_id(&repo, &src, args![]);
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "not yours\n").unwrap();
+    let target = dir.path().join("target");
+    let sub = restored(&target, &src).join("sub");
+    let child = cairn_failing(&repo, "restore.dir_created=pause@400")
+        .args(["--json", "-v", "restore", &id, "--target"])
+        .arg(&target)
+        .spawn()
+        .unwrap();
+    // The directory is new, so the restore writes its files without looking first: one put
+    // there meanwhile (a symlink to a file elsewhere) must neither be followed nor kept.
+    wait_until("sub/ made", || sub.is_dir());
+    std::os::unix::fs::symlink(&victim, sub.join("conf")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "not yours\n", "the symlink was followed");
+    let conf = sub.join("conf");
+    assert!(fs::symlink_metadata(&conf).unwrap().file_type().is_file(), "the symlink was kept");
+    assert_eq!(fs::read_to_string(&conf).unwrap(), "x = 1\n");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = r["changes"].as_array().unwrap();
+    let conf_change = changes.iter().find(|c| c["path"].as_str().unwrap().ends_with("/sub/conf")).unwrap();
+    assert_eq!(conf_change["action"], "overwrite", "{r}");
 }
 
 #[test]

@@ -267,20 +267,30 @@ impl Dir {
     /// A new temporary file in this directory, readable and writable, mode 0600. A name left by
     /// an earlier run of the same process ID is skipped, never reused.
     pub(crate) fn create_temp(&self, counter: &std::sync::atomic::AtomicU64) -> io::Result<(File, OsString)> {
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let pid = *PID.get_or_init(std::process::id);
         loop {
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = OsString::from(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
-            match rustix::fs::openat(
-                &self.fd,
-                &name,
-                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            ) {
-                Ok(fd) => return Ok((File::from(fd), name)),
-                Err(Errno::EXIST) => {}
-                Err(e) => return Err(io(e)),
+            let name = OsString::from(format!("{TEMP_PREFIX}{pid}.{n}"));
+            match self.create_new(&name) {
+                Ok(f) => return Ok((f, name)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Creates the file `name`, which must not exist (not even as a symlink, which is never
+    /// followed), readable and writable by its owner only.
+    pub(crate) fn create_new(&self, name: &OsStr) -> io::Result<File> {
+        rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map(File::from)
+        .map_err(io)
     }
 
     /// Renames `from` over `to`, both in this directory; a symlink at `to` is replaced, not

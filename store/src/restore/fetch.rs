@@ -21,8 +21,8 @@
 //! window or batch also closes at [`MAX_DIRS`] directories, which its files hold open until
 //! they are written. A walk thread that finds the queue full waits for a worker.
 //!
-//! A file is placed (renamed over its destination) when its last piece is written, by the
-//! worker that wrote it; a directory's metadata is applied once the walk below it is done and
+//! A file is placed (its metadata set and, when it was written under a temporary name, renamed
+//! over its destination) when its last piece is written, by the worker that wrote it; a directory's metadata is applied once the walk below it is done and
 //! the last file written into it is placed (`Held::waiting`), so its times stay as stored.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,6 +30,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -64,6 +65,8 @@ const MAX_PIECES: usize = 1024;
 const MAX_DIRS: usize = 256;
 /// Chunk IDs located in one index query.
 const LOCATE_SLICE: usize = 4096;
+/// Files of up to this many chunks are located together with their directory's others.
+const AHEAD_CHUNKS: usize = 256;
 /// Files up to this size, their chunks one after the other without holes, are assembled in
 /// memory and written with one call (most files of a source tree are one to a few chunks).
 const SMALL_FILE: u64 = 1 << 20;
@@ -115,8 +118,11 @@ pub(super) struct FileJob {
 
 #[derive(Default)]
 struct FileState {
-    /// The temporary file the pieces are written into, made by the first piece written.
-    temp: Option<(Arc<File>, OsString)>,
+    /// The file the pieces are written into, made by the first piece written, with its
+    /// temporary name (`None`: made under its own name, in a directory this restore made).
+    temp: Option<(Arc<File>, Option<OsString>)>,
+    /// Something was found in its place after all (put there meanwhile): it is replaced.
+    replaces: bool,
     /// The first thing that went wrong: the file is not placed.
     error: Option<Error>,
     /// Pieces not yet written, plus one while the walk is still cutting pieces.
@@ -322,6 +328,36 @@ impl Job<'_> {
         }
     }
 
+    /// Locates the chunks of the small files of a directory this restore made (all of them
+    /// will be written) with one index query for many files instead of one each: the keys are
+    /// looked up in order, in one read transaction. A failure here changes nothing: each file
+    /// is then located on its own, and fails on its own.
+    pub(super) fn locate_ahead<'e>(&self, held: &Held, files: impl Iterator<Item = &'e Entry>) {
+        let mut names: Vec<(&'e Entry, usize)> = Vec::new();
+        let mut ids: Vec<BlobId> = Vec::new();
+        let flush = |names: &mut Vec<(&Entry, usize)>, ids: &mut Vec<BlobId>| {
+            if let Ok(mut locs) = self.repo.index.locate_many(ids) {
+                let mut located = lock(&held.located);
+                for (e, n) in names.drain(..).rev() {
+                    let rest = locs.split_off(locs.len() - n);
+                    located.insert(OsStr::from_bytes(&e.name).to_os_string(), rest);
+                }
+            }
+            names.clear();
+            ids.clear();
+        };
+        for e in files.filter(|e| !e.content.is_empty() && e.content.len() <= AHEAD_CHUNKS) {
+            if ids.len() + e.content.len() > LOCATE_SLICE {
+                flush(&mut names, &mut ids);
+            }
+            ids.extend(e.content.iter().map(|c| BlobId::from(c.id)));
+            names.push((e, e.content.len()));
+        }
+        if !ids.is_empty() {
+            flush(&mut names, &mut ids);
+        }
+    }
+
     /// Hands a file to the pipeline: its chunks are located and cut into pieces, which join
     /// the window (or, without workers, are written at once).
     pub(super) fn enqueue(&self, job: FileJob) {
@@ -332,10 +368,18 @@ impl Job<'_> {
         let mut frames = HashSet::new();
         let mut bytes = 0u64;
         let mut sent = false;
+        // Located with its directory's other files already (`locate_ahead`), or here.
+        let ahead = lock(&job.held.located).remove(&job.name).filter(|l| l.len() == job.entry.content.len());
         let located = (|| -> Result<()> {
-            for slice in job.entry.content.chunks(LOCATE_SLICE) {
-                let ids: Vec<BlobId> = slice.iter().map(|c| BlobId::from(c.id)).collect();
-                for loc in self.repo.index.locate_many(&ids)? {
+            for (i, slice) in job.entry.content.chunks(LOCATE_SLICE).enumerate() {
+                let locs = match &ahead {
+                    Some(all) => all[i * LOCATE_SLICE..][..slice.len()].to_vec(),
+                    None => {
+                        let ids: Vec<BlobId> = slice.iter().map(|c| BlobId::from(c.id)).collect();
+                        self.repo.index.locate_many(&ids)?
+                    }
+                };
+                for loc in locs {
                     if let Some(l) = &loc {
                         if frames.insert((l.pack, l.entry.offset)) {
                             bytes += u64::from(l.entry.stored_len);
@@ -438,8 +482,10 @@ impl Job<'_> {
         out
     }
 
-    /// The temporary file a job's pieces are written into, made by the first piece; `None`
-    /// once the job has failed.
+    /// The file a job's pieces are written into, made by the first piece; `None` once the job
+    /// has failed. In a directory this restore made the file is made under its own name (one
+    /// call less to create it, and no rename); elsewhere, and when something is there after
+    /// all, under a temporary name that is renamed over the destination once it is written.
     fn temp_of(&self, job: &FileJob) -> Option<Arc<File>> {
         let mut s = lock(&job.state);
         if s.error.is_some() {
@@ -449,7 +495,17 @@ impl Job<'_> {
             return Some(Arc::clone(f));
         }
         let d = &job.held.dir;
-        let made = d.create_temp(&self.tmp_counter).and_then(|(f, name)| {
+        let direct = match job.held.fresh.then(|| d.create_new(&job.name)) {
+            Some(Ok(f)) => Some(Ok((f, None))),
+            Some(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
+                s.replaces = true;
+                None
+            }
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        };
+        let made = direct.unwrap_or_else(|| d.create_temp(&self.tmp_counter).map(|(f, n)| (f, Some(n))));
+        let made = made.and_then(|(f, name)| {
             if job.dense {
                 return Ok((f, name));
             }
@@ -457,7 +513,7 @@ impl Job<'_> {
             match f.set_len(job.entry.size) {
                 Ok(()) => Ok((f, name)),
                 Err(e) => {
-                    let _ = d.remove_file(&name);
+                    let _ = d.remove_file(name.as_deref().unwrap_or(&job.name));
                     Err(e)
                 }
             }
@@ -531,39 +587,42 @@ impl Job<'_> {
 
     /// Counts a piece of `job` done; the last one places the file (or reports why not).
     fn piece_done(&self, job: &FileJob) {
-        let (temp, error) = {
+        let (temp, error, replaces) = {
             let mut s = lock(&job.state);
             s.left -= 1;
             if s.left > 0 {
                 return;
             }
-            (s.temp.take(), s.error.take())
+            (s.temp.take(), s.error.take(), s.replaces)
         };
         let outcome = match (temp, error) {
-            (Some((file, tmp)), None) => self.place(job, &file, &tmp),
+            (Some((file, tmp)), None) => self.place(job, &file, tmp.as_deref(), replaces),
             (temp, error) => {
                 if let Some((_, tmp)) = temp {
-                    let _ = job.held.dir.remove_file(&tmp);
+                    let _ = job.held.dir.remove_file(tmp.as_deref().unwrap_or(&job.name));
                 }
                 Err(error.unwrap_or(Error::Writer("a restored file was never written")))
             }
         };
         match outcome {
-            Ok(inode) => {
+            Ok(Some(inode)) => {
                 if let Some(key) = job.link {
                     if let Some(src) = lock(&self.links).get_mut(&key) {
                         src.written = Some(inode);
                     }
                 }
             }
+            Ok(None) => {}
             Err(err) => self.fail_at(&job.dest, err),
         }
         self.file_done(&job.held);
     }
 
-    /// Verifies (with `verify`), sets the metadata of and renames a written temporary file
-    /// over its destination; the (dev, inode) now there.
-    fn place(&self, job: &FileJob, file: &File, tmp: &OsStr) -> Result<(u64, u64)> {
+    /// Verifies (with `verify`) and sets the metadata of a written file, and renames it over
+    /// its destination when it was written under the temporary name `tmp`; the (dev, inode)
+    /// now there, for the first member of a hard-link group (others need not know it).
+    /// `replaces`: a file made in a directory of this restore found something in its place.
+    fn place(&self, job: &FileJob, file: &File, tmp: Option<&OsStr>, replaces: bool) -> Result<Option<(u64, u64)>> {
         let (e, d, dest) = (&job.entry, &job.held.dir, &job.dest);
         let io_err = |err: io::Error| Error::io(dest, err);
         // Checked before it replaces anything: a file that fails its hash is never put in place.
@@ -580,21 +639,24 @@ impl Job<'_> {
             Ok(false)
         };
         let placed = verified.and_then(|verified| {
-            // setuid/setgid only once the file is in place: a killed restore never leaves a
-            // set-id copy under a temporary name.
+            // setuid/setgid only once the file is in place and whole: a killed restore never
+            // leaves a set-id copy under a temporary name, nor a half-written set-id file.
             self.apply_file_meta(file, e, dest, e.mode & !0o6000);
             crate::failpoint::hit("restore.temp_written");
-            d.rename(tmp, &job.name).map_err(io_err).map(|()| verified)
+            match tmp {
+                Some(tmp) => d.rename(tmp, &job.name).map_err(io_err).map(|()| verified),
+                None => Ok(verified),
+            }
         });
         let verified = match placed {
             Ok(v) => v,
             Err(err) => {
-                let _ = d.remove_file(tmp);
+                let _ = d.remove_file(tmp.unwrap_or(&job.name));
                 return Err(err);
             }
         };
         crate::failpoint::hit("restore.file_written");
-        self.change(dest, job.action);
+        self.change(dest, if replaces { RestoreAction::Overwrite } else { job.action });
         if e.mode & 0o6000 != 0 {
             use std::os::unix::fs::PermissionsExt;
             if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
@@ -606,8 +668,11 @@ impl Job<'_> {
         if verified {
             self.counts.files_verified.add(1);
         }
+        if job.link.is_none() {
+            return Ok(None);
+        }
         let st = rustix::fs::fstat(file).map_err(|e| io_err(e.into()))?;
-        Ok((st.st_dev, st.st_ino))
+        Ok(Some((st.st_dev, st.st_ino)))
     }
 
     /// A file written into `held` is placed (or failed): the last one applies the directory's

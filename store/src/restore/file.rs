@@ -1,5 +1,6 @@
 //! Regular files: written to a fresh temporary file in their directory and renamed over the
-//! destination (a symlink there is replaced, never followed), or left as they are when they
+//! destination (a symlink there is replaced, never followed), or, in a directory this restore
+//! made, created under their own name (fetch.rs), or left as they are when they
 //! already hold the snapshot's content; the further members of hard-link groups are linked once
 //! the walk is done.
 
@@ -72,7 +73,8 @@ impl Job<'_> {
     ) -> Result<Option<(u64, u64)>> {
         let d = &held.dir;
         let io_err = |err: io::Error| Error::io(dest, err);
-        let existing = d.stat(name).map_err(io_err)?;
+        // A directory this restore made holds nothing it did not put there.
+        let existing = if held.fresh { None } else { d.stat(name).map_err(io_err)? };
         let action = if existing.is_some() { RestoreAction::Overwrite } else { RestoreAction::Create };
         if let Some(existing) = existing {
             if file_type(&existing) == FileType::Directory {

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::exclude::Excludes;
 use crate::fsmeta;
 use crate::id::TreeId;
+use crate::index::BlobLocation;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::tally::{Counter, Warnings};
@@ -65,10 +66,17 @@ pub(super) struct Counts {
 /// into it, and for hard links made into it at the end.
 pub(super) struct Held {
     pub(super) dir: Dir,
+    /// Made by this restore (and, not being the target, held only by its owner): every file
+    /// goes in new, so it is created under its own name, with no look at what is there
+    /// (`O_EXCL`: something put there meanwhile is never followed, and is replaced as an
+    /// existing file would be).
+    pub(super) fresh: bool,
     /// Set when a hard link will be made into it at the end: its metadata waits for that.
     pub(super) links_pending: AtomicBool,
     /// Files handed to the pipeline and not yet placed, and the metadata waiting for them.
     pub(super) waiting: Mutex<Waiting>,
+    /// Where the chunks of its files are, found for many files at once (fetch.rs), by name.
+    pub(super) located: Mutex<HashMap<OsString, Vec<Option<BlobLocation>>>>,
 }
 
 /// What a directory's metadata waits for (fetch.rs).
@@ -79,8 +87,14 @@ pub(super) struct Waiting {
 }
 
 impl Held {
-    fn new(dir: Dir) -> Arc<Self> {
-        Arc::new(Self { dir, links_pending: AtomicBool::new(false), waiting: Mutex::default() })
+    fn new(dir: Dir, fresh: bool) -> Arc<Self> {
+        Arc::new(Self {
+            dir,
+            fresh,
+            links_pending: AtomicBool::new(false),
+            waiting: Mutex::default(),
+            located: Mutex::default(),
+        })
     }
 }
 
@@ -195,7 +209,7 @@ impl<'a> Job<'a> {
     /// Restores the whole snapshot below `target` (the snapshot's `/`), then the hard links
     /// and the directories waiting for them.
     pub(super) fn run(&self, root: TreeId, target: Option<Dir>) -> Result<()> {
-        let target = target.map(Held::new);
+        let target = target.map(|t| Held::new(t, false));
         // The target itself is restored only for a snapshot of `/`.
         let whole = self.sources.iter().any(|s| s == Path::new("/"));
         if let Some(t) = target.as_ref().filter(|_| whole) {
@@ -335,6 +349,10 @@ impl<'a> Job<'a> {
             }
             entries.push((e, path, all));
         }
+        if let Some(d) = dir.filter(|d| d.fresh && !self.opts.dry_run) {
+            let files = entries.iter().filter(|(e, _, all)| *all && e.kind == EntryKind::File).map(|(e, _, _)| *e);
+            self.locate_ahead(d, files);
+        }
         entries.into_par_iter().for_each(|(e, path, all)| {
             if self.stopped() {
                 return;
@@ -373,7 +391,7 @@ impl<'a> Job<'a> {
                     return Ok(()); // skipped, with a warning
                 }
                 let created = opened.as_ref().is_some_and(|(_, c)| *c);
-                let child = opened.map(|(d, _)| Held::new(d));
+                let child = opened.map(|(d, created)| Held::new(d, created));
                 self.counts.dirs.add(1);
                 if let Some(sub) = e.subtree {
                     let below = self.prune_below(prune, child.as_deref(), on_the_way, created, &dest);

@@ -4,7 +4,10 @@
 //! destination directory is opened from its parent's descriptor without following symlinks
 //! (`at.rs`), so neither a hostile repository nor another user racing the restore can send a
 //! write elsewhere; files are written to a fresh temporary file in their directory and renamed
-//! over the destination, so a symlink at the destination is replaced, not followed; hard links
+//! over the destination, so a symlink at the destination is replaced, not followed; in a
+//! directory this restore made, where nothing is to be replaced, a file is created under its
+//! own name with `O_EXCL | O_NOFOLLOW` (two system calls fewer a file, and no rename), and
+//! anything put there meanwhile makes that fail and the file goes the temporary way; hard links
 //! only point at files this run wrote or checked. Nothing is written outside the target.
 //!
 //! A file that cannot be restored (damaged data, no space, a name the target cannot hold) is
@@ -207,6 +210,7 @@ impl Repo {
             ));
         }
         let _session = self.session("restore")?;
+        self.index.map_for_reads(crate::index::READ_MAP);
         let mut includes: Vec<PathBuf> = opts.includes.iter().map(|p| snapshot_path(p)).collect();
         // An include that names nothing restores nothing: a typo must not read as success.
         let mut not_found = Vec::new();

@@ -209,6 +209,8 @@ impl Repo {
     pub fn scrub(&self, opts: &ScrubOptions, progress: &dyn Progress) -> Result<ScrubReport> {
         let started = Instant::now();
         let _session = self.session("scrub")?;
+        // The structural walk looks up every chunk every snapshot names.
+        self.index.map_for_reads(crate::index::READ_MAP);
         let mut run = Scrub {
             repo: self,
             opts,
