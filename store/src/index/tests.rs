@@ -254,3 +254,26 @@ fn a_schema_1_index_is_upgraded_in_place_and_keeps_every_row() {
     check(&index);
     assert!(!index.has_blobs(&[blob(5000)]).unwrap()[0]);
 }
+
+#[test]
+fn reads_through_the_memory_map_find_what_reads_without_it_find_and_the_map_can_be_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = open(dir.path());
+    for p in 0..20u32 {
+        index.add_pack(pack(p), 100_000, &entries(p, &(p * 50..p * 50 + 50).collect::<Vec<_>>()), 0).unwrap();
+    }
+    let ids: Vec<BlobId> = (0..1000u32).rev().map(blob).chain([blob(5000)]).collect();
+    let plain = index.locate_many(&ids).unwrap();
+    let mapped_size = |index: &Index| index.with(|c| c.query_row("PRAGMA mmap_size", [], |r| r.get::<_, i64>(0)));
+    assert_eq!(mapped_size(&index).unwrap(), 0);
+    index.map_for_reads(READ_MAP);
+    assert_eq!(mapped_size(&index).unwrap(), READ_MAP as i64, "the pooled connection maps the file");
+    let mapped = index.locate_many(&ids).unwrap();
+    assert_eq!(plain, mapped);
+    assert!(mapped[..1000].iter().all(Option::is_some) && mapped[1000].is_none());
+    // A write while mapped, then a read of it through the map.
+    index.add_pack(pack(30), 100_000, &entries(30, &[5000]), 0).unwrap();
+    assert_eq!(index.locate_many(&[blob(5000)]).unwrap()[0].map(|l| l.pack), Some(pack(30)));
+    index.map_for_reads(0);
+    assert_eq!(mapped_size(&index).unwrap(), 0, "unmapped again");
+}

@@ -236,6 +236,9 @@ impl Repo {
         let referenced = run.check_trees(&pool, &scope)?;
         let in_scope = run.packs_in_scope(&indexed, &referenced);
         if opts.read_data {
+            // Reading packs back asks the index little: its map goes, so that it does not add
+            // to the packs held in memory.
+            self.index.map_for_reads(0);
             let order: Vec<&PackRow> = in_scope.iter().copied().filter(|p| !missing_packs.contains(&p.id)).collect();
             let verified_now = run.read_back(&pool, order)?;
             run.report.packs_verified = verified_now.len() as u64;

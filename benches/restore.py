@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Restore and read-data check, side by side: cairn against restic, rustic and `tar -x`.
+
+One tree (the kernel-shaped corpus of gen-corpus, or any folder given with --src, such as an
+unpacked kernel source) is stored once by every tool into its own repository (and once into a
+tar file). Then, for every run, every tool restores its snapshot of it:
+
+- into tmpfs (`/dev/shm`): the tool's own cost, without the disk;
+- onto the disk (under WORK): what a user waits for;
+
+and checks its repository reading every byte back (`cairn scrub --read-data`, `restic/rustic
+check --read-data`). Every step runs under /usr/bin/time -v (wall, CPU, peak RSS) and every
+restore goes into a directory made fresh for it. Prints a Markdown table of medians with ratios
+and the run-to-run spread, and writes WORK/restore-results.json with every run.
+
+    python3 benches/restore.py --work /var/tmp/cairn-restore-bench --runs 3
+    python3 benches/restore.py --work /var/tmp/cairn-restore-bench --src /var/tmp/linux-6.1 --runs 3
+    python3 benches/restore.py ... --before /path/to/an/older/cairn   # also that binary, as "before"
+
+On ext4 without a journal, inodes freed in the last minute are skipped when new ones are
+allocated (six minutes while their inode table blocks are dirty; see benches/README.md): the
+previous run's restored trees are deleted and written out (`sync`) first, and the disk restores
+of a run start at least --pause seconds (65) later; the tmpfs restores and the checks run
+meanwhile. Every disk restore starts after a `sync`, so none pays for the writeback of another.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import PASSWORD, sh, timed  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commands(tool, binary, repo, src, target):
+    """(setup commands, restore command, check command) of one tool."""
+    if tool.startswith("cairn"):
+        return ([[binary, "-q", "init"], [binary, "-q", "snapshot", src]],
+                [binary, "-q", "restore", "latest", "--target", target, "--no-safety-snapshot"],
+                [binary, "-q", "scrub", "--read-data"])
+    if tool == "restic":
+        return ([[binary, "-q", "-r", repo, "init"], [binary, "-q", "-r", repo, "backup", src]],
+                [binary, "-q", "-r", repo, "restore", "latest", "--target", target],
+                [binary, "-q", "-r", repo, "check", "--read-data"])
+    if tool == "rustic":
+        return ([[binary, "-r", repo, "init"], [binary, "-r", repo, "backup", src]],
+                [binary, "-r", repo, "restore", "latest", target],
+                [binary, "-r", repo, "check", "--read-data"])
+    if tool == "tar":
+        return ([["tar", "-C", os.path.dirname(src), "-cf", repo, os.path.basename(src)]],
+                ["tar", "-C", target, "-xf", repo],
+                None)
+    raise ValueError(tool)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/var/tmp/cairn-restore-bench")
+    ap.add_argument("--src", help="the tree to store and restore (default: the gen-corpus tree)")
+    ap.add_argument("--files", type=int, default=80000)
+    ap.add_argument("--bytes", type=int, default=1_300_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tools", default="cairn,restic,rustic,tar")
+    ap.add_argument("--before", help="another cairn binary, measured as 'before'")
+    ap.add_argument("--tmpfs", default="/dev/shm")
+    ap.add_argument("--pause", type=float, default=65.0)
+    args = ap.parse_args()
+
+    sh(["cargo", "build", "--release", "-q", "-p", "cairn-cli", "-p", "cairn-benches"], env=dict(os.environ))
+    cairn = os.path.join(ROOT, "target/release/cairn")
+    os.makedirs(args.work, exist_ok=True)
+    src = args.src
+    if src is None:
+        src = os.path.join(args.work, f"corpus-{args.files}-{args.bytes}", "tree")
+        if not os.path.isdir(src):
+            sh([os.path.join(ROOT, "target/release/gen-corpus"), "tree", src, "--files", str(args.files),
+                "--bytes", str(args.bytes), "--seed", "1"])
+    src = os.path.abspath(src)
+
+    tools = []
+    for name in args.tools.split(","):
+        if name not in ("cairn", "tar") and shutil.which(name) is None:
+            print(f"note: {name} is not installed; skipped", file=sys.stderr)
+            continue
+        tools.append(name)
+    if args.before:
+        tools.insert(1, "before")
+    binary = {t: cairn if t == "cairn" else args.before if t == "before" else shutil.which(t) for t in tools}
+
+    # Every tool's repository of the tree, made once per tree (a new cairn binary makes its own).
+    key = src.strip("/").replace("/", "_")
+    repos, envs = {}, {}
+    for t in tools:
+        repo = os.path.join(args.work, "repos", key, t + (".tar" if t == "tar" else ""))
+        env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, RUSTIC_PASSWORD=PASSWORD, CAIRN_REPO=repo)
+        if t in ("cairn", "before"):
+            shutil.rmtree(repo, ignore_errors=True)
+        if not os.path.exists(repo):
+            os.makedirs(os.path.dirname(repo), exist_ok=True)
+            setup, _, _ = commands(t if t != "before" else "cairn", binary[t], repo, src, None)
+            for cmd in setup:
+                r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if r.returncode != 0:
+                    shutil.rmtree(repo, ignore_errors=True)
+                    sys.exit(f"setup failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+        repos[t], envs[t] = repo, env
+
+    steps = ["restore into tmpfs", "restore onto disk", "check --read-data"]
+    results = {t: {s: [] for s in steps} for t in tools}
+    disk_root = os.path.join(args.work, "restored")
+    deleted_at = None
+    for run in range(args.runs):
+        order = tools[run % len(tools):] + tools[:run % len(tools)]  # each tool goes first once
+        if os.path.isdir(disk_root):
+            shutil.rmtree(disk_root)
+            # Written out, the freed inodes' table blocks are clean: skipped for 60 s, not 360.
+            subprocess.run(["sync"])
+            deleted_at = time.monotonic()
+        os.makedirs(disk_root)
+        for t in order:
+            target = os.path.join(args.tmpfs, f"cairn-bench-{t}")
+            shutil.rmtree(target, ignore_errors=True)
+            os.makedirs(target)
+            _, restore, _ = commands(t if t != "before" else "cairn", binary[t], repos[t], src, target)
+            results[t]["restore into tmpfs"].append(timed(restore, envs[t], False))
+            shutil.rmtree(target)
+        for t in order:
+            _, _, check = commands(t if t != "before" else "cairn", binary[t], repos[t], src, None)
+            if check:
+                results[t]["check --read-data"].append(timed(check, envs[t], False))
+        if deleted_at is not None:
+            time.sleep(max(0.0, args.pause - (time.monotonic() - deleted_at)))
+        for t in order:
+            target = os.path.join(disk_root, t)
+            os.makedirs(target)
+            _, restore, _ = commands(t if t != "before" else "cairn", binary[t], repos[t], src, target)
+            subprocess.run(["sync"])  # the tree the tool before wrote is not written out meanwhile
+            results[t]["restore onto disk"].append(timed(restore, envs[t], False))
+        print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+    shutil.rmtree(disk_root, ignore_errors=True)
+
+    def med(t, s, k):
+        v = [r[k] for r in results[t][s]]
+        return statistics.median(v) if v else None
+
+    peers = [t for t in tools if t not in ("cairn", "before")]
+    cols = tools + [f"cairn/{p}" for p in peers] + ["cairn spread"]
+    lines = ["| step | " + " | ".join(cols) + " |", "|" + " --- |" * (1 + len(cols))]
+    for s in steps:
+        cells = []
+        for t in tools:
+            w = med(t, s, "wall")
+            cells.append("—" if w is None else f"{w:.2f} s (cpu {med(t, s, 'cpu'):.1f} s), {med(t, s, 'rss_mib'):.0f} MiB")
+        c = med("cairn", s, "wall")
+        for p in peers:
+            w = med(p, s, "wall")
+            cells.append("—" if w is None or c is None else f"{c / w:.2f}")
+        walls = [r["wall"] for r in results["cairn"][s]]
+        cells.append(f"{100 * (max(walls) - min(walls)) / statistics.median(walls):.0f}%" if walls else "—")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    versions = {}
+    for t in tools:
+        argv = [binary[t], "--version"] if t not in ("restic",) else [binary[t], "version"]
+        out = sh(argv, check=False).stdout.strip().splitlines()
+        versions[t] = out[0] if out else "?"
+    print(f"\nTree: {src}; {args.runs} runs, medians (wall, CPU, peak RSS); {time.strftime('%Y-%m-%d')}; " +
+          "; ".join(f"{t} {v}" for t, v in versions.items()))
+    print("\n".join(lines))
+    out = os.path.join(args.work, "restore-results.json")
+    with open(out, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d"), "src": src, "runs": args.runs, "versions": versions,
+                   "results": results}, f, indent=1)
+    print(f"\n(JSON: {out})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
