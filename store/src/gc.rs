@@ -345,26 +345,44 @@ impl Repo {
     }
 
     /// Deletes (or rescues) each condemned pack that no session running since before its
-    /// condemnation can still use; returns the bytes deleted.
+    /// condemnation can still use; returns the bytes deleted. All their rows go in one index
+    /// transaction (rows first, then the files: the index never names a pack that is gone).
     fn sweep(&self, mark: &MarkSet, oldest_live: Option<i64>, report: &mut GcReport) -> Result<u64> {
-        let mut deleted_bytes = 0u64;
         let min_age = i64::try_from(self.locks.min_condemned_age().as_nanos()).unwrap_or(i64::MAX);
         let now = now_ns();
+        let mut ripe = Vec::new();
+        let mut sizes: HashMap<PackId, u64> = HashMap::new();
         for (pack, at_ns) in self.index.condemned()? {
             // Too young (lease locks keep condemned packs a day), or an older session may use it.
             if now.saturating_sub(at_ns) < min_age || oldest_live.is_some_and(|o| o < at_ns) {
                 report.packs_pending += 1;
                 continue;
             }
-            // A collector whose lease is lost may have a second one beside it by now.
+            // A pack whose file is gone or whose trailer cannot be read is not worth rescuing:
+            // nothing could be read from it.
+            let name = pack.to_hex();
+            let size = self.backend.size(FileKind::Pack, &name).ok();
+            let readable = size.is_some_and(|size| self.pack_trailer(&name, size).is_ok());
+            sizes.insert(pack, size.unwrap_or(0));
+            ripe.push((pack, readable));
+        }
+        if ripe.is_empty() {
+            return Ok(0);
+        }
+        // A collector whose lease is lost may have a second one beside it by now.
+        self.check_lease()?;
+        let swept = self.index.sweep_condemned(&ripe, mark)?;
+        for pack in swept.rescued {
+            self.locks.withdraw_condemned(pack)?;
+            report.packs_rescued += 1;
+        }
+        let mut deleted_bytes = 0u64;
+        for pack in swept.deleted {
+            crate::failpoint::hit("gc.rows_deleted");
             self.check_lease()?;
-            match self.finish_condemned(pack, mark)? {
-                Finished::Deleted(size) => {
-                    report.packs_deleted += 1;
-                    deleted_bytes += size;
-                }
-                Finished::Rescued => report.packs_rescued += 1,
-            }
+            self.backend.remove(FileKind::Pack, &pack.to_hex())?;
+            report.packs_deleted += 1;
+            deleted_bytes += sizes.get(&pack).copied().unwrap_or(0);
         }
         Ok(deleted_bytes)
     }
@@ -495,28 +513,6 @@ impl Repo {
         self.backend.remove(FileKind::Pack, name)?;
         Ok(Unindexed::Removed)
     }
-
-    /// Deletes a condemned pack, or rescues it when a snapshot needs a blob whose only indexed
-    /// copy is in it.
-    fn finish_condemned(&self, pack: PackId, mark: &MarkSet) -> Result<Finished> {
-        let name = pack.to_hex();
-        let size = self.backend.size(FileKind::Pack, &name).ok();
-        let entries = size.and_then(|size| self.pack_trailer(&name, size).ok()).unwrap_or_default();
-        let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
-        let live = mark.contains(&ids)?;
-        let here = self.index.indexed_in(pack, &ids)?;
-        if live.iter().zip(&here).any(|(l, h)| *l && *h) {
-            self.index.rescue(pack)?;
-            self.locks.withdraw_condemned(pack)?;
-            return Ok(Finished::Rescued);
-        }
-        // Rows first, then the file: the index never names a pack that is gone. Every row that
-        // names this pack goes, also one a newer copy of its blob shadows in a newer level.
-        self.index.delete_pack(pack, &ids)?;
-        crate::failpoint::hit("gc.rows_deleted");
-        self.backend.remove(FileKind::Pack, &name)?;
-        Ok(Finished::Deleted(size.unwrap_or(0)))
-    }
 }
 
 /// A blob copied out of a pack: kind, ID and plaintext.
@@ -529,11 +525,6 @@ struct Plan {
     unused: Vec<PackUsage>,
     /// Too much unused: repacked.
     repack: Vec<PackUsage>,
-}
-
-enum Finished {
-    Deleted(u64),
-    Rescued,
 }
 
 enum Unindexed {

@@ -293,11 +293,6 @@ impl Index {
         })
     }
 
-    /// Whether each blob's indexed copy is in `pack` (and so goes with it).
-    pub fn indexed_in(&self, pack: PackId, ids: &[BlobId]) -> Result<Vec<bool>> {
-        Ok(self.locate_many(ids)?.into_iter().map(|l| l.is_some_and(|l| l.pack == pack)).collect())
-    }
-
     /// Rows in every level of the blob map (a blob stored twice counts twice).
     pub fn blob_count(&self) -> Result<u64> {
         self.with(|c| {

@@ -12,10 +12,12 @@ mod schema;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 pub use blobs::BlobLocation;
 pub use mark::MarkSet;
-pub use packs::{PackRow, PackUsage};
+pub use packs::PackRow;
+pub use usage::PackUsage;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};

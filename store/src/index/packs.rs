@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::blobs::insert_pack;
-use super::{levels, Index, MarkSet};
+use super::{levels, Index};
 use crate::error::Result;
 use crate::id::{BlobId, PackId};
 use crate::pack::PackEntry;
@@ -18,21 +18,6 @@ pub struct PackRow {
     pub size: u64,
     /// When it was last read back and verified (Unix seconds), if ever.
     pub verified_at: Option<i64>,
-}
-
-/// How much of a pack is still needed.
-#[derive(Clone, Copy, Debug)]
-pub struct PackUsage {
-    /// The pack.
-    pub id: PackId,
-    /// Its size.
-    pub size: u64,
-    /// Of those, the reachable ones.
-    pub live_blobs: u64,
-    /// Stored bytes of the reachable ones (a frame's bytes shared out by plaintext length).
-    pub live_bytes: u64,
-    /// Indexed blobs in it (for the size of its trailer).
-    pub blobs: u64,
 }
 
 impl Index {
@@ -130,40 +115,6 @@ impl Index {
         })
     }
 
-    /// Per indexed pack not yet condemned: its size, and how many of its indexed blobs (and roughly how many of
-    /// its stored bytes) the mark set holds.
-    pub fn pack_usage(&self, mark: &MarkSet) -> Result<Vec<PackUsage>> {
-        let mark_path = mark.path().to_string_lossy().into_owned();
-        let rows = self.with(|c| {
-            c.execute("ATTACH DATABASE ?1 AS mark", [&mark_path])?;
-            let result = (|| {
-                let mut st = c.prepare(
-                    "SELECT p.id, p.size, count(b.id), count(m.id), \
-                     coalesce(sum(CASE WHEN m.id IS NULL THEN 0 ELSE b.stored_len * b.raw_len / max(b.frame_len, 1) END), 0) \
-                     FROM packs p LEFT JOIN blobs_all b ON b.pid = p.pid LEFT JOIN mark.reachable m ON m.id = b.id \
-                     WHERE p.condemned_at IS NULL GROUP BY p.pid",
-                )?;
-                let rows = st.query_map([], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })();
-            c.execute("DETACH DATABASE mark", [])?;
-            result
-        })?;
-        rows.into_iter()
-            .map(|(id, size, blobs, live, live_bytes)| {
-                Ok(PackUsage {
-                    id: PackId::from_slice(&id).ok_or_else(|| self.bad_row("pack id"))?,
-                    size: u64::try_from(size).unwrap_or(0),
-                    live_blobs: u64::try_from(live).unwrap_or(0),
-                    live_bytes: u64::try_from(live_bytes).unwrap_or(0),
-                    blobs: u64::try_from(blobs).unwrap_or(0),
-                })
-            })
-            .collect()
-    }
-
     /// Condemns a pack at `at_ns`: its rows stay (readers that found them keep working), but
     /// no deduplication lookup sees its blobs any more.
     pub fn condemn(&self, pack: PackId, at_ns: i64) -> Result<()> {
@@ -183,11 +134,6 @@ impl Index {
         rows.into_iter()
             .map(|(p, at)| Ok((PackId::from_slice(&p).ok_or_else(|| self.bad_row("pack id"))?, at)))
             .collect()
-    }
-
-    /// A condemned pack turned out to be needed: it is an ordinary pack again.
-    pub fn rescue(&self, pack: PackId) -> Result<()> {
-        self.with(|c| c.execute("UPDATE packs SET condemned_at = NULL WHERE id = ?1", [pack.as_bytes()]).map(|_| ()))
     }
 
     /// Removes a pack and the rows of `blobs` that name it, in every level (before its file is
