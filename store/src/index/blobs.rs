@@ -334,8 +334,11 @@ impl Index {
 
     /// Counts and sizes of the indexed blobs in `mark`, leaving out those in `except`.
     pub fn stored_size_of(&self, mark: &MarkSet, except: Option<&MarkSet>) -> Result<BlobSums> {
-        let m = mark.path().to_string_lossy().into_owned();
-        let x = except.map(|x| x.path().to_string_lossy().into_owned());
+        let m = mark.path()?.to_string_lossy().into_owned();
+        let x = match except {
+            Some(x) => Some(x.path()?.to_string_lossy().into_owned()),
+            None => None,
+        };
         let row = self.with(|c| {
             c.execute("ATTACH DATABASE ?1 AS m", [&m])?;
             if let Some(x) = &x {

@@ -12,10 +12,16 @@ use crate::error::Result;
 use crate::id::{BlobId, TreeId};
 use crate::workers::lock;
 
+/// Blobs marked but not yet written: a bounded buffer (8 MiB of IDs).
+const PENDING_MAX: usize = 1 << 18;
+
 /// A set of blob IDs on disk; the file is removed when the set is dropped.
 pub struct MarkSet {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Marked blobs not yet in the table, written sorted once there are `PENDING_MAX` of them
+    /// or the set is read.
+    pending: Mutex<Vec<BlobId>>,
 }
 
 impl Drop for MarkSet {
@@ -37,12 +43,13 @@ impl MarkSet {
              CREATE TABLE trees(id BLOB PRIMARY KEY) WITHOUT ROWID;",
         )
         .map_err(err)?;
-        Ok(Self { path: path.to_path_buf(), conn: Mutex::new(conn) })
+        Ok(Self { path: path.to_path_buf(), conn: Mutex::new(conn), pending: Mutex::new(Vec::new()) })
     }
 
-    /// The scratch file (attached by the index to join against).
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The scratch file, with every marked blob written (attached by the index to join against).
+    pub fn path(&self) -> Result<&Path> {
+        self.flush()?;
+        Ok(&self.path)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -56,11 +63,29 @@ impl MarkSet {
             .map(|n| n == 1)
     }
 
-    /// Marks blobs reachable. In key order: consecutive inserts then share the B-tree's pages
-    /// instead of each fetching a random leaf.
+    /// Marks blobs reachable. They are gathered and written in key order, many at a time: a
+    /// tree's few thousand IDs land on as many random leaves of a large set, a quarter of a
+    /// million sorted ones on consecutive ones, so each leaf is read and written once per batch
+    /// rather than once per blob.
     pub fn add(&self, ids: &[BlobId]) -> Result<()> {
-        let mut sorted: Vec<&BlobId> = ids.iter().collect();
-        sorted.sort_unstable_by_key(|id| id.as_bytes());
+        let full = {
+            let mut pending = lock(&self.pending);
+            pending.extend_from_slice(ids);
+            pending.len() >= PENDING_MAX
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending blobs into the table.
+    fn flush(&self) -> Result<()> {
+        let mut sorted = std::mem::take(&mut *lock(&self.pending));
+        if sorted.is_empty() {
+            return Ok(());
+        }
+        sorted.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         sorted.dedup();
         self.with(|c| {
             let tx = c.transaction()?;
@@ -77,6 +102,7 @@ impl MarkSet {
     /// Whether each blob is marked: one read transaction (a statement outside one takes and
     /// drops the file lock each time), asked in key order.
     pub fn contains(&self, ids: &[BlobId]) -> Result<Vec<bool>> {
+        self.flush()?;
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_unstable_by_key(|&i| ids[i].as_bytes());
         self.with(|c| {
@@ -95,6 +121,7 @@ impl MarkSet {
 
     /// How many blobs are marked.
     pub fn len(&self) -> Result<u64> {
+        self.flush()?;
         self.with(|c| c.query_row("SELECT count(*) FROM reachable", [], |r| r.get::<_, i64>(0)))
             .map(|n| u64::try_from(n).unwrap_or(0))
     }
