@@ -351,27 +351,26 @@ impl Repo {
         let min_age = i64::try_from(self.locks.min_condemned_age().as_nanos()).unwrap_or(i64::MAX);
         let now = now_ns();
         let mut ripe = Vec::new();
-        let mut sizes: HashMap<PackId, u64> = HashMap::new();
         for (pack, at_ns) in self.index.condemned()? {
             // Too young (lease locks keep condemned packs a day), or an older session may use it.
             if now.saturating_sub(at_ns) < min_age || oldest_live.is_some_and(|o| o < at_ns) {
                 report.packs_pending += 1;
                 continue;
             }
-            // A pack whose file is gone or whose trailer cannot be read is not worth rescuing:
-            // nothing could be read from it.
-            let name = pack.to_hex();
-            let size = self.backend.size(FileKind::Pack, &name).ok();
-            let readable = size.is_some_and(|size| self.pack_trailer(&name, size).is_ok());
-            sizes.insert(pack, size.unwrap_or(0));
-            ripe.push((pack, readable));
+            ripe.push(pack);
         }
         if ripe.is_empty() {
             return Ok(0);
         }
         // A collector whose lease is lost may have a second one beside it by now.
         self.check_lease()?;
-        let swept = self.index.sweep_condemned(&ripe, mark)?;
+        // A pack whose file is gone or whose trailer cannot be read is not rescued: nothing
+        // could be read from it.
+        let mut readable = |pack: PackId| {
+            let name = pack.to_hex();
+            self.backend.size(FileKind::Pack, &name).is_ok_and(|size| self.pack_trailer(&name, size).is_ok())
+        };
+        let swept = self.index.sweep_condemned(&ripe, mark, &mut readable)?;
         for pack in swept.rescued {
             self.locks.withdraw_condemned(pack)?;
             report.packs_rescued += 1;
@@ -380,9 +379,11 @@ impl Repo {
         for pack in swept.deleted {
             crate::failpoint::hit("gc.rows_deleted");
             self.check_lease()?;
-            self.backend.remove(FileKind::Pack, &pack.to_hex())?;
+            let name = pack.to_hex();
+            let size = self.backend.size(FileKind::Pack, &name).unwrap_or(0);
+            self.backend.remove(FileKind::Pack, &name)?;
             report.packs_deleted += 1;
-            deleted_bytes += sizes.get(&pack).copied().unwrap_or(0);
+            deleted_bytes += size;
         }
         Ok(deleted_bytes)
     }

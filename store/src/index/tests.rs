@@ -281,7 +281,7 @@ fn reads_through_the_memory_map_find_what_reads_without_it_find_and_the_map_can_
 /// Pack usage as one SQL join, the way it was computed before the merge walk (slow at scale:
 /// a lookup per row): the reference the walk must agree with.
 fn usage_by_join(index: &Index, mark: &MarkSet) -> Vec<(PackId, u64, u64, u64)> {
-    let m = mark.path().to_string_lossy().into_owned();
+    let m = mark.path().unwrap().to_string_lossy().into_owned();
     let rows: Vec<(Vec<u8>, i64, i64, i64)> = index
         .with(|c| {
             c.execute("ATTACH DATABASE ?1 AS mark", [&m])?;
@@ -355,7 +355,8 @@ proptest! {
             .filter(|(p, rescuable)| *rescuable && newest.iter().flatten().any(|l| l.pack == *p))
             .map(|(p, _)| *p)
             .collect();
-        let swept = index.sweep_condemned(&doomed, &mark).unwrap();
+        let ripe: Vec<PackId> = doomed.iter().map(|(p, _)| *p).collect();
+        let swept = index.sweep_condemned(&ripe, &mark, &mut |p| doomed.contains(&(p, true))).unwrap();
         prop_assert_eq!(swept.rescued.iter().copied().collect::<std::collections::BTreeSet<_>>(), want_rescued.clone());
         let want_deleted: std::collections::BTreeSet<PackId> =
             doomed.iter().map(|(p, _)| *p).filter(|p| !want_rescued.contains(p)).collect();

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::{params, Rows, Transaction};
+use rusqlite::{Rows, Transaction};
 
 use super::{levels, Index, MarkSet};
 use crate::error::Result;
@@ -116,7 +116,7 @@ impl Index {
         write: bool,
         mut f: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let mark_path = mark.path().to_string_lossy().into_owned();
+        let mark_path = mark.path()?.to_string_lossy().into_owned();
         self.with(|c| {
             c.execute("ATTACH DATABASE ?1 AS mark", [&mark_path])?;
             let tx = if write { Self::write_tx(c) } else { c.transaction() };
@@ -167,47 +167,52 @@ impl Index {
     }
 
     /// Finishes condemned packs in one transaction, the point of commit of a sweep: a pack
-    /// holding the newest indexed row of a blob in `mark` is rescued (an ordinary pack again),
-    /// unless its flag says it cannot be (its file is gone or unreadable); every other one loses
-    /// its row and every row that names it, in every level (also one a newer copy shadows).
-    /// Returns the packs whose rows went, for the caller to delete their files, and the rescued.
-    pub fn sweep_condemned(&self, packs: &[(PackId, bool)], mark: &MarkSet) -> Result<Swept> {
+    /// holding the newest indexed row of a blob in `mark` is rescued (an ordinary pack again)
+    /// when `rescuable` says it can be (its file is there and readable: asked only of such
+    /// packs, which are rare); every other one loses its row and every row that names it, in
+    /// every level (also one a newer copy shadows). Returns the packs whose rows went, for the
+    /// caller to delete their files, and the rescued.
+    pub fn sweep_condemned(
+        &self,
+        packs: &[PackId],
+        mark: &MarkSet,
+        rescuable: &mut dyn FnMut(PackId) -> bool,
+    ) -> Result<Swept> {
         let rows = self.with_mark(mark, true, |tx| {
             tx.execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS gc_doomed(pid INTEGER PRIMARY KEY, rescuable INTEGER NOT NULL);
+                "CREATE TEMP TABLE IF NOT EXISTS gc_doomed(pid INTEGER PRIMARY KEY);
                  DELETE FROM temp.gc_doomed;",
             )?;
             {
                 let mut st = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO temp.gc_doomed(pid, rescuable) \
-                     SELECT pid, ?2 FROM packs WHERE id = ?1 AND condemned_at IS NOT NULL",
+                    "INSERT OR IGNORE INTO temp.gc_doomed(pid) SELECT pid FROM packs WHERE id = ?1 AND condemned_at IS NOT NULL",
                 )?;
-                for (pack, rescuable) in packs {
-                    st.execute(params![pack.as_bytes(), rescuable])?;
+                for pack in packs {
+                    st.execute([pack.as_bytes()])?;
                 }
             }
-            let rescuable: HashSet<i64> = tx
-                .prepare("SELECT pid FROM temp.gc_doomed WHERE rescuable")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let doomed: HashSet<i64> =
+                tx.prepare("SELECT pid FROM temp.gc_doomed")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             // A blob's newest row is its place: the pack holding it goes only with the blob.
-            let mut rescued_pids: HashSet<i64> = HashSet::new();
-            if !rescuable.is_empty() {
+            let mut needed: HashSet<i64> = HashSet::new();
+            if !doomed.is_empty() {
                 merge_walk(tx, |rows, marked| {
                     if let (true, Some(newest)) = (marked, rows.first()) {
-                        if rescuable.contains(&newest.pid) {
-                            rescued_pids.insert(newest.pid);
+                        if doomed.contains(&newest.pid) {
+                            needed.insert(newest.pid);
                         }
                     }
                 })?;
             }
             let mut rescued = Vec::new();
-            for pid in rescued_pids {
+            for pid in &needed {
+                let id: Vec<u8> = tx.query_row("SELECT id FROM packs WHERE pid = ?1", [pid], |r| r.get(0))?;
+                match PackId::from_slice(&id) {
+                    Some(pack) if rescuable(pack) => {}
+                    _ => continue,
+                }
                 tx.execute("DELETE FROM temp.gc_doomed WHERE pid = ?1", [pid])?;
-                let id: Vec<u8> =
-                    tx.query_row("UPDATE packs SET condemned_at = NULL WHERE pid = ?1 RETURNING id", [pid], |r| {
-                        r.get(0)
-                    })?;
+                tx.execute("UPDATE packs SET condemned_at = NULL WHERE pid = ?1", [pid])?;
                 rescued.push(id);
             }
             for level in levels::LEVELS {
