@@ -278,6 +278,9 @@ fn reads_through_the_memory_map_find_what_reads_without_it_find_and_the_map_can_
     assert_eq!(mapped_size(&index).unwrap(), 0, "unmapped again");
 }
 
+/// A row of a level as a test compares it: blob ID, pack ID, offset.
+type LevelRow = (Vec<u8>, Vec<u8>, i64);
+
 /// Pack usage as one SQL join, the way it was computed before the merge walk (slow at scale:
 /// a lookup per row): the reference the walk must agree with.
 fn usage_by_join(index: &Index, mark: &MarkSet) -> Vec<(PackId, u64, u64, u64)> {
@@ -355,12 +358,33 @@ proptest! {
             .filter(|(p, rescuable)| *rescuable && newest.iter().flatten().any(|l| l.pack == *p))
             .map(|(p, _)| *p)
             .collect();
+        let level_contents = |index: &Index| -> Vec<Vec<LevelRow>> {
+            levels::LEVELS
+                .iter()
+                .map(|l| {
+                    index
+                        .with(|c| {
+                            c.prepare(&format!("SELECT b.id, p.id, b.offset FROM {l} b JOIN packs p ON p.pid = b.pid ORDER BY b.id"))?
+                                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                                .collect::<rusqlite::Result<Vec<_>>>()
+                        })
+                        .unwrap()
+                })
+                .collect()
+        };
+        let before = level_contents(&index);
         let ripe: Vec<PackId> = doomed.iter().map(|(p, _)| *p).collect();
         let swept = index.sweep_condemned(&ripe, &mark, &mut |p| doomed.contains(&(p, true))).unwrap();
         prop_assert_eq!(swept.rescued.iter().copied().collect::<std::collections::BTreeSet<_>>(), want_rescued.clone());
         let want_deleted: std::collections::BTreeSet<PackId> =
             doomed.iter().map(|(p, _)| *p).filter(|p| !want_rescued.contains(p)).collect();
         prop_assert_eq!(swept.deleted.iter().copied().collect::<std::collections::BTreeSet<_>>(), want_deleted.clone());
+        // Every other row stays as it was, in its level.
+        let kept: Vec<Vec<LevelRow>> = before
+            .into_iter()
+            .map(|rows| rows.into_iter().filter(|r| !want_deleted.contains(&PackId::from_slice(&r.1).unwrap())).collect())
+            .collect();
+        prop_assert_eq!(level_contents(&index), kept);
         let left = index.condemned().unwrap();
         prop_assert!(left.is_empty(), "every condemned pack was deleted or rescued: {:?}", left);
         let orphans: i64 = index

@@ -40,6 +40,8 @@ pub struct Swept {
 /// One row of a level: its pack and its share of its frame's stored bytes.
 #[derive(Clone, Copy)]
 struct Row {
+    /// Which of `levels::LEVELS` holds it.
+    level: usize,
     pid: i64,
     stored: i64,
 }
@@ -53,8 +55,8 @@ struct Head<'s> {
 }
 
 impl<'s> Head<'s> {
-    fn new(rows: Rows<'s>) -> rusqlite::Result<Self> {
-        let mut head = Self { rows, id: Vec::with_capacity(32), row: Row { pid: 0, stored: 0 }, done: false };
+    fn new(rows: Rows<'s>, level: usize) -> rusqlite::Result<Self> {
+        let mut head = Self { rows, id: Vec::with_capacity(32), row: Row { level, pid: 0, stored: 0 }, done: false };
         head.advance()?;
         Ok(head)
     }
@@ -65,7 +67,8 @@ impl<'s> Head<'s> {
                 self.id.clear();
                 self.id.extend_from_slice(r.get_ref(0)?.as_blob()?);
                 if r.as_ref().column_count() > 1 {
-                    self.row = Row { pid: r.get(1)?, stored: r.get(2)? };
+                    self.row.pid = r.get(1)?;
+                    self.row.stored = r.get(2)?;
                 }
             }
             None => self.done = true,
@@ -85,10 +88,10 @@ fn merge_walk(tx: &Transaction<'_>, mut visit: impl FnMut(&[Row], bool)) -> rusq
     }
     let mut mark_statement = tx.prepare("SELECT id FROM mark.reachable ORDER BY id")?;
     let mut heads = Vec::with_capacity(statements.len());
-    for st in &mut statements {
-        heads.push(Head::new(st.query([])?)?);
+    for (level, st) in statements.iter_mut().enumerate() {
+        heads.push(Head::new(st.query([])?, level)?);
     }
-    let mut mark = Head::new(mark_statement.query([])?)?;
+    let mut mark = Head::new(mark_statement.query([])?, 0)?;
     let mut rows: Vec<Row> = Vec::with_capacity(heads.len());
     let mut least: Vec<u8> = Vec::with_capacity(32);
     while let Some(min) = heads.iter().filter(|h| !h.done).map(|h| &h.id).min() {
@@ -195,12 +198,18 @@ impl Index {
                 tx.prepare("SELECT pid FROM temp.gc_doomed")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             // A blob's newest row is its place: the pack holding it goes only with the blob.
             let mut needed: HashSet<i64> = HashSet::new();
+            // Rows per level, and of those the doomed packs' (for how to delete them, below).
+            let mut counts = [[0u64; 2]; levels::LEVELS.len()];
             if !doomed.is_empty() {
                 merge_walk(tx, |rows, marked| {
                     if let (true, Some(newest)) = (marked, rows.first()) {
                         if doomed.contains(&newest.pid) {
                             needed.insert(newest.pid);
                         }
+                    }
+                    for r in rows {
+                        counts[r.level][0] += 1;
+                        counts[r.level][1] += u64::from(doomed.contains(&r.pid));
                     }
                 })?;
             }
@@ -215,8 +224,26 @@ impl Index {
                 tx.execute("UPDATE packs SET condemned_at = NULL WHERE pid = ?1", [pid])?;
                 rescued.push(id);
             }
-            for level in levels::LEVELS {
-                tx.execute(&format!("DELETE FROM {level} WHERE pid IN (SELECT pid FROM temp.gc_doomed)"), [])?;
+            for (level, [rows, doomed_rows]) in levels::LEVELS.iter().zip(counts) {
+                if doomed_rows == 0 {
+                    continue;
+                }
+                if doomed_rows * 2 > rows {
+                    // Most of the level goes: the rows that stay are copied out, the level
+                    // emptied at once and the rows put back in key order (appends), instead of
+                    // a descent and a rebalance per row deleted.
+                    tx.execute_batch(&format!(
+                        "DROP TABLE IF EXISTS temp.gc_keep;
+                         CREATE TEMP TABLE gc_keep AS SELECT {c} FROM {level} \
+                           WHERE pid NOT IN (SELECT pid FROM temp.gc_doomed) ORDER BY id;
+                         DELETE FROM {level};
+                         INSERT INTO {level}({c}) SELECT {c} FROM temp.gc_keep ORDER BY rowid;
+                         DROP TABLE temp.gc_keep;",
+                        c = levels::COLUMNS
+                    ))?;
+                } else {
+                    tx.execute(&format!("DELETE FROM {level} WHERE pid IN (SELECT pid FROM temp.gc_doomed)"), [])?;
+                }
             }
             let deleted: Vec<Vec<u8>> = tx
                 .prepare("DELETE FROM packs WHERE pid IN (SELECT pid FROM temp.gc_doomed) RETURNING id")?
