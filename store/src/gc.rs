@@ -148,14 +148,15 @@ impl Repo {
                         reason: format!("tree {t} of snapshot {} cannot be read ({e}); {what_to_do}", s.id.short(8)),
                     }
                 })?;
-                let mut ids = vec![BlobId::from(t)];
+                // Straight into the mark set's bounded buffer: a directory of large files
+                // lists millions of chunks, which need not be copied once more first.
+                mark.add([BlobId::from(t)])?;
                 for e in &tree.entries {
                     if let Some(sub) = e.subtree {
                         stack.push(sub);
                     }
-                    ids.extend(e.content.iter().map(|c| BlobId::from(c.id)));
+                    mark.add(e.content.iter().map(|c| BlobId::from(c.id)))?;
                 }
-                mark.add(&ids)?;
             }
             progress.inc(1);
         }

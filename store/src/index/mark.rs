@@ -67,14 +67,16 @@ impl MarkSet {
     /// tree's few thousand IDs land on as many random leaves of a large set, a quarter of a
     /// million sorted ones on consecutive ones, so each leaf is read and written once per batch
     /// rather than once per blob.
-    pub fn add(&self, ids: &[BlobId]) -> Result<()> {
-        let full = {
-            let mut pending = lock(&self.pending);
-            pending.extend_from_slice(ids);
-            pending.len() >= PENDING_MAX
-        };
-        if full {
-            self.flush()?;
+    pub fn add(&self, ids: impl IntoIterator<Item = BlobId>) -> Result<()> {
+        for id in ids {
+            let full = {
+                let mut pending = lock(&self.pending);
+                pending.push(id);
+                pending.len() >= PENDING_MAX
+            };
+            if full {
+                self.flush()?;
+            }
         }
         Ok(())
     }

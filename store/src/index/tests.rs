@@ -341,7 +341,7 @@ proptest! {
             }
         }
         let mark = MarkSet::create(&dir.path().join("mark.sqlite")).unwrap();
-        mark.add(&marked.iter().map(|b| blob(*b)).collect::<Vec<_>>()).unwrap();
+        mark.add(marked.iter().map(|b| blob(*b))).unwrap();
 
         let walked: Vec<(PackId, u64, u64, u64)> =
             index.pack_usage(&mark).unwrap().iter().map(|u| (u.id, u.blobs, u.live_blobs, u.live_bytes)).collect();
