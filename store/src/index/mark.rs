@@ -89,7 +89,7 @@ impl MarkSet {
         }
         sorted.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         sorted.dedup();
-        self.with(|c| {
+        let written = self.with(|c| {
             let tx = c.transaction()?;
             {
                 let mut st = tx.prepare_cached("INSERT OR IGNORE INTO reachable(id) VALUES (?1)")?;
@@ -98,7 +98,12 @@ impl MarkSet {
                 }
             }
             tx.commit()
-        })
+        });
+        if written.is_err() {
+            // Still marked: a set that lost blobs on a failed write would let gc delete them.
+            lock(&self.pending).extend(sorted);
+        }
+        written
     }
 
     /// Whether each blob is marked: one read transaction (a statement outside one takes and
