@@ -87,4 +87,5 @@ pub const POINTS: &[&str] = &[
     "repair.record_rewritten",
     "repair.before_swap",
     "repair.pack_quarantined",
+    "scrub.records_listed",
 ];

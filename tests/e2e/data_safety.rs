@@ -261,6 +261,37 @@ fn scrub_loop(repo: &Path, read_data: bool, stop: &std::sync::atomic::AtomicBool
 }
 
 #[test]
+fn issue17_a_snapshot_committed_while_scrub_reads_the_records_is_not_a_missing_record() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    generate(&src, 3, 1);
+    cairn_json(&repo, args!["snapshot", &src], 0);
+    // The scrub stops itself right after it listed the record files.
+    let scrub = cairn_failing(&repo, "scrub.records_listed=stop@1")
+        .args(["--json", "scrub"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stat = format!("/proc/{}/stat", scrub.id());
+    wait_until("the scrub stopped after listing the records", || {
+        let text = fs::read_to_string(&stat).unwrap_or_default();
+        let state = text.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        assert_ne!(state, Some('Z'), "the scrub ended before its fail-point");
+        state == Some('T')
+    });
+    // Meanwhile a snapshot commits: its record file, then its row.
+    mutate(&src, 2);
+    let new = cairn_json(&repo, args!["snapshot", &src], 0);
+    let pid = rustix::process::Pid::from_raw(i32::try_from(scrub.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let out = scrub.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "a record written beside the scrub is not damage: {r}");
+    assert!(r["damage"].as_array().unwrap().is_empty(), "{r}");
+    assert!(new["id"].is_string(), "{new}");
+}
+
+#[test]
 fn issue13_a_scrub_beside_snapshots_forgets_and_gc_finds_no_damage_that_is_not_there() {
     let (dir, repo) = new_repo_with_packs(Some("64K"));
     let src = dir.path().join("src");
