@@ -2,8 +2,9 @@
 """Restore and read-data check, side by side: cairn against restic, rustic and `tar -x`.
 
 One tree (the kernel-shaped corpus of gen-corpus, or any folder given with --src, such as an
-unpacked kernel source) is stored once by every tool into its own repository (and once into a
-tar file). Then, for every run, every tool restores its snapshot of it:
+unpacked kernel source) is stored once by every tool into a new repository of its own (and
+once into a tar file): the full snapshot step, one sample a tool. Then, in every run, every
+tool takes a no-change snapshot of it, and restores its snapshot:
 
 - into tmpfs (`/dev/shm`): the tool's own cost, without the disk;
 - onto the disk (under WORK): what a user waits for;
@@ -35,7 +36,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import PASSWORD, sh, timed  # noqa: E402
+from compare import PASSWORD, du, sh, timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,26 +96,31 @@ def main():
         tools.insert(1, "before")
     binary = {t: cairn if t == "cairn" else args.before if t == "before" else shutil.which(t) for t in tools}
 
-    # Every tool's repository of the tree, made once per tree (a new cairn binary makes its own).
+    # Every tool's repository of the tree, made afresh: its snapshot is the "full snapshot" step
+    # (one sample a tool); every run then takes a no-change snapshot too (the latest snapshot
+    # stays the same tree).
     key = src.strip("/").replace("/", "_")
+    steps = ["full snapshot", "no-change snapshot", "restore into tmpfs", "restore onto disk", "check --read-data"]
+    results = {t: {s: [] for s in steps} for t in tools}
     repos, envs = {}, {}
     for t in tools:
         repo = os.path.join(args.work, "repos", key, t + (".tar" if t == "tar" else ""))
         env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, RUSTIC_PASSWORD=PASSWORD, CAIRN_REPO=repo)
-        if t in ("cairn", "before"):
-            shutil.rmtree(repo, ignore_errors=True)
-        if not os.path.exists(repo):
-            os.makedirs(os.path.dirname(repo), exist_ok=True)
-            setup, _, _ = commands(t if t != "before" else "cairn", binary[t], repo, src, None)
-            for cmd in setup:
-                r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                if r.returncode != 0:
-                    shutil.rmtree(repo, ignore_errors=True)
-                    sys.exit(f"setup failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+        shutil.rmtree(repo, ignore_errors=True)
+        if os.path.exists(repo):
+            os.remove(repo)
+        os.makedirs(os.path.dirname(repo), exist_ok=True)
+        setup, _, _ = commands(t if t != "before" else "cairn", binary[t], repo, src, None)
+        for i, cmd in enumerate(setup):
+            if i == len(setup) - 1:
+                results[t]["full snapshot"].append(timed(cmd, env, False))
+                continue
+            r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if r.returncode != 0:
+                sys.exit(f"setup failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+        results[t]["full snapshot"][-1]["size"] = du(repo)
         repos[t], envs[t] = repo, env
 
-    steps = ["restore into tmpfs", "restore onto disk", "check --read-data"]
-    results = {t: {s: [] for s in steps} for t in tools}
     disk_root = os.path.join(args.work, "restored")
     deleted_at = None
     if os.path.isdir(disk_root):
@@ -131,9 +137,10 @@ def main():
             results[t]["restore into tmpfs"].append(timed(restore, envs[t], False))
             shutil.rmtree(target)
         for t in order:
-            _, _, check = commands(t if t != "before" else "cairn", binary[t], repos[t], src, None)
+            setup, _, check = commands(t if t != "before" else "cairn", binary[t], repos[t], src, None)
             if check:
                 results[t]["check --read-data"].append(timed(check, envs[t], False))
+                results[t]["no-change snapshot"].append(timed(setup[-1], envs[t], False))
         if deleted_at is not None:
             # The inodes an earlier benchmark's trees freed must not be met.
             time.sleep(max(0.0, args.pause - (time.monotonic() - deleted_at)))
@@ -167,8 +174,11 @@ def main():
             w = med(p, s, "wall")
             cells.append("—" if w is None or c is None else f"{c / w:.2f}")
         walls = [r["wall"] for r in results["cairn"][s]]
-        cells.append(f"{100 * (max(walls) - min(walls)) / statistics.median(walls):.0f}%" if walls else "—")
+        cells.append(f"{100 * (max(walls) - min(walls)) / statistics.median(walls):.0f}%" if len(walls) > 1 else "—")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    sizes = {t: results[t]["full snapshot"][0]["size"] for t in tools}
+    lines.append("| repository (tar file) after the full snapshot | " + " | ".join(
+        [f"{sizes[t] / 2**20:.0f} MiB" for t in tools] + [f"{sizes['cairn'] / sizes[p]:.2f}" for p in peers] + ["—"]) + " |")
     versions = {}
     for t in tools:
         argv = [binary[t], "--version"] if t not in ("restic",) else [binary[t], "version"]

@@ -251,13 +251,7 @@ fn issue13_a_rerun_removes_an_interrupted_restores_temporaries() {
     // and renaming it into place (into a directory it makes, a file is written under its own
     // name: see the next test).
     cairn_json(&repo, args!["restore", &id, "--target", &target], 0);
-    let out = cairn_failing(&repo, "restore.temp_written=kill@1")
-        .args(["-q", "restore", &id, "--overwrite", "always", "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(9), "the restore must have been killed");
+    restore_killed(&repo, "restore.temp_written=kill@1", &id, &["--overwrite", "always"], &target);
     // And one left by a restore whose process is long gone, in a directory restore passes.
     let stale = restored(&target, &src).join("nginx/.cairn-restore.4000000.7");
     fs::create_dir_all(stale.parent().unwrap()).unwrap();
@@ -288,13 +282,7 @@ fn issue17_a_restore_killed_while_it_writes_into_directories_it_made_finishes_wh
     let id = snapshot_id(&repo, &src, args![]);
     let target = dir.path().join("target");
     // Killed with about half of the files written, under their own names (a new target).
-    let out = cairn_failing(&repo, "restore.temp_written=kill@60")
-        .args(["-q", "restore", &id, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(9), "the restore must have been killed");
+    restore_killed(&repo, "restore.temp_written=kill@60", &id, &[], &target);
     let partial = files_below(&target).len();
     assert!(partial > 10, "the killed run wrote files: {partial}");
     // Run again, it writes what is missing or incomplete and the tree is the snapshot's.
@@ -548,13 +536,7 @@ fn issue13_a_killed_restore_leaves_no_setuid_temporary_and_the_rerun_sets_every_
     fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
     let id = snapshot_id(&repo, &src, args![]);
     let target = dir.path().join("target");
-    let out = cairn_failing(&repo, "restore.temp_written=kill@1")
-        .args(["-q", "restore", &id, "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(9));
+    restore_killed(&repo, "restore.temp_written=kill@1", &id, &[], &target);
     for f in files_below(&target) {
         assert_eq!(mode_of(&target.join(&f)) & 0o6000, 0, "a set-id file left behind: {f:?}");
     }
@@ -676,4 +658,22 @@ fn issue13_a_first_hard_link_member_swapped_before_linking_is_never_linked_to() 
     assert_eq!(fs::read_to_string(other).unwrap(), "from the snapshot\n", "linked to the swapped-in file");
     assert_ne!(fs::metadata(other).unwrap().ino(), fs::metadata(&victim).unwrap().ino());
     assert_eq!(fs::read_to_string(&victim).unwrap(), "somebody else's file\n");
+}
+
+/// `cairn -q restore ID EXTRA --target TARGET` with `failpoint` armed to kill it: it must die.
+fn restore_killed(repo: &Path, failpoint: &str, id: &str, extra: &[&str], target: &Path) {
+    let out = cairn_failing(repo, failpoint)
+        .args(["-q", "restore", id])
+        .args(extra)
+        .arg("--target")
+        .arg(target)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the restore must have been killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
