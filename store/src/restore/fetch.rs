@@ -22,8 +22,9 @@
 //! they are written. A walk thread that finds the queue full waits for a worker.
 //!
 //! A file is placed (its metadata set and, when it was written under a temporary name, renamed
-//! over its destination) when its last piece is written, by the worker that wrote it; a directory's metadata is applied once the walk below it is done and
-//! the last file written into it is placed (`Held::waiting`), so its times stay as stored.
+//! over its destination) when its last piece is written, by the worker that wrote it; a
+//! directory's metadata is applied once the walk below it is done and the last file written
+//! into it is placed (`Held::waiting`), so its times stay as stored.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -119,10 +120,9 @@ pub(super) struct FileJob {
 #[derive(Default)]
 struct FileState {
     /// The file the pieces are written into, made by the first piece written, with its
-    /// temporary name (`None`: made under its own name, in a directory this restore made).
+    /// temporary name (`None`: made under its own name, in a directory this restore made; a
+    /// temporary name there means something was put in its place meanwhile, and is replaced).
     temp: Option<(Arc<File>, Option<OsString>)>,
-    /// Something was found in its place after all (put there meanwhile): it is replaced.
-    replaces: bool,
     /// The first thing that went wrong: the file is not placed.
     error: Option<Error>,
     /// Pieces not yet written, plus one while the walk is still cutting pieces.
@@ -372,14 +372,14 @@ impl Job<'_> {
         let ahead = lock(&job.held.located).remove(&job.name).filter(|l| l.len() == job.entry.content.len());
         let located = (|| -> Result<()> {
             for (i, slice) in job.entry.content.chunks(LOCATE_SLICE).enumerate() {
-                let locs = match &ahead {
-                    Some(all) => all[i * LOCATE_SLICE..][..slice.len()].to_vec(),
+                let locs: std::borrow::Cow<'_, [Option<BlobLocation>]> = match &ahead {
+                    Some(all) => all[i * LOCATE_SLICE..][..slice.len()].into(),
                     None => {
                         let ids: Vec<BlobId> = slice.iter().map(|c| BlobId::from(c.id)).collect();
-                        self.repo.index.locate_many(&ids)?
+                        self.repo.index.locate_many(&ids)?.into()
                     }
                 };
-                for loc in locs {
+                for &loc in locs.iter() {
                     if let Some(l) = &loc {
                         if frames.insert((l.pack, l.entry.offset)) {
                             bytes += u64::from(l.entry.stored_len);
@@ -497,10 +497,7 @@ impl Job<'_> {
         let d = &job.held.dir;
         let direct = match job.held.fresh.then(|| d.create_new(&job.name)) {
             Some(Ok(f)) => Some(Ok((f, None))),
-            Some(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
-                s.replaces = true;
-                None
-            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => None,
             Some(Err(e)) => Some(Err(e)),
             None => None,
         };
@@ -587,16 +584,16 @@ impl Job<'_> {
 
     /// Counts a piece of `job` done; the last one places the file (or reports why not).
     fn piece_done(&self, job: &FileJob) {
-        let (temp, error, replaces) = {
+        let (temp, error) = {
             let mut s = lock(&job.state);
             s.left -= 1;
             if s.left > 0 {
                 return;
             }
-            (s.temp.take(), s.error.take(), s.replaces)
+            (s.temp.take(), s.error.take())
         };
         let outcome = match (temp, error) {
-            (Some((file, tmp)), None) => self.place(job, &file, tmp.as_deref(), replaces),
+            (Some((file, tmp)), None) => self.place(job, &file, tmp.as_deref()),
             (temp, error) => {
                 if let Some((_, tmp)) = temp {
                     let _ = job.held.dir.remove_file(tmp.as_deref().unwrap_or(&job.name));
@@ -621,8 +618,7 @@ impl Job<'_> {
     /// Verifies (with `verify`) and sets the metadata of a written file, and renames it over
     /// its destination when it was written under the temporary name `tmp`; the (dev, inode)
     /// now there, for the first member of a hard-link group (others need not know it).
-    /// `replaces`: a file made in a directory of this restore found something in its place.
-    fn place(&self, job: &FileJob, file: &File, tmp: Option<&OsStr>, replaces: bool) -> Result<Option<(u64, u64)>> {
+    fn place(&self, job: &FileJob, file: &File, tmp: Option<&OsStr>) -> Result<Option<(u64, u64)>> {
         let (e, d, dest) = (&job.entry, &job.held.dir, &job.dest);
         let io_err = |err: io::Error| Error::io(dest, err);
         // Checked before it replaces anything: a file that fails its hash is never put in place.
@@ -656,7 +652,9 @@ impl Job<'_> {
             }
         };
         crate::failpoint::hit("restore.file_written");
-        self.change(dest, if replaces { RestoreAction::Overwrite } else { job.action });
+        // In a directory this restore made, a temporary name means something was in the way.
+        let replaced = job.held.fresh && tmp.is_some();
+        self.change(dest, if replaced { RestoreAction::Overwrite } else { job.action });
         if e.mode & 0o6000 != 0 {
             use std::os::unix::fs::PermissionsExt;
             if let Err(err) = file.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
